@@ -1,0 +1,250 @@
+"""Response sets: one subject's stimuli, voxel responses and voxel MNI coordinates.
+
+On disk a response set is one HDF5 file per subject::
+
+    /images        (N, H, W, 3) uint8      stimuli (or absent, with /image_paths)
+    /image_paths   (N,) str                optional: stimulus files instead of pixels
+    /image_ids     (N,) int64              stimulus ids (shared across subjects that saw the same image)
+    /responses     (N, V) float32          z-scored per session, repeats averaged
+    /coords        (V, 3) float32          voxel centres, MNI mm (RAS+)
+    /split         (N,) uint8              0 train, 1 val, 2 test
+    /roi           (V,) int32              optional ROI label per voxel (0 = none)
+    /noise_ceiling (V,) float32            optional, in percent of explainable variance (NSD)
+    /truth         (N, V) float32          optional noiseless response (virtual subjects only)
+    attrs: format ("napari-nrf-responses"), version, subject, roi_names (JSON {label: name}),
+           source, and any JSON-able metadata.
+
+``ResponseSet`` is the in-memory form; ``ResponseSet.load(path, lazy=True)`` keeps the
+big arrays as h5py datasets so a 30k-image set is never read whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "napari-nrf-responses"
+VERSION = 1
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+class ResponseSetError(ValueError):
+    """Raised for a malformed response set."""
+
+
+@dataclass
+class ResponseSet:
+    """One subject's responses.
+
+    Attributes
+    ----------
+    images : (N, H, W, 3) uint8 array, h5py dataset, or None (then ``image_paths``)
+    responses : (N, V) float32
+    coords : (V, 3) float32, MNI mm
+    split : (N,) uint8, 0 train / 1 val / 2 test
+    image_ids : (N,) int64, defaults to arange(N)
+    roi : (V,) int32 or None
+    noise_ceiling : (V,) float32 or None, percent (0-100) of variance explainable
+    truth : (N, V) float32 or None, noiseless responses (simulated subjects)
+    """
+
+    responses: object
+    coords: np.ndarray
+    split: np.ndarray
+    images: object = None
+    image_paths: list | None = None
+    image_ids: np.ndarray | None = None
+    roi: np.ndarray | None = None
+    roi_names: dict = field(default_factory=dict)
+    noise_ceiling: np.ndarray | None = None
+    truth: object = None
+    subject: str = "sub-01"
+    meta: dict = field(default_factory=dict)
+    _h5: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.coords = np.asarray(self.coords, dtype=np.float32)
+        self.split = np.asarray(self.split, dtype=np.uint8)
+        n, v = self.responses.shape
+        if self.coords.shape != (v, 3):
+            raise ResponseSetError(f"coords must be (V, 3) = ({v}, 3), got {self.coords.shape}")
+        if self.split.shape != (n,):
+            raise ResponseSetError(f"split must be (N,) = ({n},), got {self.split.shape}")
+        if self.images is None and self.image_paths is None:
+            raise ResponseSetError("a response set needs images or image_paths")
+        if self.images is not None and len(self.images) != n:
+            raise ResponseSetError(f"{len(self.images)} images for {n} response rows")
+        if self.image_paths is not None and len(self.image_paths) != n:
+            raise ResponseSetError(f"{len(self.image_paths)} image paths for {n} response rows")
+        self.image_ids = np.arange(n, dtype=np.int64) if self.image_ids is None else np.asarray(self.image_ids, np.int64)
+        if self.roi is not None:
+            self.roi = np.asarray(self.roi, dtype=np.int32)
+        if self.noise_ceiling is not None:
+            self.noise_ceiling = np.asarray(self.noise_ceiling, dtype=np.float32)
+
+    # ---- sizes and splits -------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return int(self.responses.shape[0])
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.responses.shape[1])
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices (sorted int64) of ``split`` in {"train", "val", "test"}."""
+        return np.flatnonzero(self.split == SPLITS[split])
+
+    def get_responses(self, rows) -> np.ndarray:
+        """(len(rows), V) float32 for sorted or unsorted ``rows``."""
+        rows = np.asarray(rows)
+        order = np.argsort(rows)
+        out = np.empty((rows.size, self.n_voxels), np.float32)
+        out[order] = np.asarray(self.responses[np.sort(rows)], dtype=np.float32)
+        return out
+
+    def get_truth(self, rows) -> np.ndarray | None:
+        if self.truth is None:
+            return None
+        rows = np.asarray(rows)
+        order = np.argsort(rows)
+        out = np.empty((rows.size, self.n_voxels), np.float32)
+        out[order] = np.asarray(self.truth[np.sort(rows)], dtype=np.float32)
+        return out
+
+    def get_images(self, rows) -> list | np.ndarray:
+        """Images of ``rows``: a (n, H, W, 3) uint8 array, or a list of paths."""
+        rows = np.asarray(rows)
+        if self.images is not None:
+            order = np.argsort(rows)
+            imgs = np.asarray(self.images[np.sort(rows)])
+            out = np.empty_like(imgs)
+            out[order] = imgs
+            return out
+        return [self.image_paths[i] for i in rows]
+
+    def subset(self, rows=None, voxels=None) -> "ResponseSet":
+        """An in-memory copy restricted to image ``rows`` and/or ``voxels`` (index arrays)."""
+        rows = np.arange(self.n_images) if rows is None else np.asarray(rows)
+        voxels = slice(None) if voxels is None else np.asarray(voxels)
+        imgs = self.get_images(rows)
+        truth = self.get_truth(rows)
+        return ResponseSet(
+            responses=self.get_responses(rows)[:, voxels],
+            coords=self.coords[voxels],
+            split=self.split[rows],
+            images=imgs if not isinstance(imgs, list) else None,
+            image_paths=imgs if isinstance(imgs, list) else None,
+            image_ids=self.image_ids[rows],
+            roi=None if self.roi is None else self.roi[voxels],
+            roi_names=dict(self.roi_names),
+            noise_ceiling=None if self.noise_ceiling is None else self.noise_ceiling[voxels],
+            truth=None if truth is None else truth[:, voxels],
+            subject=self.subject,
+            meta=dict(self.meta),
+        )
+
+    # ---- I/O --------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write to ``path`` (HDF5) atomically (temporary file + rename)."""
+        import h5py
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = FORMAT
+                f.attrs["version"] = VERSION
+                f.attrs["subject"] = self.subject
+                f.attrs["roi_names"] = json.dumps({str(k): v for k, v in self.roi_names.items()})
+                f.attrs["meta"] = json.dumps(self.meta, default=_json_default)
+                f.create_dataset("responses", data=np.asarray(self.responses, np.float32), chunks=True)
+                f.create_dataset("coords", data=self.coords)
+                f.create_dataset("split", data=self.split)
+                f.create_dataset("image_ids", data=self.image_ids)
+                if self.images is not None:
+                    imgs = np.asarray(self.images)
+                    f.create_dataset("images", data=imgs, chunks=(1,) + imgs.shape[1:])
+                if self.image_paths is not None:
+                    f.create_dataset("image_paths", data=np.array([str(p) for p in self.image_paths], dtype=object),
+                                     dtype=h5py.string_dtype())
+                if self.roi is not None:
+                    f.create_dataset("roi", data=self.roi)
+                if self.noise_ceiling is not None:
+                    f.create_dataset("noise_ceiling", data=self.noise_ceiling)
+                if self.truth is not None:
+                    f.create_dataset("truth", data=np.asarray(self.truth, np.float32), chunks=True)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def load(cls, path, lazy: bool = False) -> "ResponseSet":
+        """Read a response set. ``lazy=True`` keeps images/responses/truth on disk (h5py)."""
+        import h5py
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"response set not found: {path}")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise ResponseSetError(f"{path} is not a readable HDF5 file: {exc}") from exc
+        if f.attrs.get("format") != FORMAT:
+            f.close()
+            raise ResponseSetError(f"{path} is not a napari-nrf response set (format attribute missing)")
+        if int(f.attrs.get("version", 0)) > VERSION:
+            f.close()
+            raise ResponseSetError(f"{path} has response-set version {f.attrs['version']}; this napari-nrf reads <= {VERSION}")
+        for key in ("responses", "coords", "split"):
+            if key not in f:
+                f.close()
+                raise ResponseSetError(f"{path} lacks the dataset '/{key}'")
+
+        def big(key):
+            if key not in f:
+                return None
+            return f[key] if lazy else f[key][()]
+
+        paths = None
+        if "image_paths" in f:
+            paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f["image_paths"][()]]
+        rs = cls(
+            responses=big("responses"),
+            coords=f["coords"][()],
+            split=f["split"][()],
+            images=big("images"),
+            image_paths=paths,
+            image_ids=f["image_ids"][()] if "image_ids" in f else None,
+            roi=f["roi"][()] if "roi" in f else None,
+            roi_names={int(k): v for k, v in json.loads(f.attrs.get("roi_names", "{}")).items()},
+            noise_ceiling=f["noise_ceiling"][()] if "noise_ceiling" in f else None,
+            truth=big("truth"),
+            subject=str(f.attrs.get("subject", path.stem)),
+            meta=json.loads(f.attrs.get("meta", "{}")),
+        )
+        if lazy:
+            rs._h5 = f
+        else:
+            f.close()
+        return rs
+
+    def close(self):
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,139 @@
+"""Model bundles: one ``.safetensors`` file with every tensor and JSON metadata.
+
+The JSON metadata lives in the safetensors header under the key ``"napari_nrf"``::
+
+    {
+      "format": "napari-nrf-bundle", "format_version": 1,
+      "kind": "nrf" | "universal" | "ensemble" | ...,
+      "config": {...},                      # model hyper-parameters (kind specific)
+      "backbone": {"name": "efficientnet-lite0", "config": {...}},
+      "coords": {"offset": [..], "size": [..]},   # coordinate normalisation (NRF)
+      "subjects": {"sub-01": {"n_voxels": V, "tensor": "subjects.sub-01.coords"}, ...},
+      "provenance": {"created": iso time, "napari_nrf": version, "data": [...], "command": ...},
+      "metrics": {...},
+    }
+
+Loading never unpickles anything: safetensors stores raw arrays only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "napari-nrf-bundle"
+FORMAT_VERSION = 1
+META_KEY = "napari_nrf"
+
+
+class BundleError(ValueError):
+    """A bundle file is missing, corrupt, or does not match what the caller expects."""
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (np.ndarray, torch.Tensor)):
+        return np.asarray(o).tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"metadata value of type {type(o).__name__} is not JSON-serialisable")
+
+
+def save_bundle(path, tensors: dict, metadata: dict) -> Path:
+    """Write ``tensors`` (name -> torch.Tensor or ndarray) and ``metadata`` to ``path``.
+
+    The write is atomic: a temporary file in the same folder is renamed over ``path``, so
+    a crash never leaves a half-written bundle. Returns the path.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise BundleError(f"bundle files end in .safetensors, got {path.name}")
+    if "kind" not in metadata:
+        raise BundleError("bundle metadata needs a 'kind'")
+    meta = dict(metadata)
+    meta.setdefault("format", FORMAT)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    prov = dict(meta.get("provenance") or {})
+    prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    from napari_nrf import __version__
+
+    prov.setdefault("napari_nrf", __version__)
+    meta["provenance"] = prov
+    flat = {}
+    for k, v in tensors.items():
+        t = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+        flat[k] = t.detach().to("cpu").contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta, default=_json_default)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_metadata(path) -> dict:
+    """The JSON metadata of a bundle, without reading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"model bundle not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise BundleError(f"{path.name} is not a readable safetensors file ({exc})") from exc
+    if raw is None:
+        raise BundleError(f"{path.name} has no napari-nrf metadata (field '{META_KEY}' missing from the header)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path.name}: metadata field '{META_KEY}' is not valid JSON ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{path.name}: metadata field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    v = meta.get("format_version")
+    if not isinstance(v, int) or v > FORMAT_VERSION or v < 1:
+        raise BundleError(
+            f"{path.name}: metadata field 'format_version' is {v!r}; this napari-nrf reads versions 1..{FORMAT_VERSION}"
+        )
+    if "kind" not in meta:
+        raise BundleError(f"{path.name}: metadata field 'kind' is missing")
+    return meta
+
+
+def load_bundle(path, kind: str | None = None, backbone: str | None = None,
+                required: list[str] | tuple = (), device="cpu") -> tuple[dict, dict]:
+    """Read ``(tensors, metadata)`` from a bundle; never unpickles.
+
+    Raises :class:`BundleError` naming the field when the kind or backbone differs from
+    ``kind``/``backbone`` (when given) or a ``required`` tensor is missing.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if kind is not None and meta["kind"] != kind:
+        raise BundleError(f"{path.name}: metadata field 'kind' is {meta['kind']!r}, expected {kind!r}")
+    if backbone is not None:
+        got = (meta.get("backbone") or {}).get("name")
+        if got != backbone:
+            raise BundleError(f"{path.name}: metadata field 'backbone.name' is {got!r}, expected {backbone!r}")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:
+        raise BundleError(f"{path.name}: tensor data are corrupt or truncated ({exc})") from exc
+    missing = [r for r in required if r not in tensors]
+    if missing:
+        raise BundleError(f"{path.name}: missing tensor(s) {', '.join(missing)}")
+    return tensors, meta

@@ -1,0 +1,473 @@
+"""MNI space: grids at any resolution, masks, NIfTI in/out and napari placement.
+
+This is the only module of napari-nrf that builds or interprets affines.
+
+Conventions
+-----------
+* World coordinates are MNI152 millimetres, RAS+ (x to the subject's right, y anterior,
+  z superior).
+* A :class:`Grid` is axis-aligned with *positive* steps (canonical RAS+ orientation);
+  arrays on a grid are indexed ``volume[i, j, k]`` with ``i`` along x, ``j`` along y and
+  ``k`` along z. Files with a negative x step (FSL's MNI152 grids) are flipped to
+  canonical order on reading.
+* napari layers hold the transposed array ``volume.transpose(2, 1, 0)`` (axes z, y, x)
+  with ``scale = zooms[::-1]`` and ``translate = origin[::-1]``, so napari world
+  coordinates are MNI mm in (z, y, x) order. No layer gets a rotation or an ``affine``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+# The MNI152 bounding box of FSL's 1 mm template (182 x 218 x 182 voxels), in mm.
+MNI_BOX_MIN = np.array([-90.0, -126.0, -72.0])
+MNI_BOX_MAX = np.array([90.0, 90.0, 108.0])
+
+# NRF's coordinate normalisation (official code): u = (x + offset) / size, in [0, 1].
+NRF_COORD_OFFSET = np.array([92.0, 126.0, 72.0])
+NRF_COORD_SIZE = np.array([182.0, 218.0, 182.0])
+
+# NIfTI xform codes.
+XFORM_SCANNER, XFORM_ALIGNED, XFORM_TALAIRACH, XFORM_MNI = 1, 2, 3, 4
+_ACCEPTED_XFORM = (0, XFORM_ALIGNED, XFORM_MNI)
+
+MIN_RESOLUTION, MAX_RESOLUTION = 0.5, 8.0
+
+
+class SpaceError(ValueError):
+    """Raised for input that is not in MNI space or not on an axis-aligned grid."""
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """An axis-aligned RAS+ grid in MNI space.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Number of voxels along x, y, z.
+    origin : array (3,) float
+        MNI mm of the centre of voxel (0, 0, 0).
+    zooms : array (3,) float
+        Voxel size in mm along x, y, z (positive).
+    """
+
+    shape: tuple
+    origin: np.ndarray
+    zooms: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(3))
+        object.__setattr__(self, "zooms", np.asarray(self.zooms, dtype=np.float64).reshape(3))
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise SpaceError(f"grid shape must be 3 positive ints, got {self.shape}")
+        if np.any(self.zooms <= 0):
+            raise SpaceError(f"grid zooms must be positive, got {self.zooms}")
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_extent(cls, resolution: float | Sequence[float], extent_min=None, extent_max=None) -> "Grid":
+        """Grid covering the box ``[extent_min, extent_max]`` (MNI mm) at ``resolution`` mm.
+
+        The grid is centred on the box; the default box is FSL's MNI152 field of view.
+        ``resolution`` is checked against [0.5, 8] mm.
+        """
+        res = np.broadcast_to(np.asarray(resolution, dtype=np.float64), (3,)).copy()
+        if np.any(res < MIN_RESOLUTION - 1e-9) or np.any(res > MAX_RESOLUTION + 1e-9):
+            raise SpaceError(
+                f"resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} mm, got {resolution}"
+            )
+        lo = MNI_BOX_MIN if extent_min is None else np.asarray(extent_min, dtype=np.float64)
+        hi = MNI_BOX_MAX if extent_max is None else np.asarray(extent_max, dtype=np.float64)
+        if np.any(hi < lo):
+            raise SpaceError(f"extent max {hi} is below extent min {lo}")
+        n = np.floor((hi - lo) / res + 1e-6).astype(int) + 1
+        centre = (lo + hi) / 2
+        origin = centre - (n - 1) * res / 2
+        return cls(tuple(n), origin, res)
+
+    @classmethod
+    def mni(cls, resolution: float = 2.0) -> "Grid":
+        """Whole-brain MNI grid (FSL's field of view) at ``resolution`` mm."""
+        return cls.from_extent(resolution)
+
+    @classmethod
+    def from_affine(cls, shape: Sequence[int], affine: np.ndarray) -> "Grid":
+        """Grid from a NIfTI-style affine that is already canonical (diagonal, positive)."""
+        affine = np.asarray(affine, dtype=np.float64)
+        lin = affine[:3, :3]
+        if not np.allclose(lin, np.diag(np.diag(lin)), atol=1e-4 * np.abs(lin).max()):
+            raise SpaceError("affine is oblique or permuted; reorient or resample it first")
+        zooms = np.diag(lin)
+        if np.any(zooms <= 0):
+            raise SpaceError("affine has a negative step; read files through space.load_nifti")
+        return cls(tuple(shape)[:3], affine[:3, 3], zooms)
+
+    # ---- properties ---------------------------------------------------------------
+    @property
+    def affine(self) -> np.ndarray:
+        """(4, 4) float64 voxel -> MNI mm affine."""
+        a = np.eye(4)
+        a[:3, :3] = np.diag(self.zooms)
+        a[:3, 3] = self.origin
+        return a
+
+    @property
+    def resolution(self) -> float:
+        """Voxel size in mm (the largest of the three zooms)."""
+        return float(self.zooms.max())
+
+    @property
+    def n_points(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) MNI mm of the voxel centres."""
+        return self.origin.copy(), self.origin + (np.array(self.shape) - 1) * self.zooms
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, Grid)
+            and self.shape == other.shape
+            and np.allclose(self.origin, other.origin, atol=1e-5)
+            and np.allclose(self.zooms, other.zooms, atol=1e-6)
+        )
+
+    def __hash__(self):
+        return hash((self.shape, tuple(np.round(self.origin, 4)), tuple(np.round(self.zooms, 5))))
+
+    def __repr__(self):
+        z = ",".join(f"{v:g}" for v in self.zooms)
+        o = ",".join(f"{v:g}" for v in self.origin)
+        return f"Grid(shape={self.shape}, zooms=({z}) mm, origin=({o}) mm)"
+
+    # ---- index <-> world ----------------------------------------------------------
+    def index_to_world(self, ijk) -> np.ndarray:
+        """Voxel indices (..., 3) -> MNI mm (..., 3) float64."""
+        return np.asarray(ijk, dtype=np.float64) * self.zooms + self.origin
+
+    def world_to_index(self, xyz) -> np.ndarray:
+        """MNI mm (..., 3) -> fractional voxel indices (..., 3) float64."""
+        return (np.asarray(xyz, dtype=np.float64) - self.origin) / self.zooms
+
+    def nearest_index(self, xyz) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest voxel (..., 3) int64 of MNI points, and a boolean 'inside the grid'."""
+        ijk = np.rint(self.world_to_index(xyz)).astype(np.int64)
+        inside = np.all((ijk >= 0) & (ijk < np.array(self.shape)), axis=-1)
+        return ijk, inside
+
+    def coords(self, mask: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+        """MNI mm of the voxel centres, (N, 3), in C order of ``volume[i, j, k]``.
+
+        With ``mask`` (bool array of ``shape``), only the voxels inside it.
+        """
+        if mask is not None:
+            ijk = np.argwhere(self._check_mask(mask))
+        else:
+            ijk = np.stack(np.meshgrid(*[np.arange(s) for s in self.shape], indexing="ij"), -1).reshape(-1, 3)
+        return self.index_to_world(ijk).astype(dtype)
+
+    def iter_points(self, chunk: int, mask: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(flat_index (n,) int64, xyz (n, 3) float32)`` chunks of at most ``chunk`` points.
+
+        Memory stays bounded by the chunk (plus the mask's flat indices when given),
+        so a 0.5 mm whole brain can be streamed.
+        """
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
+        if mask is not None:
+            flat = np.flatnonzero(self._check_mask(mask))
+            total = flat.size
+        else:
+            flat = None
+            total = self.n_points
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            idx = flat[start:stop] if flat is not None else np.arange(start, stop, dtype=np.int64)
+            ijk = np.stack(np.unravel_index(idx, self.shape), -1)
+            yield idx, self.index_to_world(ijk).astype(np.float32)
+
+    def _check_mask(self, mask):
+        mask = np.asarray(mask)
+        if mask.shape != self.shape:
+            raise SpaceError(f"mask shape {mask.shape} does not match grid shape {self.shape}")
+        return mask.astype(bool, copy=False)
+
+
+def nrf_normalise(xyz, offset=NRF_COORD_OFFSET, size=NRF_COORD_SIZE) -> np.ndarray:
+    """MNI mm (..., 3) -> NRF's normalised coordinates ``(x + offset) / size`` (float32)."""
+    return ((np.asarray(xyz, dtype=np.float32) + np.asarray(offset, np.float32)) / np.asarray(size, np.float32))
+
+
+# ---- resampling ---------------------------------------------------------------------
+def sample_volume(volume: np.ndarray, grid: Grid, xyz, order: int = 1, cval: float = 0.0) -> np.ndarray:
+    """Values of ``volume`` (on ``grid``) at MNI points ``xyz`` (N, 3) by spline of ``order``."""
+    from scipy.ndimage import map_coordinates
+
+    ijk = grid.world_to_index(np.asarray(xyz).reshape(-1, 3)).T
+    return map_coordinates(np.asarray(volume, dtype=np.float32), ijk, order=order, mode="constant", cval=cval)
+
+
+def resample(volume: np.ndarray, src: Grid, dst: Grid, order: int = 1, cval: float = 0.0) -> np.ndarray:
+    """Resample ``volume`` from grid ``src`` onto grid ``dst`` (order 0 nearest, 1 trilinear)."""
+    from scipy.ndimage import affine_transform
+
+    # dst index -> src index is diagonal: ijk_src = (zoom_dst/zoom_src) * ijk_dst + (o_dst - o_src)/zoom_src
+    matrix = dst.zooms / src.zooms
+    offset = (dst.origin - src.origin) / src.zooms
+    volume = np.asarray(volume)
+    out_dtype = volume.dtype if order == 0 else np.float32
+    return affine_transform(
+        volume.astype(out_dtype, copy=False), matrix, offset=offset, output_shape=dst.shape,
+        order=order, mode="constant", cval=cval,
+    )
+
+
+def points_to_volume(xyz, values, grid: Grid, fill: float = np.nan, dtype=np.float32) -> np.ndarray:
+    """Scatter per-point ``values`` (N,) or (N, K) at MNI points ``xyz`` (N, 3) onto ``grid``.
+
+    Each point goes to its nearest voxel (points outside the grid are dropped); where
+    several points share a voxel, their mean is taken. Returns ``shape`` or ``shape + (K,)``.
+    """
+    values = np.asarray(values)
+    ijk, inside = grid.nearest_index(xyz)
+    flat = np.ravel_multi_index(ijk[inside].T, grid.shape)
+    vals = values[inside].reshape(flat.size, -1).astype(np.float64)
+    k = vals.shape[1]
+    acc = np.zeros((grid.n_points, k))
+    cnt = np.zeros(grid.n_points)
+    np.add.at(acc, flat, vals)
+    np.add.at(cnt, flat, 1)
+    out = np.full((grid.n_points, k), fill, dtype=np.float64)
+    hit = cnt > 0
+    out[hit] = acc[hit] / cnt[hit, None]
+    out = out.astype(dtype).reshape(grid.shape + ((k,) if values.ndim > 1 else ()))
+    return out
+
+
+# ---- masks --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _nilearn_template(kind: str, res: int):
+    from nilearn import datasets
+
+    loader = {
+        "brain": datasets.load_mni152_brain_mask,
+        "gm": datasets.load_mni152_gm_template,
+        "template": datasets.load_mni152_template,
+    }[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img = loader(resolution=res)
+    data, grid = _canonical_array(img)
+    return data.astype(np.float32), grid
+
+
+def template(grid: Grid) -> np.ndarray:
+    """The MNI152 (2009, nilearn's) T1 template resampled onto ``grid``, float32 in [0, 1]."""
+    data, src = _nilearn_template("template", 1 if grid.resolution < 2 else 2)
+    return resample(data, src, grid, order=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _mask_cached(kind: str, grid: Grid, threshold: float) -> np.ndarray:
+    data, src = _nilearn_template(kind, 1 if grid.resolution < 2 else 2)
+    prob = resample(data, src, grid, order=1)
+    m = prob >= threshold
+    m.setflags(write=False)
+    return m
+
+
+def brain_mask(grid: Grid) -> np.ndarray:
+    """Whole-brain mask (nilearn's MNI152 brain mask) on ``grid``, bool ``grid.shape``.
+
+    About 235k voxels at 2 mm and 1.9M at 1 mm. Read-only (cached): copy before editing.
+    """
+    return _mask_cached("brain", grid, 0.5)
+
+
+def gm_mask(grid: Grid, threshold: float = 0.5) -> np.ndarray:
+    """Grey-matter mask (nilearn's MNI152 GM probability >= ``threshold``) on ``grid``."""
+    return _mask_cached("gm", grid, float(threshold))
+
+
+def gm_probability(grid: Grid) -> np.ndarray:
+    """Grey-matter probability (float32 in [0, 1]) on ``grid``."""
+    data, src = _nilearn_template("gm", 1 if grid.resolution < 2 else 2)
+    return resample(data, src, grid, order=1)
+
+
+def sphere_mask(grid: Grid, center, radius: float) -> np.ndarray:
+    """Voxels of ``grid`` whose centres lie within ``radius`` mm of MNI point ``center``."""
+    center = np.asarray(center, dtype=np.float64)
+    axes = [grid.origin[a] + np.arange(grid.shape[a]) * grid.zooms[a] - center[a] for a in range(3)]
+    d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+    return d2 <= radius ** 2
+
+
+def roi_mask(grid: Grid, labels, values=None, assume_mni: bool = False) -> np.ndarray:
+    """Mask of ``grid`` from a label NIfTI (path or image), by nearest-neighbour resampling.
+
+    ``values``: label values to keep (default: every non-zero label).
+    """
+    data, src = load_nifti(labels, assume_mni=assume_mni)
+    lab = resample(np.asarray(data), src, grid, order=0)
+    if values is None:
+        return lab != 0
+    return np.isin(lab, np.atleast_1d(values))
+
+
+def resolve_mask(spec, grid: Grid) -> np.ndarray | None:
+    """Turn a mask spec into a bool mask on ``grid``.
+
+    ``spec`` is None (no mask), "brain", "gm", a bool array of ``grid.shape``, or a path to
+    a label/mask NIfTI (any MNI grid, nearest-neighbour resampled).
+    """
+    if spec is None or (isinstance(spec, str) and spec in ("", "none", "all")):
+        return None
+    if isinstance(spec, str) and spec == "brain":
+        return brain_mask(grid)
+    if isinstance(spec, str) and spec in ("gm", "grey", "gray"):
+        return gm_mask(grid)
+    if isinstance(spec, (str, os.PathLike)):
+        return roi_mask(grid, spec)
+    return grid._check_mask(spec)
+
+
+# ---- NIfTI --------------------------------------------------------------------------
+def _canonical_array(img) -> tuple[np.ndarray, Grid]:
+    import nibabel as nib
+
+    can = nib.as_closest_canonical(img)
+    aff = can.affine
+    lin = aff[:3, :3]
+    if not np.allclose(lin, np.diag(np.diag(lin)), atol=1e-3 * np.abs(lin).max()):
+        raise SpaceError(
+            "the image affine is oblique (rotated relative to the MNI axes); napari-nrf needs "
+            "axis-aligned MNI volumes. Resample it first, e.g. nilearn.image.resample_img("
+            "img, target_affine=np.diag([2, 2, 2]))."
+        )
+    data = np.asanyarray(can.dataobj)
+    return data, Grid(can.shape[:3], aff[:3, 3], np.diag(lin))
+
+
+def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
+    """Read a NIfTI (path or nibabel image) in MNI space as ``(data, grid)``.
+
+    The data are reoriented to canonical RAS+ (``nib.as_closest_canonical``) so that FSL's
+    grids (negative x step) and nilearn's grids give the same world placement. 4D data keep
+    their last axis. Oblique affines and files whose sform/qform say scanner or Talairach
+    space raise :class:`SpaceError` (``assume_mni=True`` skips the space check).
+    """
+    import nibabel as nib
+
+    if isinstance(img, (str, os.PathLike)):
+        path = Path(img)
+        if not path.exists():
+            raise FileNotFoundError(f"NIfTI file not found: {path}")
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises several types for bad files
+            raise SpaceError(f"could not read {path} as NIfTI: {exc}") from exc
+    if not assume_mni:
+        s = int(img.header["sform_code"]) if "sform_code" in img.header else 0
+        q = int(img.header["qform_code"]) if "qform_code" in img.header else 0
+        code = s if s > 0 else q
+        if code not in _ACCEPTED_XFORM:
+            name = {XFORM_SCANNER: "scanner (native)", XFORM_TALAIRACH: "Talairach"}.get(code, str(code))
+            raise SpaceError(
+                f"the image is in {name} space according to its header (sform/qform code {code}); "
+                "napari-nrf needs MNI152 volumes. Normalise it to MNI first, or pass "
+                "assume_mni=True if the header is wrong."
+            )
+    data, grid = _canonical_array(img)
+    lo, hi = grid.extent
+    if not assume_mni and (np.any(hi < MNI_BOX_MIN - 40) or np.any(lo > MNI_BOX_MAX + 40)):
+        raise SpaceError(
+            f"the image's field of view {lo.round(1)}..{hi.round(1)} mm does not overlap the MNI152 "
+            "brain; is it in MNI space?"
+        )
+    return data, grid
+
+
+def to_nifti(volume: np.ndarray, grid: Grid, dtype=None):
+    """A ``nibabel.Nifti1Image`` of ``volume`` (grid.shape [+ extra dims]) with MNI sform/qform."""
+    import nibabel as nib
+
+    volume = np.asarray(volume)
+    if volume.shape[:3] != grid.shape:
+        raise SpaceError(f"volume shape {volume.shape[:3]} does not match grid {grid.shape}")
+    if dtype is not None:
+        volume = volume.astype(dtype)
+    elif volume.dtype == np.float64:
+        volume = volume.astype(np.float32)
+    elif volume.dtype == bool:
+        volume = volume.astype(np.uint8)
+    img = nib.Nifti1Image(volume, grid.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_sform(grid.affine, code=XFORM_MNI)
+    img.set_qform(grid.affine, code=XFORM_MNI)
+    return img
+
+
+def save_nifti(volume: np.ndarray, grid: Grid, path, dtype=None) -> Path:
+    """Write ``volume`` on ``grid`` to ``path`` (.nii or .nii.gz) atomically; returns the path."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    nib.save(to_nifti(volume, grid, dtype=dtype), str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+# ---- napari placement ---------------------------------------------------------------
+def layer_data(volume: np.ndarray, grid: Grid) -> tuple[np.ndarray, dict]:
+    """Volume on ``grid`` -> ``(data, kwargs)`` for a napari Image/Labels layer.
+
+    ``data`` is ``volume.transpose(2, 1, 0)`` (z, y, x; a view, no copy) and
+    ``kwargs = {"scale": zooms[::-1], "translate": origin[::-1]}``, so that napari world
+    coordinates are MNI mm in (z, y, x) order.
+    """
+    volume = np.asarray(volume)
+    if volume.shape[:3] != grid.shape:
+        raise SpaceError(f"volume shape {volume.shape[:3]} does not match grid {grid.shape}")
+    return volume.transpose(2, 1, 0), {
+        "scale": tuple(float(v) for v in grid.zooms[::-1]),
+        "translate": tuple(float(v) for v in grid.origin[::-1]),
+    }
+
+
+def layer_to_volume(data: np.ndarray, scale, translate) -> tuple[np.ndarray, Grid]:
+    """Inverse of :func:`layer_data`: napari (z, y, x) data + scale/translate -> (volume, grid)."""
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise SpaceError(f"expected a 3D layer, got {data.ndim} dimensions")
+    scale = np.asarray(scale, dtype=np.float64)[-3:]
+    translate = np.asarray(translate, dtype=np.float64)[-3:]
+    return data.transpose(2, 1, 0), Grid(data.shape[::-1], translate[::-1], scale[::-1])
+
+
+def world_to_mni(position) -> np.ndarray:
+    """napari world position (..., z, y, x) -> MNI (x, y, z) mm, float64 (3,)."""
+    p = np.asarray(position, dtype=np.float64)
+    return p[-3:][::-1].copy()
+
+
+def mni_to_world(xyz) -> np.ndarray:
+    """MNI (x, y, z) mm -> napari world position (z, y, x)."""
+    return np.asarray(xyz, dtype=np.float64)[::-1].copy()
+
+
+# Camera orientation for napari >= 0.5 giving the radiological habit (anterior up in axial).
+NAPARI_CAMERA_ORIENTATION = ("away", "up", "right")
