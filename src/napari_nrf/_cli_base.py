@@ -1,0 +1,44 @@
+"""Base subcommands: ``demo`` (open napari with the plugin) and ``info``."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="open napari with the plugin's widgets and the demo model")
+    p.add_argument("--no-show", action="store_true", help="build everything, do not start the Qt event loop (tests)")
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("info", help="versions, devices and backbones available on this machine")
+    p.set_defaults(func=_info)
+
+
+def _demo(args) -> int:
+    try:
+        from napari_nrf.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "napari_nrf.demo":
+            raise
+        run_demo = None
+    if run_demo is not None:
+        return run_demo(show=not args.no_show)
+    # Until the full demo exists: napari with every widget of the plugin docked.
+    import napari
+
+    from napari_nrf.widgets import dock_all
+
+    viewer = napari.Viewer(title="napari-nrf")
+    dock_all(viewer)
+    if not args.no_show:
+        napari.run()
+    return 0
+
+
+def _info(args) -> int:
+    import torch
+
+    from napari_nrf import __version__
+    from napari_nrf.features import BACKBONES
+
+    print(f"napari-nrf {__version__}, torch {torch.__version__}")
+    print("CUDA devices:", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or "none")
+    print("backbones:", ", ".join(sorted(BACKBONES)))
+    return 0
