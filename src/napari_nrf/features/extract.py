@@ -1,0 +1,208 @@
+"""Batched feature extraction with an on-disk cache keyed by image content.
+
+``extract_features(backbone, images)`` returns ``{name: (B, ...) float32 ndarray}``.
+With a :class:`FeatureCache` each image's features are looked up by the blake2b hash of
+its pixels and the backbone's ``cache_key``; only missing images go through the network,
+so an image library is encoded once, across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import as_image_list, image_hash, to_rgb_uint8
+
+
+def default_cache_dir() -> Path:
+    """``$NAPARI_NRF_CACHE`` or ``~/.cache/napari-nrf``."""
+    return Path(os.environ.get("NAPARI_NRF_CACHE") or Path.home() / ".cache" / "napari-nrf")
+
+
+class FeatureCache:
+    """Backbone features of images on disk, one HDF5 file per backbone ``cache_key``.
+
+    Layout of ``<root>/features-<cache_key>.h5``: ``/hash`` (M,) bytes (32 hex chars) and
+    one (M, ...) float16 dataset per feature name, grown as images are added. Features
+    are stored in float16 (half the disk, plenty for frozen features) and returned as
+    float32.
+
+    Parameters
+    ----------
+    root : path or None
+        Folder of the cache files (default :func:`default_cache_dir`).
+    """
+
+    def __init__(self, root=None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._index: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+        return self.root / f"features-{safe}.h5"
+
+    def _load_index(self, key: str) -> dict[str, int]:
+        if key not in self._index:
+            import h5py
+
+            idx = {}
+            p = self.path(key)
+            if p.exists():
+                with h5py.File(p, "r") as f:
+                    if "hash" in f:
+                        idx = {h.decode(): i for i, h in enumerate(f["hash"][:])}
+            self._index[key] = idx
+        return self._index[key]
+
+    def __contains__(self, item) -> bool:
+        key, h = item
+        return h in self._load_index(key)
+
+    def count(self, key: str) -> int:
+        return len(self._load_index(key))
+
+    def get(self, key: str, hashes: list[str]) -> tuple[dict, np.ndarray]:
+        """Features of the cached ``hashes``: (dict name -> (K, ...) float32, found mask (len(hashes),))."""
+        import h5py
+
+        idx = self._load_index(key)
+        found = np.array([h in idx for h in hashes], bool)
+        if not found.any():
+            return {}, found
+        rows = np.array([idx[h] for h, ok in zip(hashes, found) if ok])
+        order = np.argsort(rows)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        out = {}
+        with h5py.File(self.path(key), "r") as f:
+            for name in f:
+                if name == "hash":
+                    continue
+                out[name] = f[name][rows[order]][inv].astype(np.float32)  # h5py wants increasing rows
+        return out, found
+
+    def put(self, key: str, hashes: list[str], feats: dict) -> None:
+        """Append features (dict name -> (K, ...)) of images with ``hashes``."""
+        import h5py
+
+        with self._lock:
+            idx = self._load_index(key)
+            new = [i for i, h in enumerate(hashes) if h not in idx]
+            if not new:
+                return
+            with h5py.File(self.path(key), "a") as f:
+                n0 = f["hash"].shape[0] if "hash" in f else 0
+                n1 = n0 + len(new)
+                if "hash" not in f:
+                    f.create_dataset("hash", shape=(0,), maxshape=(None,), dtype="S32", chunks=(1024,))
+                f["hash"].resize((n1,))
+                f["hash"][n0:n1] = np.array([hashes[i].encode() for i in new], dtype="S32")
+                for name, v in feats.items():
+                    v = np.asarray(v)[new].astype(np.float16)
+                    if name not in f:
+                        f.create_dataset(name, shape=(0,) + v.shape[1:], maxshape=(None,) + v.shape[1:],
+                                         dtype=np.float16, chunks=(1,) + v.shape[1:])
+                    f[name].resize((n1,) + v.shape[1:])
+                    f[name][n0:n1] = v
+            for j, i in enumerate(new):
+                idx[hashes[i]] = n0 + j
+
+
+def _n_images(images) -> int | None:
+    if isinstance(images, (str, os.PathLike)):
+        return 1
+    if hasattr(images, "shape") and len(images.shape) == 4:
+        return int(images.shape[0])
+    if isinstance(images, (list, tuple)):
+        return len(images)
+    return None
+
+
+def _batches(images, batch_size: int):
+    """Yield lists of (H, W, 3) uint8 arrays without loading a big array or dataset whole."""
+    n = _n_images(images)
+    if n is not None and not isinstance(images, (str, os.PathLike)) and (isinstance(images, (list, tuple)) or
+                                                                          len(images.shape) == 4):
+        for s in range(0, n, batch_size):
+            chunk = images[s:s + batch_size]
+            if hasattr(chunk, "shape"):
+                chunk = np.asarray(chunk)
+                yield [to_rgb_uint8(im) for im in chunk]
+            else:
+                yield [to_rgb_uint8(im) for im in chunk]
+        return
+    all_ = as_image_list(images)
+    for s in range(0, len(all_), batch_size):
+        yield all_[s:s + batch_size]
+
+
+@torch.inference_mode()
+def extract_features(backbone, images, batch_size: int = 16, cache: FeatureCache | None = None,
+                     device=None, progress=None) -> dict:
+    """Named features of ``images`` through the frozen ``backbone``.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        From :func:`napari_nrf.features.get_backbone`.
+    images : path, PIL image, array, list of these, or a (B, H, W, 3|4) array/HDF5 dataset
+        Anything :func:`napari_nrf.features.images.to_rgb_uint8` accepts.
+    batch_size : int
+        Images per forward pass.
+    cache : FeatureCache or None
+        Read cached features and store new ones.
+    device : torch device or None
+        Where the network runs (default: the backbone's device).
+    progress : callable(done, total) or None
+        Called after each batch (``total`` may be None for iterables of unknown length).
+
+    Returns
+    -------
+    dict name -> (B, ...) float32 ndarray, in the backbone's ``feature_shapes``.
+    """
+    dev = torch.device(device) if device is not None else next(backbone.parameters()).device
+    backbone.to(dev)
+    total = _n_images(images)
+    parts: dict[str, list] = {}
+    done = 0
+    key = backbone.cache_key
+    for batch in _batches(images, batch_size):
+        feats = None
+        if cache is not None:
+            hashes = [image_hash(im) for im in batch]
+            cached, found = cache.get(key, hashes)
+            if found.all():
+                feats = cached
+            else:
+                todo = [im for im, ok in zip(batch, found) if not ok]
+                fresh = _run(backbone, todo, dev)
+                cache.put(key, [h for h, ok in zip(hashes, found) if not ok], fresh)
+                feats = {}
+                for name, v in fresh.items():
+                    full = np.empty((len(batch),) + v.shape[1:], np.float32)
+                    full[~found] = v
+                    if found.any():
+                        full[found] = cached[name]
+                    feats[name] = full
+        else:
+            feats = _run(backbone, batch, dev)
+        for name, v in feats.items():
+            parts.setdefault(name, []).append(v)
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+    if not parts:
+        return {name: np.zeros((0,) + tuple(s), np.float32) for name, s in backbone.feature_shapes.items()}
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def _run(backbone, batch, dev) -> dict:
+    x = backbone.preprocess(batch).to(dev)
+    out = backbone(x)
+    return {k: v.float().cpu().numpy() for k, v in out.items()}
