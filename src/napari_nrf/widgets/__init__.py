@@ -1,0 +1,29 @@
+"""napari dock widgets. Thin Qt views over the Qt-free core: no science in here."""
+
+from __future__ import annotations
+
+
+def widget_commands() -> list[tuple[str, str]]:
+    """(display name, "module:attr") of every dock widget in the plugin manifest."""
+    from importlib.resources import files
+
+    import yaml
+
+    manifest = yaml.safe_load(files("napari_nrf").joinpath("napari.yaml").read_text())
+    contrib = manifest["contributions"]
+    by_id = {c["id"]: c["python_name"] for c in contrib.get("commands", [])}
+    return [(w["display_name"], by_id[w["command"]]) for w in contrib.get("widgets", [])]
+
+
+def dock_all(viewer, area: str = "right") -> dict:
+    """Dock every widget of the plugin on ``viewer``; returns display name -> widget."""
+    import importlib
+
+    out = {}
+    for name, target in widget_commands():
+        mod, attr = target.split(":")
+        cls = getattr(importlib.import_module(mod), attr)
+        w = cls(napari_viewer=viewer)
+        viewer.window.add_dock_widget(w, name=name, area=area)
+        out[name] = w
+    return out
