@@ -6,6 +6,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("demo", help="open napari with the plugin's widgets and the demo model")
     p.add_argument("--no-show", action="store_true", help="build everything, do not start the Qt event loop (tests)")
+    p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window once the demo is ready")
     p.set_defaults(func=_demo)
     p = sub.add_parser("info", help="versions, devices and backbones available on this machine")
     p.set_defaults(func=_info)
@@ -19,7 +20,7 @@ def _demo(args) -> int:
             raise
         run_demo = None
     if run_demo is not None:
-        return run_demo(show=not args.no_show)
+        return run_demo(show=not args.no_show, screenshot=args.screenshot)
     # Until the full demo exists: napari with every widget of the plugin docked.
     import napari
 
@@ -27,6 +28,9 @@ def _demo(args) -> int:
 
     viewer = napari.Viewer(title="napari-nrf")
     dock_all(viewer)
+    if args.screenshot:
+        viewer.window.screenshot(args.screenshot, canvas_only=False)
+        print(f"screenshot: {args.screenshot}")
     if not args.no_show:
         napari.run()
     return 0
