@@ -1,0 +1,27 @@
+"""Shared fixtures. Every test runs with its own feature cache so that nothing touches the
+user's ~/.cache (the BrainGlobe habit of autouse fixtures that isolate user config)."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("NAPARI_NRF_CACHE", str(tmp_path_factory.getbasetemp() / "nrf-cache"))
+
+
+@pytest.fixture(scope="session")
+def effnet():
+    """The offline EfficientNet-Lite0 backbone, built once per session (about 3 s)."""
+    from napari_nrf.features import get_backbone
+
+    return get_backbone("efficientnet-lite0")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
