@@ -144,16 +144,16 @@ def load_model(path, device="cpu", kind: str | None = None) -> EncodingModel:
     from . import _kinds  # noqa: F401
 
     meta = read_metadata(path)
-    k = meta["kind"]
-    if kind is not None and k != kind:
-        raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}, expected {kind!r}")
-    if k not in MODEL_KINDS:
-        raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}; known kinds: {sorted(MODEL_KINDS)}")
     from napari_nrf.features import BACKBONES
 
     bb = (meta.get("backbone") or {}).get("name")
     if bb not in BACKBONES:
         raise BundleError(f"{Path(path).name}: metadata field 'backbone.name' is {bb!r}; known: {sorted(BACKBONES)}")
+    k = meta["kind"]
+    if kind is not None and k != kind:
+        raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}, expected {kind!r}")
+    if k not in MODEL_KINDS:
+        raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}; known kinds: {sorted(MODEL_KINDS)}")
     tensors, meta = load_bundle(path)
     model = MODEL_KINDS[k].from_bundle(tensors, meta)
     return model.to(device).eval()
