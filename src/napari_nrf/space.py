@@ -471,3 +471,111 @@ def mni_to_world(xyz) -> np.ndarray:
 
 # Camera orientation for napari >= 0.5 giving the radiological habit (anterior up in axial).
 NAPARI_CAMERA_ORIENTATION = ("away", "up", "right")
+
+
+# ---- streaming 4D NIfTI (one volume chunk at a time) -------------------------------
+def _check_xform(img, where: str) -> None:
+    """Refuse headers whose sform/qform code says scanner or Talairach space."""
+    s = int(img.header["sform_code"]) if "sform_code" in img.header else 0
+    q = int(img.header["qform_code"]) if "qform_code" in img.header else 0
+    code = s if s > 0 else q
+    if code not in _ACCEPTED_XFORM:
+        name = {XFORM_SCANNER: "scanner (native)", XFORM_TALAIRACH: "Talairach"}.get(code, str(code))
+        raise SpaceError(
+            f"{where} is in {name} space according to its header (sform/qform code {code}); "
+            "napari-nrf needs MNI152 volumes. Normalise it to MNI first, or pass "
+            "assume_mni=True if the header is wrong."
+        )
+
+
+class NiftiVolumes:
+    """A NIfTI file (3D or 4D) in MNI space, read a few volumes at a time.
+
+    Only the header is read on construction; :meth:`read` decompresses just the requested
+    volumes (nibabel's array proxy) and reorients them to the canonical RAS+ :class:`Grid`
+    exactly as :func:`load_nifti` does, so a 10 GB session of betas never sits in memory.
+    Consecutive chunks are contiguous in the file, so with the file kept open a ``.nii.gz``
+    is decompressed once from start to end.
+
+    Attributes
+    ----------
+    grid : Grid
+        Canonical grid of the spatial axes.
+    n_volumes : int
+        Length of the 4th axis (1 for a 3D file).
+    dtype : numpy dtype
+        On-disk data type (before any scaling by ``scl_slope``).
+    """
+
+    def __init__(self, path, assume_mni: bool = False):
+        import nibabel as nib
+        from nibabel import orientations as ornt_mod
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"NIfTI file not found: {path}")
+        try:
+            img = nib.load(str(path), keep_file_open=True)
+        except Exception as exc:  # nibabel raises several types for bad files
+            raise SpaceError(f"could not read {path} as NIfTI: {exc}") from exc
+        if len(img.shape) not in (3, 4):
+            raise SpaceError(f"{path.name}: expected a 3D or 4D image, got shape {img.shape}")
+        if not assume_mni:
+            _check_xform(img, path.name)
+        self.path = path
+        self._img = img
+        self._ornt = ornt_mod.io_orientation(img.affine)
+        aff = img.affine @ ornt_mod.inv_ornt_aff(self._ornt, img.shape[:3])
+        lin = aff[:3, :3]
+        if not np.allclose(lin, np.diag(np.diag(lin)), atol=1e-3 * np.abs(lin).max()):
+            raise SpaceError(
+                f"{path.name}: the image affine is oblique (rotated relative to the MNI axes); "
+                "napari-nrf needs axis-aligned MNI volumes. Resample it first, e.g. "
+                "nilearn.image.resample_img(img, target_affine=np.diag([2, 2, 2]))."
+            )
+        shape = tuple(int(img.shape[int(a)]) for a in self._ornt[:, 0])
+        self.grid = Grid(shape, aff[:3, 3], np.diag(lin))
+        self.n_volumes = int(img.shape[3]) if len(img.shape) == 4 else 1
+        self.dtype = img.get_data_dtype()
+        lo, hi = self.grid.extent
+        if not assume_mni and (np.any(hi < MNI_BOX_MIN - 40) or np.any(lo > MNI_BOX_MAX + 40)):
+            raise SpaceError(
+                f"{path.name}: the field of view {lo.round(1)}..{hi.round(1)} mm does not overlap "
+                "the MNI152 brain; is it in MNI space?"
+            )
+
+    def read(self, start: int, stop: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """Volumes ``start:stop`` on the canonical grid.
+
+        Returns ``grid.shape + (n,)`` or, with ``mask`` (bool, ``grid.shape``), ``(n, V)``
+        with voxels in the C order of ``np.argwhere(mask)`` (as :meth:`Grid.coords`).
+        The on-disk dtype is kept when the header has no scaling (int16 betas stay 2 bytes
+        a value); scaled or float64 data come back as float32.
+        """
+        from nibabel import orientations as ornt_mod
+
+        if self._img is None:
+            raise ValueError(f"{self.path.name}: the file was closed")
+        if not 0 <= start < stop <= self.n_volumes:
+            raise ValueError(f"{self.path.name}: volumes {start}:{stop} outside 0:{self.n_volumes}")
+        if len(self._img.shape) == 4:
+            raw = np.asarray(self._img.dataobj[..., start:stop])
+        else:
+            raw = np.asarray(self._img.dataobj)[..., None]
+        data = ornt_mod.apply_orientation(raw, self._ornt)
+        if data.dtype == np.float64:
+            data = data.astype(np.float32)
+        if mask is None:
+            return data
+        mask = self.grid._check_mask(mask)
+        return np.ascontiguousarray(data[mask].T)
+
+    def close(self) -> None:
+        """Drop the image (its proxy closes the kept-open file when collected)."""
+        self._img = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
