@@ -533,7 +533,10 @@ class NiftiVolumes:
                 "napari-nrf needs axis-aligned MNI volumes. Resample it first, e.g. "
                 "nilearn.image.resample_img(img, target_affine=np.diag([2, 2, 2]))."
             )
-        shape = tuple(int(img.shape[int(a)]) for a in self._ornt[:, 0])
+        # ornt[i, 0] is the canonical axis that input axis i becomes.
+        shape = [0, 0, 0]
+        for i, a in enumerate(self._ornt[:, 0]):
+            shape[int(a)] = int(img.shape[i])
         self.grid = Grid(shape, aff[:3, 3], np.diag(lin))
         self.n_volumes = int(img.shape[3]) if len(img.shape) == 4 else 1
         self.dtype = img.get_data_dtype()
