@@ -166,6 +166,30 @@ class EfficientNetLite0(Backbone):
 
 
 CLIP_ENV = "NAPARI_NRF_CLIP_WEIGHTS"
+_OPENAI_HF = ("timm/vit_base_patch16_clip_224.openai", "open_clip_pytorch_model.bin")
+
+
+def _online(host: str, timeout: float = 3.0) -> bool:
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_openai_weights() -> str | None:
+    """The OpenAI ViT-B/16 weights file in the Hugging Face cache, if a past run fetched it."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        p = try_to_load_from_cache(*_OPENAI_HF)
+    except Exception:  # no hub client, or a cache layout it does not know
+        return None
+    return p if isinstance(p, str) and Path(p).is_file() else None
 
 
 @register_backbone
@@ -194,10 +218,13 @@ class ClipViTB16(Backbone):
         self.model_name = model_name
         self.layers = tuple(int(i) for i in layers)
         self.weights = weights or os.environ.get(CLIP_ENV) or None
-        pretrained = self.weights or "openai"
         if self.weights and not Path(self.weights).is_file():
             raise BackboneError(f"CLIP weights file not found: {self.weights}")
+        pretrained = self.weights or _cached_openai_weights() or "openai"
         try:
+            if pretrained == "openai" and not _online("huggingface.co"):
+                # Fail at once instead of after the hub client's minute of retries.
+                raise ConnectionError("huggingface.co cannot be reached and no cached copy was found")
             model = open_clip.create_model(model_name, pretrained=pretrained)
         except Exception as exc:  # network errors come in many classes
             if self.weights:
