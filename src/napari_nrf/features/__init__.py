@@ -13,3 +13,4 @@ DEFAULT_BACKBONE = "efficientnet-lite0"
 __all__ = ["BACKBONES", "Backbone", "BackboneError", "get_backbone", "register_backbone", "FeatureCache",
            "default_cache_dir", "extract_features", "ImageError", "as_image_list", "image_hash",
            "load_image_file", "to_rgb_uint8", "IMAGE_SUFFIXES", "DEFAULT_BACKBONE"]
+from . import dinov2  # noqa: E402,F401  (registers "dinov2-vitl14-reg")
