@@ -15,6 +15,7 @@ import sys
 # Modules that contribute subcommands. Add one line per module.
 COMMANDS = [
     "napari_nrf._cli_base",
+    "napari_nrf._cli_import",
 ]
 
 
