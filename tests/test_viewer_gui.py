@@ -35,3 +35,13 @@ def test_widgets_dock_and_sample_in_mni(make_napari_viewer):
     shot = viewer.screenshot(canvas_only=True)
     assert shot.ndim == 3 and shot.std() > 0  # something was really rendered
 
+
+
+def test_napari_plugin_manager_opens_every_widget(make_napari_viewer):
+    """What `napari -w napari-nrf` does: napari's own plugin machinery docks each widget."""
+    from napari_nrf.widgets import widget_commands
+
+    viewer = make_napari_viewer()
+    for name, _ in widget_commands():
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-nrf", name)
+        assert widget is not None, name
