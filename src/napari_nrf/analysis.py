@@ -128,29 +128,33 @@ def _kmeans_torch(x: np.ndarray, k: int, seed: int, device, max_iter: int, tol: 
     n = X.shape[0]
     sq = (X * X).sum(1)
 
-    def dist2(c):  # (N, k) squared distances, in chunks to bound memory
-        return torch.clamp(sq[:, None] - 2 * X @ c.T + (c * c).sum(1)[None], min=0)
+    def assign(c):  # nearest centre and inertia; argmax of x.c - |c|^2/2 is argmin of |x - c|^2
+        score = X @ c.T - 0.5 * (c * c).sum(1)[None]
+        best, lab = score.max(1)
+        return lab, float(sq.sum() - 2 * best.sum()), best
 
-    # k-means++ on a subsample (enough to seed well, cheap for millions of points).
+    # Greedy k-means++ (as scikit-learn: 2 + log k candidates per step, keep the one that
+    # lowers the potential most) on a subsample: enough to seed well, cheap for millions.
     sub = X[torch.randperm(n, generator=g)[: min(n, 20000 + 50 * k)].to(dev)]
     centers = sub[torch.randint(len(sub), (1,), generator=g).to(dev)]
     d = torch.clamp(((sub - centers) ** 2).sum(1), min=0)
+    n_local = 2 + int(np.log(k))
     for _ in range(1, k):
         p = (d / d.sum()).cpu()
-        i = torch.multinomial(p, 1, generator=g).to(dev)
-        centers = torch.cat([centers, sub[i]])
-        d = torch.minimum(d, ((sub - sub[i]) ** 2).sum(1))
+        cand = torch.multinomial(p, n_local, replacement=True, generator=g).to(dev)
+        dc = torch.minimum(d[None], torch.cdist(sub[cand], sub).square())  # (n_local, n_sub)
+        best = int(dc.sum(1).argmin())
+        centers = torch.cat([centers, sub[cand[best]][None]])
+        d = dc[best]
     prev = None
     for it in range(max_iter):
-        dd = dist2(centers)
-        lab = dd.argmin(1)
-        inertia = float(dd.gather(1, lab[:, None]).sum())
+        lab, inertia, best = assign(centers)
         sums = torch.zeros_like(centers).index_add_(0, lab, X)
         cnt = torch.bincount(lab, minlength=k).to(X.dtype)
         empty = cnt == 0
         new = sums / cnt.clamp(min=1)[:, None]
-        if empty.any():  # re-seed empty clusters at the farthest points
-            far = dd.gather(1, lab[:, None])[:, 0].topk(int(empty.sum())).indices
+        if empty.any():  # re-seed empty clusters at the points farthest from their centre
+            far = (sq - 2 * best).topk(int(empty.sum())).indices
             new[empty] = X[far]
         centers = new
         if progress is not None:
@@ -158,9 +162,7 @@ def _kmeans_torch(x: np.ndarray, k: int, seed: int, device, max_iter: int, tol: 
         if prev is not None and abs(prev - inertia) <= tol * max(prev, 1e-12):
             break
         prev = inertia
-    dd = dist2(centers)
-    lab = dd.argmin(1)
-    inertia = float(dd.gather(1, lab[:, None]).sum())
+    lab, inertia, _ = assign(centers)
     return lab.cpu().numpy(), centers.cpu().numpy(), inertia
 
 

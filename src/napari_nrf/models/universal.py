@@ -230,6 +230,8 @@ class UniversalEncoder(EncodingModel):
         subject = self._check_subject(subject)
         if subject not in self.subjects:
             raise UniversalModelError(f"subject {subject!r} has no voxel coordinates in this model")
+        if torch.is_tensor(coords):
+            coords = coords.detach().cpu().numpy()
         d, idx = cKDTree(self.subjects[subject]).query(np.asarray(coords, np.float64).reshape(-1, 3))
         return idx.astype(np.int64), d <= max_distance
 
