@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget)
 
+from ._state import state_for
+
+MAX_RECENT = 8
+
 
 def available_devices() -> list[str]:
-    """"cuda:0", "cuda:1", ... for each CUDA GPU found, then "cpu"."""
+    """"cuda:0", "cuda:1", ... for each CUDA GPU found, then "cpu" (the first GPU is the default)."""
     import torch
 
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())] + ["cpu"]
@@ -16,39 +22,126 @@ def available_devices() -> list[str]:
 
 def model_card(model) -> str:
     """A short plain-text description of a loaded model (kind, backbone, subjects, metrics)."""
-    lines = [f"kind: {model.kind}", f"backbone: {model.backbone_name}"]
+    kind = model.kind + (" (continuous field in MNI space)" if getattr(model, "continuous", False) else "")
+    lines = [f"kind: {kind}", f"backbone: {model.backbone_name}"]
+    n_par = sum(p.numel() for p in model.parameters())
+    lines.append(f"parameters: {n_par / 1e6:.2f} M")
+    total = 0
     for s, xyz in model.subjects.items():
         lines.append(f"subject {s}: {len(xyz)} voxels")
+        total += len(xyz)
+    if len(model.subjects) > 1:
+        lines.append(f"voxels (all subjects): {total}")
     prov = getattr(model, "provenance", {}) or {}
-    if prov.get("data"):
-        lines.append(f"trained on: {prov['data']}")
+    for key in ("data", "training_data", "dataset"):
+        if prov.get(key):
+            lines.append(f"trained on: {prov[key]}")
+            break
+    for key in ("n_images", "n_train_images", "epochs"):
+        if isinstance(prov.get(key), (int, float)):
+            lines.append(f"{key.replace('_', ' ')}: {prov[key]}")
     for k, v in (getattr(model, "metrics", {}) or {}).items():
+        if isinstance(v, bool):
+            continue
         if isinstance(v, (int, float)):
             lines.append(f"{k}: {v:.3f}")
     return "\n".join(lines)
 
 
+# ---- recent models (a small JSON list in the user cache folder) ---------------------
+def _recent_file() -> Path:
+    from napari_nrf.features import default_cache_dir
+
+    return default_cache_dir() / "recent_models.json"
+
+
+def recent_models() -> list[str]:
+    """Recently opened model bundles that still exist, newest first."""
+    try:
+        items = json.loads(_recent_file().read_text())
+    except (OSError, ValueError):
+        return []
+    return [p for p in items if isinstance(p, str) and Path(p).is_file()][:MAX_RECENT]
+
+
+def add_recent(path) -> None:
+    """Put ``path`` first in the recent list (written atomically)."""
+    path = str(Path(path).resolve())
+    items = [path] + [p for p in recent_models() if p != path]
+    f = _recent_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(items[:MAX_RECENT], indent=1))
+    os.replace(tmp, f)
+
+
+def check_device(device: str) -> None:
+    """Raise a ValueError with a user message when ``device`` cannot be used here."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{device} was chosen but CUDA is not available on this machine; choose the CPU")
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        if idx >= torch.cuda.device_count():
+            raise ValueError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def _load(path: str, device: str, cancel=None):
+    from napari_nrf.models import load_model
+
+    check_device(device)
+    return load_model(path, device=device)
+
+
 class EncodingModelWidget(QWidget):
-    """Load a model bundle in a worker thread; errors become napari notifications."""
+    """Load a model bundle in a worker thread; errors become napari notifications.
+
+    The loaded model is shared with the other widgets of the viewer
+    (:func:`napari_nrf.widgets._state.state_for`).
+    """
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
         self.model = None
         self.path: Path | None = None
+        self.worker = None
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
         self.open_btn = QPushButton("Open model…")
+        self.open_btn.setToolTip("Open a .safetensors model bundle")
         self.open_btn.clicked.connect(self._choose)
         self.device = QComboBox()
+        self.device.setToolTip("Where the model runs: each CUDA GPU found, or the CPU")
         self.device.addItems(available_devices())
         row.addWidget(self.open_btn)
+        row.addWidget(QLabel("device"))
         row.addWidget(self.device)
         lay.addLayout(row)
+        self.recent = QComboBox()
+        self.recent.setToolTip("Recently opened models")
+        self._fill_recent()
+        self.recent.activated.connect(self._recent_chosen)
+        lay.addWidget(self.recent)
         self.card = QLabel("no model loaded")
         self.card.setWordWrap(True)
         lay.addWidget(self.card)
         lay.addStretch()
+        self.state.model_changed.connect(self._model_changed)
+
+    def _fill_recent(self):
+        self.recent.clear()
+        items = recent_models()
+        self.recent.addItem("recent models…" if items else "(no recent models)")
+        for p in items:
+            self.recent.addItem(Path(p).name, p)
+
+    def _recent_chosen(self, index: int):
+        path = self.recent.itemData(index)
+        if path:
+            self.load(path)
 
     def _choose(self):
         path, _ = QFileDialog.getOpenFileName(self, "Open model bundle", "", "Model bundles (*.safetensors)")
@@ -57,21 +150,35 @@ class EncodingModelWidget(QWidget):
 
     def load(self, path):
         """Load ``path`` on the chosen device in a thread worker; returns the worker."""
-        from napari.qt.threading import create_worker
+        from ._render import start_worker
 
-        from napari_nrf.models import load_model
+        self.card.setText(f"loading {Path(path).name}…")
+        self.worker = start_worker(_load, str(path), self.device.currentText(),
+                                   on_result=lambda m: self._loaded(m, Path(path)), on_error=self._failed)
+        return self.worker
 
-        worker = create_worker(load_model, str(path), device=self.device.currentText())
-        worker.returned.connect(lambda m: self._loaded(m, Path(path)))
-        worker.errored.connect(self._failed)
-        worker.start()
-        return worker
+    def set_model(self, model, path=None):
+        """Use an already loaded model (the demo, notebooks); shared with the other widgets."""
+        self.state.set_model(model, Path(path) if path else None)
 
     def _loaded(self, model, path):
-        self.model, self.path = model, path
-        self.card.setText(f"{path.name}\n" + model_card(model))
+        try:
+            add_recent(path)
+        except OSError:  # a read-only cache folder must not stop the viewer
+            pass
+        self._fill_recent()
+        self.set_model(model, path)
+
+    def _model_changed(self, model):
+        self.model, self.path = model, self.state.model_path
+        if model is None:
+            self.card.setText("no model loaded")
+            return
+        name = f"{self.path.name}\n" if self.path else ""
+        self.card.setText(name + model_card(model))
 
     def _failed(self, exc):
         from napari.utils.notifications import show_error
 
+        self._model_changed(self.model)  # restore the card of the model still in use
         show_error(f"Could not load the model: {exc}")

@@ -1,0 +1,97 @@
+"""Image libraries for the region explorer: a folder of images or an in-memory array.
+
+Qt-free. Features are computed once per model backbone through the model's own
+``encode_images`` with the on-disk :class:`napari_nrf.features.FeatureCache`, so a library
+is encoded once across sessions and the ranking of a region is then model work only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class LibraryError(ValueError):
+    """An image library cannot be built (empty folder, bad array)."""
+
+
+class ImageLibrary:
+    """N images to rank by a region's predicted response.
+
+    Parameters
+    ----------
+    images : list of paths or (H, W, 3) uint8 arrays, or a (N, H, W, 3) uint8 array
+    names : list of str or None
+        One short name per image (default: file stems or "image 0", "image 1", ...).
+    label : str
+        What the library is, for the widget ("virtual subjects' stimuli", a folder name).
+    features : dict or None
+        Precomputed backbone features name -> (N, ...) (skip encoding).
+    """
+
+    def __init__(self, images, names=None, label: str = "library", features: dict | None = None,
+                 backbone: str | None = None):
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4 or images.shape[-1] != 3:
+                raise LibraryError(f"library array must be (N, H, W, 3), got {images.shape}")
+        self.images = images
+        n = len(images)
+        if n == 0:
+            raise LibraryError("the image library is empty")
+        if names is None:
+            names = [Path(p).stem if isinstance(p, (str, Path)) else f"image {i}" for i, p in enumerate(images)]
+        if len(names) != n:
+            raise LibraryError(f"{len(names)} names for {n} images")
+        self.names = list(names)
+        self.label = label
+        self._features: dict = {}
+        if features is not None:
+            self._features[backbone] = features
+
+    @classmethod
+    def from_folder(cls, folder, max_images: int | None = None) -> "ImageLibrary":
+        """Every image file of ``folder`` (not recursive), sorted by name."""
+        from napari_nrf.features import IMAGE_SUFFIXES
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise LibraryError(f"not a folder: {folder}")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if max_images:
+            files = files[:max_images]
+        if not files:
+            raise LibraryError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        return cls([str(p) for p in files], label=folder.name)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i`` as (H, W, 3) uint8."""
+        from napari_nrf.features import to_rgb_uint8
+
+        return to_rgb_uint8(self.images[i])
+
+    def thumbnail(self, i: int, size: int = 72) -> np.ndarray:
+        """Image ``i`` shrunk to fit ``size`` x ``size`` px, (h, w, 3) uint8 C-contiguous."""
+        from PIL import Image
+
+        im = Image.fromarray(self.image(i))
+        im.thumbnail((size, size))
+        return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+
+    def features(self, model, progress=None) -> dict:
+        """Backbone features (name -> (N, ...) float32) for ``model``'s backbone, cached."""
+        key = getattr(model, "backbone_name", None)
+        if key not in self._features:
+            from napari_nrf.features import FeatureCache
+
+            try:
+                cache = FeatureCache()
+            except OSError:
+                cache = None
+            feats = model.encode_images(self.images, cache=cache, progress=progress)
+            self._features[key] = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+                                   for k, v in feats.items()}
+        return self._features[key]

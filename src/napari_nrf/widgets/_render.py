@@ -1,0 +1,226 @@
+"""Rendering helpers of the widgets: volumes through the query engine, layers, colormaps.
+
+Placement in MNI world coordinates goes through :func:`napari_nrf.space.layer_data` only.
+Every layer the plugin makes carries ``metadata["napari_nrf"]`` (a dict with ``kind`` =
+"response", "contrast", "template" or "region", and for volumes the :class:`Grid`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_nrf import space
+
+META = "napari_nrf"
+
+
+class RenderCancelled(Exception):
+    """Raised in a render worker when the user cancelled."""
+
+
+# ---- volumes ---------------------------------------------------------------------------
+def compute_volumes(model, features: dict, grid: space.Grid, mask=None, subject=None, progress=None,
+                    cancel=None) -> np.ndarray:
+    """Predicted volumes (B, *grid.shape) float32 of B images (NaN outside ``mask``).
+
+    ``features``: dict name -> (B, ...) tensors (``model.encode_images``). Goes through
+    :class:`napari_nrf.query.QueryEngine` (chunked, cancellable). ``cancel()`` returning
+    True raises :class:`RenderCancelled` between chunks.
+    """
+    try:
+        from napari_nrf.query import QueryEngine
+    except ModuleNotFoundError as exc:  # the engine is not there yet: plain chunked predict
+        if exc.name != "napari_nrf.query":
+            raise
+        return _plain_volumes(model, features, grid, mask, subject, progress, cancel)
+    engine = QueryEngine(model, device=model.device)
+    try:
+        return np.asarray(engine.volume(features, grid, mask=mask, subject=subject, progress=progress,
+                                        cancel=cancel), dtype=np.float32)
+    except Exception as exc:
+        if type(exc).__name__.endswith("Cancelled"):
+            raise RenderCancelled(str(exc)) from exc
+        raise
+
+
+def _plain_volumes(model, features, grid, mask, subject, progress, cancel, chunk: int = 32768):
+    """Stand-in for the query engine: model.predict over the grid points in chunks."""
+    import torch
+
+    mask = space.resolve_mask(mask, grid)
+    b = int(next(iter(features.values())).shape[0])
+    out = np.full((b, grid.n_points), np.nan, np.float32)
+    total = grid.n_points if mask is None else int(mask.sum())
+    done = 0
+    with torch.inference_mode():
+        for idx, xyz in grid.iter_points(chunk, mask):
+            if cancel is not None and cancel():
+                raise RenderCancelled("cancelled")
+            r = model.predict(features, coords=torch.as_tensor(xyz, device=model.device), subject=subject)
+            out[:, idx] = r.float().cpu().numpy()
+            done += len(idx)
+            if progress is not None:
+                progress(done, total)
+    return out.reshape((b,) + grid.shape)
+
+
+def robust_limit(volume: np.ndarray) -> float:
+    """Symmetric display limit: the 99.5th percentile of |finite values| (1.0 if none)."""
+    v = np.abs(volume[np.isfinite(volume)])
+    if v.size == 0:
+        return 1.0
+    m = float(np.percentile(v, 99.5))
+    return m if m > 0 else float(v.max() or 1.0)
+
+
+# ---- colormap ---------------------------------------------------------------------------
+def cold_hot(threshold: float = 0.2, name: str | None = None):
+    """A diverging napari Colormap for symmetric limits (-m, m), centred at 0.
+
+    Negative values run blue -> cyan, positive red -> yellow; values with
+    |v| < ``threshold * m`` are fully transparent (``threshold`` in [0, 1)), so the
+    template shows through where nothing happens.
+    """
+    from napari.utils.colormaps import Colormap
+
+    t = float(np.clip(threshold, 0.0, 0.99)) / 2
+    eps = 1e-4
+    lo, hi = 0.5 - t, 0.5 + t
+    colors = [
+        [0.0, 1.0, 1.0, 1.0],   # -m: cyan
+        [0.0, 0.2, 1.0, 1.0],   # -t*m: blue
+        [0.0, 0.2, 1.0, 0.0],   # inside the threshold: transparent
+        [1.0, 0.1, 0.0, 0.0],
+        [1.0, 0.1, 0.0, 1.0],   # +t*m: red
+        [1.0, 1.0, 0.0, 1.0],   # +m: yellow
+    ]
+    controls = [0.0, max(lo - eps, eps), lo, hi, min(hi + eps, 1 - eps), 1.0]
+    if t == 0:  # no transparent band: drop the two inner stops
+        colors = [colors[0], colors[1], colors[4], colors[5]]
+        controls = [0.0, 0.5 - eps, 0.5 + eps, 1.0]
+    return Colormap(colors=np.array(colors), controls=np.array(controls),
+                    name=name or f"nrf-cold-hot-{threshold:.3f}", interpolation="linear")
+
+
+def volume_layer_data(volume: np.ndarray, grid: space.Grid, name: str, threshold: float = 0.2,
+                      limit: float | None = None, **meta) -> tuple:
+    """``(data, kwargs, "image")`` of a response volume in MNI world coordinates.
+
+    NaN (outside the mask) is shown as 0 (transparent); the original volume, NaN
+    included, stays in ``metadata["napari_nrf"]["volume"]`` for exports.
+    """
+    volume = np.asarray(volume, np.float32)
+    m = robust_limit(volume) if limit is None else float(limit)
+    shown = np.nan_to_num(volume, nan=0.0, posinf=m, neginf=-m)
+    data, kw = space.layer_data(shown, grid)
+    md = {"kind": "response", "grid": grid, "volume": volume, "threshold": float(threshold)}
+    md.update(meta)
+    kw.update(name=name, colormap=cold_hot(threshold), contrast_limits=(-m, m), rendering="translucent",
+              blending="translucent", metadata={META: md})
+    return data, kw, "image"
+
+
+def template_layer_data(resolution: float = 2.0) -> tuple:
+    """``(data, kwargs, "image")`` of the MNI152 template at ``resolution`` mm."""
+    grid = space.Grid.mni(resolution)
+    data, kw = space.layer_data(space.template(grid), grid)
+    kw.update(name="MNI152", colormap="gray", blending="translucent_no_depth", rendering="attenuated_mip",
+              attenuation=0.3, metadata={META: {"kind": "template", "grid": grid}})
+    return data, kw, "image"
+
+
+def layer_kind(layer) -> str | None:
+    md = getattr(layer, "metadata", None) or {}
+    return (md.get(META) or {}).get("kind")
+
+
+def ensure_template(viewer, resolution: float = 2.0):
+    """Add the MNI152 template once (below every other layer); returns the template layer."""
+    for layer in viewer.layers:
+        if layer_kind(layer) == "template":
+            return layer
+    data, kw, _ = template_layer_data(resolution)
+    layer = viewer.add_image(data, **kw)
+    viewer.layers.move(viewer.layers.index(layer), 0)
+    try:  # radiological habit: anterior up in axial views (napari >= 0.5)
+        viewer.camera.orientation = space.NAPARI_CAMERA_ORIENTATION
+    except Exception:  # older napari without camera.orientation
+        pass
+    return layer
+
+
+def layer_volume(layer) -> tuple[np.ndarray, space.Grid]:
+    """(volume (X, Y, Z), grid) of a 3D napari layer placed in MNI world coordinates."""
+    md = (layer.metadata or {}).get(META) or {}
+    if "volume" in md and "grid" in md:
+        return md["volume"], md["grid"]
+    return space.layer_to_volume(np.asarray(layer.data), layer.scale, layer.translate)
+
+
+def mni_status(viewer, position=None) -> str:
+    """'MNI (x, y, z) = (.., .., ..) mm' plus the value of the top visible volume there."""
+    pos = np.asarray(viewer.cursor.position if position is None else position, dtype=float)
+    if pos.size < 3:
+        return ""
+    xyz = space.world_to_mni(pos)
+    text = f"MNI (x, y, z) = ({xyz[0]:.1f}, {xyz[1]:.1f}, {xyz[2]:.1f}) mm"
+    for layer in list(viewer.layers)[::-1]:
+        if not layer.visible or layer_kind(layer) not in ("response", "contrast", "template"):
+            continue
+        vol, grid = layer_volume(layer)
+        ijk, inside = grid.nearest_index(xyz)
+        if inside:
+            v = float(vol[tuple(ijk)])
+            text += f"; {layer.name} = {v:.3g}"
+            break
+    return text
+
+
+# ---- workers ------------------------------------------------------------------------------
+def call_safely(fn, *args, **kwargs):
+    """``(True, fn(...))`` or ``(False, exception)``.
+
+    Worker bodies go through this so that errors come back through ``returned`` and are
+    shown as napari notifications by our handlers (napari 0.9's own ``errored`` status
+    hook raises a TypeError in the Qt event loop when a worker fails).
+    """
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as exc:  # reported to the user by the caller's handler
+        return False, exc
+
+
+def start_worker(fn, *args, on_result, on_error, on_finished=None, cancel_event=None):
+    """Run ``fn(*args, cancel=...)`` in a napari thread worker; results and errors come
+    back on the main thread.
+
+    ``fn`` gets a ``cancel()`` callable that is True once ``cancel_event`` is set or the
+    worker was asked to quit (napari's task-status cancel button calls ``worker.quit``).
+    A worker that quits emits no result: ``on_error`` then gets a :class:`RenderCancelled`.
+    """
+    from napari.qt.threading import create_worker
+
+    holder = []
+
+    def cancel():
+        return bool((cancel_event is not None and cancel_event.is_set()) or (holder and holder[0].abort_requested))
+
+    worker = create_worker(call_safely, fn, *args, cancel=cancel)
+    holder.append(worker)
+    got = []
+
+    def _returned(res):
+        got.append(True)
+        ok, value = res
+        (on_result if ok else on_error)(value)
+
+    def _finished():
+        if not got:  # quit before returning
+            on_error(RenderCancelled("cancelled"))
+        if on_finished is not None:
+            on_finished()
+
+    worker.returned.connect(_returned)
+    worker.finished.connect(_finished)
+    worker.start()
+    return worker

@@ -1,0 +1,412 @@
+"""Region explorer dock widget: click a region, see the images that drive it most and least.
+
+A click in the 2D or 3D view picks either the label under the cursor on a chosen Labels
+layer (a cluster map, an atlas, any ROI) or a sphere of radius r mm around the clicked
+MNI point (in 3D: where the view ray first enters the brain). The region is highlighted,
+its MNI centre and size are shown, and the top-k and bottom-k images of the image library
+(scored by the model's mean predicted response over the region, from cached features)
+appear as thumbnails, computed in a thread worker.
+"""
+
+from dataclasses import dataclass, field
+import threading
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
+                            QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QSpinBox,
+                            QVBoxLayout, QWidget)
+
+from napari_nrf import space
+
+from ._library import ImageLibrary, LibraryError
+from ._render import META, layer_kind, layer_volume, start_worker
+from ._state import state_for
+from ._status import install_mni_status
+
+SPHERE = "sphere around the click"
+MAX_REGION_POINTS = 5000  # larger regions are scored on an even subsample (the mean barely moves)
+THUMB = 72
+
+
+@dataclass
+class Region:
+    """A picked region.
+
+    Attributes
+    ----------
+    kind : "label" or "sphere"
+    source : str, the Labels layer name or "sphere"
+    value : int label value (0 for spheres)
+    grid : space.Grid of ``mask``
+    mask : bool array (grid.shape)
+    click : (3,) MNI mm of the click (sphere centre)
+    """
+
+    kind: str
+    source: str
+    value: int
+    grid: space.Grid
+    mask: np.ndarray
+    click: np.ndarray
+    radius: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """(N, 3) float32 MNI mm of the region's voxel centres."""
+        return self.grid.coords(self.mask)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def volume_mm3(self) -> float:
+        return float(self.n_voxels * np.prod(self.grid.zooms))
+
+    @property
+    def centre(self) -> np.ndarray:
+        return self.coords.mean(0) if self.n_voxels else np.full(3, np.nan)
+
+    def describe(self) -> str:
+        c = self.centre
+        what = f"label {self.value} of {self.source}" if self.kind == "label" else f"sphere r = {self.radius:g} mm"
+        return (f"{what}\ncentre MNI ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm; "
+                f"{self.n_voxels} voxels, {self.volume_mm3:.0f} mm³")
+
+
+def scoring_points(region: Region, max_points: int = MAX_REGION_POINTS) -> np.ndarray:
+    """The region's points to score, an even deterministic subsample above ``max_points``."""
+    xyz = region.coords
+    if len(xyz) > max_points:
+        xyz = xyz[np.linspace(0, len(xyz) - 1, max_points).round().astype(int)]
+    return xyz
+
+
+def ray_entry_point(position, view_direction, mask: np.ndarray, grid: space.Grid, step: float = 1.0):
+    """First MNI point along the 3D view ray (napari world (z, y, x)) inside ``mask``, or None."""
+    p = space.world_to_mni(position)
+    d = space.world_to_mni(view_direction)
+    n = np.linalg.norm(d)
+    if not np.isfinite(n) or n == 0:
+        return None
+    d = d / n
+    t = np.arange(-400.0, 400.0, step)
+    pts = p[None] + t[:, None] * d[None]
+    ijk, inside = grid.nearest_index(pts)
+    hit = np.zeros(len(t), bool)
+    hit[inside] = mask[tuple(ijk[inside].T)]
+    if not hit.any():
+        return None
+    return pts[int(np.argmax(hit))]
+
+
+class _Progress(QObject):
+    changed = Signal(int, int)
+
+
+def _top_job(model, library, xyz, k, subject, progress, *, cancel):
+    """Worker body: library features (cached), then the top/bottom images of the region."""
+    import torch
+
+    from napari_nrf.analysis import top_images
+
+    with torch.inference_mode():
+        feats = library.features(model)
+        return top_images(model, feats, coords=xyz, subject=subject, k=k, progress=progress, cancel=cancel)
+
+
+class RegionExplorerWidget(QWidget):
+    """Pick a region by clicking; rank the library images by the region's predicted response.
+
+    Public methods: :meth:`pick` (what a click does), :meth:`explore`, :meth:`set_library`.
+    Signals: ``picked(Region)``, ``explored(TopImages)``.
+    """
+
+    picked = Signal(object)
+    explored = Signal(object)
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.region: Region | None = None
+        self.result = None
+        self.worker = None
+        self._cancel = threading.Event()
+        self._progress = _Progress()
+        self._progress.changed.connect(self._on_progress)
+        self._pixmaps = []
+        install_mni_status(napari_viewer)
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.source = QComboBox()
+        self.source.setToolTip("What a click picks: the label under the cursor on a Labels layer, or a sphere")
+        form.addRow("region", self.source)
+        self.radius = QDoubleSpinBox()
+        self.radius.setRange(1.0, 40.0)
+        self.radius.setValue(8.0)
+        self.radius.setSuffix(" mm")
+        form.addRow("sphere radius", self.radius)
+        self.k = QSpinBox()
+        self.k.setRange(1, 50)
+        self.k.setValue(8)
+        form.addRow("images shown (top / bottom)", self.k)
+        self.enabled = QCheckBox("pick regions with a click in the view")
+        self.enabled.setChecked(True)
+        form.addRow(self.enabled)
+        lay.addLayout(form)
+        lrow = QHBoxLayout()
+        self.library_label = QLabel("library: none")
+        self.library_label.setWordWrap(True)
+        lrow.addWidget(self.library_label, 1)
+        btn = QPushButton("Folder…")
+        btn.setToolTip("Use a folder of images as the library")
+        btn.clicked.connect(self._choose_folder)
+        lrow.addWidget(btn)
+        lay.addLayout(lrow)
+        self.info = QLabel("click a region in the view")
+        self.info.setWordWrap(True)
+        lay.addWidget(self.info)
+        prow = QHBoxLayout()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        prow.addWidget(self.progress_bar, 1)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        prow.addWidget(self.cancel_btn)
+        lay.addLayout(prow)
+        self.grid_widget = QWidget()
+        self.thumb_grid = QGridLayout(self.grid_widget)
+        self.thumb_grid.setSpacing(2)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.grid_widget)
+        scroll.setMinimumHeight(2 * (THUMB + 40))
+        lay.addWidget(scroll, 1)
+        self.thumb_labels: list[QLabel] = []
+
+        self.viewer.layers.events.inserted.connect(self._refresh_sources)
+        self.viewer.layers.events.removed.connect(self._refresh_sources)
+        self.state.library_changed.connect(self._library_changed)
+        self._refresh_sources()
+        self._library_changed(self.state.library)
+        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+
+    # ---- library ------------------------------------------------------------------------
+    def set_library(self, library: ImageLibrary) -> None:
+        """Use ``library`` (shared with the viewer's other widgets)."""
+        self.state.set_library(library)
+
+    def _library_changed(self, library):
+        if library is None:
+            self.library_label.setText("library: none (choose a folder of images)")
+        else:
+            self.library_label.setText(f"library: {library.label} ({len(library)} images)")
+
+    def _choose_folder(self):
+        from napari.utils.notifications import show_error
+
+        folder = QFileDialog.getExistingDirectory(self, "Image library folder")
+        if folder:
+            try:
+                self.set_library(ImageLibrary.from_folder(folder))
+            except LibraryError as exc:
+                show_error(f"napari-nrf: {exc}")
+
+    # ---- clicks ------------------------------------------------------------------------
+    def _on_mouse(self, viewer, event):
+        """Mouse-drag callback: a press and release without moving is a pick."""
+        if not self.enabled.isChecked() or event.button != 1 or event.modifiers:
+            return
+        moved = False
+        yield
+        while event.type == "mouse_move":
+            moved = True
+            yield
+        if not moved:
+            self.pick(event.position, view_direction=event.view_direction, dims_displayed=list(event.dims_displayed))
+
+    def pick(self, position, view_direction=None, dims_displayed=None):
+        """Pick the region at napari world ``position`` (z, y, x); highlight it and rank images.
+
+        Returns the :class:`Region` (or None when nothing is there).
+        """
+        from napari.utils.notifications import show_info
+
+        src = self.source.currentText()
+        three_d = dims_displayed is not None and len(dims_displayed) == 3 and view_direction is not None
+        if src == SPHERE or src not in self.viewer.layers:
+            region = self._sphere(position, view_direction if three_d else None)
+        else:
+            region = self._label(self.viewer.layers[src], position, view_direction, dims_displayed)
+        if region is None or region.n_voxels == 0:
+            self.info.setText("nothing to pick here: click on a labelled region or inside the brain")
+            show_info("napari-nrf: no region under the click")
+            return None
+        self.region = region
+        self._highlight(region)
+        self.info.setText(region.describe())
+        self.picked.emit(region)
+        self.explore(region)
+        return region
+
+    def _label(self, layer, position, view_direction, dims_displayed):
+        value = layer.get_value(position, view_direction=view_direction, dims_displayed=dims_displayed, world=True)
+        if isinstance(value, tuple):  # multiscale layers give (level, value)
+            value = value[-1]
+        if value is None or int(value) == 0:
+            return None
+        vol, grid = layer_volume(layer)
+        mask = np.asarray(vol) == int(value)
+        return Region("label", layer.name, int(value), grid, mask, space.world_to_mni(position))
+
+    def _sphere(self, position, view_direction):
+        grid = space.Grid.mni(2.0)
+        brain = space.brain_mask(grid)
+        if view_direction is not None:
+            centre = ray_entry_point(position, view_direction, brain, grid)
+            if centre is None:
+                return None
+        else:
+            centre = space.world_to_mni(position)
+        r = float(self.radius.value())
+        sphere = space.sphere_mask(grid, centre, r)
+        mask = sphere & brain
+        if not mask.any():  # outside the brain mask: keep the bare sphere
+            mask = sphere
+        return Region("sphere", "sphere", 0, grid, mask, np.asarray(centre, float), radius=r)
+
+    def _highlight(self, region: Region):
+        data, kw = space.layer_data(region.mask.astype(np.uint8), region.grid)
+        name = "selected region"
+        old = [ly for ly in self.viewer.layers if layer_kind(ly) == "region"]
+        for ly in old:
+            self.viewer.layers.remove(ly)
+        layer = self.viewer.add_labels(data, name=name, opacity=0.6, blending="translucent_no_depth",
+                                       metadata={META: {"kind": "region", "grid": region.grid}}, **kw)
+        # keep the pick source selected so napari's status shows its labels
+        src = self.source.currentText()
+        if src in self.viewer.layers:
+            self.viewer.layers.selection.active = self.viewer.layers[src]
+        return layer
+
+    # ---- ranking ------------------------------------------------------------------------
+    def explore(self, region: Region | None = None):
+        """Rank the library's images for ``region`` (default: the last pick) in a worker."""
+        from napari.utils.notifications import show_info
+
+        region = region or self.region
+        model, library = self.state.model, self.state.library
+        if region is None:
+            return None
+        if model is None or library is None:
+            show_info("napari-nrf: load a model and choose an image library to see the top images")
+            return None
+        if self.worker is not None and self.worker.is_running:
+            self.cancel()
+        subject = None
+        if not getattr(model, "continuous", False) and model.subjects:
+            subject = next(iter(model.subjects))
+        xyz = scoring_points(region)
+        self._cancel = cancel = threading.Event()
+        prog = self._progress
+
+        def progress(done, total):
+            prog.changed.emit(int(done), int(total or 0))
+
+        self.progress_bar.setRange(0, 0)
+        self.cancel_btn.setEnabled(True)
+        self.worker = start_worker(_top_job, model, library, xyz, int(self.k.value()), subject, progress,
+                                   on_result=lambda res: self._show(res, library, cancel),
+                                   on_error=self._failed, on_finished=self._finished, cancel_event=cancel)
+        return self.worker
+
+    def cancel(self):
+        self._cancel.set()
+
+    def _on_progress(self, done, total):
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(min(done, total))
+
+    def _finished(self):
+        self.cancel_btn.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+
+    def _failed(self, exc):
+        from napari.utils.notifications import show_error
+
+        if type(exc).__name__.endswith("Cancelled"):
+            return
+        show_error(f"napari-nrf: ranking the images failed: {exc}")
+
+    def _show(self, res, library, cancel):
+        if cancel.is_set():
+            return
+        self.result = res
+        self._clear_thumbs()
+        k = len(res.top)
+        cols = min(max(k, 1), 4)
+        row = 0
+        for title, idx, scores in (("most activating", res.top, res.top_scores),
+                                   ("least activating", res.bottom, res.bottom_scores)):
+            head = QLabel(f"<b>{title}</b>")
+            self.thumb_grid.addWidget(head, row, 0, 1, cols)
+            self.thumb_labels.append(head)
+            row += 1
+            for j, (i, s) in enumerate(zip(idx, scores)):
+                self._add_thumb(library, int(i), float(s), row + j // cols, j % cols)
+            row += (len(idx) + cols - 1) // cols
+        self.explored.emit(res)
+
+    def _add_thumb(self, library, i, score, r, c):
+        arr = library.thumbnail(i, THUMB)
+        h, w = arr.shape[:2]
+        qimg = QImage(arr.data, w, h, 3 * w, QImage.Format_RGB888).copy()  # copy: own the pixels
+        pix = QPixmap.fromImage(qimg)
+        self._pixmaps.append(pix)
+        lab = QLabel()
+        lab.setPixmap(pix)
+        lab.setAlignment(Qt.AlignCenter)
+        lab.setToolTip(f"{library.names[i]}: {score:+.3f}")
+        txt = QLabel(f"{score:+.2f}")
+        txt.setAlignment(Qt.AlignCenter)
+        box = QWidget()
+        bl = QVBoxLayout(box)
+        bl.setContentsMargins(0, 0, 0, 0)
+        bl.setSpacing(0)
+        bl.addWidget(lab)
+        bl.addWidget(txt)
+        self.thumb_grid.addWidget(box, r, c)
+        self.thumb_labels.append(box)
+
+    def _clear_thumbs(self):
+        for w in self.thumb_labels:
+            self.thumb_grid.removeWidget(w)
+            w.deleteLater()
+        self.thumb_labels = []
+        self._pixmaps = []
+
+    def n_thumbnails(self) -> int:
+        """Number of image thumbnails shown (top + bottom)."""
+        return sum(1 for w in self.thumb_labels if not isinstance(w, QLabel))
+
+    def _refresh_sources(self, event=None):
+        from napari.layers import Labels
+
+        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and ly.ndim == 3
+                 and layer_kind(ly) != "region"]
+        cur = self.source.currentText()
+        self.source.blockSignals(True)
+        self.source.clear()
+        self.source.addItem(SPHERE)
+        self.source.addItems(names)
+        if cur in names or cur == SPHERE:
+            self.source.setCurrentText(cur)
+        self.source.blockSignals(False)

@@ -1,0 +1,467 @@
+"""Response volume dock widget: drop images, render their predicted volumes in MNI space.
+
+Drop image files (png, jpg, tif, bmp, ...) onto the widget, or pick an existing napari
+Image layer. Each image becomes an Image layer named after it, in MNI world coordinates
+over the MNI152 template, with a diverging colormap centred at 0. Rendering runs in a
+thread worker (progress bar, Cancel); layers are built on the main thread only when the
+worker returns, so a cancelled render leaves nothing behind.
+"""
+
+from pathlib import Path
+import threading
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
+                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSlider,
+                            QVBoxLayout, QWidget)
+
+from napari_nrf import space
+
+from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
+                      layer_volume, start_worker, volume_layer_data)
+from ._state import state_for
+from ._status import install_mni_status
+
+EXTENTS = ("whole brain", "grey matter", "ROI from a Labels layer", "ROI from a NIfTI file", "box")
+CONTINUOUS_SUBJECT = "(field: any point)"
+
+
+class _Progress(QObject):
+    """Carries progress from the worker thread to the main thread (queued signal)."""
+
+    changed = Signal(int, int)
+
+
+def _read_images(paths):
+    """Read image files -> (images, names, errors) where errors are user messages."""
+    from napari_nrf.features import ImageError, load_image_file
+
+    images, names, errors = [], [], []
+    for p in paths:
+        p = Path(p)
+        try:
+            images.append(load_image_file(p))
+            names.append(p.stem)
+        except (ImageError, OSError) as exc:
+            errors.append(str(exc))
+    return images, names, errors
+
+
+def _render_job(model, images, grid, mask, subject, progress, *, cancel):
+    """Worker body: features of the images, then their volumes (B, *grid.shape)."""
+    import torch
+
+    from napari_nrf.features import FeatureCache
+
+    if cancel():
+        raise RenderCancelled("cancelled")
+    with torch.inference_mode():
+        try:
+            cache = FeatureCache()
+        except OSError:  # unwritable cache folder: just compute
+            cache = None
+        feats = model.encode_images(images, cache=cache)
+        return compute_volumes(model, feats, grid, mask=mask, subject=subject, progress=progress, cancel=cancel)
+
+
+class ResponseVolumeWidget(QWidget):
+    """Drop zone + controls that turn images into predicted response volumes.
+
+    Public methods (used by the demo and the tests): :meth:`add_images`,
+    :meth:`render_images`, :meth:`render_layer`, :meth:`cancel`, :meth:`contrast`,
+    :meth:`export`, :meth:`set_threshold`, :meth:`set_opacity`, :meth:`response_layers`.
+    Signal ``rendered(list)`` is emitted with the new layers after each render.
+    """
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.worker = None
+        self._cancel = threading.Event()
+        self._progress = _Progress()
+        self._progress.changed.connect(self._on_progress)
+        self._listeners = []
+        self.setAcceptDrops(True)
+        install_mni_status(napari_viewer)
+
+        lay = QVBoxLayout(self)
+        self.drop_label = QLabel("Drop images here\n(png, jpg, tif, bmp, …)")
+        self.drop_label.setAlignment(Qt.AlignCenter)
+        self.drop_label.setFrameShape(QFrame.StyledPanel)
+        self.drop_label.setMinimumHeight(60)
+        lay.addWidget(self.drop_label)
+        row = QHBoxLayout()
+        self.open_btn = QPushButton("Open images…")
+        self.open_btn.clicked.connect(self._choose_images)
+        row.addWidget(self.open_btn)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("An existing 2D image layer (greyscale or RGB)")
+        row.addWidget(self.layer_combo, 1)
+        self.layer_btn = QPushButton("Render layer")
+        self.layer_btn.clicked.connect(lambda: self.render_layer())
+        row.addWidget(self.layer_btn)
+        lay.addLayout(row)
+
+        form = QFormLayout()
+        self.resolution = QDoubleSpinBox()
+        self.resolution.setRange(0.5, 4.0)
+        self.resolution.setSingleStep(0.5)
+        self.resolution.setValue(2.0)
+        self.resolution.setSuffix(" mm")
+        form.addRow("resolution", self.resolution)
+        self.extent = QComboBox()
+        self.extent.addItems(EXTENTS)
+        self.extent.currentIndexChanged.connect(self._extent_changed)
+        form.addRow("extent", self.extent)
+        self.roi_layer = QComboBox()
+        form.addRow("ROI layer", self.roi_layer)
+        nrow = QHBoxLayout()
+        self.roi_path = QLineEdit()
+        self.roi_path.setPlaceholderText("ROI NIfTI file (any MNI grid)")
+        nbtn = QPushButton("…")
+        nbtn.clicked.connect(self._choose_roi)
+        nrow.addWidget(self.roi_path)
+        nrow.addWidget(nbtn)
+        self._roi_path_row = QWidget()
+        self._roi_path_row.setLayout(nrow)
+        form.addRow("ROI file", self._roi_path_row)
+        self.box = QLineEdit("-70, -110, -30, 70, 0, 40")
+        self.box.setToolTip("xmin, ymin, zmin, xmax, ymax, zmax in MNI mm")
+        form.addRow("box (mm)", self.box)
+        self.subject = QComboBox()
+        form.addRow("subject", self.subject)
+        lay.addLayout(form)
+        self.contrast_check = QCheckBox("add a contrast volume (A − B) for two images")
+        self.contrast_check.setChecked(True)
+        lay.addWidget(self.contrast_check)
+
+        prow = QHBoxLayout()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        prow.addWidget(self.progress_bar, 1)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        prow.addWidget(self.cancel_btn)
+        lay.addLayout(prow)
+
+        disp = QFormLayout()
+        self.threshold = QSlider(Qt.Horizontal)
+        self.threshold.setRange(0, 95)
+        self.threshold.setValue(20)
+        self.threshold.setToolTip("hide |value| below this percentage of the colour limit")
+        self.threshold.valueChanged.connect(lambda v: self.set_threshold(v / 100))
+        disp.addRow("threshold", self.threshold)
+        self.opacity = QSlider(Qt.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(90)
+        self.opacity.valueChanged.connect(lambda v: self.set_opacity(v / 100))
+        disp.addRow("opacity", self.opacity)
+        lay.addLayout(disp)
+
+        crow = QHBoxLayout()
+        self.con_a = QComboBox()
+        self.con_b = QComboBox()
+        self.con_btn = QPushButton("A − B")
+        self.con_btn.clicked.connect(self._contrast_clicked)
+        crow.addWidget(self.con_a, 1)
+        crow.addWidget(QLabel("−"))
+        crow.addWidget(self.con_b, 1)
+        crow.addWidget(self.con_btn)
+        lay.addLayout(crow)
+        self.export_btn = QPushButton("Export selected volume as NIfTI…")
+        self.export_btn.clicked.connect(self._export_clicked)
+        lay.addWidget(self.export_btn)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch()
+
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.state.model_changed.connect(self._model_changed)
+        self._refresh_layers()
+        self._model_changed(self.state.model)
+        self._extent_changed()
+
+    # ---- callbacks registered by others (demo, benchmark) ------------------------------
+    def on_rendered(self, fn) -> None:
+        """Call ``fn(list_of_new_layers)`` after each completed render (main thread)."""
+        self._listeners.append(fn)
+
+    # ---- drag and drop ---------------------------------------------------------------
+    def dragEnterEvent(self, event):
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event):
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):
+        urls = event.mimeData().urls()
+        paths = [u.toLocalFile() for u in urls if u.isLocalFile()]
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.add_images(paths)
+
+    # ---- inputs ----------------------------------------------------------------------
+    def _choose_images(self):
+        from napari_nrf.features import IMAGE_SUFFIXES
+
+        pattern = " ".join(f"*{s}" for s in IMAGE_SUFFIXES)
+        paths, _ = QFileDialog.getOpenFileNames(self, "Images to render", "", f"Images ({pattern})")
+        if paths:
+            self.add_images(paths)
+
+    def _choose_roi(self):
+        path, _ = QFileDialog.getOpenFileName(self, "ROI NIfTI", "", "NIfTI (*.nii *.nii.gz)")
+        if path:
+            self.roi_path.setText(path)
+
+    def add_images(self, paths):
+        """Render the image files ``paths``; unreadable files give a notification.
+
+        Returns the render worker, or None when nothing could be rendered.
+        """
+        from napari.utils.notifications import show_error
+
+        images, names, errors = _read_images(paths)
+        for e in errors:
+            show_error(f"napari-nrf: {e}")
+        if not images:
+            return None
+        return self.render_images(images, names)
+
+    def render_layer(self, layer=None):
+        """Render a napari Image layer (2D greyscale or RGB); default: the one picked."""
+        from napari.utils.notifications import show_error
+
+        from napari_nrf.features import ImageError, to_rgb_uint8
+
+        if layer is None:
+            name = self.layer_combo.currentText()
+            if name not in self.viewer.layers:
+                show_error("napari-nrf: pick a 2D image layer to render")
+                return None
+            layer = self.viewer.layers[name]
+        try:
+            img = to_rgb_uint8(np.asarray(layer.data))
+        except ImageError as exc:
+            show_error(f"napari-nrf: layer {layer.name!r}: {exc}")
+            return None
+        return self.render_images([img], [layer.name])
+
+    # ---- settings -> grid, mask, subject ------------------------------------------------
+    def region_spec(self):
+        """(grid, mask) from the resolution and extent controls (raises ValueError)."""
+        res = float(self.resolution.value())
+        ext = self.extent.currentText()
+        if ext == "box":
+            try:
+                vals = [float(v) for v in self.box.text().replace(";", ",").split(",")]
+            except ValueError:
+                raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)") from None
+            if len(vals) != 6:
+                raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)")
+            return space.Grid.from_extent(res, vals[:3], vals[3:]), None
+        grid = space.Grid.mni(res)
+        if ext == "whole brain":
+            return grid, "brain"
+        if ext == "grey matter":
+            return grid, "gm"
+        if ext == "ROI from a NIfTI file":
+            path = self.roi_path.text().strip()
+            if not path:
+                raise ValueError("choose an ROI NIfTI file")
+            return grid, space.roi_mask(grid, path)
+        name = self.roi_layer.currentText()
+        if name not in self.viewer.layers:
+            raise ValueError("choose a Labels layer as the ROI")
+        vol, src = layer_volume(self.viewer.layers[name])
+        mask = space.resample(np.asarray(vol), src, grid, order=0) != 0
+        if not mask.any():
+            raise ValueError(f"the Labels layer {name!r} has no labelled voxel inside the MNI box")
+        return grid, mask
+
+    def current_subject(self):
+        s = self.subject.currentText()
+        return None if (not s or s == CONTINUOUS_SUBJECT) else s
+
+    # ---- render ----------------------------------------------------------------------
+    def render_images(self, images, names):
+        """Render (H, W, 3) uint8 ``images`` named ``names`` in a worker; returns the worker."""
+        from napari.utils.notifications import show_error, show_info
+
+        model = self.state.model
+        if model is None:
+            show_error("napari-nrf: load an encoding model first (Encoding model widget)")
+            return None
+        if self.worker is not None and self.worker.is_running:
+            show_info("napari-nrf: a render is running; cancel it or wait")
+            return None
+        try:
+            grid, mask = self.region_spec()
+        except ValueError as exc:
+            show_error(f"napari-nrf: {exc}")
+            return None
+        subject = self.current_subject()
+        self._cancel = cancel = threading.Event()
+        self.progress_bar.setRange(0, 0)  # busy until the first progress report
+        self.cancel_btn.setEnabled(True)
+        self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
+        prog = self._progress
+
+        def progress(done, total):
+            prog.changed.emit(int(done), int(total or 0))
+
+        meta = {"names": list(names), "grid": grid, "subject": subject, "cancel": cancel}
+        self.worker = start_worker(_render_job, model, list(images), grid, mask, subject, progress,
+                                   on_result=lambda vols: self._rendered(vols, meta),
+                                   on_error=lambda exc: self._failed(exc, meta), on_finished=self._finished,
+                                   cancel_event=cancel)
+        return self.worker
+
+    def cancel(self):
+        """Ask the running render to stop at its next chunk; no layer will be made."""
+        self._cancel.set()
+        self.status.setText("cancelling…")
+
+    def _on_progress(self, done, total):
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(min(done, total))
+
+    def _finished(self):
+        self.cancel_btn.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+
+    def _failed(self, exc, meta):
+        from napari.utils.notifications import show_error, show_info
+
+        if isinstance(exc, RenderCancelled) or meta["cancel"].is_set():
+            self.status.setText("render cancelled")
+            show_info("napari-nrf: render cancelled")
+            return
+        self.status.setText(f"render failed: {exc}")
+        show_error(f"napari-nrf: render failed: {exc}")
+
+    def _rendered(self, vols, meta):
+        if meta["cancel"].is_set():  # cancelled after the last chunk: drop the result
+            self.status.setText("render cancelled")
+            return
+        ensure_template(self.viewer)
+        grid = meta["grid"]
+        thr = self.threshold.value() / 100
+        new = []
+        for vol, name in zip(vols, meta["names"]):
+            data, kw, _ = volume_layer_data(vol, grid, name, threshold=thr, image=name, subject=meta["subject"])
+            kw["opacity"] = self.opacity.value() / 100
+            new.append(self.viewer.add_image(data, **kw))
+        if self.contrast_check.isChecked() and len(new) == 2:
+            new.append(self.contrast(new[0], new[1]))
+        self.status.setText(f"rendered {len(vols)} volume(s) at {grid.resolution:g} mm")
+        if new:
+            self.viewer.layers.selection.active = new[0]
+        for fn in self._listeners:
+            fn(new)
+
+    # ---- layers ------------------------------------------------------------------------
+    def response_layers(self) -> list:
+        return [ly for ly in self.viewer.layers if layer_kind(ly) in ("response", "contrast")]
+
+    def contrast(self, layer_a, layer_b):
+        """Add the contrast volume ``A - B`` of two response layers on the same grid."""
+        va, ga = layer_volume(layer_a)
+        vb, gb = layer_volume(layer_b)
+        if ga != gb:
+            vb = space.resample(vb, gb, ga, order=1, cval=np.nan)
+        diff = np.asarray(va, np.float32) - np.asarray(vb, np.float32)
+        name = f"{layer_a.name} − {layer_b.name}"
+        data, kw, _ = volume_layer_data(diff, ga, name, threshold=self.threshold.value() / 100,
+                                        a=layer_a.name, b=layer_b.name)
+        kw["metadata"][META]["kind"] = "contrast"
+        kw["opacity"] = self.opacity.value() / 100
+        return self.viewer.add_image(data, **kw)
+
+    def _contrast_clicked(self):
+        from napari.utils.notifications import show_error
+
+        a, b = self.con_a.currentText(), self.con_b.currentText()
+        if a not in self.viewer.layers or b not in self.viewer.layers or a == b:
+            show_error("napari-nrf: choose two different response volumes")
+            return
+        self.contrast(self.viewer.layers[a], self.viewer.layers[b])
+
+    def export(self, layer, path) -> Path:
+        """Write a response/contrast layer as an MNI NIfTI file (NaN outside its mask)."""
+        vol, grid = layer_volume(layer)
+        return space.save_nifti(np.asarray(vol, np.float32), grid, path)
+
+    def _export_clicked(self):
+        from napari.utils.notifications import show_error, show_info
+
+        layer = self.viewer.layers.selection.active
+        if layer is None or layer_kind(layer) not in ("response", "contrast"):
+            show_error("napari-nrf: select a response volume layer to export")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export NIfTI", f"{layer.name}.nii.gz", "NIfTI (*.nii.gz *.nii)")
+        if path:
+            try:
+                out = self.export(layer, path)
+            except (OSError, ValueError) as exc:
+                show_error(f"napari-nrf: export failed: {exc}")
+                return
+            show_info(f"napari-nrf: wrote {out}")
+
+    def set_threshold(self, frac: float):
+        """Hide |value| < frac * colour limit on every response layer (frac in [0, 1))."""
+        for layer in self.response_layers():
+            layer.colormap = cold_hot(frac)
+            layer.metadata[META]["threshold"] = float(frac)
+
+    def set_opacity(self, value: float):
+        for layer in self.response_layers():
+            layer.opacity = float(value)
+
+    # ---- keep the combos in sync ----------------------------------------------------------
+    def _refresh_layers(self, event=None):
+        from napari.layers import Image, Labels
+
+        images = [ly.name for ly in self.viewer.layers if isinstance(ly, Image) and layer_kind(ly) is None
+                  and ly.ndim == 2]
+        labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and ly.ndim == 3]
+        volumes = [ly.name for ly in self.response_layers()]
+        for combo, items in ((self.layer_combo, images), (self.roi_layer, labels), (self.con_a, volumes),
+                             (self.con_b, volumes)):
+            cur = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(items)
+            if cur in items:
+                combo.setCurrentText(cur)
+            combo.blockSignals(False)
+        if len(volumes) > 1 and self.con_a.currentText() == self.con_b.currentText():
+            self.con_b.setCurrentIndex(1)
+
+    def _extent_changed(self, *args):
+        ext = self.extent.currentText()
+        self.roi_layer.setEnabled(ext == "ROI from a Labels layer")
+        self._roi_path_row.setEnabled(ext == "ROI from a NIfTI file")
+        self.box.setEnabled(ext == "box")
+
+    def _model_changed(self, model):
+        self.subject.clear()
+        if model is None:
+            return
+        if getattr(model, "continuous", False):
+            self.subject.addItem(CONTINUOUS_SUBJECT)
+        self.subject.addItems(list(model.subjects))
