@@ -407,6 +407,17 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
     n = _region_n_items(features)
     dev = model.device
     out = np.zeros(n, np.float32)
+    engine = None
+    if coords is not None and getattr(model, "continuous", False) and hasattr(model, "image_half"):
+        # continuous fields go through the query engine: the image half of the first layer
+        # once per image, the coordinate half once per region
+        try:
+            from napari_nrf.query import QueryEngine
+        except ModuleNotFoundError as exc:  # pragma: no cover - engine not installed yet
+            if exc.name != "napari_nrf.query":
+                raise
+        else:
+            engine = QueryEngine(model, device=dev)
     with torch.inference_mode():
         for s in range(0, n, batch_images):
             fb = {k: torch.as_tensor(np.asarray(v[s:s + batch_images]) if not torch.is_tensor(v) else
@@ -414,7 +425,17 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
             b = s + len(next(iter(fb.values())))
             acc = np.zeros(b - s, np.float64)
             cnt = np.zeros(b - s, np.float64)
-            for p in range(0, len(region), point_chunk):
+            if engine is not None:
+                try:
+                    r = engine.points(fb, region, cancel=cancel).astype(np.float64)
+                except Exception as exc:
+                    if type(exc).__name__.endswith("Cancelled"):
+                        raise AnalysisCancelled("cancelled") from exc
+                    raise
+                ok = np.isfinite(r)
+                acc += np.where(ok, r, 0.0).sum(1)
+                cnt += ok.sum(1)
+            for p in range(0, len(region) if engine is None else 0, point_chunk):
                 if cancel is not None and cancel():
                     raise AnalysisCancelled("cancelled")
                 part = region[p:p + point_chunk]

@@ -202,6 +202,25 @@ class RegionExplorerWidget(QWidget):
         """Use ``library`` (shared with the viewer's other widgets)."""
         self.state.set_library(library)
 
+    def prepare_library(self):
+        """Compute the library's features for the current model in a worker (cached)."""
+        model, library = self.state.model, self.state.library
+        if model is None or library is None:
+            return None
+        self.library_label.setText(f"library: {library.label} ({len(library)} images), encoding…")
+
+        def done(_):
+            self._library_changed(library)
+
+        def failed(exc):
+            from napari.utils.notifications import show_error
+
+            self._library_changed(library)
+            if not type(exc).__name__.endswith("Cancelled"):
+                show_error(f"napari-nrf: could not encode the image library: {exc}")
+
+        return start_worker(lambda cancel=None: library.features(model), on_result=done, on_error=failed)
+
     def _library_changed(self, library):
         if library is None:
             self.library_label.setText("library: none (choose a folder of images)")
