@@ -169,3 +169,27 @@ def test_click_on_labels_picks_label_and_fills_thumbnails(docked, qtbot):
         region = rx.pick(space.mni_to_world(BLOB))
     assert region.kind == "sphere" and np.allclose(region.click, BLOB)
     assert region.n_voxels > 100 and list(rx.result.top[:1]) == [9]
+
+
+def test_model_widget_notifies_corrupt_file_and_missing_cuda(docked, qtbot, tmp_path, monkeypatch):
+    import napari.utils.notifications as nt
+    import torch
+
+    viewer, widgets, model = docked
+    mw = widgets["Encoding model"]
+    shown = []
+    monkeypatch.setattr(nt, "show_error", lambda msg: shown.append(msg))
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with qtbot.waitSignal(mw.load(bad).finished, timeout=20000):
+        pass
+    assert shown and "Could not load the model" in shown[-1]
+    assert "test-blob" in mw.card.text()  # the model in use stays
+    if not torch.cuda.is_available():
+        good = tmp_path / "m.safetensors"
+        good.write_bytes(b"")  # never read: the device check comes first
+        mw.device.addItem("cuda:0")
+        mw.device.setCurrentText("cuda:0")
+        with qtbot.waitSignal(mw.load(good).finished, timeout=20000):
+            pass
+        assert "CUDA is not available" in shown[-1]

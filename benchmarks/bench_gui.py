@@ -1,0 +1,130 @@
+"""Benchmarks of the napari plugin (results in docs/benchmarks.md, "## napari plugin").
+
+1. drop -> visible: from a dropped image file (``ResponseVolumeWidget.add_images``) to the
+   volume layer drawn on the canvas (layer added and the canvas repainted), demo model,
+   whole brain (brain mask) at 2 mm. A different image each run, so every run extracts
+   backbone features (no cache hit). Needs a display: run under Xvfb.
+2. top-k: top-20 (and bottom-20) images of a 2,000-voxel region over a 1,000-image
+   library whose features are already computed (``napari_nrf.analysis.top_images``).
+
+Usage::
+
+    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py --runs 5
+    .venv/bin/python benchmarks/bench_gui.py --only topk --runs 3
+
+Prints one line per run and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def bench_drop(model, path, runs: int, resolution: float = 2.0) -> list[float]:
+    import napari
+    from PIL import Image
+    from qtpy.QtCore import QEventLoop, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_nrf.simulate.stimuli import make_stimuli
+    from napari_nrf.widgets import dock_all
+    from napari_nrf.widgets._render import ensure_template
+
+    viewer = napari.Viewer(show=True)
+    w = dock_all(viewer)
+    w["Encoding model"].set_model(model, path)
+    ensure_template(viewer)
+    vw = w["Response volume"]
+    vw.resolution.setValue(resolution)
+    tmp = Path(tempfile.mkdtemp())
+    imgs = make_stimuli(runs + 1, seed=123, size=160)
+    times = []
+    for i in range(runs + 1):  # run 0 warms up (backbone build, first torch calls)
+        p = tmp / f"img{i}.png"
+        Image.fromarray(imgs[i]).save(p)
+        loop = QEventLoop()
+        done = {}
+
+        def rendered(layers, done=done, loop=loop):
+            viewer.window._qt_viewer.canvas.native.repaint()  # draw the new layer now
+            QApplication.processEvents()
+            done["t"] = time.perf_counter()
+            loop.quit()
+
+        vw._listeners = [rendered]
+        t0 = time.perf_counter()
+        vw.add_images([str(p)])
+        QTimer.singleShot(120_000, loop.quit)
+        loop.exec()
+        dt = done["t"] - t0
+        if i:
+            times.append(dt)
+        print(f"drop->visible run {i}{' (warm-up)' if i == 0 else ''}: {dt:.3f} s", flush=True)
+        for ly in vw.response_layers():
+            viewer.layers.remove(ly)
+    viewer.close()
+    return times
+
+
+def bench_topk(model, runs: int, n_images: int = 1000, n_voxels: int = 2000, k: int = 20) -> list[float]:
+    from napari_nrf import space
+    from napari_nrf.analysis import top_images
+    from napari_nrf.features import FeatureCache
+    from napari_nrf.simulate.stimuli import make_stimuli
+
+    imgs = make_stimuli(n_images, seed=0)
+    t = time.perf_counter()
+    feats = model.encode_images(imgs, cache=FeatureCache(), batch_size=32)
+    feats = {k_: v.cpu().numpy() for k_, v in feats.items()}
+    print(f"library features ({n_images} images, from the cache when present): {time.perf_counter() - t:.1f} s")
+    # a 2,000-voxel region: the grey-matter voxels of a 2 mm grid closest to the right FFA-like point
+    g = space.Grid.mni(2.0)
+    xyz = g.coords(space.brain_mask(g))
+    d = np.linalg.norm(xyz - np.array([40.0, -55.0, -20.0]), axis=1)
+    region = xyz[np.argsort(d)[:n_voxels]]
+    times = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        res = top_images(model, feats, coords=region, k=k)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        print(f"top-{k} run {i}: {dt:.3f} s (best image {res.top[0]}, score {res.top_scores[0]:+.3f})", flush=True)
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", choices=["drop", "topk"])
+    ap.add_argument("--model", help="model bundle (default: the demo model)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from napari_nrf.demo import load_demo_model
+    from napari_nrf.models import load_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.model:
+        model, path = load_model(args.model), Path(args.model)
+    else:
+        model, path = load_demo_model()
+    print(f"model {path.name}, torch threads {torch.get_num_threads()}")
+    if args.only in (None, "drop"):
+        t = bench_drop(model, path, args.runs)
+        print(f"MEDIAN drop->visible (2 mm, whole brain): {statistics.median(t):.3f} s over {len(t)} runs")
+    if args.only in (None, "topk"):
+        t = bench_topk(model, args.runs)
+        print(f"MEDIAN top-20 of 1000 images, 2000-voxel region: {statistics.median(t):.3f} s over {len(t)} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
