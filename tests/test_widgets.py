@@ -193,3 +193,15 @@ def test_model_widget_notifies_corrupt_file_and_missing_cuda(docked, qtbot, tmp_
         with qtbot.waitSignal(mw.load(good).finished, timeout=20000):
             pass
         assert "CUDA is not available" in shown[-1]
+
+
+def test_status_bar_shows_mni_and_value(docked):
+    from napari_nrf.widgets._render import ensure_template
+
+    viewer, _, _ = docked
+    ensure_template(viewer)
+    viewer.cursor.position = tuple(space.mni_to_world([-40.0, -20.0, 10.0]))
+    # what napari writes on a mouse move: the layer's status in world (z, y, x) order
+    viewer.status = viewer.layers["MNI152"].get_status(viewer.cursor.position, world=True)
+    st = viewer.status
+    assert "MNI (x, y, z) = (-40.0, -20.0, 10.0) mm" in st["coordinates"] and "MNI152 = " in st["coordinates"]
