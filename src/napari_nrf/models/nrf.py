@@ -26,7 +26,8 @@ once per grid, which is what :meth:`NRF.image_half`, :meth:`NRF.coord_half` and
 :meth:`NRF.head` expose.
 
 Presets (:func:`build_nrf`): ``"paper"`` (d 128, merged 512, 8 x 4096) and ``"demo"``
-(d 16, merged 128, 4 x 256) for CPU training and the plugin demo. For
+(d 16, merged 128, 4 x 128; sized so a 2 mm whole brain takes under a second on two
+CPU cores) for CPU training and the plugin demo. For
 ``efficientnet-lite0`` the default token maps are ``s8`` average-pooled from 28x28 to
 14x14 tokens (the full 784-token map would make its fuse layer 4x larger for little
 gain), ``s16`` (14x14) and ``s32`` (7x7).
@@ -51,7 +52,7 @@ class NRFError(ValueError):
 
 PRESETS = {
     "paper": {"downsample_dim": 128, "merged_dim": 512, "width": 4096, "depth": 8},
-    "demo": {"downsample_dim": 16, "merged_dim": 128, "width": 256, "depth": 4},
+    "demo": {"downsample_dim": 16, "merged_dim": 128, "width": 128, "depth": 4},
     "tiny": {"downsample_dim": 4, "merged_dim": 32, "width": 64, "depth": 3},
 }
 
@@ -121,7 +122,7 @@ class NRF(EncodingModel):
 
     def __init__(self, token_maps, embedding=None, downsample_dim: int = 16, merged_dim: int = 128,
                  normalise_embedding: bool = True, n_fourier: int = 32, fourier_std: float = 32.0,
-                 fourier_seed: int = 42, width: int = 256, depth: int = 4,
+                 fourier_seed: int = 42, width: int = 128, depth: int = 4,
                  coord_offset=tuple(NRF_COORD_OFFSET), coord_size=tuple(NRF_COORD_SIZE)):
         super().__init__()
         if depth < 2:
