@@ -1,0 +1,394 @@
+"""The one training loop of napari-nrf (NRF fitting, finetuning, Universal-encoder transfer).
+
+:func:`fit` trains any :class:`~napari_nrf.models.EncodingModel` on response sets:
+
+* the backbone is frozen and every image's features are computed once per fit (through
+  the on-disk :class:`~napari_nrf.features.FeatureCache` when given) and kept in memory as
+  float32 arrays, so an epoch costs only the model's own layers (about 280 kB per image
+  for efficientnet-lite0, 0.3 GB for 1000 images; CLIP features are 1.2 MB per image);
+* a step draws ``batch_images`` training images of one subject and ``batch_voxels`` of its
+  voxels, and minimises ``(1 - alpha) * MSE - alpha * cos``, the cosine taken across the
+  sampled voxels of each image and averaged over images (NRF's loss, alpha = 0.1);
+* AdamW; early stopping on the validation median voxel Pearson (mean over validation
+  subjects); deterministic seeds (a fresh generator per epoch, so a resumed run draws the
+  same batches as an uninterrupted one);
+* a checkpoint (model + optimiser + history, one safetensors file, never pickled) after
+  every epoch, and ``resume=True`` continues from it after an interruption;
+* ``trainable`` filters parameter names (finetuning, transfer to a new subject);
+* ``progress(done, total)`` after each step, ``on_epoch(record)`` after each epoch and
+  ``cancel()`` polled between steps (True raises :class:`TrainingCancelled`).
+
+Models are asked for predictions through :func:`model_predict`: continuous models
+(NRF) get the sampled voxels' MNI coordinates, voxel-indexed models (Universal encoder)
+the voxel indices and the subject name; a model may define ``train_predict(features,
+subject=, voxels=, coords=)`` to take over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
+
+
+class TrainingError(ValueError):
+    """Bad training input (no training images, mismatched features, ...)."""
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised when ``cancel()`` returns True; the last epoch's checkpoint stays for resuming."""
+
+
+@dataclass
+class History:
+    """What :func:`fit` did: one record per epoch and the best validation score."""
+
+    records: list = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = float("nan")
+    stopped_early: bool = False
+    resumed_from: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- features ---------------------------------------------------------------------------
+def set_features(model, rs, cache=None, rows=None, batch_size: int = 32, progress=None) -> dict:
+    """Backbone features of a response set's images: dict name -> (n, ...) float32 ndarray.
+
+    ``rows`` (default: every image) selects images; ``cache`` is a FeatureCache.
+    """
+    from napari_nrf.features import extract_features
+
+    rows = np.arange(rs.n_images) if rows is None else np.asarray(rows)
+    bb = model.backbone(device="cpu" if model.device.type == "cpu" else model.device)
+    return extract_features(bb, rs.get_images(rows), batch_size=batch_size, cache=cache,
+                            device=model.device, progress=progress)
+
+
+def _check_features(feats: dict, n: int, what: str) -> dict:
+    for k, v in feats.items():
+        if len(v) != n:
+            raise TrainingError(f"{what}: feature {k!r} has {len(v)} rows for {n} images")
+    return feats
+
+
+# ---- predictions and metrics ------------------------------------------------------------
+def model_predict(model, feats: dict, subject: str, voxels, coords) -> torch.Tensor:
+    """Predictions (B, n) of ``model`` for the sampled ``voxels`` (n,) of ``subject`` at MNI
+    ``coords`` (n, 3): the one place where the loop meets the model interface."""
+    if hasattr(model, "train_predict"):
+        return model.train_predict(feats, subject=subject, voxels=voxels, coords=coords)
+    if getattr(model, "continuous", False):
+        return model.predict(feats, coords=coords)
+    return model.predict(feats, voxels=voxels, subject=subject)
+
+
+def voxel_pearson(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Pearson r per voxel (column) of (n_images, V) arrays; NaN where either is constant."""
+    p = np.asarray(pred, np.float64)
+    t = np.asarray(true, np.float64)
+    p = p - p.mean(0)
+    t = t - t.mean(0)
+    den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (p * t).sum(0) / den
+    r[den == 0] = np.nan
+    return r.astype(np.float32)
+
+
+def loss_fn(pred: torch.Tensor, true: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """``(1 - alpha) * MSE - alpha * cos``; cos across voxels per image, averaged over images."""
+    mse = torch.mean((pred - true) ** 2)
+    cos = torch.nn.functional.cosine_similarity(pred, true, dim=1, eps=1e-8).mean()
+    return (1 - alpha) * mse - alpha * cos
+
+
+@torch.no_grad()
+def predict_set(model, feats: dict, rs, rows=None, batch_images: int = 64, chunk_voxels: int = 16384) -> np.ndarray:
+    """Predictions (n_rows, V) float32 at every voxel of response set ``rs``.
+
+    ``feats`` holds the features of the images ``rows`` (default: all images of ``rs``),
+    in that order.
+    """
+    was = model.training
+    model.eval()
+    n = len(next(iter(feats.values())))
+    v = rs.n_voxels
+    out = np.empty((n, v), np.float32)
+    dev = model.device
+    coords = torch.from_numpy(np.asarray(rs.coords, np.float32)).to(dev)
+    for s in range(0, n, batch_images):
+        fb = {k: torch.as_tensor(a[s:s + batch_images]).to(dev, torch.float32) for k, a in feats.items()}
+        for c in range(0, v, chunk_voxels):
+            idx = torch.arange(c, min(c + chunk_voxels, v), device=dev)
+            out[s:s + batch_images, c:c + chunk_voxels] = model_predict(
+                model, fb, rs.subject, idx, coords[c:c + chunk_voxels]).float().cpu().numpy()
+    model.train(was)
+    return out
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+def _fingerprint(model, sets, hp: dict) -> str:
+    desc = {"config": model.config(), "kind": model.kind, "hp": hp,
+            "sets": [[rs.subject, rs.n_images, rs.n_voxels, int((rs.split == 0).sum())] for rs in sets]}
+    return hashlib.blake2b(json.dumps(desc, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+
+
+def _save_checkpoint(path: Path, model, opt, params: list, meta: dict) -> None:
+    from napari_nrf.models.bundle import save_bundle
+
+    t = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for i, (_, p) in enumerate(params):
+        st = opt.state.get(p, {})
+        for k, v in st.items():
+            t[f"optim.{i}.{k}"] = torch.as_tensor(v).detach().cpu().reshape(-1 if k == "step" else v.shape).clone()
+    save_bundle(path, t, {"kind": "training-checkpoint", **meta})
+
+
+def _load_checkpoint(path: Path, model, opt, params: list) -> dict:
+    from napari_nrf.models.bundle import load_bundle
+
+    t, meta = load_bundle(path)
+    state = {k[6:]: v for k, v in t.items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+    dev = model.device
+    for i, (_, p) in enumerate(params):
+        st = {}
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            key = f"optim.{i}.{k}"
+            if key in t:
+                v = t[key]
+                st[k] = v.reshape(()).to(torch.float32) if k == "step" else v.to(dev)
+        if st:
+            opt.state[p] = st
+    return meta
+
+
+# ---- the loop ---------------------------------------------------------------------------
+def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int = 32, batch_voxels: int = 2000,
+        lr: float = 3e-4, weight_decay: float = 0.015, alpha: float = 0.1, trainable=None, feature_cache=None,
+        features=None, val_features=None, checkpoint_dir=None, resume: bool = True, seed: int = 0,
+        patience: int = 5, steps_per_epoch: int | None = None, progress=None, on_epoch=None, cancel=None,
+        device=None, val_every: int = 1) -> History:
+    """Train ``model`` in place on the train split of ``train_sets``; keep the best epoch.
+
+    Parameters
+    ----------
+    model : EncodingModel
+        NRF, Universal encoder, ... (its subjects must exist for voxel-indexed models).
+    train_sets : list of ResponseSet
+        Training images are each set's ``split == train`` rows. Subject names must differ.
+    val_sets : list of ResponseSet or None
+        Validation images are the ``split == val`` rows (default: of ``train_sets``).
+        Without any validation rows the last epoch is kept and no early stopping happens.
+    epochs, batch_images, batch_voxels, lr, weight_decay, alpha
+        Schedule, batch (images x sampled voxels), AdamW settings and the loss mixture.
+    trainable : callable(param_name) -> bool, or None
+        Only the parameters it accepts are trained (default: all).
+    feature_cache : FeatureCache or None
+        Where backbone features are read/written.
+    features, val_features : list of dict or None
+        Precomputed features (name -> (n_images, ...) arrays, every image of the set, in
+        order), one per set, to share features between fits.
+    checkpoint_dir : path or None
+        ``checkpoint.safetensors`` (each epoch) and ``best.safetensors`` (best model) live here.
+    resume : bool
+        Continue from a checkpoint of the same model, data and settings.
+    seed : int
+        Seeds batch order, voxel sampling and dropout.
+    patience : int
+        Stop after this many validations without improvement.
+    steps_per_epoch : int or None
+        Default: one pass over the training images.
+    progress : callable(done, total), on_epoch : callable(record), cancel : callable() -> bool
+
+    Returns
+    -------
+    History
+    """
+    if not train_sets:
+        raise TrainingError("fit needs at least one response set")
+    names = [rs.subject for rs in train_sets]
+    if len(set(names)) != len(names):
+        raise TrainingError(f"training sets need distinct subject names, got {names}")
+    if device is not None:
+        model.to(device)
+    dev = model.device
+    val_sets = list(train_sets) if val_sets is None else list(val_sets)
+
+    # Features of every image, once (frozen backbone).
+    def feats_for(sets, given, what):
+        out = []
+        for i, rs in enumerate(sets):
+            f = given[i] if given is not None else set_features(model, rs, cache=feature_cache)
+            out.append(_check_features({k: np.asarray(v, np.float32) for k, v in f.items()}, rs.n_images,
+                                       f"{what} set {rs.subject}"))
+        return out
+
+    tr_feats = feats_for(train_sets, features, "training")
+    if val_features is None and val_sets is not None and all(any(v is t for t in train_sets) for v in val_sets):
+        va_feats = [tr_feats[[id(t) for t in train_sets].index(id(v))] for v in val_sets]
+    else:
+        va_feats = feats_for(val_sets, val_features, "validation")
+    tr_rows = [rs.indices("train") for rs in train_sets]
+    if sum(len(r) for r in tr_rows) == 0:
+        raise TrainingError("no training images (split == train) in the response sets")
+    va_rows = [rs.indices("val") for rs in val_sets]
+    have_val = any(len(r) >= 3 for r in va_rows)
+    tr_y = [rs.get_responses(r) for rs, r in zip(train_sets, tr_rows)]
+    tr_coords = [torch.from_numpy(np.asarray(rs.coords, np.float32)).to(dev) for rs in train_sets]
+    if getattr(model, "continuous", False):
+        for rs in train_sets:  # the bundle records whose voxels the field was fitted to
+            model.subjects.setdefault(rs.subject, np.asarray(rs.coords, np.float32))
+
+    params = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n)]
+    if not params:
+        raise TrainingError("the trainable filter accepts no parameter")
+    keep = {n for n, _ in params}
+    old_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+    opt = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=weight_decay)
+
+    hp = dict(epochs=epochs, batch_images=batch_images, batch_voxels=batch_voxels, lr=lr, weight_decay=weight_decay,
+              alpha=alpha, seed=seed, steps_per_epoch=steps_per_epoch, trainable=sorted(keep))
+    fp = _fingerprint(model, train_sets, hp)
+    hist = History()
+    start_epoch, bad = 0, 0
+    best_state = None
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckdir is not None:
+        ckdir.mkdir(parents=True, exist_ok=True)
+        ck = ckdir / CHECKPOINT
+        if resume and ck.exists():
+            from napari_nrf.models.bundle import read_metadata
+
+            meta = read_metadata(ck)
+            if meta.get("fingerprint") == fp:
+                meta = _load_checkpoint(ck, model, opt, params)
+                hist = History(**{k: v for k, v in meta["history"].items() if k in History.__dataclass_fields__})
+                start_epoch, bad = int(meta["epoch"]) + 1, int(meta.get("bad", 0))
+                hist.resumed_from = int(meta["epoch"])
+                if (ckdir / BEST).exists():
+                    from napari_nrf.models.bundle import load_bundle
+
+                    best_state = {k: v.to(dev) for k, v in load_bundle(ckdir / BEST)[0].items()
+                                  if not k.startswith("subjects.")}
+
+    sizes = np.array([len(r) for r in tr_rows], float)
+    n_steps = steps_per_epoch or int(sum(math.ceil(s / batch_images) for s in sizes if s))
+    total = n_steps * epochs
+    model.train()
+    try:
+        for epoch in range(start_epoch, epochs):
+            if hist.stopped_early:
+                break
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([seed, epoch])
+            torch.manual_seed(seed * 100003 + epoch)
+            plan = _plan(rng, tr_rows, sizes, batch_images, n_steps)
+            losses = []
+            for step, (si, rows_local) in enumerate(plan):
+                if cancel is not None and cancel():
+                    raise TrainingCancelled(f"training cancelled in epoch {epoch}")
+                rows = tr_rows[si][rows_local]
+                v = train_sets[si].n_voxels
+                vox = np.sort(rng.choice(v, size=min(batch_voxels, v), replace=False))
+                fb = {k: torch.from_numpy(a[rows]).to(dev) for k, a in tr_feats[si].items()}
+                y = torch.from_numpy(tr_y[si][rows_local][:, vox]).to(dev)
+                vt = torch.from_numpy(vox).to(dev)
+                pred = model_predict(model, fb, train_sets[si].subject, vt, tr_coords[si][vt])
+                loss = loss_fn(pred, y, alpha)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                if progress is not None:
+                    progress(epoch * n_steps + step + 1, total)
+            rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
+            if have_val and ((epoch + 1) % val_every == 0 or epoch == epochs - 1):
+                meds = []
+                for rs, f, r in zip(val_sets, va_feats, va_rows):
+                    if len(r) < 3:
+                        continue
+                    pred = predict_set(model, {k: a[r] for k, a in f.items()}, rs)
+                    meds.append(float(np.nanmedian(voxel_pearson(pred, rs.get_responses(r)))))
+                model.train()
+                score = float(np.mean(meds))
+                rec["val_median_pearson"] = score
+                if not hist.best_score == hist.best_score or score > hist.best_score:  # NaN check: first epoch
+                    hist.best_score, hist.best_epoch, bad = score, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if ckdir is not None:
+                        model.save(ckdir / BEST)
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        hist.stopped_early = True
+            hist.records.append(rec)
+            if ckdir is not None:
+                _save_checkpoint(ckdir / CHECKPOINT, model, opt, params,
+                                 {"epoch": epoch, "bad": bad, "fingerprint": fp, "history": hist.to_dict(), "hp": hp})
+            if on_epoch is not None:
+                on_epoch(dict(rec))
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(old_flags.get(n, True))
+        model.eval()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if not have_val and hist.records:
+        hist.best_epoch = hist.records[-1]["epoch"]
+    model.metrics = dict(model.metrics or {})
+    if have_val:
+        model.metrics["val_median_pearson"] = hist.best_score
+    model.provenance = dict(model.provenance or {})
+    model.provenance["training"] = {**{k: v for k, v in hp.items() if k != "trainable"},
+                                    "subjects": names, "n_train_images": [int(s) for s in sizes],
+                                    "best_epoch": hist.best_epoch, "epochs_run": len(hist.records)}
+    return hist
+
+
+def _plan(rng, tr_rows, sizes, batch_images: int, n_steps: int) -> list:
+    """(set index, local row positions) per step: shuffled passes over each set's images."""
+    batches = []
+    while len(batches) < n_steps:
+        chunk = []
+        for si, n in enumerate(sizes.astype(int)):
+            if n == 0:
+                continue
+            perm = rng.permutation(n)
+            chunk += [(si, np.sort(perm[s:s + batch_images])) for s in range(0, n, batch_images)]
+        rng.shuffle(chunk)
+        batches += chunk
+    return batches[:n_steps]
+
+
+# ---- convenience --------------------------------------------------------------------------
+def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
+              model_overrides: dict | None = None, backbone_config: dict | None = None, **fit_kwargs):
+    """Build an NRF for ``backbone`` (size ``preset`` + ``model_overrides``), :func:`fit` it
+    and save it to ``out`` (a ``.safetensors`` bundle) when given. Returns (model, history).
+
+    A demo model on a few virtual subjects (a few hundred images, 4-6 mm voxels) trains in
+    a minute or two on a laptop CPU with ``epochs=10``.
+    """
+    from napari_nrf.models.nrf import build_nrf
+
+    model = build_nrf(backbone, preset, backbone_config=backbone_config, seed=fit_kwargs.get("seed", 0),
+                      **(model_overrides or {}))
+    hist = fit(model, list(train_sets), **fit_kwargs)
+    if out is not None:
+        model.save(out)
+    return model, hist
