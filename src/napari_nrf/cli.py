@@ -16,6 +16,7 @@ import sys
 COMMANDS = [
     "napari_nrf._cli_base",
     "napari_nrf._cli_import",
+    "napari_nrf._cli_nrf",
 ]
 
 

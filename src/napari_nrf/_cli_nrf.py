@@ -1,0 +1,146 @@
+"""Subcommands ``train``, ``evaluate`` and ``query`` (NRF and any other model kind)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
+    p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject")
+    p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
+    p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
+    p.add_argument("--preset", default="demo", choices=["demo", "paper", "tiny"], help="model size (default: %(default)s)")
+    p.add_argument("--width", type=int, help="MLP width (overrides the preset)")
+    p.add_argument("--depth", type=int, help="MLP Linear layers (overrides the preset)")
+    p.add_argument("--downsample-dim", type=int, help="per-token projection size d of the merger")
+    p.add_argument("--merged-dim", type=int, help="output size of each token map's fuse layer")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-images", type=int, default=32)
+    p.add_argument("--batch-voxels", type=int, default=2000)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.015)
+    p.add_argument("--alpha", type=float, default=0.1, help="weight of the cosine term of the loss")
+    p.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="checkpoints (default: <out>.ckpt/); an interrupted run resumes from it")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="voxelwise accuracy, retrieval and a ridge baseline of a model")
+    p.add_argument("model", help="model bundle (.safetensors)")
+    p.add_argument("data", nargs="+", help="response set file(s) (.h5)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.eval.json)")
+    p.add_argument("--no-ridge", action="store_true", help="skip the ridge baseline")
+    p.add_argument("--candidates", type=int, default=50, help="images per retrieval trial (default: %(default)s)")
+    p.add_argument("--cache", help="feature cache folder")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("query", help="predicted response volumes (MNI NIfTI) of images")
+    p.add_argument("model", help="model bundle (.safetensors)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--resolution", type=float, default=2.0, help="grid spacing in mm (0.5-8, default: %(default)s)")
+    p.add_argument("--mask", default="brain", help="brain, gm, none or a mask/label NIfTI (default: %(default)s)")
+    p.add_argument("--subject", help="subject (voxel-indexed models with several subjects)")
+    p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_query)
+
+
+def _device(name):
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cache(path):
+    from napari_nrf.features import FeatureCache
+
+    return FeatureCache(path)
+
+
+def _train(args) -> int:
+    from tqdm import tqdm
+
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.train import train_nrf
+
+    sets = [ResponseSet.load(p) for p in args.data]
+    over = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("downsample_dim", args.downsample_dim),
+                              ("merged_dim", args.merged_dim)) if v is not None}
+    out = Path(args.out)
+    ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
+    bar = tqdm(total=None, unit="step", desc="training")
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def on_epoch(rec):
+        v = rec.get("val_median_pearson")
+        bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.4f}", val_r=f"{v:.4f}" if v is not None else "-")
+
+    model, hist = train_nrf(sets, backbone=args.backbone, preset=args.preset, out=out, model_overrides=over,
+                            epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
+                            steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
+                            alpha=args.alpha, patience=args.patience, seed=args.seed, checkpoint_dir=ck,
+                            resume=not args.no_resume, feature_cache=_cache(args.cache), device=_device(args.device),
+                            progress=progress, on_epoch=on_epoch)
+    bar.close()
+    print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters); best epoch "
+          f"{hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.evaluate import evaluate, format_table, write_json
+    from napari_nrf.models import load_model
+
+    model = load_model(args.model, device=_device(args.device))
+    cache = _cache(args.cache)
+    reports = []
+    for p in args.data:
+        rs = ResponseSet.load(p)
+        reports.append(evaluate(model, rs, split=args.split, feature_cache=cache, ridge=not args.no_ridge,
+                                n_candidates=args.candidates))
+    print(format_table(reports))
+    out = Path(args.json_out) if args.json_out else Path(args.model).with_suffix(".eval.json")
+    write_json({"model": str(args.model), "reports": reports}, out)
+    print(f"report: {out}")
+    return 0
+
+
+def _query(args) -> int:
+    from tqdm import tqdm
+
+    from napari_nrf import space
+    from napari_nrf.features import load_image_file
+    from napari_nrf.models import load_model
+    from napari_nrf.query import QueryEngine
+
+    model = load_model(args.model, device=_device(args.device))
+    grid = space.Grid.mni(args.resolution)
+    eng = QueryEngine(model, device=_device(args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mask = None if args.mask in ("none", "all", "") else args.mask
+    for path in args.images:
+        img = load_image_file(path)
+        with tqdm(total=None, unit="pt", unit_scale=True, desc=Path(path).name) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            vol = eng.volume([img], grid, mask=mask, subject=args.subject, progress=progress)[0]
+        stem = Path(path).name.split(".")[0]
+        dst = space.save_nifti(vol, grid, out / f"{stem}.nii.gz")
+        print(f"{dst}  grid {grid.shape} at {args.resolution:g} mm")
+    return 0
