@@ -242,6 +242,20 @@ class NRF(EncodingModel):
             raise NRFError("pass coords or voxels, not both")
         return self.head(self.image_half(self.image_code(features)), self.coord_half(coords))
 
+    def predict_reference(self, features: dict, coords) -> torch.Tensor:
+        """The straightforward implementation, (B, N): concatenate the image code and the
+        Fourier code of every (image, point) pair and run the whole MLP on it.
+
+        Same result as :meth:`predict`; kept as the reference for tests and benchmarks.
+        """
+        code = self.image_code(features)
+        gam = self.fourier(coords)
+        b, n = code.shape[0], gam.shape[0]
+        x = torch.cat([code[:, None, :].expand(b, n, -1), gam[None].expand(b, n, -1)], dim=-1)
+        for lin in self.layers[:-1]:
+            x = torch.relu(lin(x))
+        return self.layers[-1](x)[..., 0]
+
     def subject_coords(self, subject: str | None, voxels=None) -> np.ndarray:
         """MNI coordinates (N, 3) float32 of ``voxels`` of a subject the model was trained on."""
         if not self.subjects:
