@@ -68,8 +68,10 @@ _DEFAULT_SHAPES = {"clip-vit-b16": {"block4": (196, 768), "block7": (196, 768), 
 class _TokenProjection(nn.Module):
     """One token map (B, P, C) -> (B, merged_dim): per-token Linear C->d, flatten, Linear, tanh."""
 
-    def __init__(self, n_tokens: int, channels: int, d: int, merged_dim: int, pool: int | None):
+    def __init__(self, n_tokens: int, channels: int, d: int, merged_dim: int, pool: int | None,
+                 activation: str = "tanh"):
         super().__init__()
+        self.activation = activation
         self.n_tokens, self.pool = int(n_tokens), (int(pool) if pool else None)
         p = self.pool or self.n_tokens
         if self.pool:
@@ -85,7 +87,8 @@ class _TokenProjection(nn.Module):
             side, pside = math.isqrt(p), math.isqrt(self.pool)
             grid = x.transpose(1, 2).reshape(b, c, side, side)
             x = nn.functional.adaptive_avg_pool2d(grid, pside).reshape(b, c, -1).transpose(1, 2)
-        return torch.tanh(self.fuse(self.lin(x).flatten(1)))
+        y = self.fuse(self.lin(x).flatten(1))
+        return torch.tanh(y) if self.activation == "tanh" else y
 
 
 @register
@@ -115,6 +118,10 @@ class NRF(EncodingModel):
         MLP hidden width and number of Linear layers (paper 4096 and 8).
     coord_offset, coord_size : 3 floats
         Coordinate normalisation ``u = (x + offset) / size`` (MNI mm), stored with the model.
+    merger_activation : "tanh" or "identity"
+        Applied after each fuse layer. The paper describes tanh; the public official code
+        (haomiao8/NRF, ``Feature_merger.forward``) applies none, so checkpoints converted
+        from it (:mod:`napari_nrf.models.official`) use "identity".
     """
 
     kind = "nrf"
@@ -123,8 +130,12 @@ class NRF(EncodingModel):
     def __init__(self, token_maps, embedding=None, downsample_dim: int = 16, merged_dim: int = 128,
                  normalise_embedding: bool = True, n_fourier: int = 32, fourier_std: float = 32.0,
                  fourier_seed: int = 42, width: int = 128, depth: int = 4,
-                 coord_offset=tuple(NRF_COORD_OFFSET), coord_size=tuple(NRF_COORD_SIZE)):
+                 coord_offset=tuple(NRF_COORD_OFFSET), coord_size=tuple(NRF_COORD_SIZE),
+                 merger_activation: str = "tanh"):
         super().__init__()
+        if merger_activation not in ("tanh", "identity"):
+            raise NRFError(f"merger_activation must be 'tanh' or 'identity', got {merger_activation!r}")
+        self.merger_activation = merger_activation
         if depth < 2:
             raise NRFError(f"depth counts Linear layers and must be >= 2, got {depth}")
         if not token_maps and not embedding:
@@ -135,7 +146,8 @@ class NRF(EncodingModel):
         self.normalise_embedding = bool(normalise_embedding)
         self.n_fourier, self.fourier_std, self.fourier_seed = int(n_fourier), float(fourier_std), int(fourier_seed)
         self.width, self.depth = int(width), int(depth)
-        self.merger = nn.ModuleDict({n: _TokenProjection(p, c, self.downsample_dim, self.merged_dim, q)
+        self.merger = nn.ModuleDict({n: _TokenProjection(p, c, self.downsample_dim, self.merged_dim, q,
+                                                         merger_activation)
                                      for n, p, c, q in self.token_maps})
         gen = torch.Generator().manual_seed(self.fourier_seed)
         self.register_buffer("fourier_B", torch.randn(3, self.n_fourier, generator=gen) * self.fourier_std)
@@ -155,6 +167,7 @@ class NRF(EncodingModel):
             "width": self.width, "depth": self.depth,
             "coord_offset": [float(v) for v in self.coord_offset.tolist()],
             "coord_size": [float(v) for v in self.coord_size.tolist()],
+            "merger_activation": self.merger_activation,
         }
 
     def bundle_metadata(self) -> dict:
