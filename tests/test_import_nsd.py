@@ -201,3 +201,16 @@ def test_cli_import_nsd(tree, tmp_path):
         rs = ResponseSet.load(tmp_path / f"{s}.h5")
         assert rs.images.shape[1:] == (4, 4, 3) and rs.meta["sessions"] == [1, 2]
     assert main(["import-nsd", str(tmp_path / "nowhere"), "--subjects", "1", "--out", str(tmp_path)]) == 2
+
+
+def test_benchmark_tiny_runs(tmp_path):
+    """The peak-memory benchmark's tiny setting builds a tree and imports it in a child process."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_import_nsd.py"
+    spec = importlib.util.spec_from_file_location("bench_import_nsd", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--tiny", "--workdir", str(tmp_path)])
+    assert res["within_limit"] and res["roi_voxels"] > 0 and res["median_peak_rss_bytes"] > 0
