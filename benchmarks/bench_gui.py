@@ -33,7 +33,7 @@ def bench_drop(model, path, runs: int, resolution: float = 2.0) -> list[float]:
     from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_nrf.simulate.stimuli import make_stimuli
+    from napari_nrf.demo import photo_crops
     from napari_nrf.widgets import dock_all
     from napari_nrf.widgets._render import ensure_template
 
@@ -44,7 +44,7 @@ def bench_drop(model, path, runs: int, resolution: float = 2.0) -> list[float]:
     vw = w["Response volume"]
     vw.resolution.setValue(resolution)
     tmp = Path(tempfile.mkdtemp())
-    imgs = make_stimuli(runs + 1, seed=123, size=160)
+    imgs = photo_crops(runs + 1, seed=123, size=160)
     times = []
     for i in range(runs + 1):  # run 0 warms up (backbone build, first torch calls)
         p = tmp / f"img{i}.png"
@@ -77,9 +77,9 @@ def bench_topk(model, runs: int, n_images: int = 1000, n_voxels: int = 2000, k: 
     from napari_nrf import space
     from napari_nrf.analysis import top_images
     from napari_nrf.features import FeatureCache
-    from napari_nrf.simulate.stimuli import make_stimuli
+    from napari_nrf.demo import photo_crops
 
-    imgs = make_stimuli(n_images, seed=0)
+    imgs = photo_crops(n_images, seed=0)
     t = time.perf_counter()
     feats = model.encode_images(imgs, cache=FeatureCache(), batch_size=32)
     feats = {k_: v.cpu().numpy() for k_, v in feats.items()}

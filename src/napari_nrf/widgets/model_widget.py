@@ -37,9 +37,13 @@ def model_card(model) -> str:
         if prov.get(key):
             lines.append(f"trained on: {prov[key]}")
             break
-    for key in ("n_images", "n_train_images", "epochs"):
-        if isinstance(prov.get(key), (int, float)):
-            lines.append(f"{key.replace('_', ' ')}: {prov[key]}")
+    tr = prov.get("training")
+    if isinstance(tr, dict):
+        n = tr.get("n_train_images")
+        if isinstance(n, list) and n:
+            lines.append(f"training images: {sum(int(v) for v in n)} over {len(n)} subject(s)")
+        if isinstance(tr.get("epochs_run"), int):
+            lines.append(f"epochs: {tr['epochs_run']} (best {tr.get('best_epoch')})")
     for k, v in (getattr(model, "metrics", {}) or {}).items():
         if isinstance(v, bool):
             continue

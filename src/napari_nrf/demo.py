@@ -1,0 +1,319 @@
+"""The embedded demo: ``napari-nrf demo``.
+
+Opens napari with the plugin's widgets docked, the MNI152 template, a small NRF model
+trained on virtual subjects with the offline EfficientNet-Lite0 backbone, a sample image
+dropped and its response volume rendered, and the virtual subjects' stimuli as the image
+library of the region explorer. Works offline.
+
+The demo model is looked up in this order: the bundle shipped in the package
+(``napari_nrf/assets/demo_nrf.safetensors``, made reproducibly by
+``benchmarks/make_demo_model.py``), the user cache (``<cache>/demo_nrf-v1.safetensors``),
+else it is trained once on virtual subjects (with a progress bar) and cached.
+
+Qt and napari are imported only inside :func:`run_demo` (the rest is library code).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEMO_VERSION = 1
+DEMO_SEED = 0
+DEMO_SUBJECTS = 2
+DEMO_IMAGES = 400           # stimuli per virtual subject used to train the demo model
+DEMO_LIBRARY = 240          # stimuli in the region explorer's library
+SHIPPED_NAME = "demo_nrf.safetensors"
+SAMPLE_NAME = "astronaut.png"
+TINY_ENV = ("NRF_EXAMPLE_TINY", "NAPARI_NRF_DEMO_TINY")
+
+
+def _tiny() -> bool:
+    return any(os.environ.get(k, "") not in ("", "0") for k in TINY_ENV)
+
+
+def shipped_model_path() -> Path:
+    """Path of the demo bundle shipped in the package (may not exist)."""
+    return Path(__file__).resolve().parent / "assets" / SHIPPED_NAME
+
+
+def cached_model_path() -> Path:
+    """Path of the demo bundle trained on this machine, in the user cache folder."""
+    from napari_nrf.features import default_cache_dir
+
+    return default_cache_dir() / f"demo_nrf-v{DEMO_VERSION}.safetensors"
+
+
+def demo_model_path(train: bool = True, progress=None) -> Path:
+    """The demo model bundle: shipped, else cached, else trained now (when ``train``)."""
+    for p in (shipped_model_path(), cached_model_path()):
+        if p.is_file():
+            return p
+    if not train:
+        raise FileNotFoundError("no demo model is shipped or cached; run `napari-nrf demo` once to train it")
+    return train_demo_model(cached_model_path(), progress=progress)
+
+
+def load_demo_model(device="cpu", progress=None):
+    """``(model, path)`` of the demo NRF model (see :func:`demo_model_path`)."""
+    from napari_nrf.models import load_model
+
+    path = demo_model_path(progress=progress)
+    return load_model(path, device=device), path
+
+
+def train_demo_model(out, n_subjects: int = DEMO_SUBJECTS, n_images: int = DEMO_IMAGES, epochs: int = 12,
+                     seed: int = DEMO_SEED, max_voxels: int = 6000, progress=None, **model_overrides) -> Path:
+    """Train the small demo NRF on virtual subjects and save it to ``out`` (atomic).
+
+    Virtual subjects (:func:`napari_nrf.simulate.simulate`) with ``n_images`` stimuli and at
+    most ``max_voxels`` voxels each; the model is :func:`napari_nrf.models.nrf.build_nrf`'s
+    "demo" preset with 8 channels per token and an MLP of 4 x 128 (a 3 MB bundle) on
+    efficientnet-lite0,
+    trained with :func:`napari_nrf.train.fit` (frozen backbone, cached features).
+    ``progress(stage, done, total)`` reports the stages "simulate" and "train"; without it
+    tqdm bars are shown on the console.
+    """
+    from tqdm.auto import tqdm
+
+    from napari_nrf import train
+    from napari_nrf.features import FeatureCache
+    from napari_nrf.models.nrf import build_nrf
+    from napari_nrf.simulate import simulate
+
+    out = Path(out)
+    bars = {}
+
+    def report(stage):
+        def cb(done, total):
+            if progress is not None:
+                progress(stage, done, total)
+                return
+            if stage not in bars:
+                bars[stage] = tqdm(total=total, desc=f"demo model: {stage}", unit="step" if stage == "train" else "")
+            b = bars[stage]
+            if total and b.total != total:
+                b.total = total
+            b.n = done
+            b.refresh()
+        return cb
+
+    try:
+        sets = simulate(n_subjects=n_subjects, n_images=n_images, seed=seed, max_voxels=max_voxels,
+                        progress=report("simulate"))
+        # small enough for a < 5 MB bundle and a whole-brain 2 mm volume in about 1 s on 2 CPU cores
+        cfg = {"downsample_dim": 8, "width": 128, "depth": 4}
+        cfg.update(model_overrides)
+        model = build_nrf("efficientnet-lite0", "demo", seed=seed, **cfg)
+        train.fit(model, sets, None, epochs=epochs, seed=seed, feature_cache=FeatureCache(),
+                         progress=report("train"))
+    finally:
+        for b in bars.values():
+            b.close()
+    model.provenance = {**(model.provenance or {}),
+                        "data": f"{n_subjects} virtual subjects x {n_images} stimuli (napari_nrf.simulate, seed {seed})",
+                        "made_by": "napari_nrf.demo.train_demo_model", "epochs": epochs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    return out
+
+
+def photo_crops(n: int, seed: int = 0, size: int = 128) -> np.ndarray:
+    """``n`` deterministic crops of scikit-image's photographs, (n, size, size, 3) uint8.
+
+    Random square crops (a third to all of the shorter side), flips and resizes of the
+    astronaut, coffee, chelsea, rocket, motorcycle and camera images: a generic image set
+    for benchmarks and a fallback library that needs no simulator.
+    """
+    from PIL import Image
+    from skimage import data
+
+    srcs = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.stereo_motorcycle()[0],
+            np.repeat(data.camera()[..., None], 3, 2)]
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        a = srcs[int(rng.integers(len(srcs)))]
+        h, w = a.shape[:2]
+        c = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+        crop = a[y:y + c, x:x + c]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def demo_library(n: int | None = None):
+    """The virtual subjects' stimuli as an :class:`~napari_nrf.widgets._library.ImageLibrary`.
+
+    Falls back to :func:`photo_crops` when the simulator's stimuli are not available.
+    """
+    from napari_nrf.widgets._library import ImageLibrary
+
+    n = n or (12 if _tiny() else DEMO_LIBRARY)
+    try:
+        from napari_nrf.simulate.stimuli import make_stimuli
+
+        images, cats = make_stimuli(n, DEMO_SEED, return_labels=True)
+    except Exception:  # the simulator is optional for the viewer: photographs will do
+        return ImageLibrary(photo_crops(n, DEMO_SEED), names=[f"photo {i}" for i in range(n)],
+                            label="photograph crops")
+    names = [f"{c} {i}" for i, c in enumerate(cats)]
+    return ImageLibrary(images, names=names, label="virtual subjects' stimuli")
+
+
+def sample_image_path() -> Path:
+    """A sample photograph (scikit-image's astronaut) as a PNG file in the cache folder."""
+    from PIL import Image
+    from skimage import data
+
+    from napari_nrf.features import default_cache_dir
+
+    p = default_cache_dir() / "demo" / SAMPLE_NAME
+    if not p.is_file():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.png")
+        Image.fromarray(data.astronaut()).save(tmp)
+        os.replace(tmp, p)
+    return p
+
+
+def demo_sample_volume(resolution: float = 2.0):
+    """``(volume (X, Y, Z) float32, grid, name)``: the demo model's response to the sample image."""
+    from napari_nrf import space
+    from napari_nrf.features import FeatureCache
+    from napari_nrf.query import QueryEngine
+
+    model, _ = load_demo_model()
+    img = sample_image_path()
+    feats = model.encode_images([str(img)], cache=FeatureCache())
+    grid = space.Grid.mni(resolution)
+    vol = QueryEngine(model, device="cpu").volume(feats, grid, mask="brain")[0]
+    return vol, grid, img.stem
+
+
+def warm_up(model, resolution: float = 2.0):
+    """Build what the first render needs (backbone, brain mask) in a background thread.
+
+    Started before napari opens so that the two overlap; returns the thread.
+    """
+    import threading
+
+    from napari_nrf import space
+
+    def work():
+        model.backbone()
+        space.brain_mask(space.Grid.mni(resolution))
+
+    th = threading.Thread(target=work, name="napari-nrf-demo-warm-up", daemon=True)
+    th.start()
+    return th
+
+
+def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int = 3, log=print):
+    """Set up the demo in ``viewer``: widgets, model, template, library, sample render.
+
+    Returns a dict with ``widgets`` (display name -> widget), ``worker`` (the render) and,
+    once the volume is there, ``layers`` (the new layers). ``on_ready(state)`` is called
+    on the main thread when the first volume is visible.
+    """
+    from napari_nrf.widgets import dock_all
+    from napari_nrf.widgets._render import ensure_template
+
+    widgets = dock_all(viewer)
+    widgets["Encoding model"].set_model(model, path)
+    ensure_template(viewer)
+    vw = widgets["Response volume"]
+    rx = widgets["Region explorer"]
+    rx.set_library(library if library is not None else demo_library())
+    state = {"widgets": widgets, "layers": None, "viewer": viewer}
+
+    def rendered(layers):
+        state["layers"] = layers
+        viewer.dims.ndisplay = ndisplay
+        if ndisplay == 3:
+            viewer.camera.angles = (0.0, 20.0, 110.0)  # from the left, a little from above
+        log(f"first volume visible ({layers[0].name})")
+        state["library_worker"] = rx.prepare_library()  # features now: the first click is then fast
+        if on_ready is not None:
+            on_ready(state)
+
+    vw.on_rendered(rendered)
+    state["worker"] = vw.add_images([str(sample_image_path())])
+    return state
+
+
+def run_demo(show: bool = True, screenshot=None, ndisplay: int = 3, timeout: float = 300.0) -> int:
+    """Open the demo viewer. Returns 0 (1 when the first render failed).
+
+    Parameters
+    ----------
+    show : bool
+        Start napari's event loop (False: build everything, render, optionally take the
+        screenshot, close; for tests and headless machines).
+    screenshot : path or None
+        Save a screenshot of the whole window (widgets included) once the first volume
+        is rendered.
+    ndisplay : int
+        2 or 3: the view shown once the volume is there.
+    """
+    t0 = time.perf_counter()
+
+    def say(msg):
+        print(f"[demo {time.perf_counter() - t0:5.1f} s] {msg}", flush=True)
+
+    model, path = load_demo_model()
+    say(f"demo model {path.name} loaded")
+    warm = warm_up(model)
+
+    import napari
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    viewer = napari.Viewer(title="napari-nrf demo", show=bool(show or screenshot))
+    try:
+        viewer.window.resize(1600, 1000)
+    except Exception:  # older napari without Window.resize
+        pass
+    loop = QEventLoop()
+    warm.join()
+    state = build_demo(viewer, model, path, ndisplay=ndisplay, log=say, on_ready=lambda st: loop.quit())
+    if state["worker"] is None:
+        return 1
+    if not show or screenshot:
+        QTimer.singleShot(int(timeout * 1000), loop.quit)
+        if state["layers"] is None:
+            loop.exec()
+        if state["layers"] is None:
+            say("the render did not finish")
+            viewer.close()
+            return 1
+        if screenshot:
+            from qtpy.QtWidgets import QApplication
+
+            for _ in range(5):
+                QApplication.processEvents()
+            viewer.window.screenshot(str(screenshot), canvas_only=False)
+            say(f"screenshot: {screenshot}")
+    if show:
+        napari.run()
+    else:
+        _wait_worker(state.get("library_worker"), timeout)
+        viewer.close()
+    return 0
+
+
+def _wait_worker(worker, timeout: float) -> None:
+    """Process Qt events until ``worker`` finished (so nothing runs when the viewer closes)."""
+    if worker is None:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    t = time.perf_counter()
+    while worker.is_running and time.perf_counter() - t < timeout:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    QApplication.processEvents()

@@ -1,0 +1,55 @@
+"""The embedded demo, with a tiny untrained NRF in place of the demo model (the real demo
+model is checked by benchmarks/bench_gui.py and the screenshots) and a 12-image library."""
+
+import numpy as np
+import pytest
+
+from napari_nrf import space
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def tiny_model():
+    from napari_nrf.models.nrf import build_nrf
+
+    m = build_nrf("efficientnet-lite0", "tiny")
+    m.subjects = {"sub-01": np.array([[-40.0, -80, 0], [40, -80, 0]], np.float32)}
+    return m
+
+
+def test_demo_builds_viewer_with_rendered_volume(make_napari_viewer, qtbot, tiny_model, tmp_path, monkeypatch):
+    from napari_nrf import demo
+    from napari_nrf.widgets._render import layer_kind
+    from napari_nrf.widgets._state import state_for
+
+    monkeypatch.setenv("NRF_EXAMPLE_TINY", "1")
+    path = tiny_model.save(tmp_path / "tiny.safetensors")
+    viewer = make_napari_viewer()
+    ready = []
+    st = demo.build_demo(viewer, tiny_model, path, on_ready=ready.append, log=lambda m: None)
+    qtbot.waitUntil(lambda: bool(ready), timeout=60000)
+    assert set(st["widgets"]) == {"Encoding model", "Response volume", "Region explorer"}
+    kinds = [layer_kind(ly) for ly in viewer.layers]
+    assert kinds[0] == "template" and kinds.count("response") == 1
+    layer = st["layers"][0]
+    assert layer.name == "astronaut" and viewer.dims.ndisplay == 3
+    # placed in MNI world coordinates: the layer's extent is the MNI box (z, y, x order)
+    lo, hi = np.asarray(layer.extent.world)
+    assert lo[2] < -85 and hi[2] > 85 and lo[1] < -120
+    assert len(state_for(viewer).library) == 12
+    assert "nrf" in st["widgets"]["Encoding model"].card.text()
+    if st.get("library_worker") is not None:
+        with qtbot.waitSignal(st["library_worker"].finished, timeout=60000, raising=False):
+            pass
+
+
+def test_demo_model_lookup_order(tmp_path, monkeypatch, tiny_model):
+    from napari_nrf import demo
+
+    monkeypatch.setattr(demo, "shipped_model_path", lambda: tmp_path / "none.safetensors")
+    with pytest.raises(FileNotFoundError, match="demo model"):
+        demo.demo_model_path(train=False)
+    tiny_model.save(demo.cached_model_path())
+    assert demo.demo_model_path(train=False) == demo.cached_model_path()
+    assert demo.sample_image_path().is_file()
