@@ -157,3 +157,28 @@ def test_cli_import_nifti(inputs, tmp_path):
     assert ResponseSet.load(tmp_path / "c.h5").subject == "sub-02"
     assert main(["import-nifti", str(d / "betas.nii.gz"), "--mask", str(d / "nope.nii.gz"), "--events",
                  str(d / "events.csv"), "--out", str(tmp_path / "c2.h5")]) == 2
+
+
+def test_assemble_streams_voxel_blocks(tmp_path):
+    """Repeats averaged across sessions, in small voxel blocks, with voxels dropped in between."""
+    from napari_nrf.data._importing import PartialStore, ResponseSetWriter, assemble
+
+    rng = np.random.default_rng(3)
+    store = PartialStore(tmp_path / "parts")
+    sessions = [(rng.normal(size=(12, 10)).astype(np.float32), rng.integers(0, 7, 12)) for _ in range(3)]
+    for k, (z, ids) in enumerate(sessions):
+        store.save(f"{k}", "fp", z, ids, np.zeros(10, bool))
+    keep = np.ones(10, bool)
+    keep[[2, 7]] = False
+    writer, ids, counts, nc = assemble(store, ["0", "1", "2"], lambda n, v, c: ResponseSetWriter(
+        tmp_path / "o.h5", n, v, "s", c), keep, block_bytes=28 * 7 * 3)
+    writer.finish(np.zeros((8, 3)), np.zeros(ids.size), ids)
+    writer.commit()
+    z = np.concatenate([s[0] for s in sessions])
+    all_ids = np.concatenate([s[1] for s in sessions])
+    ref = np.stack([z[all_ids == u].mean(0) for u in ids])[:, keep]
+    import h5py
+
+    with h5py.File(tmp_path / "o.h5") as f:
+        np.testing.assert_allclose(f["responses"][()], ref, atol=1e-6)
+    np.testing.assert_array_equal(counts, [np.sum(all_ids == u) for u in ids])

@@ -210,7 +210,7 @@ class ResponseSetWriter:
     (atomic), :meth:`abort` deletes it.
     """
 
-    def __init__(self, path, n_images: int, n_voxels: int, subject: str):
+    def __init__(self, path, n_images: int, n_voxels: int, subject: str, chunk_voxels: int | None = None):
         import h5py
 
         self.path = Path(path)
@@ -221,8 +221,12 @@ class ResponseSetWriter:
         self.f.attrs["version"] = VERSION
         self.f.attrs["subject"] = subject
         self.n, self.v = int(n_images), int(n_voxels)
-        # Row-block chunks suit the readers (batches of images x all voxels).
+        # ~1 MB chunks of 64 images: readers take batches of images x all voxels; the
+        # assembler writes whole chunk columns (chunk_voxels divides its blocks), so no
+        # chunk is ever read back and rewritten.
         chunk_v = min(self.v, max(1, 2 ** 20 // 4 // max(1, min(self.n, 64))))
+        if chunk_voxels:
+            chunk_v = max(1, min(chunk_v, int(chunk_voxels)))
         self.responses = self.f.create_dataset("responses", shape=(self.n, self.v), dtype="f4",
                                                chunks=(min(self.n, 64), chunk_v))
 
@@ -263,12 +267,12 @@ class ResponseSetWriter:
                 self.tmp.unlink()
 
 
-def assemble(store: PartialStore, keys: Sequence[str], writer_factory: Callable[[int, int], ResponseSetWriter],
+def assemble(store: PartialStore, keys: Sequence[str], writer_factory: Callable[..., ResponseSetWriter],
              voxel_keep: np.ndarray, block_bytes: int = 256 * 2 ** 20, progress: Progress | None = None):
     """Average repeats over the sessions ``keys`` of ``store`` into a response-set writer.
 
     ``voxel_keep`` (V,) bool selects the voxels written. Rows are the sorted unique
-    stimulus ids. Streams voxel blocks of about ``block_bytes`` of (N, block) float32.
+    stimulus ids. ``writer_factory(n_images, n_voxels, chunk_voxels)`` opens the output. Streams voxel blocks of about ``block_bytes`` of (N, block) float32.
     Returns ``(writer, stim_ids (N,), counts (N,), noise_ceiling (V_kept,) or None)``.
     """
     import scipy.sparse as sp
@@ -284,8 +288,10 @@ def assemble(store: PartialStore, keys: Sequence[str], writer_factory: Callable[
         t = rows.size
         indicators.append(sp.csr_matrix((np.ones(t, np.float32), (rows, np.arange(t))), shape=(n, t)))
     kept = np.flatnonzero(voxel_keep)
-    writer = writer_factory(n, kept.size)
     block = max(1, int(block_bytes // (28 * n)))  # float64 sums, squares, means + float32 out
+    chunk_v = min(block, 2 ** 20 // 4 // max(1, min(n, 64)))
+    block = max(chunk_v, block // chunk_v * chunk_v)
+    writer = writer_factory(n, kept.size, chunk_v)
     dof = int(np.sum(counts - 1))
     ssd = np.zeros(kept.size, np.float64)
     try:

@@ -244,7 +244,7 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
         if invalid_any.all():
             raise NiftiImportError("every mask voxel is constant or non-finite in some session; nothing to import")
 
-        writer, stim_ids, counts, nc = assemble(store, keys, lambda n, v: ResponseSetWriter(out, n, v, subject),
+        writer, stim_ids, counts, nc = assemble(store, keys, lambda n, v, c: ResponseSetWriter(out, n, v, subject, c),
                                                 ~invalid_any)
         try:
             paths = [uniq_paths[i] for i in stim_ids]

@@ -281,8 +281,8 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
         coords = mgrid.coords(mask)[~invalid_any]
         roi_lab = labels[mask][~invalid_any]
 
-        def writer_factory(n, v):
-            return ResponseSetWriter(out, n, v, subject=subj)
+        def writer_factory(n, v, chunk_v):
+            return ResponseSetWriter(out, n, v, subject=subj, chunk_voxels=chunk_v)
 
         writer, stim_ids, counts, nc = assemble(store, keys, writer_factory, ~invalid_any)
         try:
