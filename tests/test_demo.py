@@ -53,3 +53,18 @@ def test_demo_model_lookup_order(tmp_path, monkeypatch, tiny_model):
     tiny_model.save(demo.cached_model_path())
     assert demo.demo_model_path(train=False) == demo.cached_model_path()
     assert demo.sample_image_path().is_file()
+
+
+def test_fallback_subjects_are_lateralised():
+    from napari_nrf.demo import _image_descriptors, fallback_subjects
+
+    sets = fallback_subjects(n_subjects=1, n_images=30, max_voxels=3000)
+    rs = sets[0]
+    assert rs.responses.shape == (30, 3000) and rs.coords[:, 1].max() < -40
+    d = _image_descriptors(rs.images)
+    occ = rs.coords[:, 1] < -85
+    left, right = occ & (rs.coords[:, 0] < -10), occ & (rs.coords[:, 0] > 10)
+    corr = lambda a, b: np.corrcoef(a, b)[0, 1]  # noqa: E731
+    # the left occipital pole follows the right half-field's contrast, and vice versa
+    assert corr(rs.truth[:, left].mean(1), d[:, 1]) > 0.8
+    assert corr(rs.truth[:, right].mean(1), d[:, 0]) > 0.8
