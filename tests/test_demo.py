@@ -68,3 +68,15 @@ def test_fallback_subjects_are_lateralised():
     # the left occipital pole follows the right half-field's contrast, and vice versa
     assert corr(rs.truth[:, left].mean(1), d[:, 1]) > 0.8
     assert corr(rs.truth[:, right].mean(1), d[:, 0]) > 0.8
+
+
+def test_demo_volume_sample_data(monkeypatch, tiny_model, tmp_path):
+    from napari_nrf import demo
+    from napari_nrf.widgets._samples import demo_response_volume
+
+    monkeypatch.setattr(demo, "load_demo_model", lambda device="cpu", progress=None: (tiny_model, tmp_path / "m"))
+    layers = demo_response_volume()
+    (tdata, tkw, tkind), (vdata, vkw, vkind) = layers
+    assert tkind == vkind == "image" and tkw["name"] == "MNI152" and vkw["name"] == "astronaut"
+    assert vdata.shape == tdata.shape == space.Grid.mni(2.0).shape[::-1]
+    assert tuple(vkw["translate"]) == tuple(space.Grid.mni(2.0).origin[::-1])
