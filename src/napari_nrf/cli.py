@@ -17,6 +17,7 @@ COMMANDS = [
     "napari_nrf._cli_base",
     "napari_nrf._cli_import",
     "napari_nrf._cli_nrf",
+    "napari_nrf._cli_universal",
 ]
 
 

@@ -1,0 +1,183 @@
+"""Subcommands of the Universal encoder: ``train-universal``, ``transfer`` and ``cluster``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _fit_args(p, epochs: int = 20) -> None:
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-images", type=int, default=32)
+    p.add_argument("--batch-voxels", type=int, default=5000)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s, the paper's)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--alpha", type=float, default=0.1, help="weight of the cosine term of the loss")
+    p.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="checkpoints (default: <out>.ckpt/); an interrupted run resumes from it")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-universal", help="train a Universal encoder jointly on several subjects' response sets")
+    p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject; the images may differ")
+    p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
+    p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
+    p.add_argument("--levels", help="comma-separated backbone features to use (default: all)")
+    p.add_argument("--embed-dim", type=int, default=256, help="voxel embedding size E (default: %(default)s)")
+    p.add_argument("--channels", type=int, default=128, help="projected channels C per level (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    _fit_args(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("transfer", help="add a new subject to a Universal encoder by learning only its voxel embeddings")
+    p.add_argument("model", help="trained universal model bundle (.safetensors)")
+    p.add_argument("data", help="the new subject's response set (.h5)")
+    p.add_argument("--out", required=True, help="output bundle with the new subject (.safetensors)")
+    p.add_argument("--subject", help="name of the new subject (default: the response set's)")
+    p.add_argument("--n-images", type=int, help="use only this many training images (few-shot transfer)")
+    p.add_argument("--init", default="random", choices=["random", "mean"],
+                   help="initial embeddings: random (paper) or the mean embedding of the model's voxels")
+    _fit_args(p, epochs=30)
+    p.set_defaults(func=_transfer)
+
+    p = sub.add_parser("cluster", help="k-means maps of a Universal encoder's voxel embeddings (NIfTI + table)")
+    p.add_argument("model", help="universal model bundle (.safetensors)")
+    p.add_argument("-k", type=int, default=20, help="number of clusters (default: %(default)s)")
+    p.add_argument("--subjects", help="comma-separated subjects clustered together (default: all)")
+    p.add_argument("--resolution", type=float, default=2.0, help="grid of the label volumes in mm (default: %(default)s)")
+    p.add_argument("--library", nargs="*", help="image files: per cluster, the top-activating images")
+    p.add_argument("--top", type=int, default=8, help="top images per cluster (default: %(default)s)")
+    p.add_argument("--method", default="auto", choices=["auto", "sklearn", "torch"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder: <subject>_clusters.nii.gz, clusters.csv, clusters.json")
+    p.add_argument("--cache", help="feature cache folder")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cluster)
+
+
+def _device(name):
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _bar_callbacks(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="step", desc=desc)
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def on_epoch(rec):
+        v = rec.get("val_median_pearson")
+        bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.4f}", val_r=f"{v:.4f}" if v is not None else "-")
+
+    return bar, progress, on_epoch
+
+
+def _fit_kwargs(args, out: Path) -> dict:
+    from napari_nrf.features import FeatureCache
+
+    ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
+    return dict(epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
+                steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, alpha=args.alpha,
+                patience=args.patience, seed=args.seed, checkpoint_dir=ck, resume=not args.no_resume,
+                feature_cache=FeatureCache(args.cache), device=_device(args.device))
+
+
+def _train(args) -> int:
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.models.universal import train_universal
+
+    sets = [ResponseSet.load(p) for p in args.data]
+    out = Path(args.out)
+    bar, progress, on_epoch = _bar_callbacks("training")
+    levels = [s.strip() for s in args.levels.split(",")] if args.levels else None
+    model, hist = train_universal(sets, backbone=args.backbone, out=out, levels=levels,
+                                  model_config=dict(embed_dim=args.embed_dim, channels=args.channels,
+                                                    dropout=args.dropout),
+                                  progress=progress, on_epoch=on_epoch, **_fit_kwargs(args, out))
+    bar.close()
+    print(f"saved {out}: subjects {', '.join(model.subjects)}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; best epoch {hist.best_epoch}, "
+          f"validation median voxel r = {hist.best_score:.4f}")
+    return 0
+
+
+def _transfer(args) -> int:
+    import numpy as np
+
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.models import load_model
+    from napari_nrf.models.universal import transfer_subject
+
+    model = load_model(args.model, device=_device(args.device), kind="universal")
+    rs = ResponseSet.load(args.data)
+    if args.subject:
+        rs.subject = args.subject
+    if args.n_images is not None:
+        train = rs.indices("train")
+        if args.n_images < 1:
+            raise ValueError("--n-images must be >= 1")
+        keep = np.sort(np.random.default_rng(args.seed).choice(train, min(args.n_images, len(train)), replace=False))
+        rows = np.sort(np.concatenate([keep, np.flatnonzero(rs.split != 0)]))
+        rs = rs.subset(rows=rows)
+    out = Path(args.out)
+    bar, progress, on_epoch = _bar_callbacks(f"transfer {rs.subject}")
+    model, hist = transfer_subject(model, rs, out=out, init=args.init, progress=progress, on_epoch=on_epoch,
+                                   **_fit_kwargs(args, out))
+    bar.close()
+    print(f"saved {out}: new subject {rs.subject} ({rs.n_voxels} voxels, {int((rs.split == 0).sum())} training "
+          f"images); validation median voxel r = {hist.best_score:.4f}")
+    return 0
+
+
+def _cluster(args) -> int:
+    import numpy as np
+
+    from napari_nrf import space
+    from napari_nrf.analysis import cluster_embeddings, cluster_labels_volume, cluster_table, cluster_top_images
+    from napari_nrf.models import load_model
+
+    dev = _device(args.device)
+    model = load_model(args.model, device=dev, kind="universal")
+    subjects = [s.strip() for s in args.subjects.split(",")] if args.subjects else list(model.subjects)
+    emb = {s: model.embeddings(s) for s in subjects}
+    res = cluster_embeddings(emb, args.k, method=args.method, seed=args.seed, device=dev)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = space.Grid.mni(args.resolution)
+    for s in subjects:
+        vol = cluster_labels_volume(model.subjects[s], res.labels[s], grid)
+        space.save_nifti(vol, grid, out / f"{s}_clusters.nii.gz", dtype=np.int16)
+        np.save(out / f"{s}_labels.npy", res.labels[s])
+    table = cluster_table(res, {s: model.subjects[s] for s in subjects})
+    cols = list(table)
+    lines = [",".join(cols)]
+    for i in range(res.k):
+        vals = []
+        for c in cols:
+            v = table[c][i]
+            vals.append(f'"{v}"' if isinstance(v, str) else (f"{v:.2f}" if isinstance(v, float) else str(v)))
+        lines.append(",".join(vals))
+    (out / "clusters.csv").write_text("\n".join(lines) + "\n")
+    report = {"model": str(args.model), "k": res.k, "subjects": subjects, "method": res.method,
+              "inertia": res.inertia}
+    if args.library:
+        from napari_nrf.features import FeatureCache
+
+        feats = model.encode_images(list(args.library), cache=FeatureCache(args.cache))
+        top = cluster_top_images(model, feats, res, top=args.top)
+        report["top_images"] = {str(c + 1): [{"image": str(args.library[i]), "mean_response": float(v)}
+                                             for i, v in zip(*top[c])] for c in range(res.k)}
+    (out / "clusters.json").write_text(json.dumps(report, indent=1))
+    print(f"{res.k} clusters of {sum(len(v) for v in emb.values())} voxels ({', '.join(subjects)}) -> {out}")
+    return 0
