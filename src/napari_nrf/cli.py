@@ -18,6 +18,7 @@ COMMANDS = [
     "napari_nrf._cli_import",
     "napari_nrf._cli_nrf",
     "napari_nrf._cli_universal",
+    "napari_nrf.simulate.cli",
 ]
 
 
