@@ -84,6 +84,8 @@ class DinoV2ViTL14Reg(Backbone):
                 "(or Meta's dinov2_vitl14_reg4_pretrain.pth), then pass weights=PATH or set "
                 f"{DINOV2_ENV}=PATH."
             )
+        if self.weights != "none" and not Path(self.weights).is_file():
+            raise BackboneError(f"DINOv2 weights file not found: {self.weights}")
         try:
             self.net = timm.create_model(model_name, pretrained=False, img_size=self.image_size, num_classes=0,
                                          **self.model_kwargs)

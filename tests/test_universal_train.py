@@ -1,0 +1,118 @@
+"""Universal encoder training through train.fit: joint subjects, transfer, and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_nrf.data.responseset import ResponseSet
+from napari_nrf.models import load_model
+from napari_nrf.models.universal import UniversalModelError, train_universal, transfer_subject
+
+P, C = 16, 8
+SHAPES = {"tok": (P, C), "embedding": (C,)}
+TYPES = np.random.default_rng(0).normal(size=(3, C))  # three functional voxel types
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: thread hand-offs cost more than the arithmetic on a shared 2-core box.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _subject(name, n, v, seed, noise=0.5):
+    """A virtual subject whose voxels respond to the pooled feature through one of 3 types."""
+    r = np.random.default_rng(seed)
+    tok = r.normal(size=(n, P, C)).astype(np.float32)
+    emb = 4 * tok.mean(1)
+    typ = r.integers(0, 3, v)
+    y = emb @ TYPES[typ].T + noise * r.normal(size=(n, v))
+    y = (y - y.mean(0)) / y.std(0)
+    split = np.zeros(n, np.uint8)
+    split[int(0.8 * n):int(0.9 * n)] = 1
+    split[int(0.9 * n):] = 2
+    rs = ResponseSet(responses=y.astype(np.float32), coords=r.uniform(-60, 60, (v, 3)), split=split,
+                     images=np.zeros((n, 4, 4, 3), np.uint8), subject=name, roi=typ + 1)
+    return rs, {"tok": tok, "embedding": emb}
+
+
+CFG = dict(embed_dim=16, channels=8, dropout=0.0)
+FIT = dict(epochs=6, batch_images=16, batch_voxels=60, patience=20, lr=3e-3)
+
+
+def test_joint_training_learns_and_transfer_trains_only_the_new_embeddings(tmp_path):
+    sets = [_subject(f"sub-0{i}", 160, 60, i) for i in range(2)]
+    model, hist = train_universal([s for s, _ in sets], feature_shapes=SHAPES, model_config=CFG,
+                                  features=[f for _, f in sets], **FIT)
+    assert hist.best_score > 0.6, hist.records
+    assert set(model.subjects) == {"sub-00", "sub-01"}
+
+    new, fnew = _subject("sub-new", 120, 50, 7)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    feats0 = {k: torch.as_tensor(v[:5]) for k, v in sets[0][1].items()}
+    with torch.no_grad():
+        y0 = model.predict(feats0, subject="sub-00")
+    model, h2 = transfer_subject(model, new, features=[fnew], **FIT)
+    assert h2.best_score > 0.5, h2.records
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # every shared weight frozen
+    with torch.no_grad():
+        assert torch.equal(model.predict(feats0, subject="sub-00"), y0)
+    # The bundle keeps every subject's voxel coordinates, the new one included.
+    m2 = load_model(model.save(tmp_path / "u.safetensors"))
+    np.testing.assert_allclose(m2.subjects["sub-new"], new.coords)
+    assert m2.provenance["training"]["subjects"] == ["sub-00", "sub-01"]
+    assert "sub-new" in m2.provenance["transfer"]
+    with pytest.raises(UniversalModelError, match="already in the model"):
+        transfer_subject(model, new, features=[fnew], **FIT)
+
+
+def _h5_subject(tmp_path, name, seed, n=12, v=40):
+    r = np.random.default_rng(seed)
+    imgs = r.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+    split = np.array([0] * (n - 4) + [1] * 4, np.uint8)
+    rs = ResponseSet(responses=r.normal(size=(n, v)).astype(np.float32),
+                     coords=np.stack([r.choice(np.arange(-40, 41, 4), v), r.choice(np.arange(-90, -59, 4), v),
+                                      r.choice(np.arange(-20, 21, 4), v)], 1),
+                     split=split, images=imgs, subject=name)
+    return rs.save(tmp_path / f"{name}.h5")
+
+
+def test_cli_train_transfer_cluster(tmp_path, monkeypatch):
+    from skimage import data, io
+
+    from napari_nrf.cli import main
+
+    a, b, c = (_h5_subject(tmp_path, s, i) for i, s in enumerate(["sub-a", "sub-b", "sub-c"]))
+    common = ["--epochs", "1", "--batch-images", "4", "--batch-voxels", "20", "--cache", str(tmp_path / "cache"),
+              "--device", "cpu"]
+    out = tmp_path / "uni.safetensors"
+    assert main(["train-universal", str(a), str(b), "--out", str(out), "--levels", "s32,embedding",
+                 "--embed-dim", "8", "--channels", "4", *common]) == 0
+    m = load_model(out)
+    assert m.kind == "universal" and set(m.subjects) == {"sub-a", "sub-b"}
+    out2 = tmp_path / "uni2.safetensors"
+    assert main(["transfer", str(out), str(c), "--out", str(out2), "--n-images", "5", *common]) == 0
+    m2 = load_model(out2)
+    assert set(m2.subjects) == {"sub-a", "sub-b", "sub-c"}
+    assert m2.provenance["transfer"]["sub-c"]["n_train_images"] == 5
+    lib = []
+    for i, im in enumerate([data.chelsea(), data.coffee(), data.astronaut()]):
+        lib.append(str(tmp_path / f"im{i}.png"))
+        io.imsave(lib[-1], im[::4, ::4])
+    cl = tmp_path / "clusters"
+    assert main(["cluster", str(out2), "-k", "3", "--out", str(cl), "--library", *lib, "--top", "2",
+                 "--cache", str(tmp_path / "cache"), "--device", "cpu"]) == 0
+    from napari_nrf import space
+
+    vol, grid = space.load_nifti(cl / "sub-c_clusters.nii.gz")
+    assert grid.resolution == 2.0 and set(np.unique(vol)) <= {0, 1, 2, 3} and (vol > 0).sum() >= 40
+    rep = json.loads((cl / "clusters.json").read_text())
+    assert rep["k"] == 3 and all(len(v) == 2 for v in rep["top_images"].values())
+    assert (cl / "clusters.csv").read_text().splitlines()[0].startswith("label,cluster,size")
+    # A bundle of another kind is refused with a clear message.
+    assert main(["transfer", str(tmp_path / "missing.safetensors"), str(c), "--out", str(out2)]) == 2
