@@ -322,6 +322,67 @@ def cluster_top_images(model, features: dict, result: ClusterResult, top: int = 
     return out
 
 
+
+@dataclass
+class ClusterMaps:
+    """What :func:`cluster_maps` returns: the clustering, one label volume per subject on
+    ``grid`` (0 background, cluster c as c + 1) and the per-cluster features table."""
+
+    result: ClusterResult
+    volumes: dict
+    grid: object
+    table: dict
+
+
+def cluster_maps(model, k: int, subjects=None, grid=None, method: str = "auto", seed: int = 0, device=None,
+                 progress=None, cancel=None) -> ClusterMaps:
+    """k-means of a Universal encoder's voxel embeddings, placed in MNI space per subject.
+
+    Parameters
+    ----------
+    model : UniversalEncoder
+        Any model with ``embeddings(subject) -> (V, E)`` and ``subjects`` (name -> (V, 3) mm).
+    k : int
+        Number of clusters.
+    subjects : list of str or None
+        Subjects clustered together (default: all of the model's).
+    grid : napari_nrf.space.Grid or None
+        Display grid of the label volumes (default: MNI 2 mm).
+    progress : callable(done, total) or None
+        Called once per stage (clustering, then one per subject volume).
+    cancel : callable() -> bool or None
+        Checked between stages; True raises :class:`AnalysisCancelled`.
+    """
+    from napari_nrf import space
+
+    if not hasattr(model, "embeddings"):
+        raise AnalysisError(f"cluster maps need a model with voxel embeddings (kind 'universal'), got "
+                            f"{getattr(model, 'kind', type(model).__name__)!r}")
+    subjects = list(model.subjects) if subjects is None else list(subjects)
+    if not subjects:
+        raise AnalysisError("choose at least one subject")
+    unknown = [s for s in subjects if s not in model.subjects]
+    if unknown:
+        raise AnalysisError(f"unknown subject(s) {unknown}; the model has {sorted(model.subjects)}")
+    grid = grid or space.Grid.mni(2.0)
+    total = 1 + len(subjects)
+
+    def check():
+        if cancel is not None and cancel():
+            raise AnalysisCancelled("cancelled")
+
+    check()
+    res = cluster_embeddings({s: model.embeddings(s) for s in subjects}, k, method=method, seed=seed, device=device)
+    if progress is not None:
+        progress(1, total)
+    vols = {}
+    for i, s in enumerate(subjects):
+        check()
+        vols[s] = cluster_labels_volume(model.subjects[s], res.labels[s], grid)
+        if progress is not None:
+            progress(2 + i, total)
+    return ClusterMaps(res, vols, grid, cluster_table(res, {s: model.subjects[s] for s in subjects}))
+
 # ---- top- and bottom-activating images of a region (napari region explorer) ----------
 class AnalysisCancelled(Exception):
     """Raised inside an analysis when its ``cancel()`` callback returns True."""
