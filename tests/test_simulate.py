@@ -1,0 +1,166 @@
+"""Virtual subjects: determinism, retinotopy, category selectivity, smoothness, noise ceiling."""
+
+import numpy as np
+import pytest
+
+from napari_nrf.data.responseset import ResponseSet
+from napari_nrf.simulate import (
+    CATEGORIES,
+    SimulationError,
+    VirtualSubject,
+    describe,
+    make_parametric,
+    make_stimuli,
+    make_stimulus_set,
+    simulate,
+    stimulus_descriptors,
+    subject_from_meta,
+)
+from napari_nrf.simulate.stimuli import make_stimulus
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    rs = simulate(n_subjects=2, n_images=60, seed=0, out=out, max_voxels=1500, snr=[0.7, 0.5],
+                  return_trials=True)
+    return out, rs
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return VirtualSubject(index=0, seed=0, resolution=2.0, snr=0.7)
+
+
+def test_stimuli_deterministic_and_prefix_stable():
+    a, la = make_stimuli(12, seed=3, return_labels=True)
+    b = make_stimuli(12, seed=3)
+    c = make_stimuli(5, seed=3, start=7)
+    assert a.shape == (12, 96, 96, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[7:], c)
+    assert set(la) <= set(CATEGORIES)
+    assert not np.array_equal(a, make_stimuli(12, seed=4))
+    st = make_stimulus_set([0, 5], seed=3, size=64)
+    assert st.images.shape == (2, 64, 64, 3) and st.content.shape == (2, 5)
+
+
+def test_same_seed_same_data():
+    kw = dict(n_subjects=1, n_images=8, seed=5, max_voxels=200, n_shared=2)
+    a, b = simulate(**kw)[0], simulate(**kw)[0]
+    np.testing.assert_array_equal(a.responses, b.responses)
+    np.testing.assert_array_equal(a.coords, b.coords)
+    np.testing.assert_array_equal(a.images, b.images)
+    c = simulate(**{**kw, "seed": 6})[0]
+    assert not np.array_equal(a.responses[:, :50], c.responses[:, :50])
+
+
+def test_response_set_contents_and_roundtrip(sim):
+    out, rs = sim
+    r = rs[0]
+    assert r.responses.shape == r.truth.shape == (60, r.n_voxels) and r.n_voxels == 1500
+    assert r.noise_ceiling.shape == (1500,) and 0 <= r.noise_ceiling.min() and r.noise_ceiling.max() <= 100
+    assert set(np.unique(r.split)) == {0, 1, 2}
+    # the test split is the same shared images for every subject
+    np.testing.assert_array_equal(rs[0].image_ids[rs[0].indices("test")], rs[1].image_ids[rs[1].indices("test")])
+    assert not set(rs[0].image_ids[rs[0].indices("train")]) & set(rs[1].image_ids[rs[1].indices("train")])
+    names = set(r.roi_names.values())
+    assert {"V1-L", "V1-R", "FFA-L", "FFA-R", "PPA-R", "VWFA-L"} <= names
+    loaded = ResponseSet.load(out / "sub-01.h5")
+    np.testing.assert_array_equal(loaded.responses, r.responses)
+    np.testing.assert_array_equal(loaded.truth, r.truth)
+    assert loaded.meta["simulator"]["index"] == 0
+    # subjects have their own grids: 2.0 and 1.8 mm by default
+    assert rs[0].meta["grid_zooms"][0] == 2.0 and abs(rs[1].meta["grid_zooms"][0] - 1.8) < 1e-9
+
+
+def test_truth_at_voxel_centres_equals_noiseless_data(sim):
+    _, rs = sim
+    r = rs[1]
+    subj = subject_from_meta(r.meta)
+    t = subj.truth(stimulus_descriptors(r), r.coords)
+    np.testing.assert_allclose(t, r.truth, atol=2e-4, rtol=1e-4)
+
+
+def test_truth_is_continuous(subject):
+    desc = describe(make_stimuli(6, seed=1), content=None)
+    xyz = subject.voxel_coords(max_voxels=300)
+    a = subject.truth(desc, xyz)
+    b = subject.truth(desc, xyz + np.float32([0.05, -0.05, 0.05]))
+    far = subject.truth(desc, xyz + np.float32([6, 0, 0]))
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    assert np.abs(a - far).mean() > 5 * np.abs(a - b).mean()
+
+
+def test_left_hemifield_drives_right_v1(subject):
+    left = np.stack([make_parametric("checkerboard", side="left", cycles=c) for c in (4, 8)])
+    right = np.stack([make_parametric("checkerboard", side="right", cycles=c) for c in (4, 8)])
+    xyz = subject.voxel_coords(roi="V1")
+    lab = subject.roi_labels(xyz)
+    names = subject.roi_names
+    r_v1 = lab == [k for k, v in names.items() if v == "V1-R"][0]
+    l_v1 = lab == [k for k, v in names.items() if v == "V1-L"][0]
+    tl, tr = subject.truth(left, xyz).mean(0), subject.truth(right, xyz).mean(0)
+    assert tl[r_v1].mean() > tl[l_v1].mean() + 0.3
+    assert tr[l_v1].mean() > tr[r_v1].mean() + 0.3
+
+
+def test_faces_drive_ffa_more_than_scenes(subject):
+    imgs, cont = [], []
+    for cat in ("face", "scene"):
+        for i in range(12):
+            img, c = make_stimulus(1000 + i, seed=0, category=cat, return_content=True)
+            imgs.append(img)
+            cont.append(c)
+    desc = describe(np.stack(imgs), content=np.stack(cont))
+    xyz = subject.voxel_coords(roi=["FFA"])
+    t = subject.truth(desc, xyz)
+    assert t[:12].mean() > t[12:].mean() + 0.3
+    # and the place area prefers the scenes
+    t = subject.truth(desc, subject.voxel_coords(roi=["PPA"]))
+    assert t[12:].mean() > t[:12].mean() + 0.3
+
+
+def test_neighbours_correlate_more_than_distant_voxels(sim):
+    _, rs = sim
+    r = rs[0]
+    x = r.responses - r.responses.mean(0)
+    x /= np.linalg.norm(x, axis=0) + 1e-9
+    rng = np.random.default_rng(0)
+    i = rng.choice(r.n_voxels, 300, replace=False)
+    d = np.linalg.norm(r.coords[i, None] - r.coords[None], axis=-1)  # (300, V)
+    c = x[:, i].T @ x  # (300, V)
+    near = c[(d > 0) & (d <= 2.1)]
+    far = c[d > 40]
+    assert near.mean() > far.mean() + 0.15
+
+
+def test_noise_ceiling_recovers_configured_snr(sim):
+    _, rs = sim
+    for r in rs:
+        subj = subject_from_meta(r.meta)
+        want = subj.ncsnr(r.coords)
+        got = np.sqrt(r.noise_ceiling / (100 - r.noise_ceiling) / r.meta["n_reps"])  # invert NC(ncsnr)
+        ratio = np.median(got) / np.median(want)
+        assert 0.8 < ratio < 1.25, ratio
+        assert np.corrcoef(got, want)[0, 1] > 0.3
+    assert np.median(rs[0].noise_ceiling) > np.median(rs[1].noise_ceiling)  # snr 0.7 vs 0.5
+
+
+def test_bad_settings_raise():
+    with pytest.raises(SimulationError):
+        simulate(n_subjects=1, n_images=10, n_reps=1)
+    with pytest.raises(SimulationError):
+        VirtualSubject(resolution=0.1)
+    with pytest.raises(ValueError):
+        make_parametric("spiral")
+
+
+def test_cli_simulate(tmp_path, capsys):
+    from napari_nrf.cli import main
+
+    rc = main(["simulate", "--subjects", "1", "--images", "6", "--shared", "2", "--max-voxels", "100",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    r = ResponseSet.load(tmp_path / "sub-01.h5")
+    assert r.n_images == 6 and r.n_voxels == 100
