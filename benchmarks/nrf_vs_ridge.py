@@ -193,8 +193,8 @@ def run(tiny: bool = False, subjects: int = 3, sizes=(20, 200, 800, None), shuff
     cfg = dict(preset="demo", epochs=12, steps=20, batch_images=32, batch_voxels=500, lr=1e-3, weight_decay=0.015,
                patience=3, n_images=1200, n_val=50, n_test=100, voxel_mm=4.0, y_max=-60.0)
     if tiny:
-        cfg.update(preset="tiny", epochs=2, steps=4, batch_voxels=200, n_images=60, n_val=10, n_test=10, voxel_mm=8.0)
-        subjects, sizes, shuffle_sizes = 1, (20, None), (20,)
+        cfg.update(preset="tiny", epochs=2, steps=3, batch_voxels=200, n_images=40, n_val=8, n_test=8, voxel_mm=8.0)
+        subjects, sizes, shuffle_sizes = 1, (20,), (20,)
     t0 = time.perf_counter()
     images, face = make_images(cfg["n_images"], seed=0)
     desc = descriptors(images, face)
