@@ -1,0 +1,603 @@
+"""Background jobs: long work (finetuning, transfer) in a child process, off the viewer.
+
+A job is a folder under the jobs root (``$NAPARI_NRF_CACHE/jobs`` by default)::
+
+    <root>/<job id>/
+        spec.json        what to run: {"target": "module:function", "kwargs": {...}, "device", ...}
+        state.json       {"state": queued|running|done|failed|cancelled|interrupted, "pid", ...}
+        progress.jsonl   one JSON object per line: epoch, step, loss, val_pearson, fraction, eta_s, ...
+        checkpoints/     the target's checkpoints (resume reads them)
+        cancel           present when a cancel was asked for
+        log.txt          the child's stdout/stderr
+
+The target is a plain function ``fn(ctx, **kwargs) -> dict`` that gets a
+:class:`JobContext` (progress reports, the cancel flag, the checkpoint folder, whether
+this run resumes). It runs in a child process started with the *spawn* method (safe with
+CUDA, unlike fork). Everything lives on disk, so a job survives its parent: after napari
+or the CLI restarts, :meth:`JobManager.poll` marks a job whose process died
+``interrupted`` and :meth:`JobManager.resume` queues it again; the target resumes from
+its last checkpoint.
+
+Rules the manager enforces: at most ``max_per_device`` running jobs per device (one GPU
+job at a time per device by default; queued jobs start first-come first-served when the
+device frees up); a job's declared ``outputs`` may never name one of its ``protected``
+inputs (base models are never overwritten); outputs are written by the targets with
+atomic renames, so a killed or cancelled job leaves no half-written file.
+
+Optional cluster back-end: ``JobManager(backend="submitit", submitit_params=...)``
+submits the same child entry point through submitit (SLURM, or its local executor) when
+submitit is installed.
+
+>>> mgr = JobManager()
+>>> job = mgr.submit("napari_nrf.finetune:finetune_job", {"bases": [...], "data": "new.h5", "out": "new.safetensors"})
+>>> mgr.wait(job.id, callback=lambda rec: print(rec))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib
+import json
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+FINAL = ("done", "failed", "cancelled")
+
+
+class JobError(ValueError):
+    """A job cannot be submitted, found or resumed as asked."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a target (by :meth:`JobContext.check_cancel`) to stop at a safe point."""
+
+
+def default_jobs_dir() -> Path:
+    """``$NAPARI_NRF_JOBS``, else ``<feature cache folder>/jobs``."""
+    env = os.environ.get("NAPARI_NRF_JOBS")
+    if env:
+        return Path(env)
+    from napari_nrf.features.extract import default_cache_dir
+
+    return default_cache_dir() / "jobs"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomic JSON write (temporary file in the same folder + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def _pid_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError, OSError):
+        return False
+    try:  # a zombie (dead, not yet reaped) is not running
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _same_device(a: str, b: str) -> bool:
+    norm = {"cuda": "cuda:0", "gpu": "cuda:0", "mps": "mps:0"}
+    return norm.get(a, a) == norm.get(b, b)
+
+
+def _resolve_target(target: str):
+    if not isinstance(target, str) or ":" not in target:
+        raise JobError(f"a job target is 'module:function', got {target!r}")
+    mod, attr = target.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise JobError(f"job target {target!r} cannot be imported ({exc})") from exc
+    return fn
+
+
+# ---- inside the child -----------------------------------------------------------------
+
+class JobContext:
+    """What a target sees of its job.
+
+    Attributes
+    ----------
+    job_dir : Path
+    checkpoint_dir : Path
+        Where the target keeps its checkpoints (``job_dir/checkpoints``).
+    device : str
+        "cpu", "cuda:0", ...
+    resume : bool
+        True when this run continues an earlier, interrupted run of the same job.
+    """
+
+    def __init__(self, job_dir, device: str = "cpu", resume: bool = False):
+        self.job_dir = Path(job_dir)
+        self.checkpoint_dir = self.job_dir / "checkpoints"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.device = device
+        self.resume = bool(resume)
+        self._t0 = time.time()
+        self._f0 = None
+
+    def report(self, **fields) -> dict:
+        """Append one progress record (JSON line) and return it.
+
+        Usual fields: ``epoch``, ``step``, ``loss``, ``val_pearson``, ``stage``, and
+        ``fraction`` (0..1 of the whole job); an ``eta_s`` (seconds) is added from the
+        fraction's rate in this run when the target gives none.
+        """
+        rec = {"time": time.time()}
+        rec.update({k: v for k, v in fields.items() if v is not None})
+        f = rec.get("fraction")
+        if f is not None and "eta_s" not in rec:
+            if self._f0 is None:
+                self._f0, self._t0 = float(f), time.time()
+            elif f > self._f0:
+                rec["eta_s"] = (time.time() - self._t0) / (f - self._f0) * (1.0 - f)
+        line = json.dumps(rec, default=_json_default)
+        with open(self.job_dir / "progress.jsonl", "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+        return rec
+
+    def cancelled(self) -> bool:
+        """True once a cancel was asked for (the ``cancel`` file exists)."""
+        return (self.job_dir / "cancel").exists()
+
+    def check_cancel(self) -> None:
+        """Raise :class:`JobCancelled` when a cancel was asked for."""
+        if self.cancelled():
+            raise JobCancelled()
+
+    def save_checkpoint(self, state: dict, name: str = "last.pt") -> Path:
+        """Atomically save ``state`` (tensors, numbers, strings, nested dicts/lists)."""
+        import torch
+
+        path = self.checkpoint_dir / name
+        tmp = path.with_name(f".{name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, name: str = "last.pt"):
+        """The saved state or None; loaded with ``weights_only=True`` (never unpickles code)."""
+        import torch
+
+        path = self.checkpoint_dir / name
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def _child_main(job_dir: str, resume: bool = False) -> dict:
+    """Entry point of the child process (and of submitit): run the job's target once."""
+    jd = Path(job_dir)
+    spec = _read_json(jd / "spec.json")
+    state = _read_json(jd / "state.json", {})
+    log = open(jd / "log.txt", "a", buffering=1)
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        if state.get("backend") == "submitit":  # no parent of ours knows the pid
+            state.update(pid=os.getpid(), host=socket.gethostname())
+            _write_json(jd / "state.json", state)
+        ctx = JobContext(jd, device=spec.get("device", "cpu"), resume=resume)
+        try:
+            if ctx.cancelled():
+                raise JobCancelled()
+            fn = _resolve_target(spec["target"])
+            result = fn(ctx, **spec.get("kwargs", {}))
+            state.update(state="done", result=result if isinstance(result, dict) else {"value": result})
+        except JobCancelled:
+            state.update(state="cancelled")
+        except BaseException as exc:  # noqa: BLE001 - report every failure in the job's state
+            traceback.print_exc()
+            state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        # Keep what the parent wrote meanwhile (pid, attempt), add the outcome.
+        final = _read_json(jd / "state.json", {})
+        final.update({k: state[k] for k in ("state", "result", "error") if k in state})
+        final.update(ended=_now(), pid=None)
+        _write_json(jd / "state.json", final)
+        state = final
+    log.close()
+    return state
+
+
+# ---- the parent's view ------------------------------------------------------------------
+
+class Job:
+    """A job folder seen from the parent: spec, state and progress records."""
+
+    def __init__(self, job_dir):
+        self.dir = Path(job_dir)
+        self.id = self.dir.name
+        self.spec = _read_json(self.dir / "spec.json", {})
+
+    def __repr__(self):
+        return f"Job({self.id!r}, {self.status})"
+
+    @property
+    def name(self) -> str:
+        return self.spec.get("name") or self.id
+
+    @property
+    def device(self) -> str:
+        return self.spec.get("device", "cpu")
+
+    @property
+    def state(self) -> dict:
+        return _read_json(self.dir / "state.json", {"state": "queued"})
+
+    @property
+    def status(self) -> str:
+        return self.state.get("state", "queued")
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.spec.get("outputs", []))
+
+    def read_progress(self, offset: int = 0) -> tuple[list[dict], int]:
+        """Progress records written after byte ``offset``, and the new offset. A line
+        still being written (no newline yet) is left for the next call."""
+        p = self.dir / "progress.jsonl"
+        if not p.exists():
+            return [], offset
+        with open(p, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        recs = []
+        for line in data[:end].splitlines():
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a hard kill
+                continue
+        return recs, offset + end
+
+    def progress(self) -> list[dict]:
+        """Every progress record so far."""
+        return self.read_progress(0)[0]
+
+    def last_progress(self) -> dict:
+        recs = self.progress()
+        return recs[-1] if recs else {}
+
+
+class JobManager:
+    """Queue, start, watch, cancel and resume jobs under ``root``.
+
+    Parameters
+    ----------
+    root : path or None
+        Jobs folder (default :func:`default_jobs_dir`).
+    max_per_device : int
+        Running jobs allowed per device at once (1: one GPU job at a time per device).
+    backend : "local" or "submitit"
+        "local" runs each job in a spawned child process of this process; "submitit"
+        submits it through submitit (SLURM, or ``submitit_params={"cluster": "local"}``).
+    submitit_params : dict
+        ``cluster`` (None = auto-detect SLURM, "local", "debug") and executor parameters
+        (``timeout_min``, ``slurm_partition``, ``gpus_per_node``, ...).
+    """
+
+    def __init__(self, root=None, max_per_device: int = 1, backend: str = "local", submitit_params: dict | None = None):
+        self.root = Path(root) if root is not None else default_jobs_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_per_device = int(max_per_device)
+        if backend not in ("local", "submitit"):
+            raise JobError(f"backend must be 'local' or 'submitit', got {backend!r}")
+        if backend == "submitit":
+            import importlib.util
+
+            if importlib.util.find_spec("submitit") is None:
+                raise JobError("the submitit back-end needs the submitit package (pip install submitit)")
+        self.backend = backend
+        self.submitit_params = dict(submitit_params or {})
+        self._procs: dict = {}  # job id -> multiprocessing.Process or submitit job
+
+    # ---- listing ------------------------------------------------------------------------
+    def jobs(self) -> list[Job]:
+        """Every job under the root, oldest first."""
+        out = [Job(d) for d in self.root.iterdir() if (d / "spec.json").exists()]
+        return sorted(out, key=lambda j: (j.spec.get("created", ""), j.id))
+
+    def get(self, job_id: str) -> Job:
+        d = self.root / str(job_id)
+        if not (d / "spec.json").exists():
+            raise JobError(f"no job {job_id!r} under {self.root}")
+        return Job(d)
+
+    # ---- submit -------------------------------------------------------------------------
+    def submit(self, target: str, kwargs: dict | None = None, *, name: str | None = None, device: str = "cpu",
+               outputs=(), protected=(), overwrite: bool = False, start: bool = True) -> Job:
+        """Queue ``target(ctx, **kwargs)`` on ``device``; starts it now when the device is free.
+
+        ``outputs`` are the files the job will write and ``protected`` the inputs it must
+        never write (base models): an output that is a protected file, or (without
+        ``overwrite``) an existing file, is refused with a :class:`JobError`.
+        """
+        _resolve_target(target)
+        kwargs = dict(kwargs or {})
+        try:
+            json.dumps(kwargs)
+        except TypeError as exc:
+            raise JobError(f"job arguments must be JSON-serialisable ({exc})") from exc
+        outs = [str(Path(o).expanduser().resolve()) for o in outputs]
+        prot = {str(Path(p).expanduser().resolve()) for p in protected}
+        for o in outs:
+            if o in prot:
+                raise JobError(f"the output {o} is one of the job's inputs; a job never overwrites a base model")
+            if not overwrite and Path(o).exists():
+                raise JobError(f"the output {o} exists already (pass overwrite=True / --overwrite to replace it)")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        job_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        d = self.root / job_id
+        d.mkdir(parents=True)
+        spec = {"target": target, "kwargs": kwargs, "name": name or target.split(":")[-1], "device": device,
+                "outputs": outs, "protected": sorted(prot), "created": _now()}
+        _write_json(d / "spec.json", spec)
+        _write_json(d / "state.json", {"state": "queued", "attempt": 0, "resume": False})
+        job = Job(d)
+        if start:
+            self.poll()
+        return job
+
+    # ---- the queue ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self):
+        """Exclusive lock on the queue (several managers may share a root: napari + CLI)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: one manager per root
+            yield
+            return
+        with open(self.root / ".queue.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _is_alive(self, job: Job, st: dict) -> bool:
+        p = self._procs.get(job.id)
+        if p is not None:
+            if hasattr(p, "is_alive"):
+                return p.is_alive()
+            return not p.done()  # a submitit job
+        if st.get("backend") == "submitit":
+            return True  # submitted by another manager: trust its state file
+        if st.get("host") not in (None, socket.gethostname()):
+            return True  # running elsewhere (shared file system)
+        if st.get("pid") is None:  # being started by another manager right now
+            try:
+                age = time.time() - _dt.datetime.fromisoformat(st.get("started")).timestamp()
+            except (TypeError, ValueError):
+                age = 1e9
+            return age < 60
+        return _pid_alive(st.get("pid"))
+
+    def poll(self) -> list[Job]:
+        """Update states (finished or dead children) and start queued jobs on free devices.
+
+        Call it periodically (the widget does on a timer; :meth:`wait` does).
+        """
+        with self._lock():
+            jobs = self.jobs()
+            busy: list[str] = []
+            for job in jobs:
+                st = job.state
+                if st.get("state") != "running":
+                    continue
+                if self._is_alive(job, st):
+                    busy.append(job.device)
+                    continue
+                p = self._procs.pop(job.id, None)
+                if p is not None and hasattr(p, "join"):
+                    p.join(timeout=1)
+                st = job.state  # the child may have written its final state meanwhile
+                if st.get("state") == "running":
+                    # The process died without a final word: killed, crashed or its parent
+                    # (napari) exited. Its checkpoints stay; resume() continues from them.
+                    code = getattr(p, "exitcode", None)
+                    st.update(state="interrupted", pid=None, ended=_now(), exitcode=code,
+                              error=st.get("error") or f"the job process ended unexpectedly (exit code {code})")
+                    if (job.dir / "cancel").exists():
+                        st["state"] = "cancelled"
+                    _write_json(job.dir / "state.json", st)
+            for job in jobs:
+                st = job.state
+                if st.get("state") != "queued":
+                    continue
+                if sum(_same_device(job.device, b) for b in busy) >= self.max_per_device:
+                    continue
+                self._start(job, bool(st.get("resume")))
+                busy.append(job.device)
+        return self.jobs()
+
+    def _start(self, job: Job, resume: bool) -> None:
+        st = job.state
+        st.update(state="running", backend=self.backend, host=socket.gethostname(), started=_now(), pid=None,
+                  attempt=int(st.get("attempt", 0)) + 1, error=None, result=None)
+        _write_json(job.dir / "state.json", st)
+        if self.backend == "submitit":
+            import submitit
+
+            params = dict(self.submitit_params)
+            cluster = params.pop("cluster", None)
+            ex = submitit.AutoExecutor(folder=str(job.dir / "submitit"), cluster=cluster)
+            if params:
+                ex.update_parameters(**params)
+            sj = ex.submit(_child_main, str(job.dir), resume)
+            st["submitit_id"] = str(sj.job_id)
+            _write_json(job.dir / "state.json", st)
+            self._procs[job.id] = sj
+            return
+        import multiprocessing as mp
+
+        # spawn, never fork: a forked child of a process that touched CUDA (or Qt) breaks.
+        # daemon: if napari exits, the child goes too; the job resumes from its checkpoint.
+        p = mp.get_context("spawn").Process(target=_child_main, args=(str(job.dir), resume), daemon=True,
+                                            name=f"napari-nrf-job-{job.id}")
+        p.start()
+        st["pid"] = p.pid
+        if job.state.get("state") == "running":  # (unless the child has finished already)
+            _write_json(job.dir / "state.json", st)
+        self._procs[job.id] = p
+
+    # ---- control ------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> Job:
+        """Ask a job to stop. A queued or interrupted job is cancelled at once; a running
+        one stops at its next safe point (its target checks the cancel flag)."""
+        job = self.get(job_id)
+        (job.dir / "cancel").touch()
+        with self._lock():
+            st = job.state
+            if st.get("state") in ("queued", "interrupted"):
+                st.update(state="cancelled", ended=_now())
+                _write_json(job.dir / "state.json", st)
+        return job
+
+    def kill(self, job_id: str) -> None:
+        """Kill the job's process at once (SIGKILL); the job becomes ``interrupted``."""
+        job = self.get(job_id)
+        p = self._procs.get(job.id)
+        pid = getattr(p, "pid", None) or job.state.get("pid")
+        if p is not None and hasattr(p, "cancel") and not hasattr(p, "pid"):
+            p.cancel()
+        elif pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        if p is not None and hasattr(p, "join"):
+            p.join(timeout=10)
+        self.poll()
+
+    def resume(self, job_id: str, start: bool = True) -> Job:
+        """Queue an interrupted, failed or cancelled job again; it continues from its last
+        checkpoint (the target gets ``ctx.resume = True``)."""
+        job = self.get(job_id)
+        with self._lock():
+            st = job.state
+            if st.get("state") not in ("interrupted", "failed", "cancelled"):
+                raise JobError(f"job {job.id} is {st.get('state')}; only interrupted, failed or cancelled jobs resume")
+            with contextlib.suppress(FileNotFoundError):
+                (job.dir / "cancel").unlink()
+            st.update(state="queued", resume=True, error=None)
+            _write_json(job.dir / "state.json", st)
+        if start:
+            self.poll()
+        return job
+
+    def wait(self, job_id: str, timeout: float | None = None, interval: float = 0.2, callback=None) -> Job:
+        """Poll until the job is done, failed, cancelled or interrupted; ``callback(record)``
+        gets each new progress record. Raises TimeoutError after ``timeout`` seconds."""
+        job = self.get(job_id)
+        t0, offset = time.time(), 0
+        while True:
+            self.poll()
+            recs, offset = job.read_progress(offset)
+            if callback is not None:
+                for r in recs:
+                    callback(r)
+            if job.status in FINAL + ("interrupted",):
+                recs, offset = job.read_progress(offset)
+                if callback is not None:
+                    for r in recs:
+                        callback(r)
+                return job
+            if timeout is not None and time.time() - t0 > timeout:
+                raise TimeoutError(f"job {job.id} still {job.status} after {timeout} s")
+            time.sleep(interval)
+
+    def remove(self, job_id: str) -> None:
+        """Delete a finished job's folder (its checkpoints and logs; outputs stay)."""
+        import shutil
+
+        job = self.get(job_id)
+        if job.status in ("running", "queued"):
+            raise JobError(f"job {job.id} is {job.status}; cancel it first")
+        shutil.rmtree(job.dir)
+
+
+# ---- a tiny demonstration target (tests, docs) --------------------------------------------
+
+def demo_job(ctx: JobContext, out: str, n_steps: int = 40, steps_per_epoch: int = 10, seed: int = 0,
+             checkpoint_every: int = 5, step_sleep: float = 0.0, dim: int = 8) -> dict:
+    """Fit a linear map by noisy mini-batch SGD, checkpointing model, optimiser and RNG.
+
+    Deterministic given ``seed``: an interrupted and resumed run ends with the same
+    weights as an uninterrupted one. Writes ``out`` (a .safetensors file with the
+    tensor ``w`` (dim,) float32) atomically at the end.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, dim, generator=gen)
+    y = x @ torch.linspace(-1, 1, dim) + 0.1 * torch.randn(256, generator=gen)
+    w = torch.zeros(dim, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05)
+    step = 0
+    ck = ctx.load_checkpoint() if ctx.resume else None
+    if ck is not None:
+        with torch.no_grad():
+            w.copy_(ck["w"])
+        opt.load_state_dict(ck["optim"])
+        gen.set_state(ck["rng"])
+        step = int(ck["step"])
+    while step < n_steps:
+        ctx.check_cancel()
+        idx = torch.randint(0, len(x), (16,), generator=gen)
+        loss = ((x[idx] @ w - y[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % checkpoint_every == 0:
+            ctx.save_checkpoint({"w": w.detach().clone(), "optim": opt.state_dict(), "rng": gen.get_state(),
+                                 "step": step})
+        ctx.report(epoch=(step - 1) // steps_per_epoch, step=step, loss=float(loss), fraction=step / n_steps)
+        if step_sleep:
+            time.sleep(step_sleep)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    save_file({"w": w.detach().clone()}, str(tmp))
+    os.replace(tmp, out)
+    return {"out": str(out), "steps": step, "loss": float(loss)}
