@@ -19,6 +19,7 @@ COMMANDS = [
     "napari_nrf._cli_nrf",
     "napari_nrf._cli_universal",
     "napari_nrf.simulate.cli",
+    "napari_nrf._cli_jobs",
 ]
 
 
