@@ -25,8 +25,8 @@ backbones have very different scales; E and C are configurable (paper: 256 and 1
 the science runs on this CPU use smaller values (documented in docs/results.md).
 
 The model is not continuous: it predicts at the voxels of known subjects. ``predict(...,
-coords=)`` maps each MNI point to the nearest voxel of the subject (points farther than
-``max_distance`` mm from every voxel give NaN).
+coords=)`` maps each MNI point to the nearest voxel of the subject (points outside every
+voxel's cube, or farther than ``max_distance`` mm when given, give NaN).
 """
 
 from __future__ import annotations
@@ -222,21 +222,39 @@ class UniversalEncoder(EncodingModel):
         """Voxel embeddings (V, E) float32 of ``subject``."""
         return self.voxel_embeddings[self._check_subject(subject)].detach().cpu().numpy().copy()
 
-    def nearest_voxels(self, subject: str, coords, max_distance: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    def voxel_size(self, subject: str) -> float:
+        """Typical voxel size (mm) of ``subject``: the median nearest-neighbour distance."""
+        from scipy.spatial import cKDTree
+
+        cache = self.__dict__.setdefault("_voxel_size", {})
+        xyz = self.subjects[subject]
+        key = (subject, len(xyz))
+        if key not in cache:
+            if len(xyz) < 2:
+                cache[key] = 2.0
+            else:
+                sample = xyz[np.random.default_rng(0).choice(len(xyz), min(len(xyz), 2000), replace=False)]
+                cache[key] = float(np.median(cKDTree(xyz).query(sample, k=2)[0][:, 1]))
+        return cache[key]
+
+    def nearest_voxels(self, subject: str, coords, max_distance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Nearest voxel index (N,) int64 of MNI points ``coords`` (N, 3) mm, and a mask of
-        the points within ``max_distance`` mm of it."""
+        the points within ``max_distance`` mm of it (default: half the diagonal of the
+        subject's voxel, i.e. points inside the voxel's cube)."""
         from scipy.spatial import cKDTree
 
         subject = self._check_subject(subject)
         if subject not in self.subjects:
             raise UniversalModelError(f"subject {subject!r} has no voxel coordinates in this model")
+        if max_distance is None:
+            max_distance = self.voxel_size(subject) * np.sqrt(3) / 2 + 1e-3
         if torch.is_tensor(coords):
             coords = coords.detach().cpu().numpy()
         d, idx = cKDTree(self.subjects[subject]).query(np.asarray(coords, np.float64).reshape(-1, 3))
         return idx.astype(np.int64), d <= max_distance
 
     def predict(self, features: dict, coords=None, voxels=None, subject: str | None = None,
-                max_distance: float = 2.0) -> torch.Tensor:
+                max_distance: float | None = None) -> torch.Tensor:
         """Responses (B, N) float32 of B images at N voxels of ``subject``.
 
         Parameters
@@ -247,7 +265,8 @@ class UniversalEncoder(EncodingModel):
             Voxel indices of ``subject`` (default: all its voxels).
         coords : (N, 3) MNI mm or None
             Instead of ``voxels``: each point takes the nearest voxel of ``subject``;
-            points farther than ``max_distance`` mm from every voxel give NaN.
+            points farther than ``max_distance`` mm from every voxel give NaN (default:
+            half the diagonal of the subject's voxel, so points inside a voxel take it).
         subject : str
             Required when the model has several subjects.
         """
