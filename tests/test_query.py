@@ -116,3 +116,19 @@ def test_voxel_indexed_models_are_placed_at_the_nearest_grid_cell(feats):
     assert np.isfinite(vol[0]).sum() == 2
     with pytest.raises(QueryError, match="unknown subject"):
         eng.volume(feats, g, subject="sub-b")
+
+
+def test_cuda_out_of_memory_halves_the_chunk_and_goes_on(model, monkeypatch):
+    eng = QueryEngine(model, device="cpu")
+    eng.device = torch.device("cuda")  # only the OOM branch is exercised; nothing runs on a GPU
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    done = []
+
+    def run(s, e):
+        if e - s > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        done.append((s, e))
+
+    eng._stream(1000, 1024, run, None, None)
+    assert eng.last_chunk == 256 and done[0] == (0, 256) and done[-1][1] == 1000
+    assert sum(e - s for s, e in done) == 1000
