@@ -65,7 +65,9 @@ class EncodingModel(nn.Module):
         from napari_nrf.features import get_backbone
 
         if self._backbone is None:
-            self._backbone = get_backbone(self.backbone_name, **self.backbone_config)
+            # Kept out of the module registry (object.__setattr__): the frozen backbone is
+            # not part of the model's state_dict, its bundles or its parameters.
+            object.__setattr__(self, "_backbone", get_backbone(self.backbone_name, **self.backbone_config))
         dev = device or self.device
         return self._backbone.to(dev)
 
