@@ -24,8 +24,9 @@ N(0, 1), so a perfect model reaches r about 0.7 in the strongest voxels).
 Voxels: the 4 mm MNI brain mask behind y = -60 mm (6020 voxels) (claims A, B), a 2 mm box in the
 occipital lobe (claim C).
 
-Run (full, about 30-40 min on 2 CPU cores):
-    .venv/bin/python benchmarks/nrf_vs_ridge.py --out docs/results_nrf.json
+Run (full, about 40 min on 2 idle CPU cores; split across processes with --subject-ids,
+--sizes and --no-resolution, then --merge the logs):
+    .venv/bin/python benchmarks/nrf_vs_ridge.py --out nrf_vs_ridge.json
 Tiny (tests): NRF_EXAMPLE_TINY=1 or --tiny.
 """
 
@@ -187,7 +188,7 @@ def score(pred, rs, rows):
 
 
 def run(tiny: bool = False, subjects: int = 3, sizes=(20, 200, 800, None), shuffle_sizes=(20, 200, None),
-        cache_dir=None, log=print) -> dict:
+        cache_dir=None, log=print, subject_ids=None, resolution: bool = True) -> dict:
     from napari_nrf.features import FeatureCache, extract_features, get_backbone
 
     cfg = dict(preset="demo", epochs=12, steps=20, batch_images=32, batch_voxels=500, lr=1e-3, weight_decay=0.015,
@@ -211,7 +212,7 @@ def run(tiny: bool = False, subjects: int = 3, sizes=(20, 200, 800, None), shuff
     xyz = xyz[xyz[:, 1] < cfg["y_max"]]
     base = Field(desc.shape[1], seed=0)
     res = {"config": cfg, "n_voxels": int(len(xyz)), "n_train_pool": int((split == 0).sum()), "runs": []}
-    for s in range(subjects):
+    for s in (range(subjects) if subject_ids is None else subject_ids):
         field = base.jittered(100 + s)
         rs = make_subject(f"sub-{s + 1:02d}", field, desc, images, xyz, split, seed=200 + s)
         for size in sizes:
@@ -233,7 +234,8 @@ def run(tiny: bool = False, subjects: int = 3, sizes=(20, 200, 800, None), shuff
                 rec["ridge_shuffled"] = score(rb.predict({k: v[test] for k, v in feats.items()}), sh, test)
             res["runs"].append(rec)
             log(json.dumps(rec))
-    res["resolution"] = resolution_claim(base, desc, images, feats, split, cfg, tiny, log)
+    if resolution:
+        res["resolution"] = resolution_claim(base, desc, images, feats, split, cfg, tiny, log)
     res["summary"] = summarise(res["runs"])
     res["seconds"] = time.perf_counter() - t0
     return res
@@ -288,15 +290,39 @@ def summarise(runs: list) -> dict:
     return out
 
 
+def merge(logs, out) -> int:
+    """Collect the per-run JSON lines (and claim C) printed by split runs into one result."""
+    runs, reso = [], None
+    for path in logs:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("{") and '"n_train"' in line:
+                runs.append(json.loads(line))
+            elif line.startswith("{") and '"nrf_1mm"' in line:
+                reso = json.loads(line)
+    runs.sort(key=lambda r: (r["subject"], r["n_train"]))
+    res = {"runs": runs, "resolution": reso, "summary": summarise(runs), "logs": [str(p) for p in logs]}
+    write_json(res, out)
+    print(json.dumps(res["summary"], indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", default=os.environ.get("NRF_EXAMPLE_TINY") == "1")
     ap.add_argument("--subjects", type=int, default=3)
     ap.add_argument("--out", default="nrf_vs_ridge.json")
     ap.add_argument("--cache", default=None, help="feature cache folder")
+    ap.add_argument("--subject-ids", help="comma-separated 0-based subject indices (to split the work)")
+    ap.add_argument("--sizes", default="20,200,800,all", help="training sizes (default: %(default)s)")
+    ap.add_argument("--no-resolution", action="store_true", help="skip claim C")
+    ap.add_argument("--merge", nargs="+", help="merge the JSON-line logs of split runs into --out and stop")
     args = ap.parse_args(argv)
-    res = run(tiny=args.tiny, subjects=args.subjects, cache_dir=args.cache,
-              log=lambda s: print(s, flush=True))
+    if args.merge:
+        return merge(args.merge, args.out)
+    sizes = tuple(None if v == "all" else int(v) for v in args.sizes.split(","))
+    ids = [int(v) for v in args.subject_ids.split(",")] if args.subject_ids else None
+    res = run(tiny=args.tiny, subjects=args.subjects, cache_dir=args.cache, sizes=sizes, subject_ids=ids,
+              resolution=not args.no_resolution, log=lambda s: print(s, flush=True))
     write_json(res, args.out)
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {args.out} in {res['seconds']:.0f} s", file=sys.stderr)
