@@ -95,14 +95,15 @@ class SmoothField:
     defined (continuous, infinitely smooth) at every point.
     """
 
-    def __init__(self, n: int, length_mm: float, seed, n_features: int = 64):
+    def __init__(self, n: int, length_mm: float, seed, n_features: int = 32):
         rng = np.random.default_rng(seed)
-        self.w = (rng.normal(size=(n, n_features, 3)) / length_mm).astype(np.float32)
-        self.phi = rng.uniform(0, 2 * np.pi, size=(n, n_features)).astype(np.float32)
-        self.scale = np.float32(np.sqrt(2.0 / n_features))
+        self.n, self.k = int(n), int(n_features)
+        self.w = (rng.normal(size=(n * n_features, 3)) / length_mm).astype(np.float64)
+        self.phi = rng.uniform(0, 2 * np.pi, size=n * n_features).astype(np.float64)
+        self.scale = np.sqrt(2.0 / n_features)
 
     def __call__(self, xyz) -> np.ndarray:
         """(N, 3) MNI mm -> (N, n) float32."""
-        x = np.asarray(xyz, np.float32).reshape(-1, 3)
-        arg = np.einsum("nd,fkd->nfk", x, self.w) + self.phi[None]
-        return (np.cos(arg).sum(-1) * self.scale).astype(np.float32)
+        x = np.asarray(xyz, np.float64).reshape(-1, 3)
+        arg = x @ self.w.T + self.phi  # float64: phases of far points stay exact
+        return (np.cos(arg).reshape(len(x), self.n, self.k).sum(-1) * self.scale).astype(np.float32)

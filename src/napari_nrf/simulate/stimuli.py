@@ -82,18 +82,16 @@ def _shrink(a: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _resize(a: np.ndarray, shape) -> np.ndarray:
-    """Anti-aliased bilinear resize of (H, W[, C]) float32 to ``shape`` (h, w)."""
-    import torch
-    import torch.nn.functional as F
+    """Bilinear resize of (H, W[, C]) float32 to ``shape`` (h, w), anti-aliased when
+    shrinking (PIL's resampling filters widen with the scale factor)."""
+    from PIL import Image
 
     a = np.asarray(a, dtype=np.float32)
-    squeeze = a.ndim == 2
-    t = torch.from_numpy(np.ascontiguousarray(a if not squeeze else a[..., None])).permute(2, 0, 1)[None]
     h, w = int(shape[0]), int(shape[1])
-    aa = h < t.shape[2] or w < t.shape[3]
-    out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=aa)
-    out = out[0].permute(1, 2, 0).numpy()
-    return out[..., 0] if squeeze else out
+    if a.ndim == 2:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(a), mode="F").resize((w, h), Image.BILINEAR))
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), mode="F").resize((w, h), Image.BILINEAR))
+                     for c in range(a.shape[2])], axis=2)
 
 
 def _crop(rng, img, frac_lo, frac_hi, size, aspect=1.0):

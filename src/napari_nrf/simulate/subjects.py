@@ -232,8 +232,8 @@ class VirtualSubject:
         return early.astype(np.float32), expo.astype(np.float32), centre, sigma, prefs.astype(np.float32), \
             tune.astype(np.float32)
 
-    def _raw(self, desc: Descriptors, xyz) -> np.ndarray:
-        """R (B, N) float32 for descriptors and points."""
+    def _raw(self, descs, xyz) -> list:
+        """R (B, N) float32 for each Descriptors in ``descs``, at points ``xyz``."""
         early, expo, centre, sigma, prefs, tune = self._point_params(xyz)
         cell = FOV_DEG / POOL
         g = (np.arange(POOL, dtype=np.float32) + 0.5) * cell - FOV_DEG / 2
@@ -241,14 +241,13 @@ class VirtualSubject:
         d2 = (gx.reshape(1, -1) - centre[:, :1]) ** 2 + (gy.reshape(1, -1) - centre[:, 1:]) ** 2
         s2 = (sigma * sigma)[:, None]
         G = np.exp(-d2 / (2 * s2)) * (cell * cell / (2 * np.pi * s2))  # (N, P*P): ~1 inside the image
-        W = (prefs[:, :, None] * G[:, None, :]).reshape(len(G), -1)  # (N, C*P*P)
-        drive = desc.energy.reshape(len(desc), -1) @ W.T  # (B, N)
-        drive = np.power(np.maximum(drive, 0) + 1e-3, expo[None]) * early[None]
-        return (drive + desc.scores @ tune.T).astype(np.float32)
-
-    def _ref_stats(self, xyz):
-        ref = self._raw(_reference_descriptors(), xyz)
-        return ref.mean(0), ref.std(0) + 1e-6
+        W = (prefs[:, :, None] * G[:, None, :]).reshape(len(G), -1).astype(np.float32)  # (N, C*P*P)
+        out = []
+        for desc in descs:
+            drive = desc.energy.reshape(len(desc), -1) @ W.T  # (B, N)
+            drive = np.power(np.maximum(drive, 0) + 1e-3, expo[None]) * early[None]
+            out.append((drive + desc.scores @ tune.T).astype(np.float32))
+        return out
 
     def truth(self, stimuli, xyz, chunk: int = 4096) -> np.ndarray:
         """Noiseless response (B, N) float32 to ``stimuli`` at MNI points ``xyz`` (N, 3) mm.
@@ -260,13 +259,15 @@ class VirtualSubject:
         the result is a smooth function of position, in the units of the responses.
         """
         desc = as_descriptors(stimuli)
+        ref = _reference_descriptors()
         xyz = np.asarray(xyz, np.float32).reshape(-1, 3)
         out = np.empty((len(desc), len(xyz)), np.float32)
         for s in range(0, len(xyz), chunk):
             p = xyz[s:s + chunk]
-            mu, sd = self._ref_stats(p)
+            r_ref, r = self._raw([ref, desc], p)
+            mu, sd = r_ref.mean(0), r_ref.std(0) + 1e-6
             sig = 1.0 / self.ncsnr(p)
-            out[:, s:s + chunk] = (self._raw(desc, p) - mu) / sd / np.sqrt(1 + sig * sig)
+            out[:, s:s + chunk] = (r - mu) / (sd * np.sqrt(1 + sig * sig))
         return out
 
 
