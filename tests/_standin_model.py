@@ -39,25 +39,40 @@ class BlobModel(EncodingModel):
             progress(len(imgs), len(imgs))
         return {"embedding": torch.tensor(amp, dtype=torch.float32)[:, None]}
 
-    # the split-first-layer protocol of continuous models that the query engine uses
-    width = 1
+    # The split-first-layer protocol of continuous models that the query engine uses
+    # (as NRF: h = relu(W0_img g + b0 + W0_xyz gamma(x)), then ``layers[1:]``). Two hidden
+    # units relu(a + b - 1) - relu(-a + b - 1), with a the image amplitude and b the blob,
+    # give a * blob-like values: a at the centre, 0 far away, the sign of a in between.
+    width = 2
+
+    @property
+    def layers(self):
+        if not hasattr(self, "_layers"):
+            out = nn.Linear(2, 1)
+            with torch.no_grad():
+                out.weight.copy_(torch.tensor([[1.0, -1.0]]) * self.gain)
+                out.bias.zero_()
+            object.__setattr__(self, "_layers", [None, out])
+        return self._layers
 
     def image_code(self, features):
         return torch.as_tensor(features["embedding"])[:, :1].float()
 
     def image_half(self, code):
-        return code
+        return torch.cat([code - 1, -code - 1], dim=1)
 
     def coord_half(self, coords):
-        xyz = torch.as_tensor(np.asarray(coords, np.float32) if not torch.is_tensor(coords) else coords).float()
-        d2 = ((xyz - torch.as_tensor(BLOB, dtype=torch.float32)) ** 2).sum(-1)
-        return torch.exp(-d2 / (2 * SIGMA ** 2))[:, None]
-
-    def head(self, h_img, h_xyz):
         self.started.set()
         if self.gate is not None:
             self.gate.wait(10)
-        return self.gain * h_img[:, None, 0] * h_xyz[None, :, 0]
+        xyz = torch.as_tensor(np.asarray(coords, np.float32) if not torch.is_tensor(coords) else coords).float()
+        d2 = ((xyz - torch.as_tensor(BLOB, dtype=torch.float32)) ** 2).sum(-1)
+        g = torch.exp(-d2 / (2 * SIGMA ** 2))[:, None]
+        return torch.cat([g, g], dim=1)
+
+    def head(self, h_img, h_xyz):
+        h = torch.relu(h_img[:, None, :] + h_xyz[None, :, :])
+        return self.layers[-1](h)[..., 0]
 
     def predict(self, features, coords=None, voxels=None, subject=None):
         if coords is None:

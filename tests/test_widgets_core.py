@@ -96,3 +96,16 @@ def test_cold_hot_is_transparent_below_threshold():
     lo, hi = kw["contrast_limits"]
     assert kind == "image" and lo == -hi and hi > 0 and np.isfinite(data).all()
     assert np.isnan(kw["metadata"]["napari_nrf"]["volume"]).sum() == vol.size - 2
+
+
+def test_coverage_mask_follows_the_model_voxels():
+    from napari_nrf.widgets.volume_widget import coverage_mask
+
+    g3 = space.Grid.mni(3.0)
+    xyz = g3.coords(space.brain_mask(g3))
+    model = BlobModel()
+    model.subjects = {"sub-01": xyz[xyz[:, 1] < -40]}
+    g = space.Grid.mni(2.0)
+    m = coverage_mask(model, g)
+    pts = g.coords(m)
+    assert pts[:, 1].max() <= -38 and m.sum() > 0.7 * (g.coords(space.brain_mask(g))[:, 1] < -40).sum()

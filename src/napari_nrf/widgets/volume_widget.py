@@ -23,7 +23,36 @@ from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_t
 from ._state import state_for
 from ._status import install_mni_status
 
-EXTENTS = ("whole brain", "grey matter", "ROI from a Labels layer", "ROI from a NIfTI file", "box")
+EXTENTS = ("whole brain", "grey matter", "where the model has data", "ROI from a Labels layer",
+           "ROI from a NIfTI file", "box")
+
+
+def coverage_mask(model, grid: space.Grid) -> np.ndarray:
+    """Brain voxels of ``grid`` within reach of the voxels the model was trained on.
+
+    Each subject voxel marks its nearest grid cell; the marks are dilated by half the
+    subjects' voxel spacing so that a finer grid has no holes. Bool ``grid.shape``.
+    """
+    from scipy import ndimage
+
+    mask = np.zeros(grid.shape, bool)
+    spacing = grid.resolution
+    for xyz in model.subjects.values():
+        xyz = np.asarray(xyz, np.float64)
+        if len(xyz) == 0:
+            continue
+        ijk, inside = grid.nearest_index(xyz)
+        mask[tuple(ijk[inside].T)] = True
+        if len(xyz) > 1:
+            from scipy.spatial import cKDTree
+
+            sample = xyz[:: max(1, len(xyz) // 2000)]
+            d, _ = cKDTree(xyz).query(sample, k=2)
+            spacing = max(spacing, min(float(np.median(d[:, 1])), 6.0))  # sparse sets: at most 6 mm
+    it = int(np.ceil(spacing / grid.resolution / 2))
+    if it > 0 and mask.any():
+        mask = ndimage.binary_dilation(mask, iterations=it)
+    return mask & space.brain_mask(grid)
 CONTINUOUS_SUBJECT = "(field: any point)"
 
 
@@ -277,6 +306,13 @@ class ResponseVolumeWidget(QWidget):
             return grid, "brain"
         if ext == "grey matter":
             return grid, "gm"
+        if ext == "where the model has data":
+            if self.state.model is None or not self.state.model.subjects:
+                raise ValueError("the model has no subject voxels; choose another extent")
+            mask = coverage_mask(self.state.model, grid)
+            if not mask.any():
+                raise ValueError("the model's voxels do not fall inside the brain mask")
+            return grid, mask
         if ext == "ROI from a NIfTI file":
             path = self.roi_path.text().strip()
             if not path:
