@@ -219,6 +219,10 @@ def _child_main(job_dir: str, resume: bool = False) -> dict:
         if state.get("backend") == "submitit":  # no parent of ours knows the pid
             state.update(pid=os.getpid(), host=socket.gethostname())
             _write_json(jd / "state.json", state)
+        if spec.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(spec["threads"]))
         ctx = JobContext(jd, device=spec.get("device", "cpu"), resume=resume)
         try:
             if ctx.cancelled():
@@ -347,12 +351,14 @@ class JobManager:
 
     # ---- submit -------------------------------------------------------------------------
     def submit(self, target: str, kwargs: dict | None = None, *, name: str | None = None, device: str = "cpu",
-               outputs=(), protected=(), overwrite: bool = False, start: bool = True) -> Job:
+               outputs=(), protected=(), overwrite: bool = False, start: bool = True,
+               threads: int | None = None) -> Job:
         """Queue ``target(ctx, **kwargs)`` on ``device``; starts it now when the device is free.
 
         ``outputs`` are the files the job will write and ``protected`` the inputs it must
         never write (base models): an output that is a protected file, or (without
-        ``overwrite``) an existing file, is refused with a :class:`JobError`.
+        ``overwrite``) an existing file, is refused with a :class:`JobError`. ``threads``
+        sets the child's torch CPU threads (default: torch's own choice).
         """
         _resolve_target(target)
         kwargs = dict(kwargs or {})
@@ -372,7 +378,7 @@ class JobManager:
         d = self.root / job_id
         d.mkdir(parents=True)
         spec = {"target": target, "kwargs": kwargs, "name": name or target.split(":")[-1], "device": device,
-                "outputs": outs, "protected": sorted(prot), "created": _now()}
+                "outputs": outs, "protected": sorted(prot), "created": _now(), "threads": threads}
         _write_json(d / "spec.json", spec)
         _write_json(d / "state.json", {"state": "queued", "attempt": 0, "resume": False})
         job = Job(d)
@@ -593,11 +599,11 @@ def demo_job(ctx: JobContext, out: str, n_steps: int = 40, steps_per_epoch: int 
         if step % checkpoint_every == 0:
             ctx.save_checkpoint({"w": w.detach().clone(), "optim": opt.state_dict(), "rng": gen.get_state(),
                                  "step": step})
-        ctx.report(epoch=(step - 1) // steps_per_epoch, step=step, loss=float(loss), fraction=step / n_steps)
+        ctx.report(epoch=(step - 1) // steps_per_epoch, step=step, loss=loss.item(), fraction=step / n_steps)
         if step_sleep:
             time.sleep(step_sleep)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     save_file({"w": w.detach().clone()}, str(tmp))
     os.replace(tmp, out)
-    return {"out": str(out), "steps": step, "loss": float(loss)}
+    return {"out": str(out), "steps": step, "loss": loss.item()}

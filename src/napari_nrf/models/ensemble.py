@@ -234,7 +234,9 @@ class EnsembleModel(EncodingModel):
         for i, m in enumerate(self.bases):
             for name, v in m.bundle_tensors().items():
                 t[f"bases.{i}.{name}"] = v
-        return t
+        # Copies: bases may share arrays (the subject's coordinates); safetensors refuses
+        # tensors that share memory.
+        return {k: torch.as_tensor(v).detach().clone() for k, v in t.items()}
 
     @classmethod
     def from_bundle(cls, tensors: dict, meta: dict) -> "EnsembleModel":

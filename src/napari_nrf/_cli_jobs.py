@@ -1,0 +1,123 @@
+"""Subcommands ``finetune`` (new-subject adaptation as a job) and ``jobs`` (list, resume, cancel)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("finetune", help="adapt K pretrained models to a new subject: finetune each, then a "
+                                        "voxelwise ensemble (runs as a resumable background job)")
+    p.add_argument("--base", nargs="+", required=True, help="pretrained model bundles (.safetensors)")
+    p.add_argument("--data", required=True, help="the new subject's response set (.h5)")
+    p.add_argument("--images", type=int, help="training images to use (default: all of the train split)")
+    p.add_argument("--out", required=True, help="output ensemble bundle (.safetensors); never a base")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-images", type=int, default=32)
+    p.add_argument("--batch-voxels", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.015)
+    p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-finetune", action="store_true", help="only fit the ensemble over the bases as they are")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="torch CPU threads of the job (default: torch's choice)")
+    p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
+    p.add_argument("--jobs-dir", help="jobs folder (default: $NAPARI_NRF_JOBS or <cache>/jobs)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--inline", action="store_true", help="run in this process instead of a child process")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("jobs", help="background jobs: list, resume, cancel")
+    p.add_argument("action", choices=["list", "resume", "cancel", "show"])
+    p.add_argument("job", nargs="?", help="job id (resume, cancel, show)")
+    p.add_argument("--jobs-dir", help="jobs folder (default: $NAPARI_NRF_JOBS or <cache>/jobs)")
+    p.set_defaults(func=_jobs)
+
+
+def _follow(mgr, job) -> int:
+    """Wait for ``job`` with a progress bar; Ctrl-C cancels it (at its next step)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, unit="‰", desc=job.name, leave=True)
+
+    def show(rec):
+        if rec.get("fraction") is not None:
+            bar.n = int(1000 * rec["fraction"])
+        post = {k: rec[k] for k in ("stage", "base", "epoch", "loss", "val_pearson") if rec.get(k) is not None}
+        for k in ("loss", "val_pearson"):
+            if k in post:
+                post[k] = f"{post[k]:.4f}"
+        bar.set_postfix(post, refresh=True)
+
+    try:
+        mgr.wait(job.id, callback=show)
+    except KeyboardInterrupt:
+        print("cancelling (the job stops at its next step)...", file=sys.stderr)
+        mgr.cancel(job.id)
+        mgr.wait(job.id, callback=show)
+    bar.close()
+    return _summary(job)
+
+
+def _summary(job) -> int:
+    st = job.state
+    print(f"job {job.id}: {st.get('state')}")
+    if st.get("state") == "done":
+        for k, v in (st.get("result") or {}).items():
+            print(f"  {k}: {v}")
+        return 0
+    if st.get("error"):
+        print(f"  error: {st['error']}  (log: {job.dir / 'log.txt'})", file=sys.stderr)
+    if st.get("state") == "interrupted":
+        print(f"  resume with: napari-nrf jobs resume {job.id}", file=sys.stderr)
+    return 1
+
+
+def _finetune(args) -> int:
+    from napari_nrf.finetune import submit_finetune
+    from napari_nrf.jobs import JobManager, _child_main
+
+    mgr = JobManager(args.jobs_dir)
+    kw = dict(n_images=args.images, epochs=args.epochs, batch_images=args.batch_images,
+              batch_voxels=args.batch_voxels, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+              seed=args.seed, finetune=not args.no_finetune, feature_cache=args.cache)
+    job = submit_finetune(mgr, args.base, args.data, args.out, device=args.device, overwrite=args.overwrite,
+                          start=not args.inline, threads=args.threads, **kw)
+    print(f"job {job.id} ({job.dir})")
+    if args.inline:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        _child_main(str(job.dir))
+        return _summary(job)
+    return _follow(mgr, job)
+
+
+def _jobs(args) -> int:
+    from napari_nrf.jobs import JobError, JobManager
+
+    mgr = JobManager(args.jobs_dir)
+    if args.action == "list":
+        mgr.poll()
+        for job in mgr.jobs():
+            last = job.last_progress()
+            frac = last.get("fraction")
+            pct = f"{100 * frac:5.1f}%" if frac is not None else "     -"
+            print(f"{job.id}  {job.status:<11} {pct}  {job.device:<7} {job.name}")
+        return 0
+    if not args.job:
+        raise JobError(f"'jobs {args.action}' needs a job id (see 'napari-nrf jobs list')")
+    if args.action == "show":
+        job = mgr.get(args.job)
+        print(f"{job.id}: {job.status}\n  spec: {job.spec}\n  state: {job.state}\n  last: {job.last_progress()}")
+        return 0
+    if args.action == "cancel":
+        mgr.poll()
+        mgr.cancel(args.job)
+        print(f"cancel requested for {args.job}")
+        return 0
+    mgr.poll()
+    job = mgr.resume(args.job)
+    return _follow(mgr, job)

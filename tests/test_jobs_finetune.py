@@ -1,0 +1,133 @@
+"""New-subject adaptation as a background job: finetune + ensemble, kill + resume, cancel, CLI."""
+
+import hashlib
+import time
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from napari_nrf.data.responseset import ResponseSet
+from napari_nrf.finetune import FinetuneError, finetune_ensemble, finetune_job, select_images, submit_finetune
+from napari_nrf.jobs import JobContext, JobManager
+from napari_nrf.models import load_model
+
+TINY = dict(n_images=12, epochs=3, batch_images=4, batch_voxels=40, patience=5, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread here and in the jobs (threads=1): tiny models on a busy 2-core
+    machine run many times faster, and the reference and the job compute alike."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two tiny NRF bases (efficientnet-lite0 features) and a 20-image new subject."""
+    from napari_nrf.models.nrf import build_nrf
+
+    d = tmp_path_factory.mktemp("adapt")
+    bases = []
+    for k in range(2):
+        m = build_nrf("efficientnet-lite0", "tiny", seed=k)
+        bases.append(m.save(d / f"base{k}.safetensors"))
+    rng = np.random.default_rng(0)
+    n, v = 20, 60
+    imgs = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+    coords = rng.uniform(-50, 50, (v, 3)).astype(np.float32)
+    bright = imgs.mean((1, 2, 3)) / 255.0
+    resp = (bright[:, None] - 0.5) * np.cos(coords[:, 0] / 20)[None] + 0.1 * rng.standard_normal((n, v))
+    split = np.zeros(n, np.uint8)
+    split[14:] = 1
+    rs = ResponseSet(responses=resp.astype(np.float32), coords=coords, split=split, images=imgs, subject="sub-new")
+    data = rs.save(d / "new.h5")
+    return d, bases, data
+
+
+def _digest(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_select_images(setup):
+    _, _, data = setup
+    rs = ResponseSet.load(data)
+    sub, rows = select_images(rs, 5, seed=0)
+    assert (sub.split == 0).sum() == 5 and (sub.split == 1).sum() == 6
+    assert np.array_equal(select_images(rs, 5, seed=0)[1], rows)
+    with pytest.raises(FinetuneError, match="has 14 training images"):
+        select_images(rs, 50)
+
+
+def test_job_kill_resume_matches_uninterrupted(setup, tmp_path):
+    d, bases, data = setup
+    digests = [_digest(b) for b in bases]
+    cache = str(tmp_path / "cache")
+    ref = tmp_path / "ref.safetensors"
+    # Uninterrupted reference, in this process; it also fills the feature cache.
+    finetune_job(JobContext(tmp_path / "ref-job"), [str(b) for b in bases], str(data), str(ref),
+                 feature_cache=cache, **TINY)
+    ens = load_model(ref)
+    assert ens.kind == "ensemble" and len(ens.bases) == 2 and ens.subject == "sub-new"
+    assert ens.weights.shape == (60, 2)
+    assert "val_median_pearson" in ens.metrics
+
+    mgr = JobManager(tmp_path / "jobs")
+    out = tmp_path / "new.safetensors"
+    job = submit_finetune(mgr, bases, data, out, feature_cache=cache, step_delay=0.1, threads=1, **TINY)
+    t0 = time.time()
+    # Kill mid-epoch: base 1 has finished epoch 0 (its checkpoint exists) and runs epoch 1.
+    while not any(r.get("base") == 1 and r.get("epoch") == 0 for r in job.progress()):
+        assert time.time() - t0 < 150, (job.state, job.progress()[-3:])
+        time.sleep(0.05)
+    time.sleep(0.15)
+    mgr.kill(job.id)
+    assert job.status == "interrupted" and not out.exists()
+    assert (job.dir / "checkpoints" / "finetuned-0.safetensors").exists()
+    mgr.resume(job.id)
+    mgr.wait(job.id, timeout=150)
+    assert job.status == "done", job.state
+    assert any(r.get("skipped") for r in job.progress())  # base 0 was not redone
+    a, b = load_file(str(ref)), load_file(str(out))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+    assert [_digest(p) for p in bases] == digests
+
+
+def test_cancel_keeps_bases_and_writes_nothing(setup, tmp_path):
+    _, bases, data = setup
+    digests = [_digest(b) for b in bases]
+    mgr = JobManager(tmp_path / "jobs")
+    out = tmp_path / "c.safetensors"
+    with pytest.raises(ValueError, match="never overwrites a base model"):
+        submit_finetune(mgr, bases, data, bases[0], overwrite=True)
+    job = submit_finetune(mgr, bases, data, out, feature_cache=str(tmp_path / "cache"), step_delay=0.1, threads=1, **TINY)
+    t0 = time.time()
+    while not any(r.get("stage") == "finetune" for r in job.progress()):
+        assert time.time() - t0 < 150, job.state
+        time.sleep(0.05)
+    mgr.cancel(job.id)
+    mgr.wait(job.id, timeout=60)
+    assert job.status == "cancelled"
+    assert not out.exists() and not list(tmp_path.glob(".c.safetensors*"))
+    assert [_digest(p) for p in bases] == digests
+
+
+def test_cli_finetune(setup, tmp_path):
+    from napari_nrf.cli import main
+
+    _, bases, data = setup
+    out = tmp_path / "cli.safetensors"
+    rc = main(["finetune", "--base", *map(str, bases), "--data", str(data), "--images", "6", "--epochs", "1",
+               "--batch-images", "4", "--batch-voxels", "30", "--out", str(out), "--jobs-dir", str(tmp_path / "j"),
+               "--cache", str(tmp_path / "cache"), "--inline", "--threads", "1"])
+    assert rc == 0 and load_model(out).kind == "ensemble"
+    rc = main(["finetune", "--base", str(bases[0]), "--data", str(data), "--out", str(bases[0]), "--inline",
+               "--overwrite"])
+    assert rc == 2
