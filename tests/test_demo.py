@@ -29,7 +29,7 @@ def test_demo_builds_viewer_with_rendered_volume(make_napari_viewer, qtbot, tiny
     ready = []
     st = demo.build_demo(viewer, tiny_model, path, on_ready=ready.append, log=lambda m: None)
     qtbot.waitUntil(lambda: bool(ready), timeout=60000)
-    assert set(st["widgets"]) == {"Encoding model", "Response volume", "Region explorer"}
+    assert {"Encoding model", "Response volume", "Region explorer"} <= set(st["widgets"])
     kinds = [layer_kind(ly) for ly in viewer.layers]
     assert kinds[0] == "template" and kinds.count("response") == 1
     layer = st["layers"][0]

@@ -314,6 +314,8 @@ def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int =
             on_ready(state)
 
     vw.on_rendered(rendered)
+    if model.subjects:  # show the field where the model was trained, not its extrapolation
+        vw.extent.setCurrentText("where the model has data")
     state["worker"] = vw.add_images([str(sample_image_path())])
     return state
 
