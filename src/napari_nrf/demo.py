@@ -91,7 +91,7 @@ def train_demo_model(out, n_subjects: int = DEMO_SUBJECTS, n_images: int = DEMO_
     bars = {}
 
     def report(stage):
-        def cb(done, total):
+        def cb(done, total, *_):  # the simulator also passes a message
             if progress is not None:
                 progress(stage, done, total)
                 return
