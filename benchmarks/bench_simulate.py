@@ -29,7 +29,9 @@ def once(args) -> dict:
                       max_voxels=args.voxels)
         wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall_s": wall, "peak_rss_mb": peak_mb, "voxels": [r.n_voxels for r in rs],
+    import os
+
+    return {"wall_s": wall, "cpu_s": time.process_time(), "load_avg_1min": os.getloadavg()[0], "peak_rss_mb": peak_mb, "voxels": [r.n_voxels for r in rs],
             "median_nc": [float(__import__("numpy").median(r.noise_ceiling)) for r in rs]}
 
 
@@ -54,7 +56,8 @@ def main():
         print(results[-1], flush=True)
     walls = sorted(r["wall_s"] for r in results)
     peaks = sorted(r["peak_rss_mb"] for r in results)
-    print(f"median wall {walls[len(walls) // 2]:.1f} s, median peak RSS {peaks[len(peaks) // 2]:.0f} MB "
+    cpus = sorted(r["cpu_s"] for r in results)
+    print(f"median wall {walls[len(walls) // 2]:.1f} s, median CPU {cpus[len(cpus) // 2]:.1f} s, median peak RSS {peaks[len(peaks) // 2]:.0f} MB "
           f"over {len(results)} runs; voxels {results[0]['voxels']}")
 
 

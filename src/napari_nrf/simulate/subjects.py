@@ -15,7 +15,7 @@ The noiseless response of subject ``s`` to image ``i`` at MNI point ``x`` (mm) i
   (a few mm long), shared in part across subjects and in part individual.
 
 ``U = (R - mu(x)) / sd(x)`` standardises R with its mean and sd over a fixed reference
-set of 192 stimuli, so the signal has about unit variance everywhere. A trial beta is
+set of 128 stimuli, so the signal has about unit variance everywhere. A trial beta is
 ``(U + sigma(x) * noise) / sqrt(1 + sigma(x)^2)`` with ``sigma = 1 / ncsnr(x)``, i.e. about
 z-scored, and the truth stored with the data is ``U / sqrt(1 + sigma(x)^2)``: the
 expectation of the betas, continuous in x, in the units of the responses.
@@ -35,7 +35,7 @@ from .descriptors import FOV_DEG, N_CHANNELS, POOL, SCORES, Descriptors, describ
 from .stimuli import DEFAULT_SIZE, make_stimulus_set
 
 VERSION = 1
-REF_SEED, REF_N = 987654321, 192
+REF_SEED, REF_N = 987654321, 128
 # Box (MNI mm) holding every visual area with margin; subject grids cover it.
 VISUAL_BOX = (np.array([-72.0, -112.0, -42.0]), np.array([72.0, -28.0, 40.0]))
 SHARED_WEIGHT = 0.6  # share of tuning variance common to all subjects
