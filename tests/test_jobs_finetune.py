@@ -12,6 +12,8 @@ from napari_nrf.finetune import FinetuneError, finetune_ensemble, finetune_job, 
 from napari_nrf.jobs import JobContext, JobManager
 from napari_nrf.models import load_model
 
+from _adapt_data import make_adaptation_files
+
 TINY = dict(n_images=12, epochs=3, batch_images=4, batch_voxels=40, patience=5, seed=1)
 
 
@@ -30,23 +32,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Two tiny NRF bases (efficientnet-lite0 features) and a 20-image new subject."""
-    from napari_nrf.models.nrf import build_nrf
-
     d = tmp_path_factory.mktemp("adapt")
-    bases = []
-    for k in range(2):
-        m = build_nrf("efficientnet-lite0", "tiny", seed=k)
-        bases.append(m.save(d / f"base{k}.safetensors"))
-    rng = np.random.default_rng(0)
-    n, v = 20, 60
-    imgs = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
-    coords = rng.uniform(-50, 50, (v, 3)).astype(np.float32)
-    bright = imgs.mean((1, 2, 3)) / 255.0
-    resp = (bright[:, None] - 0.5) * np.cos(coords[:, 0] / 20)[None] + 0.1 * rng.standard_normal((n, v))
-    split = np.zeros(n, np.uint8)
-    split[14:] = 1
-    rs = ResponseSet(responses=resp.astype(np.float32), coords=coords, split=split, images=imgs, subject="sub-new")
-    data = rs.save(d / "new.h5")
+    bases, data = make_adaptation_files(d)
     return d, bases, data
 
 

@@ -1,0 +1,351 @@
+"""Finetune jobs dock widget: adapt pretrained models to a new subject in the background.
+
+A thin view over :mod:`napari_nrf.jobs` and :mod:`napari_nrf.finetune`: the job runs in a
+child process, this widget polls the jobs folder on a timer (progress bars, a live loss
+and validation curve, cancel, resume) and, when a job it started succeeds, opens the new
+model in the Encoding model widget. Jobs survive napari: interrupted ones are listed
+with a Resume button at the next start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+                            QProgressBar, QPushButton, QSpinBox, QTableWidget, QVBoxLayout, QWidget)
+
+from .model_widget import available_devices
+
+
+class CurveView(QWidget):
+    """Two live curves: training loss (blue, per epoch) and validation median Pearson
+    (orange), each scaled to its own range."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumHeight(90)
+        self.loss: list[float] = []
+        self.val: list[float] = []
+
+    def set_data(self, loss, val):
+        self.loss, self.val = list(loss), list(val)
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 - Qt's name
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor(30, 30, 30))
+        w, h = self.width(), self.height()
+        for series, colour in ((self.loss, QColor(80, 160, 255)), (self.val, QColor(255, 160, 60))):
+            pts = [v for v in series if v == v]
+            if len(pts) < 2:
+                continue
+            lo, hi = min(pts), max(pts)
+            span = (hi - lo) or 1.0
+            p.setPen(QPen(colour, 2))
+            xs = [4 + (w - 8) * i / (len(pts) - 1) for i in range(len(pts))]
+            ys = [h - 4 - (h - 8) * (v - lo) / span for v in pts]
+            for i in range(len(pts) - 1):
+                p.drawLine(int(xs[i]), int(ys[i]), int(xs[i + 1]), int(ys[i + 1]))
+        p.setPen(QColor(200, 200, 200))
+        last_v = next((v for v in reversed(self.val) if v == v), None)
+        txt = "loss (blue), val r (orange)" + (f": {last_v:.3f}" if last_v is not None else "")
+        p.drawText(6, 14, txt)
+        p.end()
+
+
+class FinetuneJobsWidget(QWidget):
+    """Pick base models and a new subject's data, start a finetune + ensemble job, watch it.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    jobs_dir : path or None
+        Jobs folder (default :func:`napari_nrf.jobs.default_jobs_dir`).
+
+    Attributes
+    ----------
+    extra_kwargs : dict
+        More :func:`napari_nrf.finetune.finetune_ensemble` arguments for new jobs
+        (batch sizes, learning rate, ...).
+    """
+
+    job_finished = Signal(object)  # the Job, when it leaves the running state
+
+    def __init__(self, napari_viewer, jobs_dir=None, parent=None):
+        super().__init__(parent)
+        from napari_nrf.jobs import JobManager
+
+        self.viewer = napari_viewer
+        self.manager = JobManager(jobs_dir)
+        self.extra_kwargs: dict = {}
+        self.threads: int | None = None
+        self._started: set[str] = set()  # jobs started here: their models open when done
+        self._announced: set[str] = set()
+        self._offsets: dict[str, int] = {}
+        self._curves: dict[str, tuple[list, list]] = {}
+        self._rows: dict[str, int] = {}
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.bases = QListWidget()
+        self.bases.setToolTip("Pretrained models (.safetensors) to finetune; they are never modified")
+        self.bases.setMaximumHeight(80)
+        brow = QHBoxLayout()
+        self.add_base_btn = QPushButton("Add base…")
+        self.add_base_btn.clicked.connect(self._choose_bases)
+        self.remove_base_btn = QPushButton("Remove")
+        self.remove_base_btn.clicked.connect(lambda: [self.bases.takeItem(self.bases.row(i))
+                                                      for i in self.bases.selectedItems()])
+        brow.addWidget(self.add_base_btn)
+        brow.addWidget(self.remove_base_btn)
+        form.addRow("base models", self.bases)
+        form.addRow("", _wrap(brow))
+        self.data = QLineEdit()
+        self.data.setPlaceholderText("new subject's response set (.h5)")
+        drow = QHBoxLayout()
+        drow.addWidget(self.data)
+        b = QPushButton("…")
+        b.clicked.connect(self._choose_data)
+        drow.addWidget(b)
+        form.addRow("new subject", _wrap(drow))
+        self.out = QLineEdit()
+        self.out.setPlaceholderText("output model (.safetensors)")
+        orow = QHBoxLayout()
+        orow.addWidget(self.out)
+        b = QPushButton("…")
+        b.clicked.connect(self._choose_out)
+        orow.addWidget(b)
+        form.addRow("output", _wrap(orow))
+        self.n_images = QSpinBox()
+        self.n_images.setRange(0, 1_000_000)
+        self.n_images.setValue(200)
+        self.n_images.setSpecialValueText("all")
+        self.n_images.setToolTip("training images of the new subject to use (0: all)")
+        form.addRow("images", self.n_images)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        self.epochs.setValue(10)
+        form.addRow("epochs", self.epochs)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        form.addRow("device", self.device)
+        lay.addLayout(form)
+        self.start_btn = QPushButton("Start finetune job")
+        self.start_btn.clicked.connect(self.start)
+        lay.addWidget(self.start_btn)
+
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["job", "state", "progress"])
+        self.table.setSelectionBehavior(QTableWidget.SelectRows)
+        self.table.setSelectionMode(QTableWidget.SingleSelection)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        lay.addWidget(self.table)
+        crow = QHBoxLayout()
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.clicked.connect(self.cancel_selected)
+        self.resume_btn = QPushButton("Resume")
+        self.resume_btn.clicked.connect(self.resume_selected)
+        crow.addWidget(self.cancel_btn)
+        crow.addWidget(self.resume_btn)
+        lay.addLayout(crow)
+        self.curve = CurveView()
+        lay.addWidget(self.curve)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(500)
+        self.timer.timeout.connect(self.refresh)
+        self.timer.start()
+        self.refresh()
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def _choose_bases(self):
+        paths, _ = QFileDialog.getOpenFileNames(self, "Base models", "", "Model bundles (*.safetensors)")
+        self.add_bases(paths)
+
+    def add_bases(self, paths):
+        have = {self.bases.item(i).text() for i in range(self.bases.count())}
+        for p in paths:
+            if str(p) not in have:
+                self.bases.addItem(str(p))
+
+    def _choose_data(self):
+        path, _ = QFileDialog.getOpenFileName(self, "New subject's responses", "", "Response sets (*.h5)")
+        if path:
+            self.data.setText(path)
+            if not self.out.text():
+                self.out.setText(str(Path(path).with_suffix("")) + "-finetuned.safetensors")
+
+    def _choose_out(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Output model", "", "Model bundles (*.safetensors)")
+        if path:
+            self.out.setText(path if path.endswith(".safetensors") else path + ".safetensors")
+
+    # ---- jobs -----------------------------------------------------------------------------
+    def start(self):
+        """Submit a job from the form; returns the Job (None with a message on bad input)."""
+        from napari_nrf.finetune import submit_finetune
+
+        bases = [self.bases.item(i).text() for i in range(self.bases.count())]
+        try:
+            if not bases:
+                raise ValueError("add at least one base model")
+            if not self.data.text() or not self.out.text():
+                raise ValueError("choose the new subject's response set and an output file")
+            kw = {"n_images": self.n_images.value() or None, "epochs": self.epochs.value(), **self.extra_kwargs}
+            job = submit_finetune(self.manager, bases, self.data.text(), self.out.text(),
+                                  device=self.device.currentText(), threads=self.threads, **kw)
+        except ValueError as exc:
+            self._error(f"Could not start the job: {exc}")
+            return None
+        self._started.add(job.id)
+        self.refresh()
+        self._select(job.id)
+        return job
+
+    def _selected_id(self):
+        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
+        if not rows:
+            return None
+        item = self.table.item(rows[0].row(), 0)
+        return item.data(256) if item is not None else None  # Qt.UserRole
+
+    def _select(self, job_id):
+        row = self._rows.get(job_id)
+        if row is not None:
+            self.table.selectRow(row)
+
+    def cancel_selected(self):
+        jid = self._selected_id()
+        if jid:
+            self.manager.cancel(jid)
+            self.refresh()
+
+    def resume_selected(self):
+        jid = self._selected_id()
+        if not jid:
+            return
+        try:
+            self.manager.resume(jid)
+        except ValueError as exc:
+            self._error(str(exc))
+            return
+        self._started.add(jid)
+        self._announced.discard(jid)
+        self.refresh()
+
+    def refresh(self):
+        """Poll the jobs (start queued ones, notice finished ones) and update the view."""
+        from qtpy.QtWidgets import QTableWidgetItem
+
+        try:
+            jobs = self.manager.poll()
+        except OSError as exc:  # a jobs folder that went away must not kill the timer
+            self.status.setText(f"jobs folder unreadable: {exc}")
+            return
+        jobs = [j for j in jobs if j.spec.get("target", "").startswith("napari_nrf.finetune:")]
+        self.table.setRowCount(len(jobs))
+        self._rows = {}
+        for r, job in enumerate(reversed(jobs)):  # newest first
+            self._rows[job.id] = r
+            recs, self._offsets[job.id] = job.read_progress(self._offsets.get(job.id, 0))
+            loss, val = self._curves.setdefault(job.id, ([], []))
+            last = None
+            for rec in recs:
+                if rec.get("epoch") is not None and ("loss" in rec or "val_pearson" in rec):
+                    loss.append(rec.get("loss", float("nan")))
+                    val.append(rec.get("val_pearson", float("nan")))
+                if rec.get("fraction") is not None:
+                    last = rec
+            item = QTableWidgetItem(job.name)
+            item.setData(256, job.id)
+            item.setToolTip(str(job.dir))
+            self.table.setItem(r, 0, item)
+            status = job.status
+            self.table.setItem(r, 1, QTableWidgetItem(status))
+            bar = self.table.cellWidget(r, 2)
+            if not isinstance(bar, QProgressBar):
+                bar = QProgressBar()
+                bar.setRange(0, 1000)
+                self.table.setCellWidget(r, 2, bar)
+            if last is not None:
+                bar.setValue(int(1000 * last["fraction"]))
+                eta = last.get("eta_s")
+                bar.setFormat(f"%p%  {last.get('stage', '')}" + (f"  ETA {eta:.0f} s" if eta else ""))
+            elif bar.property("job") != job.id:
+                bar.setValue(1000 if status == "done" else 0)
+            if status == "done":
+                bar.setValue(1000)
+            bar.setProperty("job", job.id)
+            if status in ("done", "failed", "cancelled", "interrupted") and job.id not in self._announced:
+                if job.id in self._started:
+                    self._finished(job)
+                self._announced.add(job.id)
+        sel = self._selected_id()
+        if sel is None and jobs:
+            sel = jobs[-1].id
+        if sel in self._curves:
+            self.curve.set_data(*self._curves[sel])
+
+    def _selection_changed(self):
+        jid = self._selected_id()
+        if jid in self._curves:
+            self.curve.set_data(*self._curves[jid])
+
+    def _finished(self, job):
+        st = job.state
+        if st.get("state") == "done":
+            out = (st.get("result") or {}).get("out")
+            self.status.setText(f"{job.name}: done → {out}")
+            if out:
+                self.open_model(out)
+        else:
+            msg = f"{job.name}: {st.get('state')}" + (f" ({st['error']})" if st.get("error") else "")
+            self.status.setText(msg)
+            if st.get("state") == "failed":
+                self._error(msg)
+        self.job_finished.emit(job)
+
+    def open_model(self, path):
+        """Open ``path`` in the docked Encoding model widget (or the shared state)."""
+        from .model_widget import EncodingModelWidget
+
+        try:
+            docks = dict(self.viewer.window.dock_widgets)
+        except Exception:  # a viewer without a window (tests)
+            docks = {}
+        for w in docks.values():
+            if isinstance(w, EncodingModelWidget):
+                return w.load(path)
+        from ._render import start_worker
+        from ._state import state_for
+        from .model_widget import _load
+
+        return start_worker(_load, str(path), self.device.currentText(),
+                            on_result=lambda m: state_for(self.viewer).set_model(m, Path(path)),
+                            on_error=lambda e: self._error(f"Could not load the model: {e}"))
+
+    def _error(self, msg):
+        self.status.setText(msg)
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(msg)
+        except Exception:  # noqa: BLE001 - notifications are best effort
+            pass
+
+    def closeEvent(self, event):  # noqa: N802
+        self.timer.stop()
+        super().closeEvent(event)
+
+
+def _wrap(layout) -> QWidget:
+    w = QWidget()
+    layout.setContentsMargins(0, 0, 0, 0)
+    w.setLayout(layout)
+    return w
