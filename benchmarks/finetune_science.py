@@ -1,0 +1,148 @@
+"""Science experiment: new-subject adaptation (seed 000, Tables 2 and 3) on virtual subjects.
+
+Design: ``napari_nrf.simulate`` makes 4 virtual subjects; an NRF base is trained on each
+of subjects 1-3 alone (all their training images: 270 of 400 stimuli each, a CPU budget);
+subject 4 is the held-out new subject (1000 stimuli: 810 train, 90 val, 100 test).
+With 20, 200 and 800 of subject 4's training images (its validation images early-stop
+every fit) we compare, on subject 4's test images (the shared stimuli, never trained on):
+
+* scratch          a new NRF trained on the n images only;
+* finetune base k  each base finetuned end to end on the n images (Table 3 rows);
+* simple average   the mean of the K finetuned bases;
+* finetune+ensemble the voxelwise least-squares ensemble (eq. 1-2) of the finetuned bases
+                   (napari_nrf.finetune.finetune_ensemble, the library code the job runs);
+* ensemble only    the same ensemble over the pretrained bases, without finetuning.
+
+Metric: median voxel Pearson r over subject 4's voxels on its test images, against the
+measured (noisy) responses and against the simulator's noiseless truth.
+
+CPU-sized on purpose (2 shared cores): the "demo" NRF preset on efficientnet-lite0
+features, 1 torch thread. Run (full, about 30-60 min on a busy machine; features are cached):
+
+    .venv/bin/python benchmarks/finetune_science.py --out docs/results_finetune.json
+
+Tiny (tests): ``NRF_EXAMPLE_TINY=1`` or ``--tiny``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", help="write the results (JSON) here")
+    ap.add_argument("--tiny", action="store_true", default=os.environ.get("NRF_EXAMPLE_TINY") == "1")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sizes", type=int, nargs="+", help="new-subject training sizes (default 20 200 800)")
+    ap.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from napari_nrf.features import FeatureCache
+    from napari_nrf.finetune import finetune_ensemble, select_images
+    from napari_nrf.models.nrf import build_nrf
+    from napari_nrf.simulate import simulate
+    from napari_nrf.train import fit, predict_set, set_features, voxel_pearson
+
+    if args.tiny:
+        cfg = dict(n_images=60, n_base_images=40, n_shared=10, max_voxels=150, sizes=[6, 12], base_epochs=2, ft_epochs=2, steps=3,
+                   batch_images=8, batch_voxels=100, image_size=32)
+    else:
+        cfg = dict(n_images=1000, n_base_images=400, n_shared=100, max_voxels=2000, sizes=[20, 200, 800], base_epochs=15, ft_epochs=10, steps=20,
+                   batch_images=32, batch_voxels=500, image_size=96)
+    if args.sizes:
+        cfg["sizes"] = list(args.sizes)
+    preset = "tiny" if args.tiny else "demo"
+    lr_scratch, lr_ft = 1e-3, 3e-4
+    t_all = time.time()
+    log("simulating", cfg)
+    from napari_nrf.simulate import make_subjects
+
+    # Bases' subjects see fewer images than the new one (CPU budget); the shared stimuli
+    # (the test split, ids 0..n_shared-1) are the same for everyone and never trained on.
+    subj = make_subjects(4, seed=args.seed)
+    common = dict(seed=args.seed, max_voxels=cfg["max_voxels"], image_size=cfg["image_size"],
+                  n_shared=cfg["n_shared"])
+    sets = simulate(subjects=subj[:3], n_images=cfg["n_base_images"], **common)
+    sets += simulate(subjects=subj[3:], n_images=cfg["n_images"], **common)
+    cache = FeatureCache(args.cache) if args.cache else FeatureCache()
+    probe = build_nrf("efficientnet-lite0", preset, seed=0)
+    feats = []
+    for rs in sets:
+        t0 = time.time()
+        f = set_features(probe, rs, cache=cache)
+        feats.append({k: np.asarray(v, np.float32).astype(np.float16).astype(np.float32) for k, v in f.items()})
+        log(f"features {rs.subject}: {rs.n_images} images, {rs.n_voxels} voxels, {time.time() - t0:.0f} s")
+
+    fit_kw = dict(batch_images=cfg["batch_images"], batch_voxels=cfg["batch_voxels"], steps_per_epoch=cfg["steps"],
+                  weight_decay=0.015, patience=3)
+    bases = []
+    for k in range(3):
+        t0 = time.time()
+        m = build_nrf("efficientnet-lite0", preset, seed=args.seed * 10 + k)
+        h = fit(m, [sets[k]], features=[feats[k]], epochs=cfg["base_epochs"], lr=lr_scratch, seed=args.seed + k,
+                **fit_kw)
+        bases.append(m)
+        log(f"base {sets[k].subject}: val median r {h.best_score:.3f} ({time.time() - t0:.0f} s)")
+
+    new = sets[3]
+    te = new.indices("test")
+    y_te, truth_te = new.get_responses(te), new.get_truth(te)
+    f_te = {k: v[te] for k, v in feats[3].items()}
+
+    def score(pred):
+        return {"r_median": float(np.nanmedian(voxel_pearson(pred, y_te))),
+                "truth_r_median": float(np.nanmedian(voxel_pearson(pred, truth_te)))}
+
+    results = {"config": {**cfg, "preset": preset, "lr_scratch": lr_scratch, "lr_finetune": lr_ft,
+                          "seed": args.seed, "new_subject": new.subject, "n_test_images": int(len(te)),
+                          "n_voxels": new.n_voxels, "bases": [s.subject for s in sets[:3]]},
+               "sizes": {}}
+    for n in cfg["sizes"]:
+        row = {}
+        t0 = time.time()
+        sub, rows = select_images(new, n, seed=args.seed)
+        scratch = build_nrf("efficientnet-lite0", preset, seed=args.seed + 100)
+        fit(scratch, [sub], features=[{k: v[rows] for k, v in feats[3].items()}], epochs=cfg["ft_epochs"],
+            lr=lr_scratch, seed=args.seed, **fit_kw)
+        row["scratch"] = score(predict_set(scratch, f_te, new))
+        ens0, _ = finetune_ensemble(bases, new, n_images=n, features=feats[3], finetune=False, seed=args.seed)
+        row["ensemble_pretrained"] = score(predict_set(ens0, f_te, new))
+        ens, info = finetune_ensemble(bases, new, n_images=n, features=feats[3], epochs=cfg["ft_epochs"], lr=lr_ft,
+                                      seed=args.seed, **fit_kw)
+        with torch.no_grad():
+            base_pred = ens.base_predictions({k: torch.as_tensor(v) for k, v in f_te.items()}).numpy()
+        for k in range(len(bases)):
+            row[f"finetune_base{k + 1}"] = score(base_pred[k])
+        row["simple_average"] = score(base_pred.mean(0))
+        row["finetune_ensemble"] = score(predict_set(ens, f_te, new))
+        # Variant (not in the paper): the same ensemble with a ridge term on the weights.
+        tr = rows[sub.split == 0]
+        ens.fit({k: torch.as_tensor(v[tr]) for k, v in feats[3].items()}, new.get_responses(tr), ridge=1.0)
+        row["finetune_ensemble_ridge1"] = score(predict_set(ens, f_te, new))
+        row["seconds"] = round(time.time() - t0, 1)
+        results["sizes"][str(n)] = row
+        log(f"n={n}: " + ", ".join(f"{k} {v['r_median']:.3f}" for k, v in row.items() if isinstance(v, dict)))
+    results["seconds"] = round(time.time() - t_all, 1)
+    results["command"] = "python benchmarks/finetune_science.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
