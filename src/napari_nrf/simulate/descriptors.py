@@ -6,12 +6,13 @@ through a :class:`Descriptors` record computed here, once per image:
 * ``energy`` (B, 12, 16, 16) float32: local contrast energy of a log-Gabor pyramid
   (3 spatial frequencies x 4 orientations), pooled on a 16 x 16 grid over the image.
   Early visual areas read it through population receptive fields.
-* ``scores`` (B, K) float32, K = len(:data:`SCORES`): image properties that higher areas
-  are tuned to, computed from pixels with hand-made operators (template matching
-  against the mean LFW face, body-silhouette templates, high-frequency stroke energy,
-  layout/rectilinearity/spread statistics, centre-surround object energy, colourfulness).
-  None of them is a feature of any backbone of napari-nrf, so no model reads the truth
-  straight off its features.
+* ``scores`` (B, 13) float32 over :data:`SCORES`: five *content* scores (face, body,
+  scene, object, text; in [0, 1]) recorded by the stimulus generator while composing
+  the image (or estimated from pixels for other images), and eight standardised pixel
+  statistics computed with hand-made operators (layout, rectilinearity, spread of
+  contrast, centre-surround energy, colourfulness, coarse/fine energy shares, overall
+  contrast). None of them is a feature of any backbone of napari-nrf, so no model reads
+  the truth straight off its features.
 
 Images of any size are resized to ``DESCRIPTOR_SIZE`` (64) pixels first, and the image
 is taken to span ``FOV_DEG`` (8.4) degrees of visual angle, as NSD's stimuli do.

@@ -182,10 +182,6 @@ class VirtualSubject:
             idx = np.sort(idx[np.argsort(-support[idx], kind="stable")[: int(max_voxels)]])
         return xyz[idx]
 
-    @property
-    def voxel_coords_default(self) -> np.ndarray:
-        return self.voxel_coords()
-
     # ---- retinotopy and tuning fields -----------------------------------------------------
     def _mix(self, pair, xyz):
         a, b = pair
