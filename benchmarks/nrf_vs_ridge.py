@@ -187,11 +187,11 @@ def score(pred, rs, rows):
     return {"r_noisy": m["pearson_median"], "r_truth": m["truth_pearson_median"]}
 
 
-def run(tiny: bool = False, subjects: int = 3, sizes=(20, 200, 800, None), shuffle_sizes=(20, 200, None),
+def run(tiny: bool = False, subjects: int = 3, sizes=(20, 200, 800, None), shuffle_sizes=(20, None),
         cache_dir=None, log=print, subject_ids=None, resolution: bool = True) -> dict:
     from napari_nrf.features import FeatureCache, extract_features, get_backbone
 
-    cfg = dict(preset="demo", epochs=12, steps=20, batch_images=32, batch_voxels=500, lr=1e-3, weight_decay=0.015,
+    cfg = dict(preset="demo", epochs=8, steps=12, batch_images=32, batch_voxels=400, lr=1e-3, weight_decay=0.015,
                patience=3, n_images=1200, n_val=50, n_test=100, voxel_mm=4.0, y_max=-60.0)
     if tiny:
         cfg.update(preset="tiny", epochs=2, steps=3, batch_voxels=200, n_images=40, n_val=8, n_test=8, voxel_mm=8.0)
@@ -302,8 +302,25 @@ def merge(logs, out) -> int:
     runs.sort(key=lambda r: (r["subject"], r["n_train"]))
     res = {"runs": runs, "resolution": reso, "summary": summarise(runs), "logs": [str(p) for p in logs]}
     write_json(res, out)
-    print(json.dumps(res["summary"], indent=1))
+    print(markdown(res))
     return 0
+
+
+def markdown(res: dict) -> str:
+    """The summary as a markdown table (mean +- sd over subjects)."""
+    def cell(row, key):
+        if key not in row:
+            return "-"
+        m, sd, n = row[key]
+        return f"{m:.3f} +- {sd:.3f}"
+
+    lines = ["| train images | NRF r (noisy) | ridge r (noisy) | NRF r (truth) | ridge r (truth) "
+             "| NRF shuffled r (noisy) | NRF shuffled r (truth) |", "|---|---|---|---|---|---|---|"]
+    for n, row in sorted(res["summary"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {n} | " + " | ".join(cell(row, k) for k in (
+            "nrf.r_noisy", "ridge.r_noisy", "nrf.r_truth", "ridge.r_truth", "nrf_shuffled.r_noisy",
+            "nrf_shuffled.r_truth")) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -319,7 +336,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
-    sizes = tuple(None if v == "all" else int(v) for v in args.sizes.split(","))
+    sizes = tuple(None if v == "all" else int(v) for v in args.sizes.split(",") if v != "none")
     ids = [int(v) for v in args.subject_ids.split(",")] if args.subject_ids else None
     res = run(tiny=args.tiny, subjects=args.subjects, cache_dir=args.cache, sizes=sizes, subject_ids=ids,
               resolution=not args.no_resolution, log=lambda s: print(s, flush=True))
