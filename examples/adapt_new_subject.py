@@ -82,7 +82,7 @@ def main():
     model = load_model(out)
     w = model.weights.numpy()
     print(f"{out}: ensemble of {len(model.bases)} finetuned bases for {model.subject}, "
-          f"{len(w)} voxels; weights per base (median over voxels): {", ".join(f"{x:.3f}" for x in np.median(w, 0))}; "
+          f"{len(w)} voxels; weights per base (median over voxels): {', '.join(f'{x:.3f}' for x in np.median(w, 0))}; "
           f"validation median r {model.metrics.get('val_median_pearson', float('nan')):.3f}")
 
 
