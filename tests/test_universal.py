@@ -103,3 +103,21 @@ def test_errors_are_clear():
         m.add_subject("sub-x", np.zeros((2, 2)))
     one = _model({"only": np.zeros((4, 3))})
     assert one.predict(f).shape == (3, 4)  # a single subject needs no name
+
+
+def test_query_engine_places_subject_voxels_on_a_grid():
+    """What the Response volume widget does with a universal model: predictions at the
+    subject's voxels, placed on the chosen MNI grid (NaN where the subject has no voxel)."""
+    from napari_nrf import space
+    from napari_nrf.query import QueryEngine
+
+    g = space.Grid.mni(4.0)
+    xyz = g.coords(space.brain_mask(g))[::50]
+    m = _model({"sub-a": xyz})
+    f = _feats(2)
+    vol = QueryEngine(m, device="cpu").volume(f, g, subject="sub-a")
+    with torch.no_grad():
+        y = m.predict(f, subject="sub-a").numpy()
+    ijk, _ = g.nearest_index(xyz)
+    np.testing.assert_allclose(vol[(slice(None),) + tuple(ijk.T)], y, rtol=1e-4, atol=1e-5)
+    assert np.isfinite(vol).sum() == 2 * len(xyz)
