@@ -156,11 +156,13 @@ class UniversalEncoder(EncodingModel):
                 raise UniversalModelError(f"feature {n!r} not among the backbone's: {', '.join(feature_shapes)}")
             shape = tuple(feature_shapes[n])
             levels.append([n, shape[0], shape[1]] if len(shape) == 2 else [n, 1, shape[0]])
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = cls(levels, **config)
-        for s, xyz in subjects.items():
-            model.add_subject(s, xyz)
+        # A private RNG state: building a model does not reseed the caller's torch RNG.
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = cls(levels, **config)
+            for s, xyz in subjects.items():
+                model.add_subject(s, xyz)
         model.backbone_name = backbone_name
         model.backbone_config = dict(backbone_config or {})
         return model
