@@ -42,13 +42,13 @@ AREAS = (
     Area("V3", (20, -91, 18), 6.5, 0.9, 2.2, 0.6, {"contrast": 0.15}),
     Area("V3", (22, -80, -13), 6.5, 0.9, 2.2, 0.6, {"contrast": 0.15}),
     Area("hV4", (28, -81, -12), 7.0, 0.7, 3.2, 0.5, {"colour": 0.5, "centre": 0.15, "object": 0.2}),
-    Area("LO", (40, -84, -6), 7.0, 0.3, 4.0, 0.45, {"object": 0.9, "centre": 0.3, "face": 0.25, "body": 0.2}),
+    Area("LO", (40, -84, -6), 7.0, 0.3, 4.0, 0.45, {"object": 1.8, "centre": 0.3, "face": 0.5, "body": 0.4}),
     Area("hMT", (46, -77, 4), 6.5, 0.5, 5.0, 0.4, {"coarse": 0.4, "contrast": 0.4, "body": 0.25}),
-    Area("EBA", (48, -72, 4), 6.5, 0.15, 5.0, 0.4, {"body": 1.0, "face": 0.25}),
-    Area("FFA", (40, -55, -20), 6.0, 0.1, 5.0, 0.4, {"face": 1.0, "body": 0.25, "object": 0.1}),
+    Area("EBA", (48, -72, 4), 6.5, 0.15, 5.0, 0.4, {"body": 2.0, "face": 0.5}),
+    Area("FFA", (40, -55, -20), 6.0, 0.1, 5.0, 0.4, {"face": 2.0, "body": 0.5, "object": 0.2}),
     Area("PPA", (28, -45, -10), 6.5, 0.1, 6.0, 0.4,
-         {"scene": 1.0, "layout": 0.3, "rectilinear": 0.3, "spread": 0.3, "face": -0.15}),
-    Area("VWFA", (44, -58, -14), 6.0, 0.15, 5.0, 0.4, {"text": 1.0, "fine": 0.25, "face": -0.1}, left_only=True),
+         {"scene": 2.0, "layout": 0.3, "rectilinear": 0.3, "spread": 0.3, "face": -0.3}),
+    Area("VWFA", (44, -58, -14), 6.0, 0.15, 5.0, 0.4, {"text": 2.0, "fine": 0.25, "face": -0.2}, left_only=True),
 )
 AREA_NAMES = tuple(dict.fromkeys(a.name for a in AREAS))
 EARLY_AREAS = ("V1", "V2", "V3", "hV4")

@@ -223,7 +223,7 @@ class VirtualSubject:
         prefs = np.exp(prefs - prefs.max(1, keepdims=True))
         prefs = 0.5 / N_CHANNELS + 0.5 * prefs / prefs.sum(1, keepdims=True)
         tune = mg @ self._tuning  # (N, K)
-        tune = tune * gain[:, None] + 0.15 * m.sum(1, keepdims=True).clip(0, 1) * self._mix(self._f_tune, x)
+        tune = tune * gain[:, None] + 0.1 * m.sum(1, keepdims=True).clip(0, 1) * self._mix(self._f_tune, x)
         tune[:, SCORES.index("contrast")] += 0.05  # every visual voxel follows overall contrast a little
         return early.astype(np.float32), expo.astype(np.float32), centre, sigma, prefs.astype(np.float32), \
             tune.astype(np.float32)
