@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     from napari_nrf.train import fit, predict_set, set_features, voxel_pearson
 
     if args.tiny:
-        cfg = dict(n_images=60, n_base_images=40, n_shared=10, max_voxels=150, sizes=[6, 12], base_epochs=2, ft_epochs=2, steps=3,
+        cfg = dict(n_images=36, n_base_images=20, n_shared=6, max_voxels=120, sizes=[6, 12], base_epochs=2, ft_epochs=2, steps=3,
                    batch_images=8, batch_voxels=100, image_size=32)
     else:
         cfg = dict(n_images=1000, n_base_images=400, n_shared=100, max_voxels=2000, sizes=[20, 200, 800], base_epochs=15, ft_epochs=10, steps=20,

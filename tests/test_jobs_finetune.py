@@ -118,3 +118,21 @@ def test_cli_finetune(setup, tmp_path):
     rc = main(["finetune", "--base", str(bases[0]), "--data", str(data), "--out", str(bases[0]), "--inline",
                "--overwrite"])
     assert rc == 2
+
+
+@pytest.mark.slow
+def test_science_script_tiny(tmp_path):
+    """benchmarks/finetune_science.py end to end on tiny settings (the numbers mean nothing)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from finetune_science import main
+
+    res = main(["--tiny", "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache")])
+    assert set(res["sizes"]) == {"6", "12"}
+    row = res["sizes"]["6"]
+    for k in ("scratch", "finetune_base1", "simple_average", "finetune_ensemble", "ensemble_pretrained"):
+        assert -1 <= row[k]["r_median"] <= 1
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["new_subject"] == "sub-04"
