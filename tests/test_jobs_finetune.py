@@ -136,3 +136,27 @@ def test_science_script_tiny(tmp_path):
     for k in ("scratch", "finetune_base1", "simple_average", "finetune_ensemble", "ensemble_pretrained"):
         assert -1 <= row[k]["r_median"] <= 1
     assert json.loads((tmp_path / "r.json").read_text())["config"]["new_subject"] == "sub-04"
+
+
+def test_universal_transfer_job_and_ensemble(setup, tmp_path):
+    """Embeddings-only transfer of a universal encoder through the job target; the base
+    file stays untouched and the output predicts the new subject."""
+    from napari_nrf.finetune import transfer_job
+    from napari_nrf.models.universal import build_universal
+
+    _, _, data = setup
+    rng = np.random.default_rng(0)
+    uni = build_universal("efficientnet-lite0", {"sub-01": rng.uniform(-50, 50, (30, 3))}, levels=["s32", "embedding"],
+                          embed_dim=8, channels=8, mlp_ratio=1)
+    base = uni.save(tmp_path / "uni.safetensors")
+    before = _digest(base)
+    out = tmp_path / "uni-new.safetensors"
+    res = transfer_job(JobContext(tmp_path / "job"), str(base), str(data), str(out), n_images=8, epochs=1,
+                       batch_images=4, batch_voxels=30, feature_cache=str(tmp_path / "cache"))
+    assert res["subject"] == "sub-new"
+    m = load_model(out)
+    assert set(m.subjects) == {"sub-01", "sub-new"} and _digest(base) == before
+    # The same base inside an ensemble: transfer per base, then the voxelwise fit.
+    ens, info = finetune_ensemble([base], data, n_images=8, epochs=1, batch_images=4, batch_voxels=30,
+                                  feature_cache=str(tmp_path / "cache"))
+    assert ens.weights.shape == (60, 1) and not ens.continuous

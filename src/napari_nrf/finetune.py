@@ -271,6 +271,10 @@ def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwarg
         raise FinetuneError("the output is the base model; choose another file")
     sub, _ = select_images(_load_set(data), n_images, seed)
     model = load_model(base, device=ctx.device)
+    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
+        from napari_nrf.features import FeatureCache
+
+        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
 
     def prog(done, total):
         if done == total or done % 5 == 0:
