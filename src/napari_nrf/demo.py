@@ -24,7 +24,7 @@ import numpy as np
 DEMO_VERSION = 1
 DEMO_SEED = 0
 DEMO_SUBJECTS = 2
-DEMO_IMAGES = 400           # stimuli per virtual subject used to train the demo model
+DEMO_IMAGES = 300           # stimuli per virtual subject used to train the shipped demo model
 DEMO_LIBRARY = 240          # stimuli in the region explorer's library
 SHIPPED_NAME = "demo_nrf.safetensors"
 SAMPLE_NAME = "astronaut.png"
@@ -65,7 +65,7 @@ def load_demo_model(device="cpu", progress=None):
     return load_model(path, device=device), path
 
 
-def train_demo_model(out, n_subjects: int = DEMO_SUBJECTS, n_images: int = DEMO_IMAGES, epochs: int = 12,
+def train_demo_model(out, n_subjects: int = DEMO_SUBJECTS, n_images: int = DEMO_IMAGES, epochs: int = 10,
                      seed: int = DEMO_SEED, max_voxels: int = 6000, progress=None, **model_overrides) -> Path:
     """Train the small demo NRF on virtual subjects and save it to ``out`` (atomic).
 
@@ -285,6 +285,35 @@ def warm_up(model, resolution: float = 2.0):
     return th
 
 
+MAIN_WIDGETS = ("Encoding model", "Response volume", "Region explorer")
+
+
+def _dock_of(widget):
+    from qtpy.QtWidgets import QDockWidget
+
+    w = widget
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parent()
+    return w
+
+
+def _tabify_extras(viewer, widgets) -> None:
+    """Put the plugin's other docks (clusters, jobs, ...) in tabs behind the Region explorer,
+    so the demo's three main widgets keep the screen height."""
+    main = _dock_of(widgets.get("Region explorer"))
+    if main is None:
+        return
+    try:
+        qwin = viewer.window._qt_window
+        for name, w in widgets.items():
+            d = _dock_of(w)
+            if name not in MAIN_WIDGETS and d is not None:
+                qwin.tabifyDockWidget(main, d)
+        main.raise_()
+    except (AttributeError, RuntimeError):  # a napari without these internals: keep its layout
+        pass
+
+
 def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int = 3, log=print):
     """Set up the demo in ``viewer``: widgets, model, template, library, sample render.
 
@@ -296,6 +325,7 @@ def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int =
     from napari_nrf.widgets._render import ensure_template
 
     widgets = dock_all(viewer)
+    _tabify_extras(viewer, widgets)
     widgets["Encoding model"].set_model(model, path)
     ensure_template(viewer)
     vw = widgets["Response volume"]
