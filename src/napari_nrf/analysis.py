@@ -47,8 +47,11 @@ class ClusterResult:
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    import torch
+
+    # torch: multi-threaded and without numpy's temporaries (300k x 256 in ~0.1 s).
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return torch.nn.functional.normalize(t, dim=1, eps=1e-12).numpy()
 
 
 def cluster_embeddings(embeddings, k: int, method: str = "auto", seed: int = 0, device=None,
@@ -126,7 +129,7 @@ def _kmeans_torch(x: np.ndarray, k: int, seed: int, device, max_iter: int, tol: 
     g = torch.Generator(device="cpu").manual_seed(seed)
     X = torch.from_numpy(x).to(dev)
     n = X.shape[0]
-    sq = (X * X).sum(1)
+    sq = torch.linalg.vector_norm(X, dim=1) ** 2  # no (N, E) temporary
 
     def assign(c):  # nearest centre and inertia; argmax of x.c - |c|^2/2 is argmin of |x - c|^2
         score = X @ c.T - 0.5 * (c * c).sum(1)[None]
@@ -135,14 +138,17 @@ def _kmeans_torch(x: np.ndarray, k: int, seed: int, device, max_iter: int, tol: 
 
     # Greedy k-means++ (as scikit-learn: 2 + log k candidates per step, keep the one that
     # lowers the potential most) on a subsample: enough to seed well, cheap for millions.
-    sub = X[torch.randperm(n, generator=g)[: min(n, 20000 + 50 * k)].to(dev)]
+    sub = X[torch.randperm(n, generator=g)[: min(n, 5000 + 100 * k)].to(dev)]
     centers = sub[torch.randint(len(sub), (1,), generator=g).to(dev)]
-    d = torch.clamp(((sub - centers) ** 2).sum(1), min=0)
+    sub_sq = torch.linalg.vector_norm(sub, dim=1) ** 2
+    d = torch.clamp(sub_sq - 2 * (sub @ centers[0]) + (centers[0] ** 2).sum(), min=0)
     n_local = 2 + int(np.log(k))
     for _ in range(1, k):
         p = (d / d.sum()).cpu()
         cand = torch.multinomial(p, n_local, replacement=True, generator=g).to(dev)
-        dc = torch.minimum(d[None], torch.cdist(sub[cand], sub).square())  # (n_local, n_sub)
+        c = sub[cand]
+        d2 = torch.clamp(sub_sq[None] - 2 * (sub @ c.T).T + (c * c).sum(1)[:, None], min=0)
+        dc = torch.minimum(d[None], d2)  # (n_local, n_sub)
         best = int(dc.sum(1).argmin())
         centers = torch.cat([centers, sub[cand[best]][None]])
         d = dc[best]
