@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--voxels", type=int, default=40000)
     p.add_argument("--batch", type=int, default=8, help="images per predict call")
+    p.add_argument("--only", choices=["inference", "kmeans"], help="run one of the two benchmarks")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", help="JSON file")
     args = p.parse_args(argv)
@@ -92,11 +93,11 @@ def main(argv=None) -> int:
            "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
     if torch.device(args.device).type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
-    for name, shapes in (("dinov2-vitl14-shapes", DINO), ("efficientnet-lite0-shapes", EFFNET)):
+    for name, shapes in (("dinov2-vitl14-shapes", DINO), ("efficientnet-lite0-shapes", EFFNET)) * (args.only != "kmeans"):
         r = bench_inference(shapes, args.voxels, args.batch, args.repeats, args.device)
         out[f"inference_{name}"] = r
         print(f"inference {name}: {r['ms_per_image_median']:.1f} ms/image at {args.voxels} voxels", flush=True)
-    for kind in ("planted", "random"):
+    for kind in ("planted", "random") * (args.only != "inference"):
         r = bench_kmeans(n_kmeans, dim, 20, args.repeats, kind, device=args.device)
         out[f"kmeans_{kind}"] = r
         print(f"k-means {kind} {n_kmeans}x{dim} k=20: {r['seconds_median']:.2f} s ({r['method']})", flush=True)
