@@ -105,7 +105,10 @@ def run_import(root: Path, out: Path, n_subjects: int) -> tuple[float, float]:
             f"rc = main(['import-nsd', {str(root)!r}, '--out', {str(out)!r}, '--subjects', "
             f"{', '.join(repr(str(s)) for s in range(1, n_subjects + 1))}]); "
             "print('WALL', time.perf_counter() - t); "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)")
+            # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so the child
+            # would report the tree builder's peak; VmHWM belongs to the new address space.
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+            "print('PEAK', int(hwm.split()[1]) * 1024); sys.exit(rc)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"import failed:\n{res.stdout}\n{res.stderr}")
@@ -120,7 +123,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--trials", type=int, default=750)
     ap.add_argument("--resolution", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workdir", help="where to build the tree (default: a temporary folder, removed)")
+    ap.add_argument("--workdir", help="where to build the tree (default: a temporary folder, removed); "
+                                      "an existing tree there (with tree.json) is reused")
     ap.add_argument("--tiny", action="store_true", help="2 subjects x 2 sessions x 40 trials at 8 mm (seconds)")
     args = ap.parse_args(argv)
     if args.tiny or os.environ.get("NRF_EXAMPLE_TINY") == "1":
@@ -129,10 +133,15 @@ def main(argv=None) -> dict:
     try:
         root = tmp / "nsd"
         t0 = time.perf_counter()
-        info = build_tree(root, args.subjects, args.sessions, args.trials, args.resolution,
-                          n_brick=2000 if args.tiny else 73000, n_images=100 if args.tiny else 10000,
-                          n_shared=10 if args.tiny else 1000, verbose=not args.tiny)
-        print(f"tree built in {time.perf_counter() - t0:.0f} s: {json.dumps(info)}", flush=True)
+        if (tmp / "tree.json").exists():
+            info = json.loads((tmp / "tree.json").read_text())
+            print(f"reusing the tree in {tmp}: {json.dumps(info)}", flush=True)
+        else:
+            info = build_tree(root, args.subjects, args.sessions, args.trials, args.resolution,
+                              n_brick=2000 if args.tiny else 73000, n_images=100 if args.tiny else 10000,
+                              n_shared=10 if args.tiny else 1000, verbose=not args.tiny)
+            (tmp / "tree.json").write_text(json.dumps(info))
+            print(f"tree built in {time.perf_counter() - t0:.0f} s: {json.dumps(info)}", flush=True)
         walls, peaks = [], []
         for r in range(args.repeats):
             out = tmp / f"out{r}"
