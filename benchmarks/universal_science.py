@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", help="feature cache folder")
     args = p.parse_args(argv)
     if args.tiny or os.environ.get("NRF_EXAMPLE_TINY"):
-        args.n_images, args.n_shared, args.max_voxels, args.n_transfer = 24, 6, 150, 10
+        args.n_images, args.n_shared, args.max_voxels, args.n_transfer = 16, 4, 80, 6
         args.epochs, args.patience, args.embed_dim, args.channels, args.batch_voxels = 1, 1, 8, 4, 100
         args.threads = 1
     res = run(args)

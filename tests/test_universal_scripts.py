@@ -30,7 +30,7 @@ def test_science_tiny(tmp_path):
     assert _load("universal_science").main(["--tiny", "--out", str(out), "--cache", str(tmp_path / "c")]) == 0
     r = json.loads(out.read_text())
     assert set(r["A_joint_vs_single"]["joint"]) == {"sub-01", "sub-02", "sub-03", "sub-04"}
-    assert r["B_transfer"]["n_transfer_images"] == 10
+    assert r["B_transfer"]["n_transfer_images"] == 6
     assert -1 <= r["C_kmeans"]["areas"]["ari"] <= 1 and r["C_kmeans"]["areas"]["k"] >= 2
     assert len(r["D_face_cluster"]["top8_categories"]) == 8
 
