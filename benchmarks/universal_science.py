@@ -80,34 +80,35 @@ def run(args) -> dict:
     train, held = sets[:4], sets[4]
     out = {"settings": {**vars(args), "levels": LEVELS}, "subjects": [rs.subject for rs in sets]}
 
-    # A. joint vs single-subject.
+    def save():  # partial results after every stage (long runs on a shared machine)
+        if args.out:
+            _write(args.out, out)
+
+    # A (single-subject half) and B (scratch half): models of one subject each.
+    if args.part in ("all", "single"):
+        a = out.setdefault("A_joint_vs_single", {}).setdefault("single", {})
+        for i, rs in enumerate(sets):
+            m, _ = train_universal([rs], feature_shapes=shapes, model_config=cfg, features=[feats[i]], **fit)
+            r = test_median_r(m, rs, feats[i])
+            if i < 4:
+                a[rs.subject] = r
+            else:
+                out.setdefault("B_transfer", {})["scratch_all"] = r
+                out["B_transfer"]["n_scratch_images"] = int(len(rs.indices("train")))
+            _log(f"{rs.subject}: single-subject model {r:.3f}")
+            save()
+        if args.part == "single":
+            return out
+
+    # A (joint half).
     joint, hj = train_universal(train, feature_shapes=shapes, model_config=cfg, features=feats[:4], **fit)
     _log(f"joint: best epoch {hj.best_epoch}, val {hj.best_score:.3f}")
-    a = {"joint": {}, "single": {}}
-    for i, rs in enumerate(train):
-        a["joint"][rs.subject] = test_median_r(joint, rs, feats[i])
-        single, hs = train_universal([rs], feature_shapes=shapes, model_config=cfg, features=[feats[i]], **fit)
-        a["single"][rs.subject] = test_median_r(single, rs, feats[i])
-        _log(f"{rs.subject}: joint {a['joint'][rs.subject]:.3f}  single {a['single'][rs.subject]:.3f}")
-    a["joint_wins"] = int(sum(a["joint"][s] > a["single"][s] for s in a["joint"]))
-    out["A_joint_vs_single"] = a
-
-    # B. transfer with 100 images vs scratch on all images.
-    tr_rows = held.indices("train")
-    few = np.sort(np.random.default_rng(args.seed).choice(tr_rows, min(args.n_transfer, len(tr_rows)), replace=False))
-    rows = np.sort(np.concatenate([few, np.flatnonzero(held.split != 0)]))
-    held_few = held.subset(rows=rows)
-    f_few = {k: v[rows] for k, v in feats[4].items()}
-    import copy
-
-    tmodel = copy.deepcopy(joint)
-    tmodel, ht = transfer_subject(tmodel, held_few, features=[f_few],
-                                  **{**fit, "epochs": args.epochs * 2, "patience": args.patience * 2})
-    scratch, hs = train_universal([held], feature_shapes=shapes, model_config=cfg, features=[feats[4]], **fit)
-    b = {"n_transfer_images": int(len(few)), "n_scratch_images": int(len(tr_rows)),
-         "transfer": test_median_r(tmodel, held, feats[4]), "scratch_all": test_median_r(scratch, held, feats[4])}
-    _log(f"transfer {b['transfer']:.3f} ({len(few)} images) vs scratch {b['scratch_all']:.3f} ({len(tr_rows)})")
-    out["B_transfer"] = b
+    a = out.setdefault("A_joint_vs_single", {})
+    a["joint"] = {rs.subject: test_median_r(joint, rs, feats[i]) for i, rs in enumerate(train)}
+    _log(f"joint test r: {a['joint']}")
+    if "single" in a:
+        a["joint_wins"] = int(sum(a["joint"][s] > a["single"][s] for s in a["joint"]))
+    save()
 
     # C. k-means of the joint embeddings vs the planted areas.
     names = train[0].roi_names
@@ -149,14 +150,37 @@ def run(args) -> dict:
          "library_face_fraction": base}
     _log(f"face-like cluster {face_c}: top-8 categories {cats} (library faces {base:.2f})")
     out["D_face_cluster"] = d
+    save()
+
+    # B (transfer half): only the held-out subject's voxel embeddings learn, from few images.
+    tr_rows = held.indices("train")
+    few = np.sort(np.random.default_rng(args.seed).choice(tr_rows, min(args.n_transfer, len(tr_rows)), replace=False))
+    rows = np.sort(np.concatenate([few, np.flatnonzero(held.split != 0)]))
+    f_few = {k: v[rows] for k, v in feats[4].items()}
+    tmodel, ht = transfer_subject(joint, held.subset(rows=rows), features=[f_few],
+                                  **{**fit, "epochs": args.epochs * 2, "patience": args.patience * 2})
+    b = out.setdefault("B_transfer", {})
+    b.update({"n_transfer_images": int(len(few)), "transfer": test_median_r(tmodel, held, feats[4])})
+    _log(f"transfer {b['transfer']:.3f} ({len(few)} images)")
     out["seconds"] = time.time() - t0
+    save()
     return out
+
+
+def _write(path, obj):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="JSON results file")
     p.add_argument("--tiny", action="store_true", help="seconds-long run for the tests")
+    p.add_argument("--part", default="all", choices=["all", "joint", "single"],
+                   help="run only the jointly trained model's claims (A joint, C, D, B transfer) or only the "
+                        "single-subject models (A single, B scratch), e.g. in two processes")
     p.add_argument("--n-images", type=int, default=600)
     p.add_argument("--n-shared", type=int, default=100, help="shared test images")
     p.add_argument("--max-voxels", type=int, default=2500)
@@ -175,13 +199,9 @@ def main(argv=None) -> int:
         args.epochs, args.patience, args.embed_dim, args.channels, args.batch_voxels = 1, 1, 8, 4, 100
         args.threads = 1
     res = run(args)
-    text = json.dumps(res, indent=1)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, args.out)
-    print(text)
+        _write(args.out, res)
+    print(json.dumps(res, indent=1))
     return 0
 
 
