@@ -71,7 +71,7 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.tiny:
-        a.images, a.voxels = 30, 800
+        a.images, a.voxels = 30, 3000
     rs = simulate(n_subjects=a.subjects, n_images=a.images, seed=a.seed, max_voxels=a.voxels)
     rows = [validate(r) for r in rs]
     keys = list(rows[0])
