@@ -15,6 +15,7 @@ from napari_nrf.simulate import (
     simulate,
     stimulus_descriptors,
     subject_from_meta,
+    truth_at,
 )
 from napari_nrf.simulate.stimuli import make_stimulus
 
@@ -80,6 +81,8 @@ def test_truth_at_voxel_centres_equals_noiseless_data(sim):
     subj = subject_from_meta(r.meta)
     t = subj.truth(stimulus_descriptors(r), r.coords)
     np.testing.assert_allclose(t, r.truth, atol=2e-4, rtol=1e-4)
+    rows = np.array([5, 1])
+    np.testing.assert_allclose(truth_at(r, r.coords[:50], rows=rows), r.truth[rows][:, :50], atol=2e-4, rtol=1e-4)
 
 
 def test_truth_is_continuous(subject):

@@ -16,10 +16,11 @@ from .subjects import (
     simulate,
     stimulus_descriptors,
     subject_from_meta,
+    truth_at,
 )
 
 __all__ = [
     "CATEGORIES", "CONTENT", "SCORES", "Descriptors", "SimulationError", "StimulusSet", "VirtualSubject",
     "describe", "make_parametric", "make_stimuli", "make_stimulus_set", "make_subjects", "noise_ceiling",
-    "simulate", "stimulus_descriptors", "subject_from_meta",
+    "simulate", "stimulus_descriptors", "subject_from_meta", "truth_at",
 ]

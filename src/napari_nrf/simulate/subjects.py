@@ -421,3 +421,14 @@ def stimulus_descriptors(rs: ResponseSet) -> Descriptors:
     """Exact descriptors (with recorded content) of a simulated response set's images."""
     st = make_stimulus_set(rs.image_ids, seed=int(rs.meta["stimulus_seed"]), size=int(rs.meta["image_size"]))
     return describe(st.images, content=st.content)
+
+
+def truth_at(rs: ResponseSet, xyz, rows=None) -> np.ndarray:
+    """Noiseless responses (n, N) float32 of a simulated response set's images at any MNI
+    points ``xyz`` (N, 3) mm, e.g. a 1 mm grid: the ground truth to score a model queried
+    at another resolution. ``rows``: image rows (default all). Uses the stimuli's recorded
+    content, so at ``rs.coords`` it equals ``rs.truth``.
+    """
+    subj = subject_from_meta(rs.meta)
+    sub = rs if rows is None else rs.subset(rows=np.asarray(rows))
+    return subj.truth(stimulus_descriptors(sub), xyz)
