@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--roi", nargs="+", default=None, help="keep only these areas, e.g. V1 FFA")
     p.add_argument("--image-size", type=int, default=96, help="stimulus size in pixels (default 96)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="processes for the stimuli (default 2; same data with 1)")
     p.add_argument("--nsd-tree", action="store_true", help="also write an NSD-like file tree under OUT/nsd")
     p.add_argument("--out", required=True, help="output folder (sub-01.h5 ...)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -41,7 +42,7 @@ def _run(args) -> int:
     rs = simulate(n_subjects=args.subjects, n_images=args.images, seed=args.seed, out=out, n_shared=args.shared,
                   n_reps=args.reps, max_voxels=args.max_voxels, resolution=args.resolution, snr=args.snr,
                   roi=args.roi, image_size=args.image_size, progress=progress,
-                  return_trials=args.nsd_tree)
+                  return_trials=args.nsd_tree, workers=args.workers)
     bar.close()
     if args.nsd_tree:
         from .nsd_tree import write_nsd_tree

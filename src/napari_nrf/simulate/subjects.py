@@ -323,7 +323,7 @@ def subject_image_ids(index: int, n_images: int, n_shared: int) -> np.ndarray:
 def simulate(n_subjects: int = 4, n_images: int = 1000, seed: int = 0, out=None, *, n_shared: int | None = None,
              n_reps: int = 3, max_voxels: int | None = 15000, resolution=None, snr=None, roi=None,
              image_size: int = DEFAULT_SIZE, val_fraction: float = 0.1, subjects=None,
-             return_trials: bool = False, progress=None) -> list[ResponseSet]:
+             return_trials: bool = False, workers: int | None = None, progress=None) -> list[ResponseSet]:
     """Simulate an NSD-like experiment; returns one :class:`ResponseSet` per subject.
 
     Every subject sees ``n_images`` stimuli, each ``n_reps`` times: ``n_shared`` of them
@@ -339,6 +339,9 @@ def simulate(n_subjects: int = 4, n_images: int = 1000, seed: int = 0, out=None,
     rebuilds the subject (:func:`subject_from_meta`). With ``out``, writes
     ``out/sub-01.h5`` ... atomically. ``progress(done, total, message)``: optional.
     With ``return_trials``, also ``rs.meta["_trials"]`` (n, reps, V) (not saved).
+    ``workers``: processes for making and describing the stimuli (default 1; 2 uses a
+    spawned helper process for half of them when there are >= 1024, so call it from a
+    script with an ``if __name__ == "__main__":`` guard); the data do not depend on it.
     """
     if n_images < 3:
         raise SimulationError(f"need at least 3 images per subject, got {n_images}")
@@ -360,9 +363,8 @@ def simulate(n_subjects: int = 4, n_images: int = 1000, seed: int = 0, out=None,
 
     ids_per = [subject_image_ids(s.index, n_images, n_shared) for s in subjects]
     all_ids = np.unique(np.concatenate(ids_per))
-    st = make_stimulus_set(all_ids, seed=stim_seed, size=image_size)
+    st, desc = _stimuli_and_descriptors(all_ids, stim_seed, image_size, workers)
     tick("stimuli")
-    desc = describe(st.images, content=st.content)
     tick("descriptors")
     pos = {int(i): k for k, i in enumerate(all_ids)}
     results = []
@@ -407,6 +409,50 @@ def simulate(n_subjects: int = 4, n_images: int = 1000, seed: int = 0, out=None,
         results.append(rs)
         tick(f"{subj.name} noise")
     return results
+
+
+def _stim_desc(ids, seed, size, threads=None):
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    st = make_stimulus_set(ids, seed=seed, size=size)
+    return st, describe(st.images, content=st.content)
+
+
+def _stimuli_and_descriptors(ids, seed, size, workers=None):
+    """Stimuli and descriptors of ``ids``; with 2 workers a spawned process does the
+    second half. The split is at a multiple of 512 images, describe's block size, so
+    the numbers are the same as in one process."""
+    import os
+
+    n = len(ids)
+    if workers is None:
+        workers = 1
+    workers = min(int(workers), os.cpu_count() or 1)
+    half = (n // 2) // 512 * 512
+    if workers < 2 or half == 0:
+        return _stim_desc(ids, seed, size)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from .stimuli import StimulusSet
+
+    threads = torch.get_num_threads()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        fut = ex.submit(_stim_desc, ids[half:], seed, size, 1)
+        torch.set_num_threads(1)  # one core each while both halves run
+        try:
+            st1, d1 = _stim_desc(ids[:half], seed, size)
+        finally:
+            torch.set_num_threads(threads)
+        st2, d2 = fut.result()
+    st = StimulusSet(np.concatenate([st1.images, st2.images]), np.concatenate([st1.ids, st2.ids]),
+                     np.concatenate([st1.categories, st2.categories]), np.concatenate([st1.content, st2.content]),
+                     int(seed))
+    return st, Descriptors.concat([d1, d2])
 
 
 def subject_from_meta(meta: dict) -> VirtualSubject:
