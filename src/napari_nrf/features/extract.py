@@ -54,9 +54,12 @@ class FeatureCache:
             idx = {}
             p = self.path(key)
             if p.exists():
-                with h5py.File(p, "r") as f:
-                    if "hash" in f:
-                        idx = {h.decode(): i for i, h in enumerate(f["hash"][:])}
+                try:
+                    with h5py.File(p, "r") as f:
+                        if "hash" in f:
+                            idx = {h.decode(): i for i, h in enumerate(f["hash"][:])}
+                except OSError:  # locked by a writer in another process: empty for now, retry later
+                    return {}
             self._index[key] = idx
         return self._index[key]
 
@@ -80,11 +83,14 @@ class FeatureCache:
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         out = {}
-        with h5py.File(self.path(key), "r") as f:
-            for name in f:
-                if name == "hash":
-                    continue
-                out[name] = f[name][rows[order]][inv].astype(np.float32)  # h5py wants increasing rows
+        try:
+            with h5py.File(self.path(key), "r") as f:
+                for name in f:
+                    if name == "hash":
+                        continue
+                    out[name] = f[name][rows[order]][inv].astype(np.float32)  # h5py wants increasing rows
+        except OSError:  # another process is writing the file (HDF5 lock): compute instead
+            return {}, np.zeros(len(hashes), bool)
         return out, found
 
     def put(self, key: str, hashes: list[str], feats: dict) -> None:
@@ -96,7 +102,16 @@ class FeatureCache:
             new = [i for i, h in enumerate(hashes) if h not in idx]
             if not new:
                 return
-            with h5py.File(self.path(key), "a") as f:
+            try:
+                f = h5py.File(self.path(key), "a")
+            except OSError as exc:
+                # Another process holds the HDF5 write lock: skip caching this batch rather
+                # than fail the caller's work; it will be cached on a later run.
+                import warnings
+
+                warnings.warn(f"feature cache {self.path(key).name} is busy ({exc}); not cached this time")
+                return
+            with f:
                 n0 = f["hash"].shape[0] if "hash" in f else 0
                 n1 = n0 + len(new)
                 if "hash" not in f:
