@@ -50,7 +50,8 @@ def main() -> int:
     import napari
 
     from napari_nrf import space
-    from napari_nrf.demo import build_demo, load_demo_model
+    from napari_nrf.demo import load_demo_model
+    from napari_nrf.widgets.demo_app import build_demo
 
     OUT.mkdir(parents=True, exist_ok=True)
     model, path = load_demo_model()

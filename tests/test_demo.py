@@ -27,7 +27,9 @@ def test_demo_builds_viewer_with_rendered_volume(make_napari_viewer, qtbot, tiny
     path = tiny_model.save(tmp_path / "tiny.safetensors")
     viewer = make_napari_viewer()
     ready = []
-    st = demo.build_demo(viewer, tiny_model, path, on_ready=ready.append, log=lambda m: None)
+    from napari_nrf.widgets.demo_app import build_demo
+
+    st = build_demo(viewer, tiny_model, path, on_ready=ready.append, log=lambda m: None)
     qtbot.waitUntil(lambda: bool(ready), timeout=60000)
     assert {"Encoding model", "Response volume", "Region explorer"} <= set(st["widgets"])
     kinds = [layer_kind(ly) for ly in viewer.layers]

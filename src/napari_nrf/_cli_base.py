@@ -13,27 +13,9 @@ def register(sub) -> None:
 
 
 def _demo(args) -> int:
-    try:
-        from napari_nrf.demo import run_demo
-    except ModuleNotFoundError as exc:
-        if exc.name != "napari_nrf.demo":
-            raise
-        run_demo = None
-    if run_demo is not None:
-        return run_demo(show=not args.no_show, screenshot=args.screenshot)
-    # Until the full demo exists: napari with every widget of the plugin docked.
-    import napari
+    from napari_nrf.widgets.demo_app import run_demo
 
-    from napari_nrf.widgets import dock_all
-
-    viewer = napari.Viewer(title="napari-nrf")
-    dock_all(viewer)
-    if args.screenshot:
-        viewer.window.screenshot(args.screenshot, canvas_only=False)
-        print(f"screenshot: {args.screenshot}")
-    if not args.no_show:
-        napari.run()
-    return 0
+    return run_demo(show=not args.no_show, screenshot=args.screenshot)
 
 
 def _info(args) -> int:

@@ -10,13 +10,13 @@ The demo model is looked up in this order: the bundle shipped in the package
 ``benchmarks/make_demo_model.py``), the user cache (``<cache>/demo_nrf-v1.safetensors``),
 else it is trained once on virtual subjects (with a progress bar) and cached.
 
-Qt and napari are imported only inside :func:`run_demo` (the rest is library code).
+This module is Qt-free library code (model lookup, training, library, sample); the viewer
+side (``build_demo``, ``run_demo``) lives in :mod:`napari_nrf.widgets.demo_app`.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -283,140 +283,3 @@ def warm_up(model, resolution: float = 2.0):
     th = threading.Thread(target=work, name="napari-nrf-demo-warm-up", daemon=True)
     th.start()
     return th
-
-
-MAIN_WIDGETS = ("Encoding model", "Response volume", "Region explorer")
-
-
-def _dock_of(widget):
-    from qtpy.QtWidgets import QDockWidget
-
-    w = widget
-    while w is not None and not isinstance(w, QDockWidget):
-        w = w.parent()
-    return w
-
-
-def _tabify_extras(viewer, widgets) -> None:
-    """Put the plugin's other docks (clusters, jobs, ...) in tabs behind the Region explorer,
-    so the demo's three main widgets keep the screen height."""
-    main = _dock_of(widgets.get("Region explorer"))
-    if main is None:
-        return
-    try:
-        qwin = viewer.window._qt_window
-        for name, w in widgets.items():
-            d = _dock_of(w)
-            if name not in MAIN_WIDGETS and d is not None:
-                qwin.tabifyDockWidget(main, d)
-        main.raise_()
-    except (AttributeError, RuntimeError):  # a napari without these internals: keep its layout
-        pass
-
-
-def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int = 3, log=print):
-    """Set up the demo in ``viewer``: widgets, model, template, library, sample render.
-
-    Returns a dict with ``widgets`` (display name -> widget), ``worker`` (the render) and,
-    once the volume is there, ``layers`` (the new layers). ``on_ready(state)`` is called
-    on the main thread when the first volume is visible.
-    """
-    from napari_nrf.widgets import dock_all
-    from napari_nrf.widgets._render import ensure_template
-
-    widgets = dock_all(viewer)
-    _tabify_extras(viewer, widgets)
-    widgets["Encoding model"].set_model(model, path)
-    ensure_template(viewer)
-    vw = widgets["Response volume"]
-    rx = widgets["Region explorer"]
-    rx.set_library(library if library is not None else demo_library())
-    state = {"widgets": widgets, "layers": None, "viewer": viewer}
-
-    def rendered(layers):
-        state["layers"] = layers
-        viewer.dims.ndisplay = ndisplay
-        if ndisplay == 3:
-            viewer.camera.angles = (0.0, 20.0, 110.0)  # from the left, a little from above
-        log(f"first volume visible ({layers[0].name})")
-        state["library_worker"] = rx.prepare_library()  # features now: the first click is then fast
-        if on_ready is not None:
-            on_ready(state)
-
-    vw.on_rendered(rendered)
-    if model.subjects:  # show the field where the model was trained, not its extrapolation
-        vw.extent.setCurrentText("where the model has data")
-    state["worker"] = vw.add_images([str(sample_image_path())])
-    return state
-
-
-def run_demo(show: bool = True, screenshot=None, ndisplay: int = 3, timeout: float = 300.0) -> int:
-    """Open the demo viewer. Returns 0 (1 when the first render failed).
-
-    Parameters
-    ----------
-    show : bool
-        Start napari's event loop (False: build everything, render, optionally take the
-        screenshot, close; for tests and headless machines).
-    screenshot : path or None
-        Save a screenshot of the whole window (widgets included) once the first volume
-        is rendered.
-    ndisplay : int
-        2 or 3: the view shown once the volume is there.
-    """
-    t0 = time.perf_counter()
-
-    def say(msg):
-        print(f"[demo {time.perf_counter() - t0:5.1f} s] {msg}", flush=True)
-
-    model, path = load_demo_model()
-    say(f"demo model {path.name} loaded")
-    warm = warm_up(model)
-
-    import napari
-    from qtpy.QtCore import QEventLoop, QTimer
-
-    viewer = napari.Viewer(title="napari-nrf demo", show=bool(show or screenshot))
-    try:
-        viewer.window.resize(1600, 1000)
-    except Exception:  # older napari without Window.resize
-        pass
-    loop = QEventLoop()
-    warm.join()
-    state = build_demo(viewer, model, path, ndisplay=ndisplay, log=say, on_ready=lambda st: loop.quit())
-    if state["worker"] is None:
-        return 1
-    if not show or screenshot:
-        QTimer.singleShot(int(timeout * 1000), loop.quit)
-        if state["layers"] is None:
-            loop.exec()
-        if state["layers"] is None:
-            say("the render did not finish")
-            viewer.close()
-            return 1
-        if screenshot:
-            from qtpy.QtWidgets import QApplication
-
-            for _ in range(5):
-                QApplication.processEvents()
-            viewer.window.screenshot(str(screenshot), canvas_only=False)
-            say(f"screenshot: {screenshot}")
-    if show:
-        napari.run()
-    else:
-        _wait_worker(state.get("library_worker"), timeout)
-        viewer.close()
-    return 0
-
-
-def _wait_worker(worker, timeout: float) -> None:
-    """Process Qt events until ``worker`` finished (so nothing runs when the viewer closes)."""
-    if worker is None:
-        return
-    from qtpy.QtWidgets import QApplication
-
-    t = time.perf_counter()
-    while worker.is_running and time.perf_counter() - t < timeout:
-        QApplication.processEvents()
-        time.sleep(0.02)
-    QApplication.processEvents()
