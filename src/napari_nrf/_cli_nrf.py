@@ -5,6 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def add_fit_args(p, *, epochs: int = 20, batch_voxels: int = 2000, lr: float = 3e-4, weight_decay: float = 0.015,
+                 lr_help: str | None = None) -> None:
+    """The options of ``train.fit`` shared by every training subcommand (defaults: NRF's)."""
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-images", type=int, default=32)
+    p.add_argument("--batch-voxels", type=int, default=batch_voxels)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
+    p.add_argument("--lr", type=float, default=lr, help=lr_help)
+    p.add_argument("--weight-decay", type=float, default=weight_decay)
+    p.add_argument("--alpha", type=float, default=0.1, help="weight of the cosine term of the loss")
+    p.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="checkpoints (default: <out>.ckpt/); an interrupted run resumes from it")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
     p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject")
@@ -15,19 +33,7 @@ def register(sub) -> None:
     p.add_argument("--depth", type=int, help="MLP Linear layers (overrides the preset)")
     p.add_argument("--downsample-dim", type=int, help="per-token projection size d of the merger")
     p.add_argument("--merged-dim", type=int, help="output size of each token map's fuse layer")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-images", type=int, default=32)
-    p.add_argument("--batch-voxels", type=int, default=2000)
-    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--weight-decay", type=float, default=0.015)
-    p.add_argument("--alpha", type=float, default=0.1, help="weight of the cosine term of the loss")
-    p.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-dir", help="checkpoints (default: <out>.ckpt/); an interrupted run resumes from it")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
-    p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_fit_args(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="voxelwise accuracy, retrieval and a ridge baseline of a model")

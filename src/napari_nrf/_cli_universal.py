@@ -7,19 +7,11 @@ from pathlib import Path
 
 
 def _fit_args(p, epochs: int = 20) -> None:
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-images", type=int, default=32)
-    p.add_argument("--batch-voxels", type=int, default=5000)
-    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s, the paper's)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--alpha", type=float, default=0.1, help="weight of the cosine term of the loss")
-    p.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-dir", help="checkpoints (default: <out>.ckpt/); an interrupted run resumes from it")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
-    p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    from napari_nrf._cli_nrf import add_fit_args
+
+    # The paper's Adam: lr 1e-3, no weight decay, 5000 voxels per image.
+    add_fit_args(p, epochs=epochs, batch_voxels=5000, lr=1e-3, weight_decay=0.0,
+                 lr_help="Adam learning rate (default: %(default)s, the paper's)")
 
 
 def register(sub) -> None:

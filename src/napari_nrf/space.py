@@ -378,16 +378,7 @@ def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
         except Exception as exc:  # nibabel raises several types for bad files
             raise SpaceError(f"could not read {path} as NIfTI: {exc}") from exc
     if not assume_mni:
-        s = int(img.header["sform_code"]) if "sform_code" in img.header else 0
-        q = int(img.header["qform_code"]) if "qform_code" in img.header else 0
-        code = s if s > 0 else q
-        if code not in _ACCEPTED_XFORM:
-            name = {XFORM_SCANNER: "scanner (native)", XFORM_TALAIRACH: "Talairach"}.get(code, str(code))
-            raise SpaceError(
-                f"the image is in {name} space according to its header (sform/qform code {code}); "
-                "napari-nrf needs MNI152 volumes. Normalise it to MNI first, or pass "
-                "assume_mni=True if the header is wrong."
-            )
+        _check_xform(img, "the image")
     data, grid = _canonical_array(img)
     lo, hi = grid.extent
     if not assume_mni and (np.any(hi < MNI_BOX_MIN - 40) or np.any(lo > MNI_BOX_MAX + 40)):
