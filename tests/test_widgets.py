@@ -205,3 +205,29 @@ def test_status_bar_shows_mni_and_value(docked):
     viewer.status = viewer.layers["MNI152"].get_status(viewer.cursor.position, world=True)
     st = viewer.status
     assert "MNI (x, y, z) = (-40.0, -20.0, 10.0) mm" in st["coordinates"] and "MNI152 = " in st["coordinates"]
+
+
+def test_progress_bar_never_busy_and_throttled(qtbot):
+    """The widgets' progress bar has no busy animation (it repainted the whole window on
+    software OpenGL) and repaints at most every 10 % / min_interval, but always at 100 %."""
+    from napari_nrf.widgets._progress import STEPS, ProgressBar
+
+    bar = ProgressBar(min_interval=3600.0)
+    qtbot.addWidget(bar)
+    bar.start()
+    assert bar.maximum() == STEPS and bar.value() == 0  # determinate: no animation
+    bar.report(50, 100)  # within min_interval of start(): not repainted
+    assert bar.value() == 0
+    bar.report(100, 100)  # the end is always shown
+    assert bar.value() == STEPS
+    fast = ProgressBar(min_interval=0.0)
+    qtbot.addWidget(fast)
+    fast.start()
+    fast.report(1, 1000)  # under 1 %: same decile, no repaint
+    assert fast.value() == 0
+    fast.report(370, 1000)
+    assert fast.value() == 370
+    fast.report(5, 0)  # unknown total: ignored
+    assert fast.value() == 370
+    fast.reset_idle()
+    assert fast.value() == 0 and fast.maximum() == STEPS

@@ -13,10 +13,11 @@ import threading
 
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
-                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from napari_nrf import space
 
+from ._progress import ProgressBar
 from ._render import META, start_worker
 from ._state import state_for
 
@@ -92,8 +93,7 @@ class VoxelClustersWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         row.addWidget(self.cancel_btn)
         lay.addLayout(row)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
+        self.progress_bar = ProgressBar()
         lay.addWidget(self.progress_bar)
         self.info = QLabel("")
         self.info.setWordWrap(True)
@@ -168,8 +168,7 @@ class VoxelClustersWidget(QWidget):
         self._cancel.set()
 
     def _on_progress(self, done, total):
-        self.progress_bar.setRange(0, max(total, 1))
-        self.progress_bar.setValue(done)
+        self.progress_bar.report(done, total)
 
     def _finished(self):
         self.run_btn.setEnabled(self.state.model is not None and hasattr(self.state.model, "embeddings"))

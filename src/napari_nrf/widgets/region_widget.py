@@ -15,12 +15,13 @@ import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
-                            QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QSpinBox,
+                            QHBoxLayout, QLabel, QPushButton, QScrollArea, QSpinBox,
                             QVBoxLayout, QWidget)
 
 from napari_nrf import space
 
 from ._library import ImageLibrary, LibraryError
+from ._progress import ProgressBar
 from ._render import META, layer_kind, layer_volume, start_worker
 from ._state import state_for
 from ._status import install_mni_status
@@ -172,8 +173,7 @@ class RegionExplorerWidget(QWidget):
         self.info.setWordWrap(True)
         lay.addWidget(self.info)
         prow = QHBoxLayout()
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
+        self.progress_bar = ProgressBar()
         prow.addWidget(self.progress_bar, 1)
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -338,7 +338,7 @@ class RegionExplorerWidget(QWidget):
         def progress(done, total):
             prog.changed.emit(int(done), int(total or 0))
 
-        self.progress_bar.setRange(0, 0)
+        self.progress_bar.start()
         self.cancel_btn.setEnabled(True)
         self.worker = start_worker(_top_job, model, library, xyz, int(self.k.value()), subject, progress,
                                    on_result=lambda res: self._show(res, library, cancel),
@@ -349,14 +349,11 @@ class RegionExplorerWidget(QWidget):
         self._cancel.set()
 
     def _on_progress(self, done, total):
-        if total > 0:
-            self.progress_bar.setRange(0, total)
-            self.progress_bar.setValue(min(done, total))
+        self.progress_bar.report(done, total)
 
     def _finished(self):
         self.cancel_btn.setEnabled(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
+        self.progress_bar.reset_idle()
 
     def _failed(self, exc):
         from napari.utils.notifications import show_error

@@ -13,11 +13,12 @@ import threading
 import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
-                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSlider,
+                            QHBoxLayout, QLabel, QLineEdit, QPushButton, QSlider,
                             QVBoxLayout, QWidget)
 
 from napari_nrf import space
 
+from ._progress import ProgressBar
 from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
                       layer_volume, start_worker, volume_layer_data)
 from ._state import state_for
@@ -167,9 +168,7 @@ class ResponseVolumeWidget(QWidget):
         lay.addWidget(self.contrast_check)
 
         prow = QHBoxLayout()
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
+        self.progress_bar = ProgressBar()
         prow.addWidget(self.progress_bar, 1)
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -350,7 +349,7 @@ class ResponseVolumeWidget(QWidget):
             return None
         subject = self.current_subject()
         self._cancel = cancel = threading.Event()
-        self.progress_bar.setRange(0, 0)  # busy until the first progress report
+        self.progress_bar.start()
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
         prog = self._progress
@@ -371,14 +370,11 @@ class ResponseVolumeWidget(QWidget):
         self.status.setText("cancelling…")
 
     def _on_progress(self, done, total):
-        if total > 0:
-            self.progress_bar.setRange(0, total)
-            self.progress_bar.setValue(min(done, total))
+        self.progress_bar.report(done, total)
 
     def _finished(self):
         self.cancel_btn.setEnabled(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
+        self.progress_bar.reset_idle()
 
     def _failed(self, exc, meta):
         from napari.utils.notifications import show_error, show_info
