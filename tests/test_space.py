@@ -150,3 +150,24 @@ def test_points_to_volume_and_sampling():
 def test_nrf_normalisation_matches_official_constants():
     u = space.nrf_normalise([[-92.0, -126.0, -72.0], [90.0, 92.0, 110.0]])
     assert np.allclose(u, [[0, 0, 0], [1, 1, 1]])
+
+
+def test_masks_and_template_are_cached_on_disk(tmp_path, monkeypatch):
+    """Resampled masks and the template are stored once under the cache folder and read
+    back identical (later viewer starts skip nilearn); a corrupt file is recomputed."""
+    monkeypatch.setenv("NAPARI_NRF_CACHE", str(tmp_path))
+    g = space.Grid.from_extent(4.0, (-60, -100, -40), (60, 60, 70))
+    space._mask_cached.cache_clear()
+    first = space.brain_mask(g)
+    tmpl = space.template(g)
+    files = sorted(p.name for p in (tmp_path / "space").glob("*.npy"))
+    assert len(files) == 2 and any(f.startswith("brain-mask") for f in files)
+    assert tmpl.dtype == np.float32 and tmpl.shape == g.shape
+    space._mask_cached.cache_clear()
+    again = space.brain_mask(g)
+    assert np.array_equal(first, again) and again.dtype == bool and not again.flags.writeable
+    assert np.array_equal(space.template(g), tmpl)
+    for p in (tmp_path / "space").glob("brain-mask*.npy"):
+        p.write_bytes(b"not a numpy file")
+    space._mask_cached.cache_clear()
+    assert np.array_equal(space.brain_mask(g), first)

@@ -271,17 +271,58 @@ def _nilearn_template(kind: str, res: int):
     return data.astype(np.float32), grid
 
 
+def _disk_cached(name: str, grid: Grid, compute, max_points: int = 20_000_000) -> np.ndarray:
+    """``compute()`` for ``grid``, stored as .npy under ``<cache>/space/`` and reused.
+
+    Resampling nilearn's templates (and importing nilearn) takes seconds at every start
+    of the viewer; the resampled arrays are small (235k voxels at 2 mm). The file name
+    holds the nilearn version and the grid, so a change of either recomputes. Any
+    problem with the cache folder falls back to computing.
+    """
+    if grid.n_points > max_points:
+        return compute()
+    try:
+        from importlib.metadata import version
+
+        from napari_nrf._cachedir import default_cache_dir
+
+        g = "_".join(f"{v:g}" for v in (*grid.shape, *grid.origin, *grid.zooms))
+        path = default_cache_dir() / "space" / f"{name}-nilearn{version('nilearn')}-{g}.npy"
+        if path.is_file():
+            arr = np.load(path, allow_pickle=False)
+            if arr.shape == grid.shape:
+                return arr
+    except Exception:  # unreadable or foreign file: recompute
+        path = None
+    arr = compute()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+            np.save(tmp, arr, allow_pickle=False)
+            os.replace(tmp, path)  # atomic: concurrent viewers never read half a file
+        except OSError:
+            pass
+    return arr
+
+
 def template(grid: Grid) -> np.ndarray:
     """The MNI152 (2009, nilearn's) T1 template resampled onto ``grid``, float32 in [0, 1]."""
-    data, src = _nilearn_template("template", 1 if grid.resolution < 2 else 2)
-    return resample(data, src, grid, order=1)
+
+    def compute():
+        data, src = _nilearn_template("template", 1 if grid.resolution < 2 else 2)
+        return resample(data, src, grid, order=1).astype(np.float32)
+
+    return _disk_cached("template", grid, compute)
 
 
 @functools.lru_cache(maxsize=16)
 def _mask_cached(kind: str, grid: Grid, threshold: float) -> np.ndarray:
-    data, src = _nilearn_template(kind, 1 if grid.resolution < 2 else 2)
-    prob = resample(data, src, grid, order=1)
-    m = prob >= threshold
+    def compute():
+        data, src = _nilearn_template(kind, 1 if grid.resolution < 2 else 2)
+        return resample(data, src, grid, order=1) >= threshold
+
+    m = np.array(_disk_cached(f"{kind}-mask-{threshold:g}", grid, compute), dtype=bool)
     m.setflags(write=False)
     return m
 

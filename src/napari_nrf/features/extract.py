@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf._cachedir import default_cache_dir  # noqa: F401  (re-exported)
+
 from .images import as_image_list, image_hash, to_rgb_uint8
-
-
-def default_cache_dir() -> Path:
-    """``$NAPARI_NRF_CACHE`` or ``~/.cache/napari-nrf``."""
-    return Path(os.environ.get("NAPARI_NRF_CACHE") or Path.home() / ".cache" / "napari-nrf")
 
 
 class FeatureCache:
