@@ -86,6 +86,21 @@ def test_add_subject_and_embedding_filter():
     assert torch.allclose(m.voxel_embeddings["sub-mean"].mean(0), mean, atol=0.05)
 
 
+def test_add_subject_nearest_init_averages_the_nearest_voxels():
+    m = _model()
+    xyz1, xyz2 = m.subjects["sub-01"], m.subjects["sub-02"]
+    new = np.stack([xyz1[4], xyz2[7]]) + 0.1  # next to a voxel of each subject
+    m.add_subject("sub-nn", new, init="nearest")
+    e1, e2 = m.embeddings("sub-01"), m.embeddings("sub-02")
+    d1 = np.linalg.norm(xyz1[None] - new[:, None], axis=-1).argmin(1)
+    d2 = np.linalg.norm(xyz2[None] - new[:, None], axis=-1).argmin(1)
+    assert d1[0] == 4 and d2[1] == 7
+    want = (e1[d1] + e2[d2]) / 2
+    np.testing.assert_allclose(m.embeddings("sub-nn"), want, atol=0.01 * 5)  # + noise of sd 0.01
+    with pytest.raises(UniversalModelError, match="'nearest'"):
+        m.add_subject("sub-x", new, init="bogus")
+
+
 def test_errors_are_clear():
     m = _model()
     f = _feats()

@@ -31,7 +31,10 @@ def test_science_tiny(tmp_path):
     r = json.loads(out.read_text())
     assert set(r["A_joint_vs_single"]["joint"]) == {"sub-01", "sub-02", "sub-03", "sub-04"}
     assert r["B_transfer"]["n_transfer_images"] == 6
-    assert -1 <= r["C_kmeans"]["areas"]["ari"] <= 1 and r["C_kmeans"]["areas"]["k"] >= 2
+    assert {"transfer_random", "transfer_nearest", "scratch_all"} <= set(r["B_transfer"])
+    c = r["C_kmeans"]["embeddings"]["all_areas"]
+    assert -1 <= c["ari"] <= 1 and c["k"] >= 2
+    assert "truth_profiles_reference" in r["C_kmeans"]
     assert len(r["D_face_cluster"]["top8_categories"]) == 8
 
 

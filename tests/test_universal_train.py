@@ -116,3 +116,22 @@ def test_cli_train_transfer_cluster(tmp_path, monkeypatch):
     assert (cl / "clusters.csv").read_text().splitlines()[0].startswith("label,cluster,size")
     # A bundle of another kind is refused with a clear message.
     assert main(["transfer", str(tmp_path / "missing.safetensors"), str(c), "--out", str(out2)]) == 2
+
+
+def test_embedding_lr_scale_speeds_up_only_the_embeddings():
+    rs, f = _subject("sub-00", 40, 30, 3)
+    moved = {}
+    for scale in (1.0, 10.0):
+        model, _ = train_universal([rs], feature_shapes=SHAPES, features=[f], epochs=1, steps_per_epoch=1,
+                                   batch_images=16, batch_voxels=30, lr=1e-3, weight_decay=0.0, seed=0,
+                                   model_config={**CFG, "embedding_lr_scale": scale, "embed_init_std": 0.01})
+        init, _ = train_universal([rs], feature_shapes=SHAPES, features=[f], epochs=0,
+                                  model_config={**CFG, "embedding_lr_scale": scale, "embed_init_std": 0.01})
+        a, b = model.state_dict(), init.state_dict()
+        moved[scale] = {k: float((a[k] - b[k]).abs().max()) for k in a if a[k].dtype.is_floating_point}
+        assert model.config()["embedding_lr_scale"] == scale
+    # Adam's first step moves each parameter by about lr (times its scale).
+    emb = "voxel_embeddings.sub-00"
+    assert 0.5e-3 < moved[1.0][emb] <= 1.01e-3
+    assert 5e-3 < moved[10.0][emb] <= 1.01e-2
+    assert max(v for k, v in moved[10.0].items() if k != emb) <= 1.01e-3

@@ -32,8 +32,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output bundle with the new subject (.safetensors)")
     p.add_argument("--subject", help="name of the new subject (default: the response set's)")
     p.add_argument("--n-images", type=int, help="use only this many training images (few-shot transfer)")
-    p.add_argument("--init", default="random", choices=["random", "mean"],
-                   help="initial embeddings: random (paper) or the mean embedding of the model's voxels")
+    p.add_argument("--init", default="random", choices=["random", "mean", "nearest"],
+                   help="initial embeddings: random (paper), the mean embedding of the model's voxels, or the "
+                        "mean embedding of each voxel's nearest voxel (MNI) in every subject of the model")
     _fit_args(p, epochs=30)
     p.set_defaults(func=_transfer)
 

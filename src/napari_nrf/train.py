@@ -14,7 +14,8 @@
   same batches as an uninterrupted one);
 * a checkpoint (model + optimiser + history, one safetensors file, never pickled) after
   every epoch, and ``resume=True`` continues from it after an interruption;
-* ``trainable`` filters parameter names (finetuning, transfer to a new subject);
+* ``trainable`` filters parameter names (finetuning, transfer to a new subject); a model's
+  ``lr_scale(name)`` (when it has one) multiplies the learning rate of that parameter;
 * ``progress(done, total)`` after each step, ``on_epoch(record)`` after each epoch and
   ``cancel()`` polled between steps (True raises :class:`TrainingCancelled`).
 
@@ -259,7 +260,14 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     old_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(n in keep)
-    opt = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=weight_decay)
+    # A model may scale the learning rate of some parameters (``lr_scale(name) -> float``):
+    # the Universal encoder's voxel embeddings, each updated only when its voxel is sampled.
+    scale = getattr(model, "lr_scale", None)
+    groups: dict = {}
+    for n, p in params:
+        groups.setdefault(float(scale(n)) if callable(scale) else 1.0, []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "lr": lr * s} for s, ps in groups.items()], lr=lr,
+                            weight_decay=weight_decay)
 
     hp = dict(epochs=epochs, batch_images=batch_images, batch_voxels=batch_voxels, lr=lr, weight_decay=weight_decay,
               alpha=alpha, seed=seed, steps_per_epoch=steps_per_epoch, trainable=sorted(keep))

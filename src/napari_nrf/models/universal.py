@@ -114,13 +114,19 @@ class UniversalEncoder(EncodingModel):
         Dropout in the per-level MLPs.
     embed_init_std : float
         Standard deviation of the random initial voxel embeddings.
+    embedding_lr_scale : float
+        Learning-rate multiplier of the voxel embeddings in :func:`napari_nrf.train.fit`
+        (see :meth:`lr_scale`). An embedding gets a gradient only in the steps that sample
+        its voxel, and Adam moves a parameter by about ``lr`` per step, so with few steps
+        (a CPU run, a few-image transfer) the embeddings barely leave their random start.
     """
 
     kind = "universal"
     continuous = False
 
     def __init__(self, levels, n_voxels: dict | None = None, embed_dim: int = 256, channels: int = 128,
-                 mlp_ratio: int = 4, dropout: float = 0.1, embed_init_std: float = 0.1):
+                 mlp_ratio: int = 4, dropout: float = 0.1, embed_init_std: float = 0.1,
+                 embedding_lr_scale: float = 1.0):
         super().__init__()
         if not levels:
             raise UniversalModelError("the universal encoder needs at least one feature level")
@@ -130,6 +136,7 @@ class UniversalEncoder(EncodingModel):
         self.mlp_ratio = int(mlp_ratio)
         self.dropout = float(dropout)
         self.embed_init_std = float(embed_init_std)
+        self.embedding_lr_scale = float(embedding_lr_scale)
         self.blocks = nn.ModuleDict({n: _Level(p, c, self.channels, self.embed_dim, self.mlp_ratio, self.dropout)
                                      for n, p, c in self.levels})
         lc = len(self.levels) * self.channels
@@ -173,7 +180,13 @@ class UniversalEncoder(EncodingModel):
             "n_voxels": {s: int(p.shape[0]) for s, p in self.voxel_embeddings.items()},
             "embed_dim": self.embed_dim, "channels": self.channels, "mlp_ratio": self.mlp_ratio,
             "dropout": self.dropout, "embed_init_std": self.embed_init_std,
+            "embedding_lr_scale": self.embedding_lr_scale,
         }
+
+    def lr_scale(self, param_name: str) -> float:
+        """Learning-rate multiplier of a parameter in :func:`napari_nrf.train.fit`:
+        ``embedding_lr_scale`` for the voxel embeddings, 1 for the shared weights."""
+        return self.embedding_lr_scale if param_name.startswith("voxel_embeddings.") else 1.0
 
     def _new_embedding(self, subject: str, n: int, init: torch.Tensor | None = None):
         if not subject or "." in subject:
@@ -185,9 +198,12 @@ class UniversalEncoder(EncodingModel):
     def add_subject(self, subject: str, coords, init: str = "random") -> None:
         """Add ``subject`` with voxel MNI coordinates ``coords`` (V, 3) mm and fresh embeddings.
 
-        ``init="random"`` (the paper) or ``"mean"``: every new voxel starts at the mean
+        ``init="random"`` (the paper); ``"mean"``: every new voxel starts at the mean
         embedding of the existing subjects plus small noise (starts transfer from the
-        average voxel rather than from zero signal).
+        average voxel rather than from zero signal); ``"nearest"``: each new voxel starts
+        at the mean, over the existing subjects with voxel coordinates, of the embedding of
+        that subject's voxel nearest to it in MNI space (an anatomical prior: areas sit at
+        similar MNI positions across brains), plus small noise.
         """
         xyz = np.asarray(coords, np.float32)
         if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -195,12 +211,23 @@ class UniversalEncoder(EncodingModel):
         if subject in self.voxel_embeddings:
             raise UniversalModelError(f"subject {subject!r} is already in the model")
         data = None
-        if init == "mean" and len(self.voxel_embeddings):
+        if init not in ("random", "mean", "nearest"):
+            raise UniversalModelError(f"init must be 'random', 'mean' or 'nearest', got {init!r}")
+        known = [s for s in self.voxel_embeddings if s in self.subjects]
+        if init == "nearest" and known:
+            from scipy.spatial import cKDTree
+
             with torch.no_grad():
-                mean = torch.cat([p for p in self.voxel_embeddings.values()]).mean(0)
-                data = mean + torch.randn(len(xyz), self.embed_dim, device=mean.device) * self.embed_init_std * 0.1
-        elif init not in ("random", "mean"):
-            raise UniversalModelError(f"init must be 'random' or 'mean', got {init!r}")
+                acc = torch.zeros(len(xyz), self.embed_dim, device=self.functional.device)
+                for s in known:
+                    idx = cKDTree(self.subjects[s]).query(xyz.astype(np.float64))[1]
+                    acc += self.voxel_embeddings[s][torch.as_tensor(idx, dtype=torch.long, device=acc.device)]
+                data = acc / len(known)
+        elif init in ("mean", "nearest") and len(self.voxel_embeddings):
+            with torch.no_grad():
+                data = torch.cat([p for p in self.voxel_embeddings.values()]).mean(0).expand(len(xyz), -1)
+        if data is not None:
+            data = data + torch.randn(len(xyz), self.embed_dim, device=data.device) * self.embed_init_std * 0.1
         self._new_embedding(subject, len(xyz), data)
         self.subjects[subject] = xyz
 
