@@ -95,3 +95,26 @@ def test_feature_cache_reused_across_runs(effnet, tmp_path, monkeypatch):
     # A new image is computed and added; the others still come from the cache.
     extract_features(effnet, [data.rocket()] + imgs, cache=cache2)
     assert calls == [1] and cache2.count(effnet.cache_key) == 4
+
+
+def test_cached_images_encode_without_building_the_backbone(effnet, tmp_path):
+    """A later viewer start renders a cached image without importing timm or loading the
+    network: Model.encode_images reads the features straight from the cache."""
+    from napari_nrf.demo import load_demo_model
+
+    imgs = [data.chelsea(), data.coffee()]
+    cache = FeatureCache(tmp_path / "c")
+    first, _ = load_demo_model()
+    object.__setattr__(first, "_backbone", effnet)  # the session's backbone: no second build
+    ref = first.encode_images(imgs, cache=cache)
+    later, _ = load_demo_model()
+    assert later._backbone is None
+    got = later.encode_images(imgs, cache=FeatureCache(tmp_path / "c"))
+    assert later._backbone is None  # never built
+    assert set(got) == set(ref)
+    for k in ref:
+        assert torch.allclose(got[k], ref[k], rtol=2e-3, atol=2e-2)  # the cache stores float16
+    # one image not cached: the backbone is built and the result is the same as without cache
+    mixed = later.encode_images([data.astronaut(), imgs[0]], cache=FeatureCache(tmp_path / "c"))
+    assert later._backbone is not None
+    assert torch.allclose(mixed["embedding"][1], ref["embedding"][0], rtol=2e-3, atol=2e-2)

@@ -85,6 +85,12 @@ class Backbone(nn.Module):
     def cache_key(self) -> str:
         return self.name
 
+    @classmethod
+    def key_for(cls, **config) -> str | None:
+        """``cls(**config).cache_key`` without building the network, or None when only an
+        instance knows it. Lets cached features be read without loading the backbone."""
+        return None
+
     def __call__(self, x) -> dict:  # typed for readers: returns a dict of tensors
         return super().__call__(x)
 
@@ -139,7 +145,11 @@ class EfficientNetLite0(Backbone):
 
     @property
     def cache_key(self) -> str:
-        return self.name if self.weights is None else f"{self.name}-{Path(str(self.weights)).stem}"
+        return self.key_for(weights=self.weights)
+
+    @classmethod
+    def key_for(cls, weights: str | None = None, **_) -> str:
+        return cls.name if weights is None else f"{cls.name}-{Path(str(weights)).stem}"
 
     def preprocess(self, images) -> torch.Tensor:
         from PIL import Image

@@ -214,6 +214,28 @@ def extract_features(backbone, images, batch_size: int = 16, cache: FeatureCache
     return {name: np.concatenate(v) for name, v in parts.items()}
 
 
+def cached_features(backbone_name: str, config: dict, images, cache: FeatureCache,
+                    max_images: int = 64) -> dict | None:
+    """Features of ``images`` read from ``cache`` without building the backbone.
+
+    Returns dict name -> (B, ...) float32 ndarray when every image is cached, else None
+    (also when the backbone's cache key needs an instance, or for more than
+    ``max_images`` images: big libraries go through :func:`extract_features`). Building
+    the backbone (importing timm and torchvision) takes seconds; a cached image does not
+    need it.
+    """
+    from .backbones import BACKBONES
+
+    cls = BACKBONES.get(backbone_name)
+    key = cls.key_for(**(config or {})) if cls is not None else None
+    n = _n_images(images)
+    if key is None or n is None or n == 0 or n > max_images:
+        return None
+    hashes = [image_hash(im) for im in as_image_list(images)]
+    feats, found = cache.get(key, hashes)
+    return feats if found.all() and feats else None
+
+
 def _run(backbone, batch, dev) -> dict:
     x = backbone.preprocess(batch).to(dev)
     out = backbone(x)

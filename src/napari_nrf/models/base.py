@@ -84,9 +84,17 @@ class EncodingModel(nn.Module):
         :class:`napari_nrf.features.FeatureCache`) features are read from / written to disk.
         """
         from napari_nrf.features import extract_features
+        from napari_nrf.features.extract import cached_features
 
-        feats = extract_features(self.backbone(), images, batch_size=batch_size, cache=cache,
-                                 device=self.device, progress=progress)
+        feats = None
+        if cache is not None and self._backbone is None:  # all cached: no need to build the backbone
+            feats = cached_features(self.backbone_name, self.backbone_config, images, cache)
+            if feats is not None and progress is not None:
+                n = len(next(iter(feats.values())))
+                progress(n, n)
+        if feats is None:
+            feats = extract_features(self.backbone(), images, batch_size=batch_size, cache=cache,
+                                     device=self.device, progress=progress)
         return {k: torch.as_tensor(v).to(self.device, torch.float32) for k, v in feats.items()}
 
     # ---- features -> responses ----------------------------------------------------------
