@@ -60,6 +60,21 @@ def test_voxel_clusters_widget_adds_labels_and_feeds_region_explorer(make_napari
         region = rx.pick(space.mni_to_world([-40, -20, 12]))
     assert region.kind == "label" and region.value == left
     assert rx.n_thumbnails() > 0
+    # A click on the second subject's map scores that subject's voxels, not the first's.
+    from napari_nrf.widgets import region_widget
+
+    seen = []
+    orig = region_widget._top_job
+    region_widget._top_job = lambda model, lib, xyz, k, subject, *a, **kw: seen.append(subject) or orig(
+        model, lib, xyz, k, subject, *a, **kw)
+    try:
+        rx.source.setCurrentText(cw.layers[1].name)
+        with qtbot.waitSignal(rx.explored, timeout=30000):
+            region_b = rx.pick(space.mni_to_world([-40, -20, 12]))
+    finally:
+        region_widget._top_job = orig
+    assert region_b.subject == "sub-b" and seen == ["sub-b"]
+    assert region.subject == "sub-a"
     # A model without voxel embeddings disables the widget with a message.
     state_for(viewer).set_model(None)
     assert not cw.run_btn.isEnabled()

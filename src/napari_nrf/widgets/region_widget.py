@@ -43,6 +43,7 @@ class Region:
     grid : space.Grid of ``mask``
     mask : bool array (grid.shape)
     click : (3,) MNI mm of the click (sphere centre)
+    subject : str or None, the subject of the picked layer (a subject's cluster map)
     """
 
     kind: str
@@ -53,6 +54,7 @@ class Region:
     click: np.ndarray
     radius: float = 0.0
     extra: dict = field(default_factory=dict)
+    subject: str | None = None
 
     @property
     def coords(self) -> np.ndarray:
@@ -117,6 +119,17 @@ def _top_job(model, library, xyz, k, subject, progress, *, cancel):
     with torch.inference_mode():
         feats = library.features(model)
         return top_images(model, feats, coords=xyz, subject=subject, k=k, progress=progress, cancel=cancel)
+
+
+def scoring_subject(model, region: Region) -> str | None:
+    """Whose voxels score a region: None for continuous models (any point); for
+    voxel-indexed models the picked layer's subject (a subject's cluster map) when the
+    model has it, else the model's first subject."""
+    if getattr(model, "continuous", False) or not model.subjects:
+        return None
+    if region.subject in model.subjects:
+        return region.subject
+    return next(iter(model.subjects))
 
 
 class RegionExplorerWidget(QWidget):
@@ -282,7 +295,8 @@ class RegionExplorerWidget(QWidget):
             return None
         vol, grid = layer_volume(layer)
         mask = np.asarray(vol) == int(value)
-        return Region("label", layer.name, int(value), grid, mask, space.world_to_mni(position))
+        subject = ((layer.metadata or {}).get(META) or {}).get("subject")  # cluster maps are per subject
+        return Region("label", layer.name, int(value), grid, mask, space.world_to_mni(position), subject=subject)
 
     def _sphere(self, position, view_direction):
         grid = space.Grid.mni(2.0)
@@ -328,9 +342,7 @@ class RegionExplorerWidget(QWidget):
             return None
         if self.worker is not None and self.worker.is_running:
             self.cancel()
-        subject = None
-        if not getattr(model, "continuous", False) and model.subjects:
-            subject = next(iter(model.subjects))
+        subject = scoring_subject(model, region)
         xyz = scoring_points(region)
         self._cancel = cancel = threading.Event()
         prog = self._progress
