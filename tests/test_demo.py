@@ -82,3 +82,18 @@ def test_demo_volume_sample_data(monkeypatch, tiny_model, tmp_path):
     assert tkind == vkind == "image" and tkw["name"] == "MNI152" and vkw["name"] == "astronaut"
     assert vdata.shape == tdata.shape == space.Grid.mni(2.0).shape[::-1]
     assert tuple(vkw["translate"]) == tuple(space.Grid.mni(2.0).origin[::-1])
+
+
+def test_demo_view_follows_the_opengl_renderer(make_napari_viewer):
+    """3D by default; 2D on Mesa's software rasterisers (a 3D frame takes seconds there);
+    an explicit --ndisplay wins. The renderer string is read from the real canvas."""
+    from napari_nrf.widgets._render import opengl_renderer
+    from napari_nrf.widgets.demo_app import choose_ndisplay
+
+    assert choose_ndisplay(None, "NVIDIA GeForce RTX 4090/PCIe/SSE2") == (3, None)
+    nd, why = choose_ndisplay(None, "llvmpipe (LLVM 15.0.6, 256 bits)")
+    assert nd == 2 and "software OpenGL" in why and "--ndisplay 3" in why
+    assert choose_ndisplay(3, "llvmpipe (LLVM 15.0.6, 256 bits)") == (3, None)
+    assert choose_ndisplay(2, "") == (2, None)
+    renderer = opengl_renderer(make_napari_viewer())
+    assert isinstance(renderer, str) and renderer  # Xvfb: Mesa's llvmpipe

@@ -7,6 +7,8 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="open napari with the plugin's widgets and the demo model")
     p.add_argument("--no-show", action="store_true", help="build everything, do not start the Qt event loop (tests)")
     p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window once the demo is ready")
+    p.add_argument("--ndisplay", type=int, choices=[2, 3],
+                   help="2D or 3D view (default: 3D, or 2D on software OpenGL where 3D frames take seconds)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("info", help="versions, devices and backbones available on this machine")
     p.set_defaults(func=_info)
@@ -15,7 +17,7 @@ def register(sub) -> None:
 def _demo(args) -> int:
     from napari_nrf.widgets.demo_app import run_demo
 
-    return run_demo(show=not args.no_show, screenshot=args.screenshot)
+    return run_demo(show=not args.no_show, screenshot=args.screenshot, ndisplay=args.ndisplay)
 
 
 def _info(args) -> int:

@@ -46,7 +46,7 @@ def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int =
     on the main thread when the first volume is visible.
     """
     from napari_nrf.widgets import dock_all
-    from napari_nrf.widgets._render import ensure_template
+    from napari_nrf.widgets._render import draw_now, ensure_template
 
     widgets = dock_all(viewer)
     _tabify_extras(viewer, widgets)
@@ -61,7 +61,8 @@ def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int =
         viewer.dims.ndisplay = ndisplay
         if ndisplay == 3:
             viewer.camera.angles = (0.0, 20.0, 110.0)  # from the left, a little from above
-        log(f"first volume visible ({layers[0].name})")
+        draw_now(viewer)
+        log(f"first volume visible ({layers[0].name}, {ndisplay}D view)")
         # The library after the first volume: making its stimuli and features would only
         # delay the volume the user is waiting for.
         rx.set_library(library if library is not None else demo_library())
@@ -76,7 +77,20 @@ def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int =
     return state
 
 
-def run_demo(show: bool = True, screenshot=None, ndisplay: int = 3, timeout: float = 300.0) -> int:
+def choose_ndisplay(requested: int | None, renderer: str) -> tuple[int, str | None]:
+    """(2 or 3, message or None): the demo's view. ``requested`` None means automatic:
+    3D, except on a software OpenGL renderer where each 3D frame takes seconds."""
+    from napari_nrf.widgets._render import is_software_opengl
+
+    if requested in (2, 3):
+        return int(requested), None
+    if is_software_opengl(renderer):
+        return 2, (f"software OpenGL ({renderer}): opening in 2D, where the viewer stays responsive; "
+                   "the 3D view (the 2D/3D button, or --ndisplay 3) takes seconds per frame here")
+    return 3, None
+
+
+def run_demo(show: bool = True, screenshot=None, ndisplay: int | None = None, timeout: float = 300.0) -> int:
     """Open the demo viewer. Returns 0 (1 when the first render failed).
 
     Parameters
@@ -87,8 +101,9 @@ def run_demo(show: bool = True, screenshot=None, ndisplay: int = 3, timeout: flo
     screenshot : path or None
         Save a screenshot of the whole window (widgets included) once the first volume
         is rendered.
-    ndisplay : int
-        2 or 3: the view shown once the volume is there.
+    ndisplay : int or None
+        2 or 3: the view shown once the volume is there; None: 3D, or 2D on a software
+        OpenGL renderer (see :func:`choose_ndisplay`).
     """
     t0 = _process_start()
 
@@ -107,7 +122,10 @@ def run_demo(show: bool = True, screenshot=None, ndisplay: int = 3, timeout: flo
         viewer.window.resize(1600, 1000)
     except Exception:  # older napari without Window.resize
         pass
-    say("napari opened")
+    from napari_nrf.widgets._render import opengl_renderer
+
+    ndisplay, why = choose_ndisplay(ndisplay, opengl_renderer(viewer))
+    say("napari opened" + (f"; {why}" if why else ""))
     loop = QEventLoop()
     warm.join()
     state = build_demo(viewer, model, path, ndisplay=ndisplay, log=say, on_ready=lambda st: loop.quit())
