@@ -140,6 +140,36 @@ def face_cluster(joint, train, feats, k: int, seed: int) -> dict:
     return d
 
 
+def transfer_claims(joint, held, feats, args, fit: dict, b: dict, seeds, save) -> None:
+    """Claim B, transfer half: only the held-out subject's voxel embeddings learn, from
+    ``n_transfer`` of its training images (drawn with each seed of ``seeds``), from a
+    random start (the paper) and from the nearest-voxel start."""
+    import copy
+
+    from napari_nrf.models.universal import transfer_subject
+
+    tr_rows = held.indices("train")
+    for sd in seeds:
+        few = np.sort(np.random.default_rng(sd).choice(tr_rows, min(args.n_transfer, len(tr_rows)), replace=False))
+        rows = np.sort(np.concatenate([few, np.flatnonzero(held.split != 0)]))
+        f_few = {k: v[rows] for k, v in feats.items()}
+        b["n_transfer_images"] = int(len(few))
+        steps = max(1, int(np.ceil(len(few) / 32)))
+        tfit = {**fit, "epochs": args.transfer_epochs, "patience": args.patience * 2,
+                "steps_per_epoch": max(steps, 8), "seed": sd}
+        for init in ("random", "nearest"):
+            tmodel, ht = transfer_subject(copy.deepcopy(joint), held.subset(rows=rows), features=[f_few], init=init,
+                                          **tfit)
+            r = test_median_r(tmodel, held, feats)
+            if sd == args.seed:
+                b[f"transfer_{init}"] = r
+                b[f"transfer_{init}_best_epoch"] = ht.best_epoch
+            else:
+                b.setdefault(f"transfer_{init}_by_seed", {})[str(sd)] = r
+            _log(f"transfer ({init} start, seed {sd}) {r:.3f} ({len(few)} images, best epoch {ht.best_epoch})")
+            save()
+
+
 def run(args) -> dict:
     import torch
 
@@ -178,6 +208,21 @@ def run(args) -> dict:
 
     a = out.setdefault("A_joint_vs_single", {})
     b = out.setdefault("B_transfer", {})
+    seeds = [int(x) for x in args.repeat_seeds.split(",")] if args.repeat_seeds else [args.seed]
+    if args.part == "transfer":  # repeats of B's transfer half from a saved joint model
+        from napari_nrf.models import load_model
+
+        joint = load_model(Path(args.models_dir) / "universal_joint.safetensors")
+        transfer_claims(joint, held, feats[4], args, fit, b, seeds, save)
+        return out
+    if args.part == "scratch":  # repeats of B's scratch half (other initialisation seeds)
+        for sd in seeds:
+            m, h = train_universal([held], feature_shapes=shapes, model_config=cfg, features=[feats[4]],
+                                   **{**fit, "epochs": args.single_epochs, "seed": sd})
+            b.setdefault("scratch_all_by_seed", {})[str(sd)] = r = test_median_r(m, held, feats[4])
+            _log(f"{held.subject}: scratch model (seed {sd}) {r:.3f} (best epoch {h.best_epoch})")
+            save()
+        return out
     if args.part in ("all", "joint"):
         # A (joint half).
         joint, hj = train_universal(train, feature_shapes=shapes, model_config=cfg, features=feats[:4], **fit)
@@ -194,25 +239,7 @@ def run(args) -> dict:
         out["D_face_cluster"] = face_cluster(joint, train, feats, out["C_kmeans"]["embeddings"]["all_areas"]["k"],
                                              args.seed)
         save()
-        # B (transfer half): only the held-out subject's voxel embeddings learn, from few images.
-        tr_rows = held.indices("train")
-        few = np.sort(np.random.default_rng(args.seed).choice(tr_rows, min(args.n_transfer, len(tr_rows)),
-                                                              replace=False))
-        rows = np.sort(np.concatenate([few, np.flatnonzero(held.split != 0)]))
-        f_few = {k: v[rows] for k, v in feats[4].items()}
-        b["n_transfer_images"] = int(len(few))
-        steps = max(1, int(np.ceil(len(few) / 32)))
-        tfit = {**fit, "epochs": args.transfer_epochs, "patience": args.patience * 2,
-                "steps_per_epoch": max(steps, 8)}
-        for init in ("random", "nearest"):
-            import copy
-
-            tmodel, ht = transfer_subject(copy.deepcopy(joint), held.subset(rows=rows), features=[f_few], init=init,
-                                          **tfit)
-            b[f"transfer_{init}"] = test_median_r(tmodel, held, feats[4])
-            b[f"transfer_{init}_best_epoch"] = ht.best_epoch
-            _log(f"transfer ({init} start) {b[f'transfer_{init}']:.3f} ({len(few)} images, best epoch {ht.best_epoch})")
-            save()
+        transfer_claims(joint, held, feats[4], args, fit, b, [args.seed], save)
         if args.part == "joint":
             return out
 
@@ -248,9 +275,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="JSON results file")
     p.add_argument("--tiny", action="store_true", help="seconds-long run for the tests")
-    p.add_argument("--part", default="all", choices=["all", "joint", "single"],
+    p.add_argument("--repeat-seeds", help="comma-separated seeds for --part transfer / scratch repeats")
+    p.add_argument("--part", default="all", choices=["all", "joint", "single", "transfer", "scratch"],
                    help="run only the jointly trained model's claims (A joint, C, D, B transfer) or only the "
-                        "single-subject models (A single, B scratch)")
+                        "single-subject models (A single, B scratch); transfer / scratch: repeats of B's two halves "
+                        "with --repeat-seeds (transfer loads the joint model from --models-dir)")
     p.add_argument("--n-images", type=int, default=600)
     p.add_argument("--n-shared", type=int, default=100, help="shared test images")
     p.add_argument("--max-voxels", type=int, default=None, help="voxels per subject (default: every area voxel)")
