@@ -1,32 +1,35 @@
-"""Science experiment: NRF against a voxelwise ridge baseline on virtual subjects.
+"""Science experiment: NRF against a voxelwise ridge baseline on the project's virtual subjects.
 
 Claims checked (seed 000):
 
 A. data efficiency: median voxel Pearson of NRF and ridge at 20, 200, 800 and all
    training images, against the noisy test responses and against the noiseless truth
    (mean and spread over subjects);
-B. local smoothness: globally shuffling the voxel <-> coordinate pairing (the same
-   permutation for every image, train and test) hurts NRF, most at low data; ridge is
-   voxelwise and therefore unaffected;
-C. resolution: an NRF trained on 2 mm samples of a region and queried at 1 mm is closer to
-   the 1 mm truth than trilinear upsampling of its own 2 mm predictions.
+B. local smoothness: shuffling the voxel <-> coordinate pairing (one permutation per
+   subject, the same for every image, train and test) hurts NRF, most at low data; ridge
+   is voxelwise and therefore unaffected;
+C. resolution: an NRF trained on ~2 mm samples and queried at 1 mm is closer to the 1 mm
+   truth than trilinear upsampling of its own 2 mm predictions.
 
-Virtual subjects (self-contained, so the experiment does not depend on the simulator
-module): images are random crops, flips and tints of scikit-image's bundled photographs and
-LFW face / non-face patches (64 x 64). Each image gets 24 hand-made descriptors
-(luminance and contrast per quadrant, gradient-orientation energy per half, colourfulness,
-fine-scale energy, "is a face" from the LFW label, centre-surround contrast), none of which
-is a backbone feature. The noiseless response at MNI point x is
-``sum_k (d(image) . w_k) * exp(-|x - c_k|^2 / 2 s_k^2)`` over K = 16 smooth "functional
-regions" in the posterior brain (s_k 5-14 mm); subjects share the regions up to a
-2 mm jitter of their centres and have independent noise (SNR 1: responses = truth / sd +
-N(0, 1), so a perfect model reaches r about 0.7 in the strongest voxels).
-Voxels: the 4 mm MNI brain mask behind y = -60 mm (6020 voxels) (claims A, B), a 2 mm box in the
-occipital lobe (claim C).
+Data: ``napari_nrf.simulate`` (docs/simulator.md). ``make_subjects(3, seed=0)`` gives
+sub-01 (2.0 mm grid), sub-02 (1.8 mm), sub-03 (2.0 mm), each grid with its own origin
+offset. ``simulate`` shows each subject 1100 stimuli x 3 repeats: the 100 shared stimuli
+are the test split, 100 of its own the validation split, 900 its training pool ("all").
+Claims A/B use each subject's 2000 visual-cortex voxels (most inside an area first) and
+fit one NRF and one ridge per subject and size. Claim C uses every grey-matter voxel of
+V1 and V2 (``roi=["V1", "V2"]``) and an NRF trained on the union of the three subjects'
+voxels (offset 2 / 1.8 mm grids; one continuous field in MNI space) and, for comparison,
+one trained on sub-01 alone; both are queried on a 1 mm grid and on sub-01's own 2 mm grid
+(trilinearly upsampled to 1 mm) and scored against sub-01's truth at 1 mm
+(``truth_at``). ``fine_structure`` measures how much of the 1 mm truth trilinear
+upsampling of the *true* 2 mm field misses (the room claim C has).
 
-Run (full, about 40 min on 2 idle CPU cores; split across processes with --subject-ids,
---sizes and --no-resolution, then --merge the logs):
-    .venv/bin/python benchmarks/nrf_vs_ridge.py --out nrf_vs_ridge.json
+Models: frozen efficientnet-lite0 features (``FeatureCache``) for both; NRF =
+``build_nrf("efficientnet-lite0", "demo")`` trained with ``train.fit`` (AdamW, early
+stopping on the validation median r); ridge = ``evaluate.RidgeBaseline``.
+
+Run (full, on one thread; partial results are written after every fit):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nrf_vs_ridge.py --out benchmarks/results/nrf_vs_ridge.json
 Tiny (tests): NRF_EXAMPLE_TINY=1 or --tiny.
 """
 
@@ -37,7 +40,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -46,140 +48,74 @@ from napari_nrf.data.responseset import ResponseSet
 from napari_nrf.evaluate import RidgeBaseline, metrics, write_json
 from napari_nrf.train import fit, predict_set, voxel_pearson
 
-IMG = 64
+FULL = dict(n_subjects=3, n_images=1100, n_shared=100, val_fraction=0.1, max_voxels=2000, image_size=96,
+            sizes=(20, 200, 800, None), shuffle_sizes=(20, None), preset="demo", epochs=20, steps=40,
+            patience=4, batch_images=32, batch_voxels=500, lr=1e-3, weight_decay=0.015,
+            res_roi=("V1", "V2"), res_epochs=12, res_steps=60, res_subjects=(0, 1, 2), seed=0)
+TINY = dict(FULL, n_subjects=2, n_images=40, n_shared=8, max_voxels=150, image_size=32, sizes=(20,),
+            shuffle_sizes=(20,), preset="tiny", epochs=2, steps=3, patience=2, batch_voxels=100,
+            res_roi=("V1",), res_epochs=2, res_steps=3, res_subjects=(0, 1), res_max_voxels=300, res_box=8.0)
 
 
-# ---- virtual subjects -------------------------------------------------------------------
-def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 64, 64, 3) uint8 images and (n,) bool "is a face" labels."""
-    import skimage.data as d
-    from skimage.transform import resize
+# ---- data -------------------------------------------------------------------------------
+def make_data(cfg, roi=None, max_voxels=None, cache_dir=None, log=print):
+    """Response sets of the virtual subjects and their efficientnet-lite0 features."""
+    from napari_nrf.features import FeatureCache, extract_features, get_backbone
+    from napari_nrf.simulate import make_subjects, simulate
 
-    photos = [d.astronaut(), d.chelsea(), d.coffee(), d.rocket(), d.stereo_motorcycle()[0], d.horse(),
-              d.camera(), d.coins(), d.text(), d.page(), d.brick(), d.grass(), d.gravel(), d.colorwheel(),
-              d.clock(), d.immunohistochemistry(), d.hubble_deep_field()]
-    photos = [np.stack([p] * 3, -1) if p.ndim == 2 else p[..., :3] for p in photos]
-    photos = [(p.astype(np.float32) / (255.0 if p.max() > 1 else 1.0)) for p in photos]
-    lfw = d.lfw_subset()  # 100 faces then 100 non-faces, 25 x 25 float in [0, 1]
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, IMG, IMG, 3), np.uint8)
-    face = np.zeros(n, bool)
-    for i in range(n):
-        if rng.random() < 0.3:
-            j = int(rng.integers(200))
-            face[i] = j < 100
-            img = np.stack([lfw[j]] * 3, -1)
-        else:
-            p = photos[int(rng.integers(len(photos)))]
-            h, w = p.shape[:2]
-            s = int(rng.uniform(0.25, 0.9) * min(h, w))
-            y0, x0 = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-            img = p[y0:y0 + s, x0:x0 + s]
-        img = resize(img, (IMG, IMG), anti_aliasing=True)
-        if rng.random() < 0.5:
-            img = img[:, ::-1]
-        img = np.clip(img * rng.uniform(0.7, 1.2, 3) + rng.uniform(-0.1, 0.1), 0, 1)
-        out[i] = (img * 255).astype(np.uint8)
-    return out, face
+    t = time.perf_counter()
+    subjects = make_subjects(cfg["n_subjects"], seed=cfg["seed"])
+    sets = simulate(subjects=subjects, n_images=cfg["n_images"], seed=cfg["seed"], n_shared=cfg["n_shared"],
+                    max_voxels=max_voxels, roi=None if roi is None else list(roi), image_size=cfg["image_size"],
+                    val_fraction=cfg["val_fraction"])
+    log(f"simulated {[rs.n_voxels for rs in sets]} voxels in {time.perf_counter() - t:.0f} s")
+    t = time.perf_counter()
+    cache = FeatureCache(cache_dir) if cache_dir else None
+    bb = get_backbone("efficientnet-lite0")
+    feats = [extract_features(bb, rs.images, batch_size=32, cache=cache) for rs in sets]
+    log(f"features in {time.perf_counter() - t:.0f} s")
+    return subjects, sets, feats
 
 
-def descriptors(images: np.ndarray, face: np.ndarray) -> np.ndarray:
-    """(n, 24) standardised image descriptors (the image half of the ground truth)."""
-    x = images.astype(np.float32) / 255.0
-    lum = x.mean(-1)
-    h = IMG // 2
-    cols = []
-    for qy in (slice(0, h), slice(h, None)):
-        for qx in (slice(0, h), slice(h, None)):
-            q = lum[:, qy, qx]
-            cols += [q.mean((1, 2)), q.std((1, 2))]
-    gy, gx = np.gradient(lum, axis=(1, 2))
-    ang = np.arctan2(gy, gx)
-    mag = np.hypot(gx, gy)
-    for half in (slice(0, h), slice(h, None)):
-        for k in range(4):
-            sel = np.cos(2 * (ang[:, half] - k * np.pi / 4)) ** 8
-            cols.append((mag[:, half] * sel).mean((1, 2)))
-    rg = x[..., 0] - x[..., 1]
-    yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
-    cols += [rg.std((1, 2)), yb.std((1, 2))]
-    lap = np.abs(lum[:, 1:-1, 1:-1] * 4 - lum[:, 2:, 1:-1] - lum[:, :-2, 1:-1] - lum[:, 1:-1, 2:] - lum[:, 1:-1, :-2])
-    cols += [lap.mean((1, 2)), face.astype(np.float32) * 2.0]
-    c = slice(IMG // 4, 3 * IMG // 4)
-    cols += [lum[:, c, c].std((1, 2)) - lum.std((1, 2)), mag.mean((1, 2))]
-    d = np.stack(cols, 1).astype(np.float64)
-    return ((d - d.mean(0)) / (d.std(0) + 1e-9)).astype(np.float32)
-
-
-class Field:
-    """Ground-truth response field: K Gaussian regions with linear descriptor tuning."""
-
-    def __init__(self, n_desc: int, k: int = 16, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.centres = rng.uniform([-50, -100, -20], [50, -60, 40], size=(k, 3))
-        self.widths = rng.uniform(5.0, 14.0, size=k)
-        self.w = rng.standard_normal((k, n_desc)) / np.sqrt(n_desc)
-
-    def jittered(self, seed: int, mm: float = 2.0) -> "Field":
-        f = Field.__new__(Field)
-        rng = np.random.default_rng(seed)
-        f.centres = self.centres + rng.normal(0, mm, self.centres.shape)
-        f.widths, f.w = self.widths, self.w
-        return f
-
-    def __call__(self, desc: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-        """Noiseless responses (n_images, V) float32 at MNI points xyz (V, 3) mm."""
-        amp = desc @ self.w.T  # (n, K)
-        d2 = ((np.asarray(xyz, np.float64)[:, None, :] - self.centres[None]) ** 2).sum(-1)
-        return (amp @ np.exp(-d2 / (2 * self.widths ** 2)).T).astype(np.float32)
-
-
-def make_subject(name: str, field: Field, desc: np.ndarray, images: np.ndarray, xyz: np.ndarray, split: np.ndarray,
-                 seed: int, scale: float | None = None) -> ResponseSet:
-    truth = field(desc, xyz)
-    scale = float(truth.std()) if scale is None else scale
-    truth = truth / scale
-    rng = np.random.default_rng(seed)
-    resp = truth + rng.standard_normal(truth.shape).astype(np.float32)
-    return ResponseSet(responses=resp, coords=xyz, split=split, images=images, truth=truth, subject=name,
-                       meta={"truth_scale": scale})
-
-
-def shuffled(rs: ResponseSet, seed: int) -> ResponseSet:
-    """The same set with its voxel responses reassigned to random coordinates."""
-    perm = np.random.default_rng(seed).permutation(rs.n_voxels)
-    return ResponseSet(responses=np.asarray(rs.responses)[:, perm], coords=rs.coords, split=rs.split,
-                       images=rs.images, truth=np.asarray(rs.truth)[:, perm], subject=rs.subject)
-
-
-# ---- experiment -------------------------------------------------------------------------
-def train_rows(split: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    tr = np.flatnonzero(split == 0)
+def train_rows(rs: ResponseSet, n: int | None, seed: int) -> np.ndarray:
+    tr = rs.indices("train")
     if n is None or n >= len(tr):
         return tr
     return np.sort(np.random.default_rng(seed).choice(tr, n, replace=False))
 
 
 def with_train(rs: ResponseSet, rows: np.ndarray) -> ResponseSet:
-    """``rs`` with only ``rows`` of its train split kept as training images."""
+    """``rs`` with only ``rows`` of its train split kept as training images (a view)."""
     split = rs.split.copy()
     keep = np.zeros(rs.n_images, bool)
     keep[rows] = True
     split[(split == 0) & ~keep] = 3  # neither train, val nor test
-    return ResponseSet(responses=rs.responses, coords=rs.coords, split=split, images=rs.images, truth=rs.truth,
-                       subject=rs.subject)
+    return ResponseSet(responses=rs.responses, coords=rs.coords, split=split, images=rs.images,
+                       image_ids=rs.image_ids, truth=rs.truth, subject=rs.subject, meta=rs.meta)
 
 
-def fit_nrf(rs, feats, cfg, seed, log=None):
+def shuffled(rs: ResponseSet, seed: int) -> ResponseSet:
+    """The same set with its voxels' responses reassigned to randomly permuted coordinates."""
+    perm = np.random.default_rng(seed).permutation(rs.n_voxels)
+    return ResponseSet(responses=np.asarray(rs.responses)[:, perm], coords=rs.coords, split=rs.split,
+                       images=rs.images, image_ids=rs.image_ids, truth=np.asarray(rs.truth)[:, perm],
+                       subject=rs.subject, meta=rs.meta)
+
+
+# ---- models -----------------------------------------------------------------------------
+def fit_nrf(sets, feats, cfg, seed, epochs=None, steps=None, log=None):
     from napari_nrf.models.nrf import build_nrf
 
     model = build_nrf("efficientnet-lite0", cfg["preset"], seed=seed, **cfg.get("nrf_overrides", {}))
-    n_tr = int((rs.split == 0).sum())
-    hist = fit(model, [rs], features=[feats], epochs=cfg["epochs"], steps_per_epoch=cfg["steps"],
-               batch_images=min(cfg["batch_images"], n_tr), batch_voxels=cfg["batch_voxels"], lr=cfg["lr"],
-               weight_decay=cfg["weight_decay"], patience=cfg["patience"], seed=seed,
-               on_epoch=(lambda r: log(f"  epoch {r['epoch']}: {r}")) if log else None)
-    return model, hist
+    n_tr = max(int((rs.split == 0).sum()) for rs in sets)
+    hist = fit(model, list(sets), features=list(feats), epochs=epochs or cfg["epochs"],
+               steps_per_epoch=steps or cfg["steps"], batch_images=min(cfg["batch_images"], n_tr),
+               batch_voxels=cfg["batch_voxels"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+               patience=cfg["patience"], seed=seed)
+    info = {"epochs_run": len(hist.records), "best_epoch": hist.best_epoch, "val_r": hist.best_score}
+    if log:
+        log(f"    NRF fit: {info}")
+    return model, info
 
 
 def score(pred, rs, rows):
@@ -187,131 +123,179 @@ def score(pred, rs, rows):
     return {"r_noisy": m["pearson_median"], "r_truth": m["truth_pearson_median"]}
 
 
-def run(tiny: bool = False, subjects: int = 3, sizes=(20, 200, 800, None), shuffle_sizes=(20, None),
-        cache_dir=None, log=print, subject_ids=None, resolution: bool = True, sharp: bool = False) -> dict:
-    from napari_nrf.features import FeatureCache, extract_features, get_backbone
-
-    cfg = dict(preset="demo", epochs=8, steps=12, batch_images=32, batch_voxels=400, lr=1e-3, weight_decay=0.015,
-               patience=3, n_images=1200, n_val=50, n_test=100, voxel_mm=4.0, y_max=-60.0)
-    if tiny:
-        cfg.update(preset="tiny", epochs=2, steps=3, batch_voxels=200, n_images=40, n_val=8, n_test=8, voxel_mm=8.0)
-        subjects, sizes, shuffle_sizes = 1, (20,), (20,)
-    t0 = time.perf_counter()
-    images, face = make_images(cfg["n_images"], seed=0)
-    desc = descriptors(images, face)
-    cache = FeatureCache(cache_dir) if cache_dir else None
-    feats = extract_features(get_backbone("efficientnet-lite0"), images, batch_size=32, cache=cache)
-    log(f"images + features: {time.perf_counter() - t0:.1f} s")
-    n = cfg["n_images"]
-    split = np.zeros(n, np.uint8)
-    split[n - cfg["n_val"] - cfg["n_test"]:n - cfg["n_test"]] = 1
-    split[n - cfg["n_test"]:] = 2
-    test = np.flatnonzero(split == 2)
-    g = space.Grid.mni(cfg["voxel_mm"])
-    xyz = g.coords(space.brain_mask(g))
-    xyz = xyz[xyz[:, 1] < cfg["y_max"]]
-    base = Field(desc.shape[1], seed=0)
-    res = {"config": cfg, "n_voxels": int(len(xyz)), "n_train_pool": int((split == 0).sum()), "runs": []}
-    for s in (range(subjects) if subject_ids is None else subject_ids):
-        field = base.jittered(100 + s)
-        rs = make_subject(f"sub-{s + 1:02d}", field, desc, images, xyz, split, seed=200 + s)
-        for size in sizes:
-            rows = train_rows(split, size, seed=300 + s)
-            sub = with_train(rs, rows)
-            rec = {"subject": rs.subject, "n_train": int(len(rows))}
-            t = time.perf_counter()
-            model, hist = fit_nrf(sub, feats, cfg, seed=s, log=log)
-            rec["nrf"] = score(predict_set(model, {k: v[test] for k, v in feats.items()}, sub), sub, test)
-            rec["nrf"]["epochs"] = len(hist.records)
-            rec["nrf"]["seconds"] = time.perf_counter() - t
-            rb = RidgeBaseline().fit({k: v[rows] for k, v in feats.items()}, rs.get_responses(rows))
-            rec["ridge"] = score(rb.predict({k: v[test] for k, v in feats.items()}), sub, test)
-            if size in shuffle_sizes:
-                sh = shuffled(sub, seed=400 + s)
-                model_sh, _ = fit_nrf(sh, feats, cfg, seed=s)
-                rec["nrf_shuffled"] = score(predict_set(model_sh, {k: v[test] for k, v in feats.items()}, sh), sh, test)
-                rb = RidgeBaseline().fit({k: v[rows] for k, v in feats.items()}, sh.get_responses(rows))
-                rec["ridge_shuffled"] = score(rb.predict({k: v[test] for k, v in feats.items()}), sh, test)
-            res["runs"].append(rec)
-            log(json.dumps(rec))
-    if resolution:
-        res["resolution"] = resolution_claim(base, desc, images, feats, split, cfg, tiny, log, sharp=sharp)
-    res["summary"] = summarise(res["runs"])
-    res["seconds"] = time.perf_counter() - t0
-    return res
+def sub_feats(feats, rows):
+    return {k: v[rows] for k, v in feats.items()}
 
 
-def resolution_claim(base, desc, images, feats, split, cfg, tiny, log, sharp: bool = False) -> dict:
-    """Claim C on one subject: NRF at 1 mm vs trilinear upsampling of its 2 mm predictions.
+def one_size(rs, ft, size, s, cfg, shuffle: bool, log) -> dict:
+    """NRF and ridge (and their shuffled versions) for subject ``rs`` at ``size`` images."""
+    test = rs.indices("test")
+    rows = train_rows(rs, size, seed=300 + s)
+    rec = {"subject": rs.subject, "n_train": int(len(rows))}
+    variants = [("", rs)] + ([("_shuffled", shuffled(rs, seed=400 + s))] if shuffle else [])
+    for suffix, data in variants:
+        sub = with_train(data, rows)
+        t = time.perf_counter()
+        model, info = fit_nrf([sub], [ft], cfg, seed=s, log=log)
+        rec["nrf" + suffix] = {**score(predict_set(model, sub_feats(ft, test), sub), sub, test), **info,
+                               "seconds": round(time.perf_counter() - t, 1)}
+        rb = RidgeBaseline().fit(sub_feats(ft, rows), data.get_responses(rows))
+        rec["ridge" + suffix] = score(rb.predict(sub_feats(ft, test)), data, test)
+    return rec
 
-    ``sharp=True``: a variant with finer truth (region widths 1.8-5 mm instead of 5-14 mm)
-    and an NRF with twice the Fourier bandwidth (std 64) so that it can follow it.
-    """
+
+# ---- claim C ----------------------------------------------------------------------------
+def _box_grids(subject, xyz, margin=2.0):
+    """Sub-box of ``subject``'s own grid around points ``xyz`` and a 1 mm grid inside it."""
+    g = subject.grid
+    ijk = g.world_to_index(xyz)
+    lo = np.maximum(np.floor(ijk.min(0)) - 1, 0).astype(int)
+    hi = np.minimum(np.ceil(ijk.max(0)) + 2, np.array(g.shape)).astype(int)
+    g2 = space.Grid(tuple(int(v) for v in hi - lo), g.index_to_world(lo), g.zooms)
+    a = g2.origin + margin
+    b = g2.index_to_world(np.array(g2.shape) - 1) - margin
+    g1 = space.Grid(tuple(int(v) for v in np.floor((b - a) / 1.0) + 1), a, (1.0, 1.0, 1.0))
+    return g2, g1
+
+
+def _eval_points(subject, g1, g2):
+    """1 mm points of ``g1`` the subject would have as voxels (grey matter near its areas),
+    inside ``g2``'s hull."""
+    gm = space.gm_probability(g1).reshape(-1) >= subject.gm_threshold
+    xyz = g1.coords()
+    ok = gm & (subject.membership(xyz).sum(1) >= subject.voxel_threshold)
+    ijk = g2.world_to_index(xyz)
+    ok &= np.all((ijk >= 0) & (ijk <= np.array(g2.shape) - 1), axis=1)
+    return np.flatnonzero(ok)
+
+
+def _compare(pred, truth) -> dict:
+    r = voxel_pearson(pred, truth)
+    return {"r_truth_median": float(np.nanmedian(r)), "mse_truth": float(np.mean((pred - truth) ** 2))}
+
+
+def fine_structure(subject, rs, g2, g1, pts, test) -> dict:
+    """How much of the 1 mm truth trilinear upsampling of the true 2 mm field recovers."""
+    from napari_nrf.simulate import truth_at
+
+    t1 = truth_at(rs, g1.coords()[pts], rows=test)
+    t2 = truth_at(rs, g2.coords(), rows=test).reshape(len(test), *g2.shape)
+    up = np.stack([space.resample(v, g2, g1, order=1) for v in t2]).reshape(len(test), -1)[:, pts]
+    out = {"upsampled_true_2mm": _compare(up, t1)}
+    # Points where the true field has the most sub-2 mm structure (top decile of the relative
+    # error of upsampling the true 2 mm field).
+    rel = ((up - t1) ** 2).mean(0) / (t1.var(0) + 1e-9)
+    hard = rel >= np.quantile(rel, 0.9)
+    out["upsampled_true_2mm_hard_decile"] = _compare(up[:, hard], t1[:, hard])
+    out["_hard"] = hard
+    # Voxel-to-voxel correlation of the truth between 1 mm neighbours and 2 mm neighbours.
+    tv = t1 - t1.mean(0)
+    tv /= np.linalg.norm(tv, axis=0) + 1e-9
+    xyz = g1.coords()[pts]
+    for d in (1.0, 2.0, 3.0):
+        shifted = xyz + np.array([d, 0, 0], np.float32)
+        t_s = truth_at(rs, shifted, rows=test)
+        t_s = t_s - t_s.mean(0)
+        t_s /= np.linalg.norm(t_s, axis=0) + 1e-9
+        out[f"neighbour_r_{d:g}mm_median"] = float(np.median((tv * t_s).sum(0)))
+    return out, t1
+
+
+def resolution_claim(cfg, cache_dir, log) -> dict:
     from napari_nrf.query import QueryEngine
 
-    lo, hi = np.array([-30.0, -96.0, -10.0]), np.array([30.0, -60.0, 26.0])
-    if tiny:
-        hi = lo + 12.0
-    g2 = space.Grid.from_extent(2.0, lo, hi)
-    g1 = space.Grid.from_extent(1.0, lo, hi)
-    field = base.jittered(100)
-    if sharp:
-        field.widths = field.widths * 0.36  # 5-14 mm -> 1.8-5 mm
-        cfg = {**cfg, "nrf_overrides": {"fourier_std": 64.0}}
-    rs = make_subject("sub-01", field, desc, images, g2.coords(), split, seed=500)
-    model, _ = fit_nrf(rs, feats, cfg, seed=0)
-    test = np.flatnonzero(split == 2)
-    ft = {k: v[test] for k, v in feats.items()}
-    eng = QueryEngine(model, device="cpu")
-    v1 = eng.volume(ft, g1).reshape(len(test), -1)
-    v2 = eng.volume(ft, g2)
-    up = np.stack([space.resample(v, g2, g1, order=1) for v in v2]).reshape(len(test), -1)
-    truth1 = field(desc[test], g1.coords()) / rs.meta["truth_scale"]
-    # Only 1 mm points inside the 2 mm grid's hull (trilinear upsampling cannot extrapolate).
-    ijk = g2.world_to_index(g1.coords())
-    inside = np.all((ijk >= 0) & (ijk <= np.array(g2.shape) - 1), axis=1)
-    out = {}
-    for name, pred in (("nrf_1mm", v1), ("upsampled_2mm", up)):
-        p, t = pred[:, inside], truth1[:, inside]
-        out[name] = {"r_truth_median": float(np.nanmedian(voxel_pearson(p, t))), "mse_truth": float(np.mean((p - t) ** 2))}
-    out["n_points_1mm"] = int(inside.sum())
-    out["box_mm"] = [lo.tolist(), hi.tolist()]
-    out["sharp"] = bool(sharp)
-    log(json.dumps(out))
+    subjects, sets, feats = make_data(cfg, roi=cfg["res_roi"], max_voxels=cfg.get("res_max_voxels"),
+                                      cache_dir=cache_dir, log=log)
+    if "res_box" in cfg:  # tiny: keep a small box of sub-01's voxels (and the others' in it)
+        c = sets[0].coords[0]
+        keep = [np.flatnonzero(np.all(np.abs(rs.coords - c) <= cfg["res_box"], axis=1)) for rs in sets]
+        sets = [rs.subset(voxels=k) if len(k) else rs.subset(voxels=np.arange(2)) for rs, k in zip(sets, keep)]
+    subj, rs0, ft0 = subjects[0], sets[0], feats[0]
+    test = rs0.indices("test")
+    g2, g1 = _box_grids(subj, rs0.coords)
+    pts = _eval_points(subj, g1, g2)
+    t = time.perf_counter()
+    out = {"roi": list(cfg["res_roi"]), "n_voxels": {rs.subject: rs.n_voxels for rs in sets},
+           "grid_2mm": {"shape": list(g2.shape), "origin": g2.origin.tolist(), "zooms": g2.zooms.tolist()},
+           "n_points_1mm": int(len(pts))}
+    fs, truth1 = fine_structure(subj, rs0, g2, g1, pts, test)
+    hard = fs.pop("_hard")
+    out["fine_structure"] = fs
+    log(f"  fine structure ({time.perf_counter() - t:.0f} s): {json.dumps(fs)}")
+    ft_test = sub_feats(ft0, test)
+    variants = {"single_subject": [0], "multi_subject": list(cfg["res_subjects"])}
+    variants = {k: v for k, v in variants.items() if k in cfg.get("res_variants", variants)}
+    for name, idx in variants.items():
+        t = time.perf_counter()
+        model, info = fit_nrf([sets[i] for i in idx], [feats[i] for i in idx], {**cfg, **cfg.get("res_model", {})},
+                              seed=0, epochs=cfg["res_epochs"], steps=cfg["res_steps"], log=log)
+        eng = QueryEngine(model, device="cpu")
+        mask1 = np.zeros(g1.n_points, bool)
+        mask1[pts] = True
+        v1 = eng.volume(ft_test, g1, mask=mask1.reshape(g1.shape)).reshape(len(test), -1)[:, pts]
+        v2 = eng.volume(ft_test, g2)
+        up = np.stack([space.resample(v, g2, g1, order=1) for v in v2]).reshape(len(test), -1)[:, pts]
+        rec = {"subjects": [sets[i].subject for i in idx], **info, "nrf_1mm": _compare(v1, truth1),
+               "upsampled_2mm": _compare(up, truth1),
+               "hard_decile": {"nrf_1mm": _compare(v1[:, hard], truth1[:, hard]),
+                               "upsampled_2mm": _compare(up[:, hard], truth1[:, hard])},
+               "own_voxels_r_truth": score(predict_set(model, ft_test, rs0), rs0, test)["r_truth"],
+               "seconds": round(time.perf_counter() - t, 1)}
+        out[name] = rec
+        log(f"  claim C {name}: {json.dumps(rec)}")
     return out
 
 
+# ---- driver -----------------------------------------------------------------------------
+def run(tiny: bool = False, cache_dir=None, log=print, subject_ids=None, sizes=None, resolution: bool = True,
+        out=None, overrides: dict | None = None) -> dict:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cfg = dict(TINY if tiny else FULL)
+    cfg.update(overrides or {})
+    if sizes is not None:
+        cfg["sizes"] = tuple(sizes)
+    t0 = time.perf_counter()
+    res = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, "runs": []}
+
+    def save():
+        res["summary"] = summarise(res["runs"])
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        if out is not None:
+            write_json(res, out)
+
+    if cfg["sizes"]:
+        subjects, sets, feats = make_data(cfg, max_voxels=cfg["max_voxels"], cache_dir=cache_dir, log=log)
+        res["n_voxels"] = {rs.subject: rs.n_voxels for rs in sets}
+        res["grids_mm"] = {rs.subject: s.resolution for rs, s in zip(sets, subjects)}
+        res["n_train_pool"] = {rs.subject: int(len(rs.indices("train"))) for rs in sets}
+        ids = range(len(sets)) if subject_ids is None else subject_ids
+        for size in cfg["sizes"]:  # sizes outer: every size gets all subjects before the next one
+            for s in ids:
+                rec = one_size(sets[s], feats[s], size, s, cfg, size in cfg["shuffle_sizes"], log)
+                res["runs"].append(rec)
+                log(json.dumps(rec))
+                save()
+    if resolution:
+        res["resolution"] = resolution_claim(cfg, cache_dir, log)
+    save()
+    return res
+
+
 def summarise(runs: list) -> dict:
-    """Mean and standard deviation over subjects per training size, model and target."""
+    """Mean, standard deviation and count over subjects per training size, model and target."""
     out = {}
     for n in sorted({r["n_train"] for r in runs}):
         rs = [r for r in runs if r["n_train"] == n]
         row = {}
         for model in ("nrf", "ridge", "nrf_shuffled", "ridge_shuffled"):
             vals = [r[model] for r in rs if model in r]
-            if not vals:
-                continue
-            for key in ("r_noisy", "r_truth"):
+            for key in ("r_noisy", "r_truth") if vals else ():
                 a = np.array([v[key] for v in vals])
                 row[f"{model}.{key}"] = [float(a.mean()), float(a.std()), len(a)]
         out[str(n)] = row
     return out
-
-
-def merge(logs, out) -> int:
-    """Collect the per-run JSON lines (and claim C) printed by split runs into one result."""
-    runs, reso = [], None
-    for path in logs:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith("{") and '"n_train"' in line:
-                runs.append(json.loads(line))
-            elif line.startswith("{") and '"nrf_1mm"' in line:
-                reso = json.loads(line)
-    runs.sort(key=lambda r: (r["subject"], r["n_train"]))
-    res = {"runs": runs, "resolution": reso, "summary": summarise(runs), "logs": [str(p) for p in logs]}
-    write_json(res, out)
-    print(markdown(res))
-    return 0
 
 
 def markdown(res: dict) -> str:
@@ -322,36 +306,46 @@ def markdown(res: dict) -> str:
         m, sd, n = row[key]
         return f"{m:.3f} +- {sd:.3f}"
 
+    keys = ("nrf.r_noisy", "ridge.r_noisy", "nrf.r_truth", "ridge.r_truth", "nrf_shuffled.r_noisy",
+            "nrf_shuffled.r_truth")
     lines = ["| train images | NRF r (noisy) | ridge r (noisy) | NRF r (truth) | ridge r (truth) "
              "| NRF shuffled r (noisy) | NRF shuffled r (truth) |", "|---|---|---|---|---|---|---|"]
     for n, row in sorted(res["summary"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {n} | " + " | ".join(cell(row, k) for k in (
-            "nrf.r_noisy", "ridge.r_noisy", "nrf.r_truth", "ridge.r_truth", "nrf_shuffled.r_noisy",
-            "nrf_shuffled.r_truth")) + " |")
+        lines.append(f"| {n} | " + " | ".join(cell(row, k) for k in keys) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", default=os.environ.get("NRF_EXAMPLE_TINY") == "1")
-    ap.add_argument("--subjects", type=int, default=3)
     ap.add_argument("--out", default="nrf_vs_ridge.json")
     ap.add_argument("--cache", default=None, help="feature cache folder")
-    ap.add_argument("--subject-ids", help="comma-separated 0-based subject indices (to split the work)")
-    ap.add_argument("--sizes", default="20,200,800,all", help="training sizes (default: %(default)s)")
+    ap.add_argument("--subject-ids", help="comma-separated 0-based subject indices")
+    ap.add_argument("--sizes", default=None, help="training sizes, e.g. 20,200,800,all; 'none' skips A/B")
     ap.add_argument("--no-resolution", action="store_true", help="skip claim C")
-    ap.add_argument("--sharp", action="store_true", help="claim C with finer truth and NRF Fourier std 64")
-    ap.add_argument("--merge", nargs="+", help="merge the JSON-line logs of split runs into --out and stop")
+    ap.add_argument("--shuffle-sizes", help="sizes with the shuffle ablation (default 20,all)")
+    ap.add_argument("--res-epochs", type=int, help="claim C: maximum epochs (default %d)" % FULL["res_epochs"])
+    ap.add_argument("--res-fourier-std", type=float, help="claim C: NRF Fourier-feature std (default 32)")
+    ap.add_argument("--res-variants", help="claim C: comma-separated, of single_subject,multi_subject")
     args = ap.parse_args(argv)
-    if args.merge:
-        return merge(args.merge, args.out)
-    sizes = tuple(None if v == "all" else int(v) for v in args.sizes.split(",") if v != "none")
+    sizes = None
+    if args.sizes:
+        sizes = tuple(None if v == "all" else int(v) for v in args.sizes.split(",") if v != "none")
     ids = [int(v) for v in args.subject_ids.split(",")] if args.subject_ids else None
-    res = run(tiny=args.tiny, subjects=args.subjects, cache_dir=args.cache, sizes=sizes, subject_ids=ids,
-              resolution=not args.no_resolution, sharp=args.sharp, log=lambda s: print(s, flush=True))
-    write_json(res, args.out)
-    print(json.dumps(res["summary"], indent=1))
-    print(f"wrote {args.out} in {res['seconds']:.0f} s", file=sys.stderr)
+    over = {}
+    if args.shuffle_sizes:
+        over["shuffle_sizes"] = tuple(None if v == "all" else int(v) for v in args.shuffle_sizes.split(","))
+    if args.res_epochs:
+        over["res_epochs"] = args.res_epochs
+    if args.res_fourier_std:
+        over["res_model"] = {"nrf_overrides": {"fourier_std": args.res_fourier_std}}
+    if args.res_variants:
+        over["res_variants"] = args.res_variants.split(",")
+    t = time.time()
+    res = run(overrides=over, tiny=args.tiny, cache_dir=args.cache, sizes=sizes, subject_ids=ids, resolution=not args.no_resolution,
+              log=lambda s: print(time.strftime("%H:%M:%S"), s, flush=True), out=args.out)
+    print(markdown(res))
+    print(f"wrote {args.out} in {time.time() - t:.0f} s", file=sys.stderr)
     return 0
 
 

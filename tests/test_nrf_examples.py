@@ -21,26 +21,43 @@ def _load(path):
 
 def test_science_experiment_tiny(tmp_path):
     sci = _load(ROOT / "benchmarks" / "nrf_vs_ridge.py")
-    res = sci.run(tiny=True, cache_dir=tmp_path / "cache", log=lambda s: None)
-    sizes = {r["n_train"] for r in res["runs"]}
-    assert sizes == {20}
+    res = sci.run(tiny=True, cache_dir=tmp_path / "cache", log=lambda s: None, out=tmp_path / "r.json")
+    assert (tmp_path / "r.json").exists()
+    assert {r["n_train"] for r in res["runs"]} == {20}
+    assert {r["subject"] for r in res["runs"]} == {"sub-01", "sub-02"}  # simulator subjects
     for r in res["runs"]:
-        for m in ("nrf", "ridge"):
+        for m in ("nrf", "ridge", "nrf_shuffled", "ridge_shuffled"):
             assert -1 <= r[m]["r_noisy"] <= 1 and -1 <= r[m]["r_truth"] <= 1
-    assert "nrf_shuffled" in [r for r in res["runs"] if r["n_train"] == 20][0]
-    assert set(res["resolution"]) >= {"nrf_1mm", "upsampled_2mm"}
+        # ridge is voxelwise: shuffling the coordinates changes nothing
+        assert r["ridge_shuffled"] == r["ridge"]
+    c = res["resolution"]
+    for name in ("single_subject", "multi_subject"):
+        assert set(c[name]) >= {"nrf_1mm", "upsampled_2mm"}
+    assert c["multi_subject"]["subjects"] == ["sub-01", "sub-02"]
+    assert c["n_points_1mm"] > 0 and 0.9 < c["fine_structure"]["upsampled_true_2mm"]["r_truth_median"] <= 1
     assert "nrf.r_truth" in res["summary"]["20"]
+    assert "| 20 |" in sci.markdown(res)
 
 
-def test_field_is_smooth_and_descriptor_driven():
+def test_shuffle_and_train_subset_helpers():
     sci = _load(ROOT / "benchmarks" / "nrf_vs_ridge.py")
-    images, face = sci.make_images(12, seed=1)
-    assert images.shape == (12, 64, 64, 3) and images.dtype == np.uint8
-    d = sci.descriptors(images, face)
-    f = sci.Field(d.shape[1], seed=0)
-    xyz = np.array([[0.0, -80.0, 10.0], [0.5, -80.0, 10.0], [0.0, 40.0, 10.0]])
-    t = f(d, xyz)
-    assert np.corrcoef(t[:, 0], t[:, 1])[0, 1] > 0.99  # neighbours 0.5 mm apart respond alike
+    from napari_nrf.data.responseset import ResponseSet
+
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((10, 6)).astype(np.float32)
+    split = np.array([0] * 6 + [1, 1, 2, 2], np.uint8)
+    rs = ResponseSet(responses=y, coords=np.arange(18.0).reshape(6, 3), split=split,
+                     images=np.zeros((10, 4, 4, 3), np.uint8), truth=y * 2)
+    sh = sci.shuffled(rs, seed=1)
+    np.testing.assert_array_equal(sh.coords, rs.coords)  # same places, responses moved
+    perm = [int(np.flatnonzero((y == sh.responses[:, [j]]).all(0))[0]) for j in range(6)]
+    assert sorted(perm) == list(range(6)) and perm != list(range(6))
+    np.testing.assert_array_equal(sh.truth, y[:, perm] * 2)  # truth moves with its responses
+    rows = sci.train_rows(rs, 3, seed=0)
+    sub = sci.with_train(rs, rows)
+    assert list(sub.indices("train")) == list(rows) and len(rows) == 3
+    assert list(sub.indices("val")) == [6, 7] and list(sub.indices("test")) == [8, 9]
+    assert list(sci.train_rows(rs, None, seed=0)) == list(range(6))
 
 
 @pytest.mark.parametrize("script", ["query_volume.py", "train_nrf.py"])
