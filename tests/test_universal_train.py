@@ -92,11 +92,14 @@ def test_cli_train_transfer_cluster(tmp_path, monkeypatch):
               "--device", "cpu"]
     out = tmp_path / "uni.safetensors"
     assert main(["train-universal", str(a), str(b), "--out", str(out), "--levels", "s32,embedding",
-                 "--embed-dim", "8", "--channels", "4", *common]) == 0
+                 "--embed-dim", "8", "--channels", "4", "--embedding-lr-scale", "10", "--embed-init-std", "0.01",
+                 *common]) == 0
     m = load_model(out)
     assert m.kind == "universal" and set(m.subjects) == {"sub-a", "sub-b"}
+    assert m.config()["embedding_lr_scale"] == 10 and m.config()["embed_init_std"] == 0.01
     out2 = tmp_path / "uni2.safetensors"
-    assert main(["transfer", str(out), str(c), "--out", str(out2), "--n-images", "5", *common]) == 0
+    assert main(["transfer", str(out), str(c), "--out", str(out2), "--n-images", "5", "--init", "nearest",
+                 *common]) == 0
     m2 = load_model(out2)
     assert set(m2.subjects) == {"sub-a", "sub-b", "sub-c"}
     assert m2.provenance["transfer"]["sub-c"]["n_train_images"] == 5

@@ -23,6 +23,10 @@ def register(sub) -> None:
     p.add_argument("--embed-dim", type=int, default=256, help="voxel embedding size E (default: %(default)s)")
     p.add_argument("--channels", type=int, default=128, help="projected channels C per level (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--embed-init-std", type=float, default=0.1, help="std of the random initial voxel embeddings")
+    p.add_argument("--embedding-lr-scale", type=float, default=1.0,
+                   help="learning-rate multiplier of the voxel embeddings (default 1, the paper; about 10 with "
+                        "0.01 init std trains much faster on short CPU runs, see docs/results.md)")
     _fit_args(p)
     p.set_defaults(func=_train)
 
@@ -96,7 +100,8 @@ def _train(args) -> int:
     levels = [s.strip() for s in args.levels.split(",")] if args.levels else None
     model, hist = train_universal(sets, backbone=args.backbone, out=out, levels=levels,
                                   model_config=dict(embed_dim=args.embed_dim, channels=args.channels,
-                                                    dropout=args.dropout),
+                                                    dropout=args.dropout, embed_init_std=args.embed_init_std,
+                                                    embedding_lr_scale=args.embedding_lr_scale),
                                   progress=progress, on_epoch=on_epoch, **_fit_kwargs(args, out))
     bar.close()
     print(f"saved {out}: subjects {', '.join(model.subjects)}, "
