@@ -28,7 +28,8 @@ Models: frozen efficientnet-lite0 features (``FeatureCache``) for both; NRF =
 ``build_nrf("efficientnet-lite0", "demo")`` trained with ``train.fit`` (AdamW, early
 stopping on the validation median r); ridge = ``evaluate.RidgeBaseline``.
 
-Run (full, on one thread; partial results are written after every fit):
+Run (full, on one thread, about 46 min on the shared 2-core machine: claim C 11 min, A/B
+35 min; partial results are written after every fit; --sizes none / --no-resolution split it):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nrf_vs_ridge.py --out benchmarks/results/nrf_vs_ridge.json
 Tiny (tests): NRF_EXAMPLE_TINY=1 or --tiny.
 """
@@ -323,6 +324,7 @@ def main(argv=None) -> int:
     ap.add_argument("--subject-ids", help="comma-separated 0-based subject indices")
     ap.add_argument("--sizes", default=None, help="training sizes, e.g. 20,200,800,all; 'none' skips A/B")
     ap.add_argument("--no-resolution", action="store_true", help="skip claim C")
+    ap.add_argument("--epochs", type=int, help="claims A/B: maximum NRF epochs (default %d)" % FULL["epochs"])
     ap.add_argument("--shuffle-sizes", help="sizes with the shuffle ablation (default 20,all)")
     ap.add_argument("--res-epochs", type=int, help="claim C: maximum epochs (default %d)" % FULL["res_epochs"])
     ap.add_argument("--res-fourier-std", type=float, help="claim C: NRF Fourier-feature std (default 32)")
@@ -333,6 +335,8 @@ def main(argv=None) -> int:
         sizes = tuple(None if v == "all" else int(v) for v in args.sizes.split(",") if v != "none")
     ids = [int(v) for v in args.subject_ids.split(",")] if args.subject_ids else None
     over = {}
+    if args.epochs:
+        over["epochs"] = args.epochs
     if args.shuffle_sizes:
         over["shuffle_sizes"] = tuple(None if v == "all" else int(v) for v in args.shuffle_sizes.split(","))
     if args.res_epochs:
