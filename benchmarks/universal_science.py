@@ -26,7 +26,7 @@ E = 64 [256], C = 32 [128], 1000 voxels per batch [5000], frozen backbone, 3 mm 
 std 0.01 [random, std not given] and learn with 10x the learning rate of the shared
 weights (``embedding_lr_scale``; [Adam lr 1e-3 for all]).
 
-Run (full, about 60-80 min on 2 shared CPU cores):
+Run (full, about 45 min on 2 shared CPU cores, one thread):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/universal_science.py --out docs/universal_science.json
 Tiny (tests): NRF_EXAMPLE_TINY=1 or --tiny.
 """
