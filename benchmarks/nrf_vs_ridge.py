@@ -22,7 +22,10 @@ voxels (offset 2 / 1.8 mm grids; one continuous field in MNI space) and, for com
 one trained on sub-01 alone; both are queried on a 1 mm grid and on sub-01's own 2 mm grid
 (trilinearly upsampled to 1 mm) and scored against sub-01's truth at 1 mm
 (``truth_at``). ``fine_structure`` measures how much of the 1 mm truth trilinear
-upsampling of the *true* 2 mm field misses (the room claim C has).
+upsampling of the *true* 2 mm field misses (the room claim C has). The default simulator
+has almost no sub-2 mm structure; ``--fine-mm 1.5`` gives every subject a shared (up to
+its area displacement) fine field of 1.5 mm length in its preferences and tuning
+(``VirtualSubject(fine_mm=...)``), a truth on which claim C can be tested.
 
 Models: frozen efficientnet-lite0 features (``FeatureCache``) for both; NRF =
 ``build_nrf("efficientnet-lite0", "demo")`` trained with ``train.fit`` (AdamW, early
@@ -65,7 +68,8 @@ def make_data(cfg, roi=None, max_voxels=None, cache_dir=None, log=print):
     from napari_nrf.simulate import make_subjects, simulate
 
     t = time.perf_counter()
-    subjects = make_subjects(cfg["n_subjects"], seed=cfg["seed"])
+    subjects = make_subjects(cfg["n_subjects"], seed=cfg["seed"], fine_mm=cfg.get("fine_mm"),
+                             fine_amp=cfg.get("fine_amp", 1.0))
     sets = simulate(subjects=subjects, n_images=cfg["n_images"], seed=cfg["seed"], n_shared=cfg["n_shared"],
                     max_voxels=max_voxels, roi=None if roi is None else list(roi), image_size=cfg["image_size"],
                     val_fraction=cfg["val_fraction"])
@@ -329,6 +333,9 @@ def main(argv=None) -> int:
     ap.add_argument("--res-epochs", type=int, help="claim C: maximum epochs (default %d)" % FULL["res_epochs"])
     ap.add_argument("--res-fourier-std", type=float, help="claim C: NRF Fourier-feature std (default 32)")
     ap.add_argument("--res-variants", help="claim C: comma-separated, of single_subject,multi_subject")
+    ap.add_argument("--fine-mm", type=float, help="simulator: add shared fine structure of this length in mm "
+                    "(opt-in sub-2 mm truth; default none)")
+    ap.add_argument("--fine-amp", type=float, help="simulator: strength of the --fine-mm field (default 1.0)")
     args = ap.parse_args(argv)
     sizes = None
     if args.sizes:
@@ -345,6 +352,10 @@ def main(argv=None) -> int:
         over["res_model"] = {"nrf_overrides": {"fourier_std": args.res_fourier_std}}
     if args.res_variants:
         over["res_variants"] = args.res_variants.split(",")
+    if args.fine_mm:
+        over["fine_mm"] = args.fine_mm
+    if args.fine_amp:
+        over["fine_amp"] = args.fine_amp
     t = time.time()
     res = run(overrides=over, tiny=args.tiny, cache_dir=args.cache, sizes=sizes, subject_ids=ids, resolution=not args.no_resolution,
               log=lambda s: print(time.strftime("%H:%M:%S"), s, flush=True), out=args.out)

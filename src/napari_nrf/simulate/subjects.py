@@ -62,6 +62,15 @@ class VirtualSubject:
         randomness is drawn from ``(seed, index)``
     resolution : voxel size in mm of its sampling grid (its origin gets a random offset)
     snr : median noise-ceiling SNR (NSD's ncsnr) of its voxels
+    fine_mm : opt-in fine functional organisation: ``None`` (default) keeps the truth as
+        smooth as ever (fields 3-8 mm long, almost nothing finer than 2 mm); a length in mm
+        (e.g. 1.0-1.5) adds a smooth random field that short to each point's
+        orientation/spatial-frequency preferences and category tuning. It is shared by all
+        subjects of the population ``seed``, up to each subject's area displacement (each
+        point reads the field at its position minus the membership-weighted displacement of
+        the areas), like columns that move with the areas across brains.
+    fine_amp : strength of that field (1.0: unit-variance logits added to the preference
+        logits and 0.3 x the field added to the tuning weights)
     """
 
     index: int = 0
@@ -71,6 +80,8 @@ class VirtualSubject:
     displacement_mm: float = 2.5
     voxel_threshold: float = 0.05
     gm_threshold: float = 0.3
+    fine_mm: float | None = None
+    fine_amp: float = 1.0
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -79,11 +90,15 @@ class VirtualSubject:
         if self.snr <= 0:
             raise SimulationError(f"snr must be > 0, got {self.snr}")
         rng = np.random.default_rng([int(self.seed), int(self.index), 11])
-        self._blobs = []
+        if self.fine_mm is not None and not (0.2 <= self.fine_mm <= 20):
+            raise SimulationError(f"fine_mm must be 0.2..20 mm or None, got {self.fine_mm}")
+        self._blobs, disp = [], []
         for name, hemi, c, area in anatomy.blobs():
             d = rng.normal(0, self.displacement_mm, 3)
             r = area.radius * float(np.exp(rng.normal(0, 0.1)))
             self._blobs.append((name, hemi, c + d, r, area))
+            disp.append(d)
+        self._disp = np.array(disp, np.float64)  # (A, 3) area displacements (mm)
         self._pole_shift = rng.normal(0, 2.0, 3)
         self._ecc_scale = float(np.exp(rng.normal(0, 0.1)))
         self._offset = rng.uniform(0, self.resolution, 3)
@@ -103,6 +118,9 @@ class VirtualSubject:
         self._f_gain = (anatomy.SmoothField(1, 6.0, [s, 103]), anatomy.SmoothField(1, 6.0, [s, i, 103]))
         self._f_retino = anatomy.SmoothField(2, 8.0, [s, i, 104])
         self._f_snr = anatomy.SmoothField(1, 8.0, [s, i, 105])
+        # Opt-in fine field, population-shared (no subject index in its seed).
+        self._f_fine = (None if self.fine_mm is None else
+                        anatomy.SmoothField(N_CHANNELS + nk, float(self.fine_mm), [s, 106]))
 
     # ---- names -------------------------------------------------------------------------
     @property
@@ -115,9 +133,12 @@ class VirtualSubject:
 
     def config(self) -> dict:
         """JSON-able settings that rebuild this subject with :meth:`from_config`."""
-        return {"index": self.index, "seed": self.seed, "resolution": self.resolution, "snr": self.snr,
+        cfg = {"index": self.index, "seed": self.seed, "resolution": self.resolution, "snr": self.snr,
                 "displacement_mm": self.displacement_mm, "voxel_threshold": self.voxel_threshold,
                 "gm_threshold": self.gm_threshold, "version": VERSION}
+        if self.fine_mm is not None:  # only when set: default configs stay as they were
+            cfg.update(fine_mm=float(self.fine_mm), fine_amp=float(self.fine_amp))
+        return cfg
 
     @classmethod
     def from_config(cls, cfg: dict) -> "VirtualSubject":
@@ -210,6 +231,14 @@ class VirtualSubject:
         """Configured noise-ceiling SNR (N,) of points (NSD's ncsnr)."""
         return (self.snr * np.exp(0.3 * self._f_snr(xyz)[:, 0])).astype(np.float32)
 
+    def _fine(self, x, m):
+        """The shared fine field (N, C + K) read at ``x`` minus the local area displacement."""
+        if self._f_fine is None:
+            return None
+        w = m.astype(np.float64) + 1e-6
+        shift = (w @ self._disp) / w.sum(1, keepdims=True)
+        return self._f_fine(x.astype(np.float64) - shift)
+
     def _point_params(self, xyz):
         x = np.asarray(xyz, np.float32).reshape(-1, 3)
         m = self.membership(x)
@@ -220,10 +249,15 @@ class VirtualSubject:
         w = m + 1e-3
         expo = (w * self._expo).sum(1) / w.sum(1)
         prefs = self._mix(self._f_pref, x)
+        fine = self._fine(x, m)
+        if fine is not None:
+            prefs = prefs + self.fine_amp * fine[:, :N_CHANNELS]
         prefs = np.exp(prefs - prefs.max(1, keepdims=True))
         prefs = 0.5 / N_CHANNELS + 0.5 * prefs / prefs.sum(1, keepdims=True)
         tune = mg @ self._tuning  # (N, K)
         tune = tune * gain[:, None] + 0.1 * m.sum(1, keepdims=True).clip(0, 1) * self._mix(self._f_tune, x)
+        if fine is not None:
+            tune = tune + 0.3 * self.fine_amp * m.sum(1, keepdims=True).clip(0, 1) * fine[:, N_CHANNELS:]
         tune[:, SCORES.index("contrast")] += 0.05  # every visual voxel follows overall contrast a little
         return early.astype(np.float32), expo.astype(np.float32), centre, sigma, prefs.astype(np.float32), \
             tune.astype(np.float32)
@@ -298,19 +332,22 @@ def noise_ceiling(trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return nc.astype(np.float32), ncsnr.astype(np.float32)
 
 
-def make_subjects(n_subjects: int = 4, seed: int = 0, resolution=None, snr=None) -> list[VirtualSubject]:
+def make_subjects(n_subjects: int = 4, seed: int = 0, resolution=None, snr=None, fine_mm: float | None = None,
+                  fine_amp: float = 1.0) -> list[VirtualSubject]:
     """``n_subjects`` virtual subjects of the population ``seed``.
 
     ``resolution``: one value or a sequence cycled over subjects (default 2.0, 1.8 mm
     alternately). ``snr``: one value or a sequence (default: median ncsnr drawn
-    between 0.45 and 0.8 per subject).
+    between 0.45 and 0.8 per subject). ``fine_mm`` / ``fine_amp``: opt-in shared
+    sub-2 mm structure (see :class:`VirtualSubject`; default None: none).
     """
     if n_subjects < 1:
         raise SimulationError("need at least one subject")
     res = [2.0, 1.8] if resolution is None else list(np.atleast_1d(resolution))
     rng = np.random.default_rng([int(seed), 12])
     snrs = rng.uniform(0.45, 0.8, n_subjects) if snr is None else np.resize(np.atleast_1d(snr), n_subjects)
-    return [VirtualSubject(index=i, seed=int(seed), resolution=float(res[i % len(res)]), snr=float(snrs[i]))
+    return [VirtualSubject(index=i, seed=int(seed), resolution=float(res[i % len(res)]), snr=float(snrs[i]),
+                           **({} if fine_mm is None else {"fine_mm": float(fine_mm), "fine_amp": float(fine_amp)}))
             for i in range(n_subjects)]
 
 
