@@ -270,27 +270,24 @@ def demo_sample_volume(resolution: float = 2.0):
 def warm_up(model, resolution: float = 2.0):
     """Prepare what the first render needs in a background thread while napari opens.
 
-    The brain mask and template (read from the disk cache after the first run) and, only
-    when the sample image's features are not cached yet (first run), the backbone; a
-    later run renders the cached sample without building the backbone. Returns the thread.
+    The brain mask and template (read from the disk cache after the first run) and the
+    sample image's features through ``encode_images``, which builds the backbone only when
+    they are not cached yet (first run). Returns the thread.
     """
     import threading
 
     from napari_nrf import space
     from napari_nrf.features import FeatureCache
-    from napari_nrf.features.extract import cached_features
 
     def work():
         grid = space.Grid.mni(resolution)
         space.brain_mask(grid)
         space.template(grid)
         try:
-            cached = cached_features(model.backbone_name, model.backbone_config, [str(sample_image_path())],
-                                     FeatureCache())
-        except OSError:
-            cached = None
-        if cached is None:
-            model.backbone()
+            cache = FeatureCache()
+        except OSError:  # unwritable cache folder: the render computes the features
+            return
+        model.encode_images([str(sample_image_path())], cache=cache)
 
     th = threading.Thread(target=work, name="napari-nrf-demo-warm-up", daemon=True)
     th.start()
