@@ -69,3 +69,16 @@ def test_header_is_plain_json(tmp_path):
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
     assert json.loads(header["__metadata__"]["napari_nrf"])["kind"] == "nrf"
+
+
+def test_bundle_gets_the_umask_permissions(tmp_path):
+    """A saved model is readable like any other file the user writes (not 0600)."""
+    old = os.umask(0o022)
+    try:
+        p = save_bundle(tmp_path / "m.safetensors", {"w": torch.zeros(2)}, meta())
+        assert os.stat(p).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        p = save_bundle(tmp_path / "private.safetensors", {"w": torch.zeros(2)}, meta())
+        assert os.stat(p).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -45,6 +45,13 @@ def _json_default(o):
     raise TypeError(f"metadata value of type {type(o).__name__} is not JSON-serialisable")
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
 def save_bundle(path, tensors: dict, metadata: dict) -> Path:
     """Write ``tensors`` (name -> torch.Tensor or ndarray) and ``metadata`` to ``path``.
 
@@ -75,6 +82,8 @@ def save_bundle(path, tensors: dict, metadata: dict) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta, default=_json_default)})
+        # safetensors creates its file 0600; a model is meant to be shared like any file.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
