@@ -7,7 +7,9 @@ A. data efficiency: median voxel Pearson of NRF and ridge at 20, 200, 800 and al
    (mean and spread over subjects);
 B. local smoothness: shuffling the voxel <-> coordinate pairing (one permutation per
    subject, the same for every image, train and test) hurts NRF, most at low data; ridge
-   is voxelwise and therefore unaffected;
+   is voxelwise and therefore unaffected. Opt-in ``--shuffle-kind roi`` (or ``global,roi``)
+   adds the paper's second variant, permuting only within each ROI (``rs.roi``), keys
+   ``nrf_shuffled_roi``/``ridge_shuffled_roi``; the paper finds global shuffling hurts most;
 C. resolution: an NRF trained on ~2 mm samples and queried at 1 mm is closer to the 1 mm
    truth than trilinear upsampling of its own 2 mm predictions.
 
@@ -107,6 +109,22 @@ def shuffled(rs: ResponseSet, seed: int) -> ResponseSet:
                        subject=rs.subject, meta=rs.meta)
 
 
+def roi_shuffled(rs: ResponseSet, seed: int) -> ResponseSet:
+    """The same set with its voxels' responses permuted only among voxels of the same ROI
+    (``rs.roi``; voxels without a label, 0, are permuted among themselves): the paper's
+    ROI-wise shuffle, which keeps each area's responses inside the area."""
+    if rs.roi is None:
+        raise ValueError("ROI-wise shuffling needs ROI labels per voxel (rs.roi)")
+    rng = np.random.default_rng(seed)
+    perm = np.arange(rs.n_voxels)
+    for lab in np.unique(rs.roi):  # sorted labels: the draw order is fixed
+        idx = np.flatnonzero(rs.roi == lab)
+        perm[idx] = idx[rng.permutation(len(idx))]
+    return ResponseSet(responses=np.asarray(rs.responses)[:, perm], coords=rs.coords, split=rs.split,
+                       images=rs.images, image_ids=rs.image_ids, truth=np.asarray(rs.truth)[:, perm],
+                       roi=rs.roi, roi_names=dict(rs.roi_names), subject=rs.subject, meta=rs.meta)
+
+
 # ---- models -----------------------------------------------------------------------------
 def fit_nrf(sets, feats, cfg, seed, epochs=None, steps=None, log=None):
     from napari_nrf.models.nrf import build_nrf
@@ -133,11 +151,21 @@ def sub_feats(feats, rows):
 
 
 def one_size(rs, ft, size, s, cfg, shuffle: bool, log) -> dict:
-    """NRF and ridge (and their shuffled versions) for subject ``rs`` at ``size`` images."""
+    """NRF and ridge (and their shuffled versions) for subject ``rs`` at ``size`` images.
+
+    ``cfg["shuffle_kinds"]`` (default ``("global",)``): which shuffles run where ``shuffle``;
+    "global" gives the keys ``nrf_shuffled``/``ridge_shuffled``, "roi" (within-ROI
+    permutation) ``nrf_shuffled_roi``/``ridge_shuffled_roi``.
+    """
     test = rs.indices("test")
     rows = train_rows(rs, size, seed=300 + s)
     rec = {"subject": rs.subject, "n_train": int(len(rows))}
-    variants = [("", rs)] + ([("_shuffled", shuffled(rs, seed=400 + s))] if shuffle else [])
+    kinds = tuple(cfg.get("shuffle_kinds", ("global",))) if shuffle else ()
+    variants = [("", rs)]
+    if "global" in kinds:
+        variants.append(("_shuffled", shuffled(rs, seed=400 + s)))
+    if "roi" in kinds:
+        variants.append(("_shuffled_roi", roi_shuffled(rs, seed=500 + s)))
     for suffix, data in variants:
         sub = with_train(data, rows)
         t = time.perf_counter()
@@ -294,7 +322,7 @@ def summarise(runs: list) -> dict:
     for n in sorted({r["n_train"] for r in runs}):
         rs = [r for r in runs if r["n_train"] == n]
         row = {}
-        for model in ("nrf", "ridge", "nrf_shuffled", "ridge_shuffled"):
+        for model in ("nrf", "ridge", "nrf_shuffled", "ridge_shuffled", "nrf_shuffled_roi", "ridge_shuffled_roi"):
             vals = [r[model] for r in rs if model in r]
             for key in ("r_noisy", "r_truth") if vals else ():
                 a = np.array([v[key] for v in vals])
@@ -313,8 +341,12 @@ def markdown(res: dict) -> str:
 
     keys = ("nrf.r_noisy", "ridge.r_noisy", "nrf.r_truth", "ridge.r_truth", "nrf_shuffled.r_noisy",
             "nrf_shuffled.r_truth")
-    lines = ["| train images | NRF r (noisy) | ridge r (noisy) | NRF r (truth) | ridge r (truth) "
-             "| NRF shuffled r (noisy) | NRF shuffled r (truth) |", "|---|---|---|---|---|---|---|"]
+    head = ("| train images | NRF r (noisy) | ridge r (noisy) | NRF r (truth) | ridge r (truth) "
+            "| NRF shuffled r (noisy) | NRF shuffled r (truth) |")
+    if any("nrf_shuffled_roi.r_noisy" in row for row in res["summary"].values()):  # only with --shuffle-kind roi
+        keys += ("nrf_shuffled_roi.r_noisy", "nrf_shuffled_roi.r_truth")
+        head += " NRF ROI-shuffled r (noisy) | NRF ROI-shuffled r (truth) |"
+    lines = [head, "|---" * (len(keys) + 1) + "|"]
     for n, row in sorted(res["summary"].items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {n} | " + " | ".join(cell(row, k) for k in keys) + " |")
     return "\n".join(lines)
@@ -330,6 +362,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-resolution", action="store_true", help="skip claim C")
     ap.add_argument("--epochs", type=int, help="claims A/B: maximum NRF epochs (default %d)" % FULL["epochs"])
     ap.add_argument("--shuffle-sizes", help="sizes with the shuffle ablation (default 20,all)")
+    ap.add_argument("--shuffle-kind", help="comma-separated shuffles at the shuffle sizes, of global,roi "
+                    "(default global; roi permutes only within each ROI)")
     ap.add_argument("--res-epochs", type=int, help="claim C: maximum epochs (default %d)" % FULL["res_epochs"])
     ap.add_argument("--res-fourier-std", type=float, help="claim C: NRF Fourier-feature std (default 32)")
     ap.add_argument("--res-variants", help="claim C: comma-separated, of single_subject,multi_subject")
@@ -346,6 +380,11 @@ def main(argv=None) -> int:
         over["epochs"] = args.epochs
     if args.shuffle_sizes:
         over["shuffle_sizes"] = tuple(None if v == "all" else int(v) for v in args.shuffle_sizes.split(","))
+    if args.shuffle_kind:
+        kinds = tuple(args.shuffle_kind.split(","))
+        if not set(kinds) <= {"global", "roi"}:
+            ap.error(f"--shuffle-kind: unknown {sorted(set(kinds) - {'global', 'roi'})}")
+        over["shuffle_kinds"] = kinds
     if args.res_epochs:
         over["res_epochs"] = args.res_epochs
     if args.res_fourier_std:

@@ -21,22 +21,24 @@ def _load(path):
 
 def test_science_experiment_tiny(tmp_path):
     sci = _load(ROOT / "benchmarks" / "nrf_vs_ridge.py")
-    res = sci.run(tiny=True, cache_dir=tmp_path / "cache", log=lambda s: None, out=tmp_path / "r.json")
+    res = sci.run(tiny=True, cache_dir=tmp_path / "cache", log=lambda s: None, out=tmp_path / "r.json",
+                  overrides={"shuffle_kinds": ("global", "roi")})
     assert (tmp_path / "r.json").exists()
     assert {r["n_train"] for r in res["runs"]} == {20}
     assert {r["subject"] for r in res["runs"]} == {"sub-01", "sub-02"}  # simulator subjects
     for r in res["runs"]:
-        for m in ("nrf", "ridge", "nrf_shuffled", "ridge_shuffled"):
+        for m in ("nrf", "ridge", "nrf_shuffled", "ridge_shuffled", "nrf_shuffled_roi", "ridge_shuffled_roi"):
             assert -1 <= r[m]["r_noisy"] <= 1 and -1 <= r[m]["r_truth"] <= 1
         # ridge is voxelwise: shuffling the coordinates changes nothing
         assert r["ridge_shuffled"] == r["ridge"]
+        assert r["ridge_shuffled_roi"] == r["ridge"]
     c = res["resolution"]
     for name in ("single_subject", "multi_subject"):
         assert set(c[name]) >= {"nrf_1mm", "upsampled_2mm"}
     assert c["multi_subject"]["subjects"] == ["sub-01", "sub-02"]
     assert c["n_points_1mm"] > 0 and 0.9 < c["fine_structure"]["upsampled_true_2mm"]["r_truth_median"] <= 1
-    assert "nrf.r_truth" in res["summary"]["20"]
-    assert "| 20 |" in sci.markdown(res)
+    assert "nrf.r_truth" in res["summary"]["20"] and "nrf_shuffled_roi.r_truth" in res["summary"]["20"]
+    assert "| 20 |" in sci.markdown(res) and "ROI-shuffled" in sci.markdown(res)
 
 
 def test_shuffle_and_train_subset_helpers():
@@ -53,6 +55,14 @@ def test_shuffle_and_train_subset_helpers():
     perm = [int(np.flatnonzero((y == sh.responses[:, [j]]).all(0))[0]) for j in range(6)]
     assert sorted(perm) == list(range(6)) and perm != list(range(6))
     np.testing.assert_array_equal(sh.truth, y[:, perm] * 2)  # truth moves with its responses
+    # ROI-wise: responses move only among voxels of the same label (0 = none: among themselves)
+    rs.roi = np.array([1, 1, 1, 2, 2, 0], np.int32)
+    sr = sci.roi_shuffled(rs, seed=1)
+    perm = [int(np.flatnonzero((y == sr.responses[:, [j]]).all(0))[0]) for j in range(6)]
+    assert sorted(perm) == list(range(6)) and perm[5] == 5
+    assert sorted(perm[:3]) == [0, 1, 2] and sorted(perm[3:5]) == [3, 4]
+    np.testing.assert_array_equal(sr.truth, y[:, perm] * 2)
+    np.testing.assert_array_equal(sr.roi, rs.roi)
     rows = sci.train_rows(rs, 3, seed=0)
     sub = sci.with_train(rs, rows)
     assert list(sub.indices("train")) == list(rows) and len(rows) == 3
