@@ -69,7 +69,8 @@ def test_cli_train_evaluate_query(data_file, tmp_path, capsys):
     assert rc == 0
     rep = json.loads((tmp_path / "e.json").read_text())["reports"][0]
     assert rep["n_images"] == 6 and "ridge" in rep
-    assert "pearson_median" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "r median" in out and "top1/4" in out and "median voxel r per ROI" in out
     img = tmp_path / "cat.png"
     from PIL import Image
 

@@ -199,17 +199,39 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
     return rep
 
 
+_TABLE_COLS = (("pearson_median", "r median"), ("pearson_mean", "r mean"), ("mse", "MSE"),
+               ("nc_normalised_median", "r2/NC median"), ("truth_pearson_median", "r truth median"))
+
+
 def format_table(reports: list[dict]) -> str:
-    """A plain-text table of evaluation reports (one row per subject, model and ridge)."""
-    cols = ["pearson_median", "pearson_mean", "mse", "nc_normalised_median", "truth_pearson_median"]
-    head = f"{'subject':<12}{'model':<8}" + "".join(f"{c[:18]:>20}" for c in cols) + f"{'top1':>8}{'top5':>8}"
+    """A plain-text table of evaluation reports: one row per subject for the model and the
+    ridge baseline (Pearson r, MSE, noise-ceiling-normalised r^2, r against the noiseless
+    truth, retrieval among N candidates), then the median r per ROI where the set has ROIs.
+    A "-" marks a metric the data cannot give (no ceilings, no truth)."""
+    n_cand = sorted({int(r["retrieval"]["n_candidates"]) for r in reports if "retrieval" in r})
+    among = f"/{n_cand[0]}" if len(n_cand) == 1 else ""
+    labels = [lab for _, lab in _TABLE_COLS] + [f"top1{among}", f"top5{among}"]
+    widths = [max(9, len(lab) + 2) for lab in labels]
+    head = f"{'subject':<12}{'model':<8}" + "".join(f"{lab:>{w}}" for lab, w in zip(labels, widths))
     lines = [head, "-" * len(head)]
     for rep in reports:
         for name, r in (("model", rep), ("ridge", rep.get("ridge"))):
             if r is None:
                 continue
-            vals = "".join(f"{r[c]:>20.4f}" if c in r else f"{'-':>20}" for c in cols)
-            lines.append(f"{rep['subject']:<12}{name:<8}{vals}{r['retrieval']['top1']:>8.3f}{r['retrieval']['top5']:>8.3f}")
+            vals = [f"{r[c]:.4f}" if r.get(c) is not None else "-" for c, _ in _TABLE_COLS]
+            vals += [f"{r['retrieval'][k]:.3f}" for k in ("top1", "top5")]
+            lines.append(f"{rep['subject']:<12}{name:<8}" + "".join(f"{v:>{w}}" for v, w in zip(vals, widths)))
+    for rep in reports:  # one block per subject, one row per ROI (tall, not wide)
+        roi = rep.get("per_roi") or {}
+        if not roi:
+            continue
+        rr = (rep.get("ridge") or {}).get("per_roi") or {}
+        rw = max(12, max(len(k) for k in roi) + 2)
+        lines += ["", f"{rep['subject']}: median voxel r per ROI",
+                  f"{'ROI':<{rw}}{'voxels':>8}{'model':>10}" + (f"{'ridge':>10}" if rr else "")]
+        for k, v in roi.items():
+            ridge_cell = (f"{rr[k]['median']:>10.3f}" if k in rr else f"{'-':>10}") if rr else ""
+            lines.append(f"{k:<{rw}}{v['n_voxels']:>8}{v['median']:>10.3f}{ridge_cell}")
     return "\n".join(lines)
 
 
