@@ -28,3 +28,27 @@ def test_every_subcommand_has_help():
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "napari_nrf.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "napari-nrf" in r.stdout
+
+
+def test_query_output_names_never_collide(tmp_path):
+    from napari_nrf._cli_nrf import output_names
+
+    assert output_names(["a/cat.png", "b/cat.jpg", "dog.png", "scan.v2.png"]) == [
+        "a_cat.nii.gz", "b_cat.nii.gz", "dog.nii.gz", "scan.nii.gz"]
+    names = output_names(["a/cat.png", "x/a/cat.tif", "y/a/cat.png"])  # same folder name too
+    assert names == ["a_cat-1.nii.gz", "a_cat-2.nii.gz", "a_cat-3.nii.gz"]
+
+
+def test_query_checks_inputs_before_loading_the_model(tmp_path, capsys):
+    """A bad mask or unreadable image fails at once with a message, before the (absent) model is read."""
+    from PIL import Image
+    import numpy as np
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    model = tmp_path / "missing.safetensors"
+    assert main(["query", str(model), str(good), "--mask", "V1", "--out", str(tmp_path / "q")]) != 0
+    assert "unknown mask 'V1'" in capsys.readouterr().err
+    assert main(["query", str(model), str(good), str(tmp_path / "bad.png"), "--out", str(tmp_path / "q")]) != 0
+    assert "bad.png" in capsys.readouterr().err and not (tmp_path / "q").exists()

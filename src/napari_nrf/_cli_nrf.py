@@ -131,13 +131,19 @@ def _query(args) -> int:
     from napari_nrf.models import load_model
     from napari_nrf.query import QueryEngine
 
-    model = load_model(args.model, device=_device(args.device))
     grid = space.Grid.mni(args.resolution)
+    mask_spec = None if args.mask in ("none", "all", "") else args.mask
+    # Check every input before the long work, so a typo in the last image or the mask
+    # does not fail after minutes of queries.
+    mask = space.resolve_mask(mask_spec, grid)
+    for path in args.images:
+        load_image_file(path)
+    names = output_names(args.images)
+    model = load_model(args.model, device=_device(args.device))
     eng = QueryEngine(model, device=_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    mask = None if args.mask in ("none", "all", "") else args.mask
-    for path in args.images:
+    for path, name in zip(args.images, names):
         img = load_image_file(path)
         with tqdm(total=None, unit="pt", unit_scale=True, desc=Path(path).name) as bar:
             def progress(done, total):
@@ -146,7 +152,23 @@ def _query(args) -> int:
                 bar.refresh()
 
             vol = eng.volume([img], grid, mask=mask, subject=args.subject, progress=progress)[0]
-        stem = Path(path).name.split(".")[0]
-        dst = space.save_nifti(vol, grid, out / f"{stem}.nii.gz")
-        print(f"{dst}  grid {grid.shape} at {args.resolution:g} mm")
+        dst = space.save_nifti(vol, grid, out / name)
+        print(f"{path} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
     return 0
+
+
+def output_names(paths) -> list[str]:
+    """One distinct ``<name>.nii.gz`` per image path, in order.
+
+    The name is the file name without its extensions; images that share it (``a/cat.png``,
+    ``b/cat.jpg``) get their folder's name in front (``a_cat``), and a number after when
+    that still collides, so no volume overwrites another.
+    """
+    stems = [Path(p).name.split(".")[0] or "image" for p in paths]
+    names = [s if stems.count(s) == 1 else f"{Path(p).resolve().parent.name}_{s}" for p, s in zip(paths, stems)]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if names.count(n) == 1 else f"{n}-{seen[n]}")
+    return [f"{n}.nii.gz" for n in out]
