@@ -219,3 +219,29 @@ def test_fine_mm_is_opt_in_and_adds_sub_2mm_structure():
     assert r[0] > 0.95 and abs(r[1]) < 0.3
     with pytest.raises(SimulationError):
         VirtualSubject(fine_mm=0.0)
+
+
+def test_identical_population_is_opt_in_and_differs_only_in_grid():
+    from napari_nrf.simulate import make_subjects
+    from napari_nrf.simulate.subjects import _reference_descriptors
+
+    desc = _reference_descriptors()[np.arange(12)]
+    plain = make_subjects(2, seed=0)
+    a, b = make_subjects(2, seed=0, identical=True)
+    assert all(not s.identical and "identical" not in s.config() for s in plain)
+    # Same grids as the default subjects of these indices (offset drawn as before), so the
+    # subjects still sample the field at different places; same SNR (the first subject's).
+    assert a.grid == plain[0].grid and b.grid == plain[1].grid and a.grid != b.grid
+    assert a.snr == b.snr == plain[0].snr
+    xyz = a.voxel_coords(roi=["V1", "FFA"])[::7]
+    ta, tb = a.truth(desc, xyz), b.truth(desc, xyz)
+    np.testing.assert_allclose(ta, tb, rtol=0, atol=1e-6)  # one field for the whole population
+    assert np.abs(plain[0].truth(desc, xyz) - plain[1].truth(desc, xyz)).max() > 0.1
+    assert 0.5 < ta.std(0).mean() < 1.0  # about unit-variance U scaled by 1 / sqrt(1 + sigma^2)
+    # Recorded in the config; subject_from_meta rebuilds it.
+    c = subject_from_meta({"simulator": b.config()})
+    assert c.config()["identical"] is True and c.grid == b.grid
+    np.testing.assert_array_equal(c.truth(desc, xyz), tb)
+    # Combines with the fine field: the population's, no displacement to undo.
+    fa, fb = make_subjects(2, seed=0, identical=True, fine_mm=1.5)
+    np.testing.assert_allclose(fa.truth(desc, xyz), fb.truth(desc, xyz), rtol=0, atol=1e-6)

@@ -71,6 +71,13 @@ class VirtualSubject:
         the areas), like columns that move with the areas across brains.
     fine_amp : strength of that field (1.0: unit-variance logits added to the preference
         logits and 0.3 x the field added to the tuning weights)
+    identical : opt-in idealised population (default False): the subject differs from the
+        others of its population ``seed`` only in its grid (resolution, origin offset) and
+        its noise draws. No area displacement or size change, no individual pole shift,
+        eccentricity scale, gains or retinotopic jitter, and every smooth field is the
+        population's (the shared part at full weight, so tuning variance stays that of the
+        default 60 / 40 mix); the SNR field is shared too, so with equal ``snr`` two
+        subjects have the same truth at the same MNI points.
     """
 
     index: int = 0
@@ -82,6 +89,7 @@ class VirtualSubject:
     gm_threshold: float = 0.3
     fine_mm: float | None = None
     fine_amp: float = 1.0
+    identical: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -121,6 +129,16 @@ class VirtualSubject:
         # Opt-in fine field, population-shared (no subject index in its seed).
         self._f_fine = (None if self.fine_mm is None else
                         anatomy.SmoothField(N_CHANNELS + nk, float(self.fine_mm), [s, 106]))
+        if self.identical:
+            # Idealised population: overwrite every individual draw (after they were made, so
+            # the grid offset stays the one the default subject of this index gets).
+            self._blobs = [(name, hemi, c, area.radius, area) for name, hemi, c, area in anatomy.blobs()]
+            self._disp = np.zeros_like(self._disp)
+            self._pole_shift = np.zeros(3)
+            self._ecc_scale = 1.0
+            self._gain_scale = np.ones(len(self._blobs), np.float32)
+            self._f_retino = anatomy.SmoothField(2, 8.0, [s, 104])
+            self._f_snr = anatomy.SmoothField(1, 8.0, [s, 105])
 
     # ---- names -------------------------------------------------------------------------
     @property
@@ -138,6 +156,8 @@ class VirtualSubject:
                 "gm_threshold": self.gm_threshold, "version": VERSION}
         if self.fine_mm is not None:  # only when set: default configs stay as they were
             cfg.update(fine_mm=float(self.fine_mm), fine_amp=float(self.fine_amp))
+        if self.identical:
+            cfg["identical"] = True
         return cfg
 
     @classmethod
@@ -206,6 +226,8 @@ class VirtualSubject:
     # ---- retinotopy and tuning fields -----------------------------------------------------
     def _mix(self, pair, xyz):
         a, b = pair
+        if self.identical:  # the population's field alone, at the default mix's unit variance
+            return a(xyz)
         return np.sqrt(SHARED_WEIGHT) * a(xyz) + np.sqrt(1 - SHARED_WEIGHT) * b(xyz)
 
     def prf(self, xyz, m=None):
@@ -333,21 +355,28 @@ def noise_ceiling(trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_subjects(n_subjects: int = 4, seed: int = 0, resolution=None, snr=None, fine_mm: float | None = None,
-                  fine_amp: float = 1.0) -> list[VirtualSubject]:
+                  fine_amp: float = 1.0, identical: bool = False) -> list[VirtualSubject]:
     """``n_subjects`` virtual subjects of the population ``seed``.
 
     ``resolution``: one value or a sequence cycled over subjects (default 2.0, 1.8 mm
     alternately). ``snr``: one value or a sequence (default: median ncsnr drawn
     between 0.45 and 0.8 per subject). ``fine_mm`` / ``fine_amp``: opt-in shared
     sub-2 mm structure (see :class:`VirtualSubject`; default None: none).
+    ``identical``: opt-in idealised population (see :class:`VirtualSubject`): subjects
+    differ only in grid and noise draws; with ``snr=None`` all get the first subject's
+    drawn SNR, so their truths agree at every MNI point.
     """
     if n_subjects < 1:
         raise SimulationError("need at least one subject")
     res = [2.0, 1.8] if resolution is None else list(np.atleast_1d(resolution))
     rng = np.random.default_rng([int(seed), 12])
     snrs = rng.uniform(0.45, 0.8, n_subjects) if snr is None else np.resize(np.atleast_1d(snr), n_subjects)
-    return [VirtualSubject(index=i, seed=int(seed), resolution=float(res[i % len(res)]), snr=float(snrs[i]),
-                           **({} if fine_mm is None else {"fine_mm": float(fine_mm), "fine_amp": float(fine_amp)}))
+    extra = {} if fine_mm is None else {"fine_mm": float(fine_mm), "fine_amp": float(fine_amp)}
+    if identical:
+        extra["identical"] = True
+        if snr is None:
+            snrs = np.full(n_subjects, snrs[0])
+    return [VirtualSubject(index=i, seed=int(seed), resolution=float(res[i % len(res)]), snr=float(snrs[i]), **extra)
             for i in range(n_subjects)]
 
 
