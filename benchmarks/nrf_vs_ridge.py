@@ -28,6 +28,9 @@ upsampling of the *true* 2 mm field misses (the room claim C has). The default s
 has almost no sub-2 mm structure; ``--fine-mm 1.5`` gives every subject a shared (up to
 its area displacement) fine field of 1.5 mm length in its preferences and tuning
 (``VirtualSubject(fine_mm=...)``), a truth on which claim C can be tested.
+``--identical-subjects`` makes an idealised population (``VirtualSubject(identical=True)``:
+subjects differ only in grid and noise draws) to see whether pooling offset grids helps
+when the subjects' fields agree; ``--res-subjects 0,1,2,3,4,5`` pools more grids.
 
 Models: frozen efficientnet-lite0 features (``FeatureCache``) for both; NRF =
 ``build_nrf("efficientnet-lite0", "demo")`` trained with ``train.fit`` (AdamW, early
@@ -71,7 +74,7 @@ def make_data(cfg, roi=None, max_voxels=None, cache_dir=None, log=print):
 
     t = time.perf_counter()
     subjects = make_subjects(cfg["n_subjects"], seed=cfg["seed"], fine_mm=cfg.get("fine_mm"),
-                             fine_amp=cfg.get("fine_amp", 1.0))
+                             fine_amp=cfg.get("fine_amp", 1.0), identical=bool(cfg.get("identical", False)))
     sets = simulate(subjects=subjects, n_images=cfg["n_images"], seed=cfg["seed"], n_shared=cfg["n_shared"],
                     max_voxels=max_voxels, roi=None if roi is None else list(roi), image_size=cfg["image_size"],
                     val_fraction=cfg["val_fraction"])
@@ -237,8 +240,10 @@ def fine_structure(subject, rs, g2, g1, pts, test) -> dict:
 def resolution_claim(cfg, cache_dir, log) -> dict:
     from napari_nrf.query import QueryEngine
 
-    subjects, sets, feats = make_data(cfg, roi=cfg["res_roi"], max_voxels=cfg.get("res_max_voxels"),
-                                      cache_dir=cache_dir, log=log)
+    # Enough subjects for every one the multi-subject variant pools (more offset grids).
+    n_sub = max(cfg["n_subjects"], max(cfg["res_subjects"]) + 1)
+    subjects, sets, feats = make_data({**cfg, "n_subjects": n_sub}, roi=cfg["res_roi"],
+                                      max_voxels=cfg.get("res_max_voxels"), cache_dir=cache_dir, log=log)
     if "res_box" in cfg:  # tiny: keep a small box of sub-01's voxels (and the others' in it)
         c = sets[0].coords[0]
         keep = [np.flatnonzero(np.all(np.abs(rs.coords - c) <= cfg["res_box"], axis=1)) for rs in sets]
@@ -370,6 +375,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fine-mm", type=float, help="simulator: add shared fine structure of this length in mm "
                     "(opt-in sub-2 mm truth; default none)")
     ap.add_argument("--fine-amp", type=float, help="simulator: strength of the --fine-mm field (default 1.0)")
+    ap.add_argument("--identical-subjects", action="store_true", help="simulator: idealised population, subjects "
+                    "differ only in grid and noise draws (VirtualSubject(identical=True))")
+    ap.add_argument("--res-subjects", help="claim C: comma-separated 0-based subjects the multi-subject variant "
+                    "pools (default 0,1,2; more simulates more subjects, 2.0 / 1.8 mm alternately)")
     args = ap.parse_args(argv)
     sizes = None
     if args.sizes:
@@ -395,6 +404,10 @@ def main(argv=None) -> int:
         over["fine_mm"] = args.fine_mm
     if args.fine_amp:
         over["fine_amp"] = args.fine_amp
+    if args.identical_subjects:
+        over["identical"] = True
+    if args.res_subjects:
+        over["res_subjects"] = tuple(int(v) for v in args.res_subjects.split(","))
     t = time.time()
     res = run(overrides=over, tiny=args.tiny, cache_dir=args.cache, sizes=sizes, subject_ids=ids, resolution=not args.no_resolution,
               log=lambda s: print(time.strftime("%H:%M:%S"), s, flush=True), out=args.out)

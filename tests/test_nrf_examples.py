@@ -41,6 +41,16 @@ def test_science_experiment_tiny(tmp_path):
     assert "| 20 |" in sci.markdown(res) and "ROI-shuffled" in sci.markdown(res)
 
 
+def test_resolution_claim_identical_population_tiny(tmp_path):
+    sci = _load(ROOT / "benchmarks" / "nrf_vs_ridge.py")
+    res = sci.run(tiny=True, cache_dir=tmp_path / "cache", log=lambda s: None, sizes=(),
+                  overrides={"identical": True, "res_subjects": (0, 1, 2), "res_variants": ["multi_subject"]})
+    c = res["resolution"]
+    assert "single_subject" not in c and c["multi_subject"]["subjects"] == ["sub-01", "sub-02", "sub-03"]
+    assert set(c["multi_subject"]) >= {"nrf_1mm", "upsampled_2mm"}
+    assert res["config"]["identical"] is True
+
+
 def test_shuffle_and_train_subset_helpers():
     sci = _load(ROOT / "benchmarks" / "nrf_vs_ridge.py")
     from napari_nrf.data.responseset import ResponseSet
