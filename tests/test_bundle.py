@@ -82,3 +82,24 @@ def test_bundle_gets_the_umask_permissions(tmp_path):
         assert os.stat(p).st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_check_bundle_path_before_long_work(tmp_path):
+    from napari_nrf.models.bundle import check_bundle_path
+
+    assert check_bundle_path(tmp_path / "new" / "deeper" / "m.safetensors").name == "m.safetensors"
+    with pytest.raises(BundleError, match="end in .safetensors"):
+        check_bundle_path(tmp_path / "m.pt")
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(BundleError, match="is a folder"):
+        check_bundle_path(tmp_path / "d.safetensors")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BundleError, match="is a file"):
+        check_bundle_path(tmp_path / "file" / "m.safetensors")
+
+
+def test_train_cli_refuses_a_bad_out_before_training(tmp_path, capsys):
+    from napari_nrf.cli import main
+
+    assert main(["train", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "m.pt")]) != 0
+    assert "end in .safetensors" in capsys.readouterr().err  # the data is not even read

@@ -7,6 +7,8 @@ import torch
 from napari_nrf.models.nrf import build_nrf
 from napari_nrf.train import (TrainingCancelled, TrainingError, fit, loss_fn, predict_set, voxel_pearson)
 
+from napari_nrf.data.responseset import ResponseSet
+
 from _nrf_data import synth_set
 
 KW = dict(batch_images=16, batch_voxels=150, lr=2e-3, steps_per_epoch=4)
@@ -87,3 +89,19 @@ def test_bad_input(data):
         fit(m, [rs], features=[{k: v[:5] for k, v in f.items()}], epochs=1)
     with pytest.raises(TrainingError, match="accepts no parameter"):
         fit(m, [rs], features=[f], epochs=1, trainable=lambda n: False)
+
+
+def test_fit_refuses_settings_that_cannot_train_and_stops_on_a_nan_loss(data, tmp_path):
+    """A zero batch or 0 epochs used to save an untrained model with a NaN score."""
+    rs, f = data
+    for bad in ({"epochs": 0}, {"batch_voxels": 0}, {"batch_images": 0}, {"lr": 0.0}, {"alpha": 1.5},
+                {"patience": 0}, {"steps_per_epoch": 0}, {"weight_decay": -1.0}):
+        kw = {**KW, "epochs": 1, **bad}
+        with pytest.raises(TrainingError, match=next(iter(bad)).split("_")[0]):
+            fit(build_nrf("efficientnet-lite0", "tiny"), [rs], features=[f], **kw)
+    y = np.array(rs.responses, copy=True)
+    y[:, 0] = np.nan  # one bad voxel in every image
+    bad_rs = ResponseSet(responses=y, coords=rs.coords, split=rs.split, images=rs.images, subject=rs.subject)
+    with pytest.raises(TrainingError, match="loss became nan"):
+        fit(build_nrf("efficientnet-lite0", "tiny"), [bad_rs], features=[f], epochs=1,
+            batch_voxels=rs.n_voxels, checkpoint_dir=tmp_path)

@@ -8,7 +8,7 @@ import torch
 
 from napari_nrf.data.responseset import ResponseSet
 from napari_nrf.models import load_model
-from napari_nrf.models.universal import UniversalModelError, train_universal, transfer_subject
+from napari_nrf.models.universal import UniversalModelError, build_universal, train_universal, transfer_subject
 
 P, C = 16, 8
 SHAPES = {"tok": (P, C), "embedding": (C,)}
@@ -128,8 +128,8 @@ def test_embedding_lr_scale_speeds_up_only_the_embeddings():
         model, _ = train_universal([rs], feature_shapes=SHAPES, features=[f], epochs=1, steps_per_epoch=1,
                                    batch_images=16, batch_voxels=30, lr=1e-3, weight_decay=0.0, seed=0,
                                    model_config={**CFG, "embedding_lr_scale": scale, "embed_init_std": 0.01})
-        init, _ = train_universal([rs], feature_shapes=SHAPES, features=[f], epochs=0,
-                                  model_config={**CFG, "embedding_lr_scale": scale, "embed_init_std": 0.01})
+        init = build_universal("efficientnet-lite0", {rs.subject: rs.coords}, feature_shapes=SHAPES, seed=0,
+                               **{**CFG, "embedding_lr_scale": scale, "embed_init_std": 0.01})
         a, b = model.state_dict(), init.state_dict()
         moved[scale] = {k: float((a[k] - b[k]).abs().max()) for k in a if a[k].dtype.is_floating_point}
         assert model.config()["embedding_lr_scale"] == scale

@@ -74,8 +74,10 @@ def _train(args) -> int:
     from tqdm import tqdm
 
     from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.models.bundle import check_bundle_path
     from napari_nrf.train import train_nrf
 
+    check_bundle_path(args.out)  # before minutes of training, not after
     sets = [ResponseSet.load(p) for p in args.data]
     over = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("downsample_dim", args.downsample_dim),
                               ("merged_dim", args.merged_dim)) if v is not None}
@@ -99,9 +101,16 @@ def _train(args) -> int:
                             resume=not args.no_resume, feature_cache=_cache(args.cache), device=_device(args.device),
                             progress=progress, on_epoch=on_epoch)
     bar.close()
-    print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters); best epoch "
-          f"{hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}")
+    print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters); "
+          + _best_text(hist))
     return 0
+
+
+def _best_text(hist) -> str:
+    """How the kept epoch was chosen, for the final line of a training command."""
+    if hist.best_score == hist.best_score:  # not NaN: there were validation images
+        return f"best epoch {hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}"
+    return f"no validation images (split == val), so the last epoch ({hist.best_epoch}) was kept"
 
 
 def _evaluate(args) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from napari_nrf._cli_nrf import _best_text, _device
+
 
 def _fit_args(p, epochs: int = 20) -> None:
     from napari_nrf._cli_nrf import add_fit_args
@@ -57,12 +59,6 @@ def register(sub) -> None:
     p.set_defaults(func=_cluster)
 
 
-def _device(name):
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _bar_callbacks(desc: str):
     from tqdm import tqdm
 
@@ -82,7 +78,9 @@ def _bar_callbacks(desc: str):
 
 def _fit_kwargs(args, out: Path) -> dict:
     from napari_nrf.features import FeatureCache
+    from napari_nrf.models.bundle import check_bundle_path
 
+    check_bundle_path(out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     return dict(epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
                 steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, alpha=args.alpha,
@@ -105,8 +103,7 @@ def _train(args) -> int:
                                   progress=progress, on_epoch=on_epoch, **_fit_kwargs(args, out))
     bar.close()
     print(f"saved {out}: subjects {', '.join(model.subjects)}, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; best epoch {hist.best_epoch}, "
-          f"validation median voxel r = {hist.best_score:.4f}")
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; " + _best_text(hist))
     return 0
 
 
@@ -134,7 +131,7 @@ def _transfer(args) -> int:
                                    **_fit_kwargs(args, out))
     bar.close()
     print(f"saved {out}: new subject {rs.subject} ({rs.n_voxels} voxels, {int((rs.split == 0).sum())} training "
-          f"images); validation median voxel r = {hist.best_score:.4f}")
+          f"images); " + _best_text(hist))
     return 0
 
 

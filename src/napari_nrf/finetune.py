@@ -307,6 +307,12 @@ def submit_finetune(manager, bases, data, out, *, device: str = "cpu", overwrite
     if not Path(data).exists():
         raise FinetuneError(f"response set not found: {data}")
     out = str(Path(out).expanduser().resolve())
+    from napari_nrf.models.bundle import BundleError, check_bundle_path
+
+    try:
+        check_bundle_path(out)  # now, not when the job ends
+    except BundleError as exc:
+        raise FinetuneError(str(exc)) from exc
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
     name = f"finetune {Path(out).stem} ({len(bases)} bases, {kwargs.get('n_images') or 'all'} images)"

@@ -220,6 +220,9 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     """
     if not train_sets:
         raise TrainingError("fit needs at least one response set")
+    _check_schedule(epochs=epochs, batch_images=batch_images, batch_voxels=batch_voxels, lr=lr,
+                    weight_decay=weight_decay, alpha=alpha, patience=patience, steps_per_epoch=steps_per_epoch,
+                    val_every=val_every)
     names = [rs.subject for rs in train_sets]
     if len(set(names)) != len(names):
         raise TrainingError(f"training sets need distinct subject names, got {names}")
@@ -318,6 +321,12 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
                 vt = torch.from_numpy(vox).to(dev)
                 pred = model_predict(model, fb, train_sets[si].subject, vt, tr_coords[si][vt])
                 loss = loss_fn(pred, y, alpha)
+                if not torch.isfinite(loss):
+                    # Stop before the optimiser spreads NaN into every weight; the last
+                    # epoch's checkpoint stays valid.
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at epoch {epoch}, step {step}: lower the learning rate "
+                        f"(now {lr:g}) or check the responses and features for NaN/inf values")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -366,6 +375,23 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
                                     "subjects": names, "n_train_images": [int(s) for s in sizes],
                                     "best_epoch": hist.best_epoch, "epochs_run": len(hist.records)}
     return hist
+
+
+def _check_schedule(**hp) -> None:
+    """Refuse settings that cannot train (a zero batch gives a NaN loss, 0 epochs no model)."""
+    for k in ("epochs", "batch_images", "batch_voxels", "val_every"):
+        if int(hp[k]) < 1:
+            raise TrainingError(f"{k} must be at least 1, got {hp[k]}")
+    if hp["steps_per_epoch"] is not None and int(hp["steps_per_epoch"]) < 1:
+        raise TrainingError(f"steps_per_epoch must be at least 1 (or None), got {hp['steps_per_epoch']}")
+    if int(hp["patience"]) < 1:
+        raise TrainingError(f"patience must be at least 1 epoch, got {hp['patience']}")
+    if not (math.isfinite(hp["lr"]) and hp["lr"] > 0):
+        raise TrainingError(f"the learning rate (lr) must be > 0, got {hp['lr']}")
+    if not (math.isfinite(hp["weight_decay"]) and hp["weight_decay"] >= 0):
+        raise TrainingError(f"weight_decay must be >= 0, got {hp['weight_decay']}")
+    if not (0.0 <= hp["alpha"] <= 1.0):
+        raise TrainingError(f"alpha (the cosine weight of the loss) must be in [0, 1], got {hp['alpha']}")
 
 
 def _plan(rng, tr_rows, sizes, batch_images: int, n_steps: int) -> list:

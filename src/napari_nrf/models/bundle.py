@@ -45,6 +45,27 @@ def _json_default(o):
     raise TypeError(f"metadata value of type {type(o).__name__} is not JSON-serialisable")
 
 
+def check_bundle_path(path) -> Path:
+    """Check that a model bundle can be written at ``path`` (call it before long work).
+
+    Raises :class:`BundleError` for a name not ending in ``.safetensors``, an existing
+    folder of that name, or a parent that is a file.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise BundleError(f"bundle files end in .safetensors, got {path.name}")
+    if path.is_dir():
+        raise BundleError(f"{path} is a folder; give the model file's path (.safetensors)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BundleError(f"cannot write {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise BundleError(f"cannot write {path}: no write permission in {parent}")
+            break
+    return path
+
+
 def _umask() -> int:
     """The process umask (read by setting and restoring it; there is no getter)."""
     m = os.umask(0o022)
@@ -61,8 +82,7 @@ def save_bundle(path, tensors: dict, metadata: dict) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise BundleError(f"bundle files end in .safetensors, got {path.name}")
+    check_bundle_path(path)
     if "kind" not in metadata:
         raise BundleError("bundle metadata needs a 'kind'")
     meta = dict(metadata)
