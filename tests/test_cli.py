@@ -12,10 +12,13 @@ def test_help_lists_commands(capsys):
     assert "demo" in out and "info" in out
 
 
-def test_info(capsys):
+def test_info(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_NRF_CACHE", str(tmp_path))
+    monkeypatch.setenv("NAPARI_NRF_CLIP_WEIGHTS", str(tmp_path / "absent.bin"))
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "efficientnet-lite0" in out and "clip-vit-b16" in out
+    assert "absent.bin (MISSING)" in out and f"cache: {tmp_path}" in out
 
 
 def test_every_subcommand_has_help():

@@ -21,12 +21,29 @@ def _demo(args) -> int:
 
 
 def _info(args) -> int:
+    import os
+
     import torch
 
     from napari_nrf import __version__
+    from napari_nrf._cachedir import default_cache_dir
     from napari_nrf.features import BACKBONES
+    from napari_nrf.features.backbones import CLIP_ENV
+    from napari_nrf.features.dinov2 import DINOV2_ENV
 
-    print(f"napari-nrf {__version__}, torch {torch.__version__}")
-    print("CUDA devices:", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or "none")
+    print(f"napari-nrf {__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print("CUDA devices:", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+          or "none (everything runs on the CPU)")
     print("backbones:", ", ".join(sorted(BACKBONES)))
+    for label, env, unset in (
+            ("CLIP ViT-B/16 weights", CLIP_ENV, "open_clip downloads them on first use; offline, set it to a local file"),
+            ("DINOv2 weights", DINOV2_ENV, "needed for dinov2-vitl14-reg: set it to a local weights file")):
+        path = os.environ.get(env)
+        if path:
+            print(f"{label}: ${env} = {path} ({'found' if os.path.isfile(path) else 'MISSING'})")
+        else:
+            print(f"{label}: ${env} not set ({unset})")
+    cache = default_cache_dir()
+    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
+    print(f"cache: {cache} ({size / 1e6:.1f} MB; $NAPARI_NRF_CACHE moves it)")
     return 0

@@ -150,6 +150,11 @@ def _query(args) -> int:
     names = output_names(args.images)
     model = load_model(args.model, device=_device(args.device))
     eng = QueryEngine(model, device=_device(args.device))
+    if args.subject and getattr(model, "continuous", False):
+        import sys
+
+        print(f"note: --subject {args.subject} is ignored: this model is one field over MNI space, "
+              "the same for every subject", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(args.images, names):
