@@ -55,3 +55,16 @@ def test_query_checks_inputs_before_loading_the_model(tmp_path, capsys):
     assert "unknown mask 'V1'" in capsys.readouterr().err
     assert main(["query", str(model), str(good), str(tmp_path / "bad.png"), "--out", str(tmp_path / "q")]) != 0
     assert "bad.png" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_interrupt_message_says_how_to_resume(tmp_path):
+    import argparse
+
+    from napari_nrf.cli import _resume_hint
+
+    args = argparse.Namespace(command="train", out=str(tmp_path / "m.safetensors"), checkpoint_dir=None)
+    assert "no checkpoint yet" in _resume_hint(args)
+    (tmp_path / "m.safetensors.ckpt").mkdir()
+    (tmp_path / "m.safetensors.ckpt" / "checkpoint.safetensors").write_bytes(b"")
+    assert "run the same command again to resume" in _resume_hint(args)
+    assert _resume_hint(argparse.Namespace(command="query", out=str(tmp_path))) == ""

@@ -43,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(args) -> str:
+    """For the training commands: where the checkpoint is and how to go on."""
+    out = getattr(args, "out", None)
+    if args.command not in ("train", "train-universal", "transfer") or not out:
+        return ""
+    from pathlib import Path
+
+    ck = Path(getattr(args, "checkpoint_dir", None) or Path(out).with_name(Path(out).name + ".ckpt"))
+    if not (ck / "checkpoint.safetensors").exists():
+        return " before the first epoch ended (no checkpoint yet)"
+    return (f"; the last finished epoch is saved in {ck}/: run the same command again to resume "
+            "(--no-resume starts over)")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,7 +66,7 @@ def main(argv=None) -> int:
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Our own errors (SpaceError, BundleError, ImageError, ...) are ValueErrors with a
