@@ -90,8 +90,8 @@ def test_feature_cache_reused_across_runs(effnet, tmp_path, monkeypatch):
     cache2 = FeatureCache(tmp_path / "c")
     f2 = extract_features(effnet, imgs[::-1], cache=cache2)
     assert calls == []
-    for k in f1:
-        assert np.allclose(f1[k][::-1], f2[k], atol=0.02 * np.abs(f1[k]).max())
+    for k in f1:  # a cold and a warm cache give the very same features
+        assert np.array_equal(f1[k][::-1], f2[k])
     # A new image is computed and added; the others still come from the cache.
     extract_features(effnet, [data.rocket()] + imgs, cache=cache2)
     assert calls == [1] and cache2.count(effnet.cache_key) == 4

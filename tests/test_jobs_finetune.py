@@ -160,3 +160,40 @@ def test_universal_transfer_job_and_ensemble(setup, tmp_path):
     ens, info = finetune_ensemble([base], data, n_images=8, epochs=1, batch_images=4, batch_voxels=30,
                                   feature_cache=str(tmp_path / "cache"))
     assert ens.weights.shape == (60, 1) and not ens.continuous
+
+
+def test_train_job_cancel_resume_equals_an_uninterrupted_run(setup, tmp_path):
+    """A new NRF trained in the background: bad input refused at submit, a cancel mid-run
+    writes nothing, resume finishes with the same weights as an in-process run."""
+    from napari_nrf.finetune import submit_train, train_job
+
+    _, _, data = setup
+    kw = dict(preset="tiny", epochs=3, batch_images=4, batch_voxels=40, steps_per_epoch=4, seed=2,
+              feature_cache=str(tmp_path / "cache"))
+    ref = tmp_path / "ref.safetensors"
+    res = train_job(JobContext(tmp_path / "ref-job"), [str(data)], str(ref), **kw)
+    assert res["subjects"] == ["sub-new"] and load_model(ref).kind == "nrf"
+
+    mgr = JobManager(tmp_path / "jobs")
+    with pytest.raises(ValueError, match="end in .safetensors"):
+        submit_train(mgr, [data], tmp_path / "m.pt", **kw)
+    with pytest.raises(ValueError, match="batch_voxels"):
+        submit_train(mgr, [data], tmp_path / "m.safetensors", **{**kw, "batch_voxels": 0})
+    with pytest.raises(ValueError, match="not found"):
+        submit_train(mgr, [tmp_path / "none.h5"], tmp_path / "m.safetensors", **kw)
+    out = tmp_path / "new.safetensors"
+    job = submit_train(mgr, [data], out, step_delay=0.1, threads=1, **kw)
+    t0 = time.time()
+    while not any(r.get("epoch") == 0 for r in job.progress()):  # epoch 0's checkpoint is written
+        assert time.time() - t0 < 150, (job.state, job.progress()[-3:])
+        time.sleep(0.05)
+    mgr.cancel(job.id)
+    mgr.wait(job.id, timeout=60)
+    assert job.status == "cancelled" and not out.exists()
+    mgr.resume(job.id)
+    mgr.wait(job.id, timeout=150)
+    assert job.status == "done", job.state
+    assert any(r.get("fraction") == 1.0 for r in job.progress())
+    a, b = load_file(str(ref)), load_file(str(out))
+    for k in a:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k

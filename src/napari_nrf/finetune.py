@@ -20,7 +20,9 @@ seeded per epoch, so the result equals an uninterrupted run's). The output is wr
 atomically and never over a base model.
 
 :func:`finetune_job` and :func:`transfer_job` are the :mod:`napari_nrf.jobs` targets
-(``napari-nrf finetune``, the Finetune jobs widget); :func:`submit_finetune` queues one.
+(``napari-nrf finetune``, the Training jobs widget); :func:`submit_finetune` queues one.
+:func:`train_job` / :func:`submit_train` run the same loop on a new NRF from scratch in the
+background (the widget's "Train a new NRF" mode), with the same progress, cancel and resume.
 """
 
 from __future__ import annotations
@@ -291,6 +293,90 @@ def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwarg
 
     _, hist = _cancelled_to_job(run)
     return {"out": str(out), "subject": sub.subject, "val_pearson": hist.best_score}
+
+
+def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str = "demo",
+              model_overrides: dict | None = None, step_delay: float = 0.0, **fit_kwargs) -> dict:
+    """Job target: a new NRF trained from scratch on the response sets ``data`` (a list of
+    .h5 paths; several subjects train one field on the union of their voxels) through
+    :func:`napari_nrf.train.train_nrf`; writes ``out``. Resumes from the job's checkpoint
+    after a cancel or a crash. ``step_delay`` (s): a pause per step, for tests and demos."""
+    from napari_nrf.train import train_nrf
+
+    if isinstance(data, (str, Path)):
+        data = [data]
+    sets = [_load_set(p) for p in data]
+    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
+        from napari_nrf.features import FeatureCache
+
+        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
+
+    def prog(done, total):
+        if done == total or done % 5 == 0:  # a JSON line per 5 steps is plenty for a bar
+            ctx.report(stage="training", step=int(done), steps=int(total), fraction=done / max(total, 1))
+
+    def on_epoch(rec):
+        ctx.report(stage="training", epoch=rec["epoch"], loss=rec.get("train_loss"),
+                   val_pearson=rec.get("val_median_pearson"))
+
+    def cancel():
+        if step_delay:
+            time.sleep(step_delay)
+        return ctx.cancelled()
+
+    def run():
+        return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
+                         checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
+                         progress=prog, on_epoch=on_epoch, cancel=cancel, **fit_kwargs)
+
+    _, hist = _cancelled_to_job(run)
+    return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,
+            "val_pearson": hist.best_score}
+
+
+def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = False, start: bool = True,
+                 threads: int | None = None, **kwargs):
+    """Queue a :func:`train_job` (a new NRF on the response sets ``data``) on ``manager``;
+    returns the :class:`~napari_nrf.jobs.Job`. ``kwargs``: backbone, preset, model_overrides
+    and :func:`napari_nrf.train.fit` settings. Inputs are checked now, not in the child."""
+    from napari_nrf.models.bundle import BundleError, check_bundle_path
+    from napari_nrf.train import _check_schedule
+
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    if not data:
+        raise FinetuneError("choose at least one response set (.h5)")
+    data = [str(Path(d).expanduser().resolve()) for d in data]
+    for d in data:
+        if not Path(d).exists():
+            raise FinetuneError(f"response set not found: {d}")
+    out = str(Path(out).expanduser().resolve())
+    try:
+        check_bundle_path(out)
+    except BundleError as exc:
+        raise FinetuneError(str(exc)) from exc
+    from napari_nrf.features import BACKBONES
+    from napari_nrf.models.nrf import PRESETS
+
+    if kwargs.get("backbone", "efficientnet-lite0") not in BACKBONES:
+        raise FinetuneError(f"unknown backbone {kwargs['backbone']!r}; available: {', '.join(sorted(BACKBONES))}")
+    if kwargs.get("preset", "demo") not in PRESETS:
+        raise FinetuneError(f"unknown preset {kwargs['preset']!r}; available: {', '.join(PRESETS)}")
+    import inspect
+
+    from napari_nrf.train import fit
+
+    defaults = {k: v.default for k, v in inspect.signature(fit).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    _check_schedule(**{k: kwargs.get(k, defaults[k]) for k in ("epochs", "batch_images", "batch_voxels", "lr",
+                                                                 "weight_decay", "alpha", "patience",
+                                                                 "steps_per_epoch", "val_every")})
+    if kwargs.get("feature_cache") is not None:
+        kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
+    subjects = "1 subject" if len(data) == 1 else f"{len(data)} subjects"
+    name = f"train {Path(out).stem} ({kwargs.get('preset', 'demo')} NRF, {subjects})"
+    return manager.submit("napari_nrf.finetune:train_job", {"data": data, "out": out, **kwargs}, name=name,
+                          device=device, outputs=[out], protected=data, overwrite=overwrite, start=start,
+                          threads=threads)
 
 
 def submit_finetune(manager, bases, data, out, *, device: str = "cpu", overwrite: bool = False,

@@ -26,7 +26,8 @@ class FeatureCache:
     Layout of ``<root>/features-<cache_key>.h5``: ``/hash`` (M,) bytes (32 hex chars) and
     one (M, ...) float16 dataset per feature name, grown as images are added. Features
     are stored in float16 (half the disk, plenty for frozen features) and returned as
-    float32.
+    float32; :func:`extract_features` with a cache returns freshly computed features
+    rounded the same way, so a result never depends on whether the cache was warm.
 
     Parameters
     ----------
@@ -198,7 +199,9 @@ def extract_features(backbone, images, batch_size: int = 16, cache: FeatureCache
                 feats = {}
                 for name, v in fresh.items():
                     full = np.empty((len(batch),) + v.shape[1:], np.float32)
-                    full[~found] = v
+                    # What the cache will return next time (float16): results must not
+                    # depend on whether the cache was warm (training reproducibility).
+                    full[~found] = v.astype(np.float16)
                     if found.any():
                         full[found] = cached[name]
                     feats[name] = full
