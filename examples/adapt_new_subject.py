@@ -4,7 +4,7 @@
         --data new.h5 --images 200 --out new.safetensors
     NRF_EXAMPLE_TINY=1 .venv/bin/python examples/adapt_new_subject.py    # everything made on the fly
 
-The same as ``napari-nrf finetune`` and the Finetune jobs widget: a job in a child process
+The same as ``napari-nrf finetune`` and the Training jobs widget: a job in a child process
 finetunes each base on the new subject's images (early stopping on its validation
 images), fits the voxelwise ensemble and writes one bundle. Ctrl-C cancels the job; an
 interrupted job continues with ``napari-nrf jobs resume ID``.

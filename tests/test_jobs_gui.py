@@ -1,4 +1,4 @@
-"""The Finetune jobs widget starts a tiny job, shows its progress and opens the result."""
+"""The Training jobs widget starts tiny finetune and training jobs, shows their progress and opens the result."""
 
 import pytest
 
@@ -18,7 +18,7 @@ def test_widget_runs_a_job_and_opens_the_model(make_napari_viewer, qtbot, tmp_pa
     mw = EncodingModelWidget(napari_viewer=viewer)
     viewer.window.add_dock_widget(mw, name="Encoding model")
     w = FinetuneJobsWidget(napari_viewer=viewer, jobs_dir=tmp_path / "jobs")
-    viewer.window.add_dock_widget(w, name="Finetune jobs")
+    viewer.window.add_dock_widget(w, name="Training jobs")
     w.timer.setInterval(100)
     w.add_bases([str(b) for b in bases])
     w.data.setText(str(data))
@@ -48,3 +48,37 @@ def test_widget_runs_a_job_and_opens_the_model(make_napari_viewer, qtbot, tmp_pa
     qtbot.waitUntil(lambda: mw.model is not None and mw.model.kind == "ensemble", timeout=60_000)
     assert mw.path.name == "adapted.safetensors"
     assert len(w.curve.loss) >= 2  # one point per epoch and base
+
+
+def test_widget_trains_a_new_nrf_in_the_background(make_napari_viewer, qtbot, tmp_path):
+    from napari_nrf.widgets.jobs_widget import FinetuneJobsWidget
+    from napari_nrf.widgets.model_widget import EncodingModelWidget
+
+    _, data = make_adaptation_files(tmp_path)
+    viewer = make_napari_viewer()
+    mw = EncodingModelWidget(napari_viewer=viewer)
+    viewer.window.add_dock_widget(mw, name="Encoding model")
+    w = FinetuneJobsWidget(napari_viewer=viewer, jobs_dir=tmp_path / "jobs")
+    viewer.window.add_dock_widget(w, name="Training jobs")
+    w.timer.setInterval(100)
+    w.mode.setCurrentIndex(1)
+    assert w.training and w.start_btn.text() == "Start training job"
+    assert w.preset.isVisibleTo(w) and not w.bases.isVisibleTo(w)
+    w.data.setText(f"{data}; ")
+    w.out.setText(str(tmp_path / "bad.pt"))
+    assert w.start() is None and "end in .safetensors" in w.status.text()  # refused at once
+    out = tmp_path / "trained.safetensors"
+    w.out.setText(str(out))
+    w.preset.setCurrentText("tiny")
+    w.epochs.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.threads = 1
+    w.extra_kwargs = {"batch_images": 4, "batch_voxels": 30, "steps_per_epoch": 3,
+                      "feature_cache": str(tmp_path / "cache")}
+    with qtbot.waitSignal(w.job_finished, timeout=180_000) as blocker:
+        job = w.start()
+        assert job is not None and job.name.startswith("train trained")
+    assert blocker.args[0].status == "done", blocker.args[0].state
+    assert w.table.item(0, 1).text() == "done" and w.table.cellWidget(0, 2).value() == 1000
+    qtbot.waitUntil(lambda: mw.model is not None and mw.model.kind == "nrf", timeout=60_000)
+    assert mw.path.name == "trained.safetensors" and len(w.curve.loss) == 2

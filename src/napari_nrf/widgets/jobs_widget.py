@@ -1,4 +1,5 @@
-"""Finetune jobs dock widget: adapt pretrained models to a new subject in the background.
+"""Training jobs dock widget: adapt pretrained models to a new subject, or train a new
+NRF from response sets, in the background.
 
 A thin view over :mod:`napari_nrf.jobs` and :mod:`napari_nrf.finetune`: the job runs in a
 child process, this widget polls the jobs folder on a timer (progress bars, a live loss
@@ -55,8 +56,15 @@ class CurveView(QWidget):
         p.end()
 
 
+MODES = ("Finetune pretrained models to a new subject", "Train a new NRF")
+
+
 class FinetuneJobsWidget(QWidget):
-    """Pick base models and a new subject's data, start a finetune + ensemble job, watch it.
+    """Start a background training job and watch it. Two modes (:data:`MODES`):
+
+    * finetune: pick base models and a new subject's data; finetune + ensemble job;
+    * train: pick one or more subjects' response sets (one field on the union of their
+      voxels) and a model size; a new NRF is trained from scratch.
 
     Parameters
     ----------
@@ -67,8 +75,8 @@ class FinetuneJobsWidget(QWidget):
     Attributes
     ----------
     extra_kwargs : dict
-        More :func:`napari_nrf.finetune.finetune_ensemble` arguments for new jobs
-        (batch sizes, learning rate, ...).
+        More arguments for new jobs (:func:`napari_nrf.finetune.finetune_ensemble` or
+        :func:`napari_nrf.train.fit`: batch sizes, learning rate, ...).
     """
 
     job_finished = Signal(object)  # the Job, when it leaves the running state
@@ -89,6 +97,12 @@ class FinetuneJobsWidget(QWidget):
 
         lay = QVBoxLayout(self)
         form = QFormLayout()
+        self.form = form
+        self.mode = QComboBox()
+        self.mode.addItems(MODES)
+        self.mode.setToolTip("Finetune: adapt trained models to a new subject from a few of its images. "
+                             "Train: a new NRF from scratch on one or more subjects' response sets.")
+        form.addRow("job", self.mode)
         self.bases = QListWidget()
         self.bases.setToolTip("Pretrained models (.safetensors) to finetune; they are never modified")
         self.bases.setMaximumHeight(80)
@@ -101,7 +115,8 @@ class FinetuneJobsWidget(QWidget):
         brow.addWidget(self.add_base_btn)
         brow.addWidget(self.remove_base_btn)
         form.addRow("base models", self.bases)
-        form.addRow("", _wrap(brow))
+        self.bases_buttons = _wrap(brow)
+        form.addRow("", self.bases_buttons)
         self.data = QLineEdit()
         self.data.setPlaceholderText("new subject's response set (.h5)")
         drow = QHBoxLayout()
@@ -109,7 +124,8 @@ class FinetuneJobsWidget(QWidget):
         b = QPushButton("…")
         b.clicked.connect(self._choose_data)
         drow.addWidget(b)
-        form.addRow("new subject", _wrap(drow))
+        self.data_row = _wrap(drow)
+        form.addRow("new subject", self.data_row)
         self.out = QLineEdit()
         self.out.setPlaceholderText("output model (.safetensors)")
         orow = QHBoxLayout()
@@ -124,6 +140,19 @@ class FinetuneJobsWidget(QWidget):
         self.n_images.setSpecialValueText("all")
         self.n_images.setToolTip("training images of the new subject to use (0: all)")
         form.addRow("images", self.n_images)
+        self.preset = QComboBox()
+        from napari_nrf.models.nrf import PRESETS
+
+        self.preset.addItems(list(PRESETS))
+        self.preset.setCurrentText("demo")
+        self.preset.setToolTip("model size: tiny (tests), demo (CPU minutes), paper (8 x 4096 MLP, needs a GPU)")
+        form.addRow("model size", self.preset)
+        self.backbone = QComboBox()
+        from napari_nrf.features import BACKBONES
+
+        self.backbone.addItems(sorted(BACKBONES))
+        self.backbone.setCurrentText("efficientnet-lite0")
+        form.addRow("backbone", self.backbone)
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
         self.epochs.setValue(10)
@@ -135,6 +164,8 @@ class FinetuneJobsWidget(QWidget):
         self.start_btn = QPushButton("Start finetune job")
         self.start_btn.clicked.connect(self.start)
         lay.addWidget(self.start_btn)
+        self.mode.currentIndexChanged.connect(self._mode_changed)
+        self._mode_changed()
 
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["job", "state", "progress"])
@@ -164,6 +195,28 @@ class FinetuneJobsWidget(QWidget):
         self.refresh()
 
     # ---- inputs ---------------------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        """True in the "Train a new NRF" mode."""
+        return self.mode.currentIndex() == 1
+
+    def _mode_changed(self, *_):
+        train = self.training
+        for w, show in ((self.bases, not train), (self.bases_buttons, not train), (self.n_images, not train),
+                        (self.preset, train), (self.backbone, train)):
+            label = self.form.labelForField(w)
+            if label is not None:  # the buttons' row has none
+                label.setVisible(show)
+            w.setVisible(show)
+        self.form.labelForField(self.data_row).setText("response sets" if train else "new subject")
+        self.data.setPlaceholderText("one or more subjects' response sets (.h5; separate with ;)" if train
+                                     else "new subject's response set (.h5)")
+        self.start_btn.setText("Start training job" if train else "Start finetune job")
+
+    def data_paths(self) -> list[str]:
+        """The response sets in the data field (several separated by ';')."""
+        return [p.strip() for p in self.data.text().split(";") if p.strip()]
+
     def _choose_bases(self):
         paths, _ = QFileDialog.getOpenFileNames(self, "Base models", "", "Model bundles (*.safetensors)")
         self.add_bases(paths)
@@ -175,11 +228,17 @@ class FinetuneJobsWidget(QWidget):
                 self.bases.addItem(str(p))
 
     def _choose_data(self):
-        path, _ = QFileDialog.getOpenFileName(self, "New subject's responses", "", "Response sets (*.h5)")
-        if path:
-            self.data.setText(path)
+        if self.training:
+            paths, _ = QFileDialog.getOpenFileNames(self, "Response sets (one per subject)", "",
+                                                    "Response sets (*.h5)")
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "New subject's responses", "", "Response sets (*.h5)")
+            paths = [path] if path else []
+        if paths:
+            self.data.setText("; ".join(paths))
             if not self.out.text():
-                self.out.setText(str(Path(path).with_suffix("")) + "-finetuned.safetensors")
+                suffix = "-nrf" if self.training else "-finetuned"
+                self.out.setText(str(Path(paths[0]).with_suffix("")) + suffix + ".safetensors")
 
     def _choose_out(self):
         path, _ = QFileDialog.getSaveFileName(self, "Output model", "", "Model bundles (*.safetensors)")
@@ -189,17 +248,25 @@ class FinetuneJobsWidget(QWidget):
     # ---- jobs -----------------------------------------------------------------------------
     def start(self):
         """Submit a job from the form; returns the Job (None with a message on bad input)."""
-        from napari_nrf.finetune import submit_finetune
+        from napari_nrf.finetune import submit_finetune, submit_train
 
         bases = [self.bases.item(i).text() for i in range(self.bases.count())]
         try:
-            if not bases:
+            if self.training:
+                if not self.data_paths() or not self.out.text():
+                    raise ValueError("choose the response set(s) and an output file")
+                kw = {"epochs": self.epochs.value(), "preset": self.preset.currentText(),
+                      "backbone": self.backbone.currentText(), **self.extra_kwargs}
+                job = submit_train(self.manager, self.data_paths(), self.out.text(),
+                                   device=self.device.currentText(), threads=self.threads, **kw)
+            elif not bases:
                 raise ValueError("add at least one base model")
-            if not self.data.text() or not self.out.text():
-                raise ValueError("choose the new subject's response set and an output file")
-            kw = {"n_images": self.n_images.value() or None, "epochs": self.epochs.value(), **self.extra_kwargs}
-            job = submit_finetune(self.manager, bases, self.data.text(), self.out.text(),
-                                  device=self.device.currentText(), threads=self.threads, **kw)
+            else:
+                if len(self.data_paths()) != 1 or not self.out.text():
+                    raise ValueError("choose the new subject's response set (one file) and an output file")
+                kw = {"n_images": self.n_images.value() or None, "epochs": self.epochs.value(), **self.extra_kwargs}
+                job = submit_finetune(self.manager, bases, self.data_paths()[0], self.out.text(),
+                                      device=self.device.currentText(), threads=self.threads, **kw)
         except ValueError as exc:
             self._error(f"Could not start the job: {exc}")
             return None
