@@ -7,19 +7,24 @@ from _adapt_data import make_adaptation_files
 pytestmark = pytest.mark.gui
 
 
-def test_widget_runs_a_job_and_opens_the_model(make_napari_viewer, qtbot, tmp_path):
-    from qtpy.QtWidgets import QProgressBar
-
+def _docks(viewer, tmp_path):
+    """The Encoding model and Training jobs widgets docked in ``viewer``; fast polling."""
     from napari_nrf.widgets.jobs_widget import FinetuneJobsWidget
     from napari_nrf.widgets.model_widget import EncodingModelWidget
 
-    bases, data = make_adaptation_files(tmp_path)
-    viewer = make_napari_viewer()
     mw = EncodingModelWidget(napari_viewer=viewer)
     viewer.window.add_dock_widget(mw, name="Encoding model")
     w = FinetuneJobsWidget(napari_viewer=viewer, jobs_dir=tmp_path / "jobs")
     viewer.window.add_dock_widget(w, name="Training jobs")
     w.timer.setInterval(100)
+    return mw, w
+
+
+def test_widget_runs_a_job_and_opens_the_model(make_napari_viewer, qtbot, tmp_path):
+    from qtpy.QtWidgets import QProgressBar
+
+    bases, data = make_adaptation_files(tmp_path)
+    mw, w = _docks(make_napari_viewer(), tmp_path)
     w.add_bases([str(b) for b in bases])
     w.data.setText(str(data))
     out = tmp_path / "adapted.safetensors"
@@ -51,16 +56,8 @@ def test_widget_runs_a_job_and_opens_the_model(make_napari_viewer, qtbot, tmp_pa
 
 
 def test_widget_trains_a_new_nrf_in_the_background(make_napari_viewer, qtbot, tmp_path):
-    from napari_nrf.widgets.jobs_widget import FinetuneJobsWidget
-    from napari_nrf.widgets.model_widget import EncodingModelWidget
-
     _, data = make_adaptation_files(tmp_path)
-    viewer = make_napari_viewer()
-    mw = EncodingModelWidget(napari_viewer=viewer)
-    viewer.window.add_dock_widget(mw, name="Encoding model")
-    w = FinetuneJobsWidget(napari_viewer=viewer, jobs_dir=tmp_path / "jobs")
-    viewer.window.add_dock_widget(w, name="Training jobs")
-    w.timer.setInterval(100)
+    mw, w = _docks(make_napari_viewer(), tmp_path)
     w.mode.setCurrentIndex(1)
     assert w.training and w.start_btn.text() == "Start training job"
     assert w.preset.isVisibleTo(w) and not w.bases.isVisibleTo(w)
