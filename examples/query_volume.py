@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_nrf import space
 from napari_nrf.models import load_model
-from napari_nrf.query import QueryEngine
+from napari_nrf.query import QueryEngine, volume_file_names
 
 
 def main(argv=None) -> int:
@@ -38,18 +38,18 @@ def main(argv=None) -> int:
     if args.images:
         from napari_nrf.features import load_image_file
 
-        names, images = [Path(p).name.split(".")[0] for p in args.images], [load_image_file(p) for p in args.images]
+        names, images = volume_file_names(args.images), [load_image_file(p) for p in args.images]
     else:
         import skimage.data
 
-        names, images = ["chelsea", "coffee"], [skimage.data.chelsea(), skimage.data.coffee()]
+        names, images = ["chelsea.nii.gz", "coffee.nii.gz"], [skimage.data.chelsea(), skimage.data.coffee()]
     grid = space.Grid.mni(args.resolution)
     eng = QueryEngine(model)
     t = time.perf_counter()
     vols = eng.volume(images, grid, mask=args.mask)
     print(f"{len(images)} volume(s) on {grid} in {time.perf_counter() - t:.2f} s ({eng.device})")
     for name, vol in zip(names, vols):
-        path = space.save_nifti(vol, grid, Path(args.out) / f"{name}.nii.gz")
+        path = space.save_nifti(vol, grid, Path(args.out) / name)
         print(f"{path}: min {np.nanmin(vol):.3f} max {np.nanmax(vol):.3f}")
     return 0
 

@@ -34,11 +34,11 @@ def test_console_script_runs():
 
 
 def test_query_output_names_never_collide(tmp_path):
-    from napari_nrf._cli_nrf import output_names
+    from napari_nrf.query import volume_file_names
 
-    assert output_names(["a/cat.png", "b/cat.jpg", "dog.png", "scan.v2.png"]) == [
+    assert volume_file_names(["a/cat.png", "b/cat.jpg", "dog.png", "scan.v2.png"]) == [
         "a_cat.nii.gz", "b_cat.nii.gz", "dog.nii.gz", "scan.nii.gz"]
-    names = output_names(["a/cat.png", "x/a/cat.tif", "y/a/cat.png"])  # same folder name too
+    names = volume_file_names(["a/cat.png", "x/a/cat.tif", "y/a/cat.png"])  # same folder name too
     assert names == ["a_cat-1.nii.gz", "a_cat-2.nii.gz", "a_cat-3.nii.gz"]
 
 

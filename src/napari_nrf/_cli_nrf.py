@@ -138,7 +138,7 @@ def _query(args) -> int:
     from napari_nrf import space
     from napari_nrf.features import load_image_file
     from napari_nrf.models import load_model
-    from napari_nrf.query import QueryEngine
+    from napari_nrf.query import QueryEngine, volume_file_names
 
     grid = space.Grid.mni(args.resolution)
     mask_spec = None if args.mask in ("none", "all", "") else args.mask
@@ -147,7 +147,7 @@ def _query(args) -> int:
     mask = space.resolve_mask(mask_spec, grid)
     for path in args.images:
         load_image_file(path)
-    names = output_names(args.images)
+    names = volume_file_names(args.images)
     model = load_model(args.model, device=_device(args.device))
     eng = QueryEngine(model, device=_device(args.device))
     if args.subject and getattr(model, "continuous", False):
@@ -170,19 +170,3 @@ def _query(args) -> int:
         print(f"{path} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
     return 0
 
-
-def output_names(paths) -> list[str]:
-    """One distinct ``<name>.nii.gz`` per image path, in order.
-
-    The name is the file name without its extensions; images that share it (``a/cat.png``,
-    ``b/cat.jpg``) get their folder's name in front (``a_cat``), and a number after when
-    that still collides, so no volume overwrites another.
-    """
-    stems = [Path(p).name.split(".")[0] or "image" for p in paths]
-    names = [s if stems.count(s) == 1 else f"{Path(p).resolve().parent.name}_{s}" for p, s in zip(paths, stems)]
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if names.count(n) == 1 else f"{n}-{seen[n]}")
-    return [f"{n}.nii.gz" for n in out]

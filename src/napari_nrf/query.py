@@ -23,6 +23,7 @@ mean; cells hit by none stay NaN), see :func:`napari_nrf.space.points_to_volume`
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 
@@ -337,6 +338,23 @@ def _mask_key(spec, m):
     if isinstance(spec, str):
         return spec
     return hashlib.blake2b(np.packbits(m).tobytes(), digest_size=16).hexdigest()
+
+
+def volume_file_names(paths) -> list[str]:
+    """One distinct ``<name>.nii.gz`` per image path, in order.
+
+    The name is the file name without its extensions; images that share it (``a/cat.png``,
+    ``b/cat.jpg``) get their folder's name in front (``a_cat``), and a number after when
+    that still collides, so no volume overwrites another.
+    """
+    stems = [Path(p).name.split(".")[0] or "image" for p in paths]
+    names = [s if stems.count(s) == 1 else f"{Path(p).resolve().parent.name}_{s}" for p, s in zip(paths, stems)]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if names.count(n) == 1 else f"{n}-{seen[n]}")
+    return [f"{n}.nii.gz" for n in out]
 
 
 def query_volumes(model, images, resolution: float = 2.0, mask="brain", device=None, subject=None,
