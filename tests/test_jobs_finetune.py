@@ -194,6 +194,7 @@ def test_train_job_cancel_resume_equals_an_uninterrupted_run(setup, tmp_path):
     mgr.wait(job.id, timeout=150)
     assert job.status == "done", job.state
     assert any(r.get("fraction") == 1.0 for r in job.progress())
+    assert any(r.get("stage", "").startswith("features sub-new") for r in job.progress())  # before step 1
     a, b = load_file(str(ref)), load_file(str(out))
     for k in a:
         assert np.array_equal(a[k].numpy(), b[k].numpy()), k

@@ -83,27 +83,65 @@ def _train(args) -> int:
                               ("merged_dim", args.merged_dim)) if v is not None}
     out = Path(args.out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
-    bar = tqdm(total=None, unit="step", desc="training")
-
-    def progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    def on_epoch(rec):
-        v = rec.get("val_median_pearson")
-        bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.4f}", val_r=f"{v:.4f}" if v is not None else "-")
-
+    bars = TrainingBars("training")
     model, hist = train_nrf(sets, backbone=args.backbone, preset=args.preset, out=out, model_overrides=over,
                             epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
                             steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
                             alpha=args.alpha, patience=args.patience, seed=args.seed, checkpoint_dir=ck,
                             resume=not args.no_resume, feature_cache=_cache(args.cache), device=_device(args.device),
-                            progress=progress, on_epoch=on_epoch)
-    bar.close()
+                            **bars.callbacks())
+    bars.close()
     print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters); "
           + _best_text(hist))
     return 0
+
+
+class TrainingBars:
+    """tqdm bars for :func:`napari_nrf.train.fit`: one per subject while the backbone
+    encodes its images (before the first step), then one for the training steps with the
+    epoch, loss and validation r. ``callbacks()`` gives fit's keyword arguments."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+        self.feature_bars: dict = {}
+
+    def _steps(self, total):
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", desc=self.desc)
+        return self.bar
+
+    def progress(self, done, total):
+        bar = self._steps(total)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def on_epoch(self, rec):
+        v = rec.get("val_median_pearson")
+        self._steps(None).set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.4f}",
+                                      val_r=f"{v:.4f}" if v is not None else "-")
+
+    def feature_progress(self, done, total, subject):
+        bar = self.feature_bars.get(subject)
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = self.feature_bars[subject] = tqdm(total=total, unit="img", desc=f"features {subject}")
+        bar.n = done
+        bar.refresh()
+        if total is not None and done >= total:
+            bar.close()
+
+    def callbacks(self) -> dict:
+        return {"progress": self.progress, "on_epoch": self.on_epoch, "feature_progress": self.feature_progress}
+
+    def close(self):
+        for bar in [*self.feature_bars.values(), self.bar]:
+            if bar is not None:
+                bar.close()
 
 
 def _best_text(hist) -> str:

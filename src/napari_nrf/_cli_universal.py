@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_nrf._cli_nrf import _best_text, _device
+from napari_nrf._cli_nrf import TrainingBars, _best_text, _device
 
 
 def _fit_args(p, epochs: int = 20) -> None:
@@ -59,23 +59,6 @@ def register(sub) -> None:
     p.set_defaults(func=_cluster)
 
 
-def _bar_callbacks(desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, unit="step", desc=desc)
-
-    def progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    def on_epoch(rec):
-        v = rec.get("val_median_pearson")
-        bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.4f}", val_r=f"{v:.4f}" if v is not None else "-")
-
-    return bar, progress, on_epoch
-
-
 def _fit_kwargs(args, out: Path) -> dict:
     from napari_nrf.features import FeatureCache
     from napari_nrf.models.bundle import check_bundle_path
@@ -94,14 +77,14 @@ def _train(args) -> int:
 
     sets = [ResponseSet.load(p) for p in args.data]
     out = Path(args.out)
-    bar, progress, on_epoch = _bar_callbacks("training")
+    bars = TrainingBars("training")
     levels = [s.strip() for s in args.levels.split(",")] if args.levels else None
     model, hist = train_universal(sets, backbone=args.backbone, out=out, levels=levels,
                                   model_config=dict(embed_dim=args.embed_dim, channels=args.channels,
                                                     dropout=args.dropout, embed_init_std=args.embed_init_std,
                                                     embedding_lr_scale=args.embedding_lr_scale),
-                                  progress=progress, on_epoch=on_epoch, **_fit_kwargs(args, out))
-    bar.close()
+                                  **bars.callbacks(), **_fit_kwargs(args, out))
+    bars.close()
     print(f"saved {out}: subjects {', '.join(model.subjects)}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; " + _best_text(hist))
     return 0
@@ -126,10 +109,10 @@ def _transfer(args) -> int:
         rows = np.sort(np.concatenate([keep, np.flatnonzero(rs.split != 0)]))
         rs = rs.subset(rows=rows)
     out = Path(args.out)
-    bar, progress, on_epoch = _bar_callbacks(f"transfer {rs.subject}")
-    model, hist = transfer_subject(model, rs, out=out, init=args.init, progress=progress, on_epoch=on_epoch,
+    bars = TrainingBars(f"transfer {rs.subject}")
+    model, hist = transfer_subject(model, rs, out=out, init=args.init, **bars.callbacks(),
                                    **_fit_kwargs(args, out))
-    bar.close()
+    bars.close()
     print(f"saved {out}: new subject {rs.subject} ({rs.n_voxels} voxels, {int((rs.split == 0).sum())} training "
           f"images); " + _best_text(hist))
     return 0

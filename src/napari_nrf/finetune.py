@@ -324,10 +324,16 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
             time.sleep(step_delay)
         return ctx.cancelled()
 
+    def features(done, total, subject):
+        # No fraction: the job's ETA is the training steps' rate, not the backbone's.
+        if total and (done == total or done % 64 == 0):
+            ctx.report(stage=f"features {subject} {done}/{total}")
+
     def run():
         return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
                          checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
-                         progress=prog, on_epoch=on_epoch, cancel=cancel, **fit_kwargs)
+                         progress=prog, on_epoch=on_epoch, cancel=cancel, feature_progress=features,
+                         **fit_kwargs)
 
     _, hist = _cancelled_to_job(run)
     return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,

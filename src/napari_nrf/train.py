@@ -181,7 +181,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
         lr: float = 3e-4, weight_decay: float = 0.015, alpha: float = 0.1, trainable=None, feature_cache=None,
         features=None, val_features=None, checkpoint_dir=None, resume: bool = True, seed: int = 0,
         patience: int = 5, steps_per_epoch: int | None = None, progress=None, on_epoch=None, cancel=None,
-        device=None, val_every: int = 1) -> History:
+        device=None, val_every: int = 1, feature_progress=None) -> History:
     """Train ``model`` in place on the train split of ``train_sets``; keep the best epoch.
 
     Parameters
@@ -213,6 +213,9 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     steps_per_epoch : int or None
         Default: one pass over the training images.
     progress : callable(done, total), on_epoch : callable(record), cancel : callable() -> bool
+    feature_progress : callable(done, total, subject) or None
+        Called while the frozen backbone encodes a set's images (before the first step;
+        a minute or more for a few hundred uncached images on a CPU).
 
     Returns
     -------
@@ -235,7 +238,12 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     def feats_for(sets, given, what):
         out = []
         for i, rs in enumerate(sets):
-            f = given[i] if given is not None else set_features(model, rs, cache=feature_cache)
+            if given is not None:
+                f = given[i]
+            else:
+                prog = None if feature_progress is None else (
+                    lambda d, t, _s=rs.subject: feature_progress(d, t, _s))
+                f = set_features(model, rs, cache=feature_cache, progress=prog)
             out.append(_check_features({k: np.asarray(v, np.float32) for k, v in f.items()}, rs.n_images,
                                        f"{what} set {rs.subject}"))
         return out

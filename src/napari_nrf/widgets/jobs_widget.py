@@ -94,6 +94,8 @@ class FinetuneJobsWidget(QWidget):
         self._offsets: dict[str, int] = {}
         self._curves: dict[str, tuple[list, list]] = {}
         self._rows: dict[str, int] = {}
+        self._stages: dict[str, str] = {}  # latest stage text per job (records without a fraction too)
+        self._etas: dict[str, float | None] = {}
 
         lay = QVBoxLayout(self)
         form = QFormLayout()
@@ -323,7 +325,10 @@ class FinetuneJobsWidget(QWidget):
             recs, self._offsets[job.id] = job.read_progress(self._offsets.get(job.id, 0))
             loss, val = self._curves.setdefault(job.id, ([], []))
             last = None
+            stage = self._stages.get(job.id)
             for rec in recs:
+                if rec.get("stage"):
+                    stage = rec["stage"]
                 if rec.get("epoch") is not None and ("loss" in rec or "val_pearson" in rec):
                     loss.append(rec.get("loss", float("nan")))
                     val.append(rec.get("val_pearson", float("nan")))
@@ -340,12 +345,15 @@ class FinetuneJobsWidget(QWidget):
                 bar = QProgressBar()
                 bar.setRange(0, 1000)
                 self.table.setCellWidget(r, 2, bar)
+            self._stages[job.id] = stage
             if last is not None:
                 bar.setValue(int(1000 * last["fraction"]))
-                eta = last.get("eta_s")
-                bar.setFormat(f"%p%  {last.get('stage', '')}" + (f"  ETA {eta:.0f} s" if eta else ""))
+                self._etas[job.id] = last.get("eta_s")
             elif bar.property("job") != job.id:
                 bar.setValue(1000 if status == "done" else 0)
+            if stage:  # the latest stage, also from records without a fraction (features)
+                eta = self._etas.get(job.id) if status == "running" else None
+                bar.setFormat(f"%p%  {stage}" + (f"  ETA {eta:.0f} s" if eta else ""))
             if status == "done":
                 bar.setValue(1000)
             bar.setProperty("job", job.id)
