@@ -1,6 +1,7 @@
 """Predict MNI response volumes of images with a trained model and save them as NIfTI.
 
     .venv/bin/python examples/query_volume.py nrf.safetensors cat.png --resolution 1.5 --out volumes/
+    .venv/bin/python examples/query_volume.py nrf.safetensors cat.png --resolution 1 --plot cat.png.png
     NRF_EXAMPLE_TINY=1 .venv/bin/python examples/query_volume.py     # untrained tiny NRF, 8 mm
 
 The engine computes each image's half of the first MLP layer once, streams the grid in
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=float, default=8.0 if tiny else 2.0)
     ap.add_argument("--mask", default="brain")
     ap.add_argument("--out", default="volumes")
+    ap.add_argument("--plot", metavar="PNG", help="also draw the first volume on the MNI152 template (nilearn)")
     args = ap.parse_args(argv)
     if args.model:
         model = load_model(args.model)
@@ -51,6 +53,20 @@ def main(argv=None) -> int:
     for name, vol in zip(names, vols):
         path = space.save_nifti(vol, grid, Path(args.out) / name)
         print(f"{path}: min {np.nanmin(vol):.3f} max {np.nanmax(vol):.3f}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from nilearn import plotting
+
+        vol = np.nan_to_num(vols[0])  # NaN outside the mask: nothing to draw there
+        thr = float(np.percentile(np.abs(vol[vol != 0]), 80)) if np.any(vol) else None
+        disp = plotting.plot_stat_map(space.to_nifti(vol, grid), threshold=thr, draw_cross=False,
+                                      cut_coords=(40, -60, -12), title=f"{names[0].split('.')[0]}, "
+                                      f"{args.resolution:g} mm (top 20 % |response|)")
+        disp.savefig(args.plot, dpi=90)
+        disp.close()
+        print(f"plot: {args.plot}")
     return 0
 
 

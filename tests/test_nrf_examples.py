@@ -84,9 +84,12 @@ def test_shuffle_and_train_subset_helpers():
 def test_examples_tiny(script, tmp_path, monkeypatch):
     monkeypatch.setenv("NRF_EXAMPLE_TINY", "1")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [script])
+    argv = [script] + (["--plot", "q.png"] if script == "query_volume.py" else [])
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
     assert exc.value.code == 0
     out = list(tmp_path.rglob("*.nii.gz")) + list(tmp_path.glob("*.safetensors"))
     assert out
+    if script == "query_volume.py":
+        assert (tmp_path / "q.png").stat().st_size > 1000
