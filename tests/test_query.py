@@ -132,3 +132,18 @@ def test_cuda_out_of_memory_halves_the_chunk_and_goes_on(model, monkeypatch):
     eng._stream(1000, 1024, run, None, None)
     assert eng.last_chunk == 256 and done[0] == (0, 256) and done[-1][1] == 1000
     assert sum(e - s for s, e in done) == 1000
+
+
+def test_data_mask_keeps_the_points_near_the_training_voxels(model, feats):
+    """mask="data": only where the field rests on training voxels (an NRF answers everywhere)."""
+    from napari_nrf.query import coverage_mask
+
+    g = space.Grid.mni(6.0)
+    m0 = build_nrf("efficientnet-lite0", "tiny", seed=3).eval()
+    m0.subjects = {"sub-01": np.array([[30, -80, 0], [32, -80, 0], [-30, -80, 2]], np.float32)}
+    vol = QueryEngine(m0).volume(feats, g, mask="data")
+    m = coverage_mask(m0, g)
+    assert m.any() and (m <= space.brain_mask(g)).all()
+    assert np.array_equal(np.isfinite(vol[0]), m)
+    with pytest.raises(space.SpaceError, match="needs the model"):
+        space.resolve_mask("data", g)

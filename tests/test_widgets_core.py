@@ -99,7 +99,7 @@ def test_cold_hot_is_transparent_below_threshold():
 
 
 def test_coverage_mask_follows_the_model_voxels():
-    from napari_nrf.widgets.volume_widget import coverage_mask
+    from napari_nrf.query import coverage_mask
 
     g3 = space.Grid.mni(3.0)
     xyz = g3.coords(space.brain_mask(g3))

@@ -51,7 +51,9 @@ def register(sub) -> None:
     p.add_argument("model", help="model bundle (.safetensors)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--resolution", type=float, default=2.0, help="grid spacing in mm (0.5-8, default: %(default)s)")
-    p.add_argument("--mask", default="brain", help="brain, gm, none or a mask/label NIfTI (default: %(default)s)")
+    p.add_argument("--mask", default="brain",
+                   help="brain, gm, data (brain points near the voxels the model was trained on), none, or a "
+                        "mask/label NIfTI (default: %(default)s)")
     p.add_argument("--subject", help="subject (voxel-indexed models with several subjects)")
     p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
     p.add_argument("--device", default=None)
@@ -176,18 +178,24 @@ def _query(args) -> int:
     from napari_nrf import space
     from napari_nrf.features import load_image_file
     from napari_nrf.models import load_model
-    from napari_nrf.query import QueryEngine, volume_file_names
+    from napari_nrf.query import QueryEngine, coverage_mask, volume_file_names
 
     grid = space.Grid.mni(args.resolution)
     mask_spec = None if args.mask in ("none", "all", "") else args.mask
     # Check every input before the long work, so a typo in the last image or the mask
     # does not fail after minutes of queries.
-    mask = space.resolve_mask(mask_spec, grid)
+    data_mask = mask_spec in ("data", "coverage")
+    mask = None if data_mask else space.resolve_mask(mask_spec, grid)
     for path in args.images:
         load_image_file(path)
     names = volume_file_names(args.images)
     model = load_model(args.model, device=_device(args.device))
     eng = QueryEngine(model, device=_device(args.device))
+    if data_mask:
+        mask = coverage_mask(model, grid)
+        if not mask.any():
+            raise ValueError("--mask data: the model records no training voxels inside the brain; "
+                             "use --mask brain or gm")
     if args.subject and getattr(model, "continuous", False):
         import sys
 

@@ -256,8 +256,9 @@ class QueryEngine:
         features_or_images : dict of features (B, ...) or images
         grid : space.Grid
             Any axis-aligned MNI grid (e.g. ``Grid.mni(1.0)``).
-        mask : None, "brain", "gm", bool array of ``grid.shape`` or a NIfTI path
-            Points outside stay NaN and are not computed. None computes every grid point.
+        mask : None, "brain", "gm", "data", bool array of ``grid.shape`` or a NIfTI path
+            Points outside stay NaN and are not computed. None computes every grid point;
+            "data" keeps the brain points near the model's training voxels (:func:`coverage_mask`).
         subject : str or None
             For voxel-indexed models: whose voxels to place on the grid.
         progress : callable(done, total) or None
@@ -269,7 +270,7 @@ class QueryEngine:
             raise QueryError(f"grid must be a space.Grid, got {type(grid).__name__}")
         feats = self._features(features_or_images)
         b = next(iter(feats.values())).shape[0]
-        m = space.resolve_mask(mask, grid)
+        m = coverage_mask(self.model, grid) if _is_data_spec(mask) else space.resolve_mask(mask, grid)
         out = np.full((b, grid.n_points), np.nan, np.float32)
         if getattr(self.model, "continuous", False):
             flat = np.flatnonzero(m) if m is not None else None
@@ -332,12 +333,48 @@ class QueryEngine:
         self._coord_cache.clear()
 
 
+def _is_data_spec(spec) -> bool:
+    return isinstance(spec, str) and spec in ("data", "coverage")
+
+
 def _mask_key(spec, m):
     if m is None:
         return "all"
     if isinstance(spec, str):
         return spec
     return hashlib.blake2b(np.packbits(m).tobytes(), digest_size=16).hexdigest()
+
+
+def coverage_mask(model, grid: Grid) -> np.ndarray:
+    """Brain voxels of ``grid`` within reach of the voxels the model was trained on (the
+    mask ``"data"`` of :meth:`QueryEngine.volume` and ``napari-nrf query --mask data``).
+
+    A continuous field answers everywhere, but away from its training voxels it only
+    extrapolates; this is where its predictions rest on data.
+
+    Each subject voxel marks its nearest grid cell; the marks are dilated by half the
+    subjects' voxel spacing so that a finer grid has no holes. Bool ``grid.shape``.
+    """
+    from scipy import ndimage
+
+    mask = np.zeros(grid.shape, bool)
+    spacing = grid.resolution
+    for xyz in model.subjects.values():
+        xyz = np.asarray(xyz, np.float64)
+        if len(xyz) == 0:
+            continue
+        ijk, inside = grid.nearest_index(xyz)
+        mask[tuple(ijk[inside].T)] = True
+        if len(xyz) > 1:
+            from scipy.spatial import cKDTree
+
+            sample = xyz[:: max(1, len(xyz) // 2000)]
+            d, _ = cKDTree(xyz).query(sample, k=2)
+            spacing = max(spacing, min(float(np.median(d[:, 1])), 6.0))  # sparse sets: at most 6 mm
+    it = int(np.ceil(spacing / grid.resolution / 2))
+    if it > 0 and mask.any():
+        mask = ndimage.binary_dilation(mask, iterations=it)
+    return mask & space.brain_mask(grid)
 
 
 def volume_file_names(paths) -> list[str]:

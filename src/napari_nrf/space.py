@@ -378,10 +378,13 @@ def resolve_mask(spec, grid: Grid) -> np.ndarray | None:
         return brain_mask(grid)
     if isinstance(spec, str) and spec in ("gm", "grey", "gray"):
         return gm_mask(grid)
+    if isinstance(spec, str) and spec in ("data", "coverage"):
+        raise SpaceError("the mask 'data' (near the model's training voxels) needs the model: use "
+                         "QueryEngine.volume(..., mask='data') or napari_nrf.query.coverage_mask(model, grid)")
     if isinstance(spec, (str, os.PathLike)):
         if not os.path.exists(spec) and not str(spec).endswith((".nii", ".nii.gz")):
-            raise SpaceError(f"unknown mask {str(spec)!r}: use 'brain', 'gm', 'none' or the path of a "
-                             "mask/label NIfTI file")
+            raise SpaceError(f"unknown mask {str(spec)!r}: use 'brain', 'gm', 'data' (in a query), 'none' or "
+                             "the path of a mask/label NIfTI file")
         return roi_mask(grid, spec)
     return grid._check_mask(spec)
 

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QVBoxLayout, QWidget)
 
 from napari_nrf import space
+from napari_nrf.query import coverage_mask
 
 from ._progress import ProgressBar
 from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
@@ -28,32 +29,6 @@ EXTENTS = ("whole brain", "grey matter", "where the model has data", "ROI from a
            "ROI from a NIfTI file", "box")
 
 
-def coverage_mask(model, grid: space.Grid) -> np.ndarray:
-    """Brain voxels of ``grid`` within reach of the voxels the model was trained on.
-
-    Each subject voxel marks its nearest grid cell; the marks are dilated by half the
-    subjects' voxel spacing so that a finer grid has no holes. Bool ``grid.shape``.
-    """
-    from scipy import ndimage
-
-    mask = np.zeros(grid.shape, bool)
-    spacing = grid.resolution
-    for xyz in model.subjects.values():
-        xyz = np.asarray(xyz, np.float64)
-        if len(xyz) == 0:
-            continue
-        ijk, inside = grid.nearest_index(xyz)
-        mask[tuple(ijk[inside].T)] = True
-        if len(xyz) > 1:
-            from scipy.spatial import cKDTree
-
-            sample = xyz[:: max(1, len(xyz) // 2000)]
-            d, _ = cKDTree(xyz).query(sample, k=2)
-            spacing = max(spacing, min(float(np.median(d[:, 1])), 6.0))  # sparse sets: at most 6 mm
-    it = int(np.ceil(spacing / grid.resolution / 2))
-    if it > 0 and mask.any():
-        mask = ndimage.binary_dilation(mask, iterations=it)
-    return mask & space.brain_mask(grid)
 CONTINUOUS_SUBJECT = "(field: any point)"
 
 
