@@ -51,3 +51,21 @@ def test_dinov2_without_weights_says_how(monkeypatch, tmp_path):
         get_backbone("dinov2-vitl14-reg")
     with pytest.raises(BackboneError, match="not found"):
         get_backbone("dinov2-vitl14-reg", weights=str(tmp_path / "nope.safetensors"), model_kwargs=TINY)
+
+
+def test_nrf_on_dinov2(tmp_path, monkeypatch):
+    """The NRF works with every backbone of the features interface, DINOv2 included."""
+    from napari_nrf.models.nrf import build_nrf
+
+    m = build_nrf("dinov2-vitl14-reg", "tiny")  # the real ViT-L's shapes, no weights needed
+    assert list(m.merger) == ["block6", "block12"]
+    _, path = _tiny_weights(tmp_path)
+    monkeypatch.setenv("NAPARI_NRF_DINOV2_WEIGHTS", str(path))
+    bb = get_backbone("dinov2-vitl14-reg", layers=(1, 2, 4), model_kwargs=TINY)
+    m = build_nrf("dinov2-vitl14-reg", "tiny", feature_shapes=bb.feature_shapes, token_maps={"block2": 64},
+                  backbone_config=bb.config()).eval()
+    imgs = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    feats = m.encode_images(imgs)
+    with torch.no_grad():
+        out = m.predict(feats, coords=torch.tensor([[30.0, -80.0, 0.0], [-30.0, -80.0, 0.0]]))
+    assert out.shape == (3, 2) and torch.isfinite(out).all()

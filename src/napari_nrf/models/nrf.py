@@ -60,9 +60,13 @@ PRESETS = {
 DEFAULT_TOKEN_MAPS = {
     "clip-vit-b16": {"block4": None, "block7": None},
     "efficientnet-lite0": {"s8": 196, "s16": None, "s32": None},
+    # Mid-depth blocks, at about the depths of CLIP's blocks 4 and 7 of 12.
+    "dinov2-vitl14-reg": {"block6": None, "block12": None},
 }
 
-_DEFAULT_SHAPES = {"clip-vit-b16": {"block4": (196, 768), "block7": (196, 768), "embedding": (512,)}}
+_DEFAULT_SHAPES = {"clip-vit-b16": {"block4": (196, 768), "block7": (196, 768), "embedding": (512,)},
+                   "dinov2-vitl14-reg": {**{f"block{i}": (256, 1024) for i in (1, 6, 12, 18, 24)},
+                                         "embedding": (1024,)}}
 
 
 class _TokenProjection(nn.Module):
