@@ -68,3 +68,18 @@ def test_interrupt_message_says_how_to_resume(tmp_path):
     (tmp_path / "m.safetensors.ckpt" / "checkpoint.safetensors").write_bytes(b"")
     assert "run the same command again to resume" in _resume_hint(args)
     assert _resume_hint(argparse.Namespace(command="query", out=str(tmp_path))) == ""
+
+
+def test_backbone_weights_option(tmp_path, capsys):
+    import argparse
+
+    from napari_nrf._cli_nrf import _backbone_config
+
+    assert _backbone_config(argparse.Namespace(backbone_weights=None)) is None
+    w = tmp_path / "w.bin"
+    w.write_bytes(b"x")
+    assert _backbone_config(argparse.Namespace(backbone_weights=str(w))) == {"weights": str(w.resolve())}
+    for cmd in ("train", "train-universal"):
+        rc = main([cmd, str(tmp_path / "missing.h5"), "--out", str(tmp_path / "m.safetensors"),
+                   "--backbone", "clip-vit-b16", "--backbone-weights", str(tmp_path / "nope.bin")])
+        assert rc != 0 and "nope.bin" in capsys.readouterr().err

@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject")
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
     p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
+    p.add_argument("--backbone-weights", metavar="PATH",
+                   help="local weights file of the backbone (offline CLIP/DINOv2; recorded in the model)")
     p.add_argument("--preset", default="demo", choices=["demo", "paper", "tiny"], help="model size (default: %(default)s)")
     p.add_argument("--width", type=int, help="MLP width (overrides the preset)")
     p.add_argument("--depth", type=int, help="MLP Linear layers (overrides the preset)")
@@ -66,6 +68,16 @@ def _device(name):
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _backbone_config(args) -> dict | None:
+    """``--backbone-weights`` as a backbone config (None: the backbone's default weights)."""
+    w = getattr(args, "backbone_weights", None)
+    if not w:
+        return None
+    if not Path(w).is_file():
+        raise FileNotFoundError(f"--backbone-weights: file not found: {w}")
+    return {"weights": str(Path(w).resolve())}
+
+
 def _cache(path):
     from napari_nrf.features import FeatureCache
 
@@ -80,13 +92,15 @@ def _train(args) -> int:
     from napari_nrf.train import train_nrf
 
     check_bundle_path(args.out)  # before minutes of training, not after
+    bcfg = _backbone_config(args)
     sets = [ResponseSet.load(p) for p in args.data]
     over = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("downsample_dim", args.downsample_dim),
                               ("merged_dim", args.merged_dim)) if v is not None}
     out = Path(args.out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     bars = TrainingBars("training")
-    model, hist = train_nrf(sets, backbone=args.backbone, preset=args.preset, out=out, model_overrides=over,
+    model, hist = train_nrf(sets, backbone=args.backbone, backbone_config=bcfg, preset=args.preset, out=out,
+                            model_overrides=over,
                             epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
                             steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
                             alpha=args.alpha, patience=args.patience, seed=args.seed, checkpoint_dir=ck,

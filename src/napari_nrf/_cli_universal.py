@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_nrf._cli_nrf import TrainingBars, _best_text, _device
+from napari_nrf._cli_nrf import TrainingBars, _backbone_config, _best_text, _device
 
 
 def _fit_args(p, epochs: int = 20) -> None:
@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject; the images may differ")
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
     p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
+    p.add_argument("--backbone-weights", metavar="PATH",
+                   help="local weights file of the backbone (offline CLIP/DINOv2; recorded in the model)")
     p.add_argument("--levels", help="comma-separated backbone features to use (default: all)")
     p.add_argument("--embed-dim", type=int, default=256, help="voxel embedding size E (default: %(default)s)")
     p.add_argument("--channels", type=int, default=128, help="projected channels C per level (default: %(default)s)")
@@ -75,11 +77,12 @@ def _train(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.models.universal import train_universal
 
+    bcfg = _backbone_config(args)
     sets = [ResponseSet.load(p) for p in args.data]
     out = Path(args.out)
     bars = TrainingBars("training")
     levels = [s.strip() for s in args.levels.split(",")] if args.levels else None
-    model, hist = train_universal(sets, backbone=args.backbone, out=out, levels=levels,
+    model, hist = train_universal(sets, backbone=args.backbone, backbone_config=bcfg, out=out, levels=levels,
                                   model_config=dict(embed_dim=args.embed_dim, channels=args.channels,
                                                     dropout=args.dropout, embed_init_std=args.embed_init_std,
                                                     embedding_lr_scale=args.embedding_lr_scale),
