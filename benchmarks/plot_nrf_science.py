@@ -3,8 +3,9 @@
 Reads the ``summary`` of the result files of ``benchmarks/nrf_vs_ridge.py`` (per
 training size, mean / sd / n over subjects of the median voxel Pearson r; by default
 ``nrf_vs_ridge.json`` plus ``nrf_vs_ridge_shuffle200.json`` for the shuffled fit at 200
-images, the first file winning where both have a value) and draws r against the number of
-training images for NRF, the ridge baseline and the NRF trained on shuffled coordinates,
+images and ``nrf_vs_ridge_shuffle_roi.json`` for the ROI-wise shuffle, the first file
+winning where several have a value) and draws r against the number of training images for
+NRF, the ridge baseline and the NRF trained on globally and ROI-wise shuffled coordinates,
 against the noisy test data and against the noiseless truth.
 
     .venv/bin/python benchmarks/plot_nrf_science.py [--results FILE ...] [--out docs/images/nrf_vs_ridge.png]
@@ -23,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = (("nrf", "NRF", "C0", "-"), ("ridge", "ridge (per-voxel alpha)", "C1", "-"),
-          ("nrf_shuffled", "NRF, shuffled coordinates", "C0", ":"))
+          ("nrf_shuffled", "NRF, coordinates shuffled globally", "C2", ":"),
+          ("nrf_shuffled_roi", "NRF, shuffled within each ROI", "C4", "--"))
 
 
 def plot(summary: dict, out: Path) -> Path:
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     res = ROOT / "benchmarks" / "results"
     ap.add_argument("--results", nargs="+", default=[str(res / "nrf_vs_ridge.json"),
-                                                     str(res / "nrf_vs_ridge_shuffle200.json")])
+                                                     str(res / "nrf_vs_ridge_shuffle200.json"),
+                                                     str(res / "nrf_vs_ridge_shuffle_roi.json")])
     ap.add_argument("--out", default=str(ROOT / "docs" / "images" / "nrf_vs_ridge.png"))
     args = ap.parse_args(argv)
     summary: dict = {}
