@@ -93,3 +93,14 @@ def test_examples_tiny(script, tmp_path, monkeypatch):
     assert out
     if script == "query_volume.py":
         assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_science_figure_from_saved_results(tmp_path):
+    """benchmarks/plot_nrf_science.py draws docs/images/nrf_vs_ridge.png from the saved JSONs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import plot_nrf_science
+    finally:
+        sys.path.pop(0)
+    assert plot_nrf_science.main(["--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 10_000
