@@ -95,6 +95,11 @@ def test_feature_cache_reused_across_runs(effnet, tmp_path, monkeypatch):
     # A new image is computed and added; the others still come from the cache.
     extract_features(effnet, [data.rocket()] + imgs, cache=cache2)
     assert calls == [1] and cache2.count(effnet.cache_key) == 4
+    # The same cached image twice in one request (identical stimuli) is read once, returned twice.
+    f3 = extract_features(effnet, [imgs[1], imgs[0], imgs[1]], cache=FeatureCache(tmp_path / "c"))
+    assert calls == [1]
+    for k in f1:
+        assert np.array_equal(f3[k], f1[k][[1, 0, 1]])
 
 
 def test_cached_images_encode_without_building_the_backbone(effnet, tmp_path):

@@ -77,16 +77,16 @@ class FeatureCache:
         if not found.any():
             return {}, found
         rows = np.array([idx[h] for h, ok in zip(hashes, found) if ok])
-        order = np.argsort(rows)
-        inv = np.empty_like(order)
-        inv[order] = np.arange(len(order))
+        # h5py wants strictly increasing rows; a request can repeat an image (identical
+        # stimuli under two ids), so read each cached row once and expand.
+        uniq, inv = np.unique(rows, return_inverse=True)
         out = {}
         try:
             with h5py.File(self.path(key), "r") as f:
                 for name in f:
                     if name == "hash":
                         continue
-                    out[name] = f[name][rows[order]][inv].astype(np.float32)  # h5py wants increasing rows
+                    out[name] = f[name][uniq][inv].astype(np.float32)
         except OSError:  # another process is writing the file (HDF5 lock): compute instead
             return {}, np.zeros(len(hashes), bool)
         return out, found
