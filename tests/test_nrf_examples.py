@@ -44,10 +44,12 @@ def test_science_experiment_tiny(tmp_path):
 def test_resolution_claim_identical_population_tiny(tmp_path):
     sci = _load(ROOT / "benchmarks" / "nrf_vs_ridge.py")
     res = sci.run(tiny=True, cache_dir=tmp_path / "cache", log=lambda s: None, sizes=(),
-                  overrides={"identical": True, "res_subjects": (0, 1, 2), "res_variants": ["multi_subject"]})
+                  overrides={"identical": True, "res_subjects": (0, 1, 2), "res_variants": ["multi_subject"],
+                             "res_detail": True})
     c = res["resolution"]
     assert "single_subject" not in c and c["multi_subject"]["subjects"] == ["sub-01", "sub-02", "sub-03"]
-    assert set(c["multi_subject"]) >= {"nrf_1mm", "upsampled_2mm"}
+    assert set(c["multi_subject"]) >= {"nrf_1mm", "upsampled_2mm", "nrf_1mm_vs_upsampled"}
+    assert 0 <= c["multi_subject"]["nrf_detail_var_share"] < 1
     assert res["config"]["identical"] is True
 
 
