@@ -83,3 +83,19 @@ def test_backbone_weights_option(tmp_path, capsys):
         rc = main([cmd, str(tmp_path / "missing.h5"), "--out", str(tmp_path / "m.safetensors"),
                    "--backbone", "clip-vit-b16", "--backbone-weights", str(tmp_path / "nope.bin")])
         assert rc != 0 and "nope.bin" in capsys.readouterr().err
+
+
+def test_image_files_expands_folders(tmp_path):
+    import pytest
+
+    from napari_nrf.features import ImageError, image_files
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (d / name).write_bytes(b"x")
+    (tmp_path / "c.png").write_bytes(b"x")
+    assert image_files([tmp_path / "c.png", d]) == [str(tmp_path / "c.png"), str(d / "a.JPG"), str(d / "b.png")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="no image files"):
+        image_files([tmp_path / "empty"])

@@ -51,7 +51,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("query", help="predicted response volumes (MNI NIfTI) of images")
     p.add_argument("model", help="model bundle (.safetensors)")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--resolution", type=float, default=2.0, help="grid spacing in mm (0.5-8, default: %(default)s)")
     p.add_argument("--mask", default="brain",
                    help="brain, gm, data (brain points near the voxels the model was trained on), none, or a "
@@ -190,7 +190,7 @@ def _query(args) -> int:
     from tqdm import tqdm
 
     from napari_nrf import space
-    from napari_nrf.features import load_image_file
+    from napari_nrf.features import image_files, load_image_file
     from napari_nrf.models import load_model
     from napari_nrf.query import QueryEngine, coverage_mask, volume_file_names
 
@@ -200,9 +200,10 @@ def _query(args) -> int:
     # does not fail after minutes of queries.
     data_mask = mask_spec in ("data", "coverage")
     mask = None if data_mask else space.resolve_mask(mask_spec, grid)
-    for path in args.images:
+    images = image_files(args.images)  # a folder stands for its image files
+    for path in images:
         load_image_file(path)
-    names = volume_file_names(args.images)
+    names = volume_file_names(images)
     model = load_model(args.model, device=_device(args.device))
     eng = QueryEngine(model, device=_device(args.device))
     if data_mask:
@@ -217,7 +218,7 @@ def _query(args) -> int:
               "the same for every subject", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path, name in zip(args.images, names):
+    for path, name in zip(images, names):
         img = load_image_file(path)
         with tqdm(total=None, unit="pt", unit_scale=True, desc=Path(path).name) as bar:
             def progress(done, total):

@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("-k", type=int, default=20, help="number of clusters (default: %(default)s)")
     p.add_argument("--subjects", help="comma-separated subjects clustered together (default: all)")
     p.add_argument("--resolution", type=float, default=2.0, help="grid of the label volumes in mm (default: %(default)s)")
-    p.add_argument("--library", nargs="*", help="image files: per cluster, the top-activating images")
+    p.add_argument("--library", nargs="*", help="image files or folders: per cluster, the top-activating images")
     p.add_argument("--top", type=int, default=8, help="top images per cluster (default: %(default)s)")
     p.add_argument("--method", default="auto", choices=["auto", "sklearn", "torch"])
     p.add_argument("--seed", type=int, default=0)
@@ -153,11 +153,12 @@ def _cluster(args) -> int:
     report = {"model": str(args.model), "k": res.k, "subjects": subjects, "method": res.method,
               "inertia": res.inertia}
     if args.library:
-        from napari_nrf.features import FeatureCache
+        from napari_nrf.features import FeatureCache, image_files
 
-        feats = model.encode_images(list(args.library), cache=FeatureCache(args.cache))
+        library = image_files(args.library)
+        feats = model.encode_images(library, cache=FeatureCache(args.cache))
         top = cluster_top_images(model, feats, res, top=args.top)
-        report["top_images"] = {str(c + 1): [{"image": str(args.library[i]), "mean_response": float(v)}
+        report["top_images"] = {str(c + 1): [{"image": library[i], "mean_response": float(v)}
                                              for i, v in zip(*top[c])] for c in range(res.k)}
     (out / "clusters.json").write_text(json.dumps(report, indent=1))
     print(f"{res.k} clusters of {sum(len(v) for v in emb.values())} voxels ({', '.join(subjects)}) -> {out}")

@@ -83,6 +83,23 @@ def _pil_to_rgb(img) -> np.ndarray:
     return to_rgb_uint8(np.asarray(img))
 
 
+def image_files(paths) -> list[str]:
+    """Image file paths from ``paths``: files are kept in order, a folder gives its image
+    files (``IMAGE_SUFFIXES``, not recursive, sorted by name). Raises :class:`ImageError`
+    for a folder without images."""
+    out = []
+    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        p = Path(p)
+        if p.is_dir():
+            files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {p}")
+            out += files
+        else:
+            out.append(str(p))
+    return out
+
+
 def load_image_file(path) -> np.ndarray:
     """Read an image file with PIL -> (H, W, 3) uint8. Raises :class:`ImageError`."""
     from PIL import Image, UnidentifiedImageError

@@ -52,17 +52,16 @@ class ImageLibrary:
     @classmethod
     def from_folder(cls, folder, max_images: int | None = None) -> "ImageLibrary":
         """Every image file of ``folder`` (not recursive), sorted by name."""
-        from napari_nrf.features import IMAGE_SUFFIXES
+        from napari_nrf.features import ImageError, image_files
 
         folder = Path(folder)
         if not folder.is_dir():
             raise LibraryError(f"not a folder: {folder}")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if max_images:
-            files = files[:max_images]
-        if not files:
-            raise LibraryError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-        return cls([str(p) for p in files], label=folder.name)
+        try:
+            files = image_files(folder)
+        except ImageError as exc:
+            raise LibraryError(str(exc)) from exc
+        return cls(files[:max_images] if max_images else files, label=folder.name)
 
     def __len__(self) -> int:
         return len(self.images)
