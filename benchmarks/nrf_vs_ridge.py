@@ -374,6 +374,8 @@ def main(argv=None) -> int:
                     "(default global; roi permutes only within each ROI)")
     ap.add_argument("--res-epochs", type=int, help="claim C: maximum epochs (default %d)" % FULL["res_epochs"])
     ap.add_argument("--res-fourier-std", type=float, help="claim C: NRF Fourier-feature std (default 32)")
+    ap.add_argument("--res-fourier-n", type=int, help="claim C: number of NRF Fourier features (default 32)")
+    ap.add_argument("--res-width", type=int, help="claim C: NRF MLP width (default: the demo preset's 128)")
     ap.add_argument("--res-variants", help="claim C: comma-separated, of single_subject,multi_subject")
     ap.add_argument("--fine-mm", type=float, help="simulator: add shared fine structure of this length in mm "
                     "(opt-in sub-2 mm truth; default none)")
@@ -401,8 +403,10 @@ def main(argv=None) -> int:
         over["shuffle_kinds"] = kinds
     if args.res_epochs:
         over["res_epochs"] = args.res_epochs
-    if args.res_fourier_std:
-        over["res_model"] = {"nrf_overrides": {"fourier_std": args.res_fourier_std}}
+    res_nrf = {k: v for k, v in (("fourier_std", args.res_fourier_std), ("n_fourier", args.res_fourier_n),
+                                 ("width", args.res_width)) if v}
+    if res_nrf:
+        over["res_model"] = {"nrf_overrides": res_nrf}
     if args.res_variants:
         over["res_variants"] = args.res_variants.split(",")
     if args.fine_mm:
