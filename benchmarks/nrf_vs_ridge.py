@@ -266,7 +266,7 @@ def resolution_claim(cfg, cache_dir, log) -> dict:
     for name, idx in variants.items():
         t = time.perf_counter()
         model, info = fit_nrf([sets[i] for i in idx], [feats[i] for i in idx], {**cfg, **cfg.get("res_model", {})},
-                              seed=0, epochs=cfg["res_epochs"], steps=cfg["res_steps"], log=log)
+                              seed=cfg["seed"], epochs=cfg["res_epochs"], steps=cfg["res_steps"], log=log)
         eng = QueryEngine(model, device="cpu")
         mask1 = np.zeros(g1.n_points, bool)
         mask1[pts] = True
@@ -375,6 +375,8 @@ def main(argv=None) -> int:
     ap.add_argument("--res-epochs", type=int, help="claim C: maximum epochs (default %d)" % FULL["res_epochs"])
     ap.add_argument("--res-fourier-std", type=float, help="claim C: NRF Fourier-feature std (default 32)")
     ap.add_argument("--res-fourier-n", type=int, help="claim C: number of NRF Fourier features (default 32)")
+    ap.add_argument("--seed", type=int, help="population seed of the simulator, also claim C's fit seed "
+                                             "(default 0; another value is a replicate on new data)")
     ap.add_argument("--res-width", type=int, help="claim C: NRF MLP width (default: the demo preset's 128)")
     ap.add_argument("--res-variants", help="claim C: comma-separated, of single_subject,multi_subject")
     ap.add_argument("--fine-mm", type=float, help="simulator: add shared fine structure of this length in mm "
@@ -403,6 +405,8 @@ def main(argv=None) -> int:
         over["shuffle_kinds"] = kinds
     if args.res_epochs:
         over["res_epochs"] = args.res_epochs
+    if args.seed is not None:
+        over["seed"] = args.seed
     res_nrf = {k: v for k, v in (("fourier_std", args.res_fourier_std), ("n_fourier", args.res_fourier_n),
                                  ("width", args.res_width)) if v}
     if res_nrf:
