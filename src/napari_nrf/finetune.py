@@ -295,6 +295,18 @@ def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwarg
     return {"out": str(out), "subject": sub.subject, "val_pearson": hist.best_score}
 
 
+def _checked_out(out) -> str:
+    """The absolute output path, checked now (not when the job ends)."""
+    from napari_nrf.models.bundle import BundleError, check_bundle_path
+
+    out = str(Path(out).expanduser().resolve())
+    try:
+        check_bundle_path(out)
+    except BundleError as exc:
+        raise FinetuneError(str(exc)) from exc
+    return out
+
+
 def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str = "demo",
               model_overrides: dict | None = None, step_delay: float = 0.0, **fit_kwargs) -> dict:
     """Job target: a new NRF trained from scratch on the response sets ``data`` (a list of
@@ -345,8 +357,7 @@ def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = F
     """Queue a :func:`train_job` (a new NRF on the response sets ``data``) on ``manager``;
     returns the :class:`~napari_nrf.jobs.Job`. ``kwargs``: backbone, preset, model_overrides
     and :func:`napari_nrf.train.fit` settings. Inputs are checked now, not in the child."""
-    from napari_nrf.models.bundle import BundleError, check_bundle_path
-    from napari_nrf.train import _check_schedule
+    from napari_nrf.train import check_fit_settings
 
     data = [data] if isinstance(data, (str, Path)) else list(data)
     if not data:
@@ -355,11 +366,7 @@ def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = F
     for d in data:
         if not Path(d).exists():
             raise FinetuneError(f"response set not found: {d}")
-    out = str(Path(out).expanduser().resolve())
-    try:
-        check_bundle_path(out)
-    except BundleError as exc:
-        raise FinetuneError(str(exc)) from exc
+    out = _checked_out(out)
     from napari_nrf.features import BACKBONES
     from napari_nrf.models.nrf import PRESETS
 
@@ -367,15 +374,7 @@ def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = F
         raise FinetuneError(f"unknown backbone {kwargs['backbone']!r}; available: {', '.join(sorted(BACKBONES))}")
     if kwargs.get("preset", "demo") not in PRESETS:
         raise FinetuneError(f"unknown preset {kwargs['preset']!r}; available: {', '.join(PRESETS)}")
-    import inspect
-
-    from napari_nrf.train import fit
-
-    defaults = {k: v.default for k, v in inspect.signature(fit).parameters.items()
-                if v.default is not inspect.Parameter.empty}
-    _check_schedule(**{k: kwargs.get(k, defaults[k]) for k in ("epochs", "batch_images", "batch_voxels", "lr",
-                                                                 "weight_decay", "alpha", "patience",
-                                                                 "steps_per_epoch", "val_every")})
+    check_fit_settings(kwargs)
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
     subjects = "1 subject" if len(data) == 1 else f"{len(data)} subjects"
@@ -398,13 +397,7 @@ def submit_finetune(manager, bases, data, out, *, device: str = "cpu", overwrite
     data = str(Path(data).expanduser().resolve())
     if not Path(data).exists():
         raise FinetuneError(f"response set not found: {data}")
-    out = str(Path(out).expanduser().resolve())
-    from napari_nrf.models.bundle import BundleError, check_bundle_path
-
-    try:
-        check_bundle_path(out)  # now, not when the job ends
-    except BundleError as exc:
-        raise FinetuneError(str(exc)) from exc
+    out = _checked_out(out)
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
     name = f"finetune {Path(out).stem} ({len(bases)} bases, {kwargs.get('n_images') or 'all'} images)"

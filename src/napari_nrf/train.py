@@ -385,6 +385,17 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     return hist
 
 
+def check_fit_settings(kwargs: dict) -> None:
+    """Check :func:`fit` keyword arguments (missing ones take fit's defaults) before work
+    starts elsewhere, e.g. when a background job is queued. Raises :class:`TrainingError`."""
+    import inspect
+
+    names = ("epochs", "batch_images", "batch_voxels", "lr", "weight_decay", "alpha", "patience",
+             "steps_per_epoch", "val_every")
+    params = inspect.signature(fit).parameters
+    _check_schedule(**{k: kwargs.get(k, params[k].default) for k in names})
+
+
 def _check_schedule(**hp) -> None:
     """Refuse settings that cannot train (a zero batch gives a NaN loss, 0 epochs no model)."""
     for k in ("epochs", "batch_images", "batch_voxels", "val_every"):
