@@ -181,3 +181,23 @@ def test_query_cli_precision_flag(tmp_path, monkeypatch, effnet):
     inside = np.isfinite(outs["fp32"])
     assert np.corrcoef(outs["fp32"][inside], outs["bf16"][inside])[0, 1] > 0.999
     assert not np.array_equal(outs["fp32"][inside], outs["bf16"][inside])
+
+
+def test_bench_query_records_cpu_and_precision_next_to_every_number(tmp_path):
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_query.py"
+    spec = importlib.util.spec_from_file_location("bench_query", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "q.json"
+    assert mod.main(["--repeats", "1", "--demo-points", "2000", "--paper-points", "4", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["cpu"]["model"] and "fast_bf16_hardware" in res["cpu"]
+    assert res["precision"]["dtype"] in ("fp32", "bf16")
+    assert res["matmul_probe"]["fp32_gflops"] > 0 and res["matmul_probe"]["bf16_gflops"] > 0
+    for key in ("demo_points", "paper_points", "demo_2mm"):
+        r = res[key]
+        assert r["engine_precision"] == res["precision"]["dtype"] and r["cpu_model"] == res["cpu"]["model"]
+        assert "cpu_flags" in r
