@@ -123,3 +123,4 @@ if [ "${#extras[@]}" -gt 0 ]; then
   fi
 fi
 log "done; results in $out"
+sleep 1  # let tee finish log.txt
