@@ -459,7 +459,7 @@ def _step_fn(model, feats, y, vox, coords, opt, amp, device):
 def stage_train_nrf(b: Bench):
     def run(budget):
         model = paper_model(b).train()
-        n_img, n_vox = (4, 64) if b.dry else (32, 2000)
+        n_img, n_vox = (2, 64) if b.dry else (32, 2000)
         feats = random_features(nrf_feature_shapes(model), n_img, b.device)
         g = torch.Generator().manual_seed(1)
         coords = (torch.rand(n_vox, 3, generator=g) * 140 - 70).to(b.device)
@@ -489,7 +489,7 @@ def stage_universal(b: Bench):
         from napari_nrf.models.universal import UniversalEncoder
 
         shapes = {"block1": (16, 32), "embedding": (32,)} if b.dry else DINO
-        n_vox, batch = (500, 4) if b.dry else (40_000, 32)
+        n_vox, batch = (200, 2) if b.dry else (40_000, 32)
         rng = np.random.default_rng(0)
         m = UniversalEncoder.for_features(shapes, {"sub": rng.uniform(-60, 60, (n_vox, 3))}, embed_dim=256,
                                           channels=128).to(b.device).eval()
@@ -512,7 +512,7 @@ def stage_universal(b: Bench):
                                                                 outs["fp32_tf32"].cpu().numpy())
         # training step at the paper's batch (UNIVERSAL_FIT_DEFAULTS: 32 images x 5000 voxels)
         m.train()
-        tv = 5000 if not b.dry else 200
+        tv = 5000 if not b.dry else 100
         g = torch.Generator().manual_seed(2)
         vox = torch.from_numpy(np.sort(rng.choice(n_vox, tv, replace=False))).to(b.device)
         y = torch.randn(batch, tv, generator=g).to(b.device)
