@@ -64,7 +64,7 @@ def test_engine_volume_matches_cpu(demo, mixed):
     if mixed:
         _close(got, ref)
     else:
-        _close(got, ref, r_min=0.99999, sd_frac=0.01)
+        _close(got, ref, r_min=0.99995, sd_frac=0.02)  # TF32: 10-bit mantissa inputs
     again = eng.volume(feats, grid, mask="brain")  # the grid's coordinate half from the cache
     np.testing.assert_array_equal(again, got)
 
@@ -181,7 +181,5 @@ def test_real_out_of_memory_halves_the_chunk_and_matches_small_chunks(demo):
         got = big.volume(feats, grid, mask="brain")
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-    assert big.last_chunk < requested  # it halved at least once
-    fin = np.isfinite(ref)
-    np.testing.assert_allclose(got[fin], ref[fin], atol=1e-2 * ref[fin].std())
-    assert np.array_equal(fin, np.isfinite(got))
+    assert big.last_chunk < requested and big.last_chunk < int(np.isfinite(ref[0]).sum())  # it halved
+    _close(got, ref, r_min=0.9999, sd_frac=0.02)

@@ -435,10 +435,15 @@ def stage_oom(b: Bench):
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0)
         cmp = _compare(vol[:, mask], ref[:, mask])
-        return {"mask": mask_kind, "n_points": int(mask.sum()), "memory_cap_gib": cap / 2 ** 30,
+        n = int(mask.sum())
+        scale = float(np.abs(ref[:, mask]).max())
+        # Each point's arithmetic does not depend on the chunk; cuBLAS may pick another kernel
+        # for another row count, so allow a bf16-sized difference (1 % of the largest value).
+        return {"mask": mask_kind, "n_points": n, "memory_cap_gib": cap / 2 ** 30,
                 "requested_chunk": requested, "chunk_after_recovery": big.last_chunk, "seconds": dt,
-                "halved": bool(big.last_chunk < requested), "small_chunk": small.last_chunk, "vs_small_chunk": cmp,
-                "result_matches_small_chunk": bool(cmp["max_abs_diff"] <= 0.02 * max(cmp["ref_std"], 1e-6))}
+                "halved": bool(big.last_chunk < requested), "chunk_below_n_points": bool(big.last_chunk < n),
+                "small_chunk": small.last_chunk, "vs_small_chunk": cmp,
+                "result_matches_small_chunk": bool(cmp["equal"] or cmp["max_abs_diff"] <= 0.01 * scale)}
     return run
 
 
@@ -602,14 +607,16 @@ def stage_graphs(b: Bench):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = model.head(h_img, model.coord_half(static_x)).float()
-        out = torch.empty(1, n, device=b.device)
+        with torch.inference_mode():
+            out = torch.empty(1, n, device=b.device)
 
         def replay():
-            for st in range(0, n, chunk):
-                e = min(st + chunk, n)
-                static_x[: e - st].copy_(xyz[st:e])
-                graph.replay()
-                out[:, st:e] = static_out[:, : e - st]
+            with torch.inference_mode():  # static_x is an inference tensor
+                for st in range(0, n, chunk):
+                    e = min(st + chunk, n)
+                    static_x[: e - st].copy_(xyz[st:e])
+                    graph.replay()
+                    out[:, st:e] = static_out[:, : e - st]
         t = b.timed(replay, budget / 3, max_repeats=5)
         return {"chunk": chunk, "engine": t_eng, "graph_replay": t, "speedup_vs_engine": t_eng["median_s"] / t["median_s"],
                 "note": "image half computed once outside the timing; the engine's timing includes it and the copy to host",
