@@ -305,7 +305,8 @@ def stage_query(b: Bench, resolution: float):
 
                 t = b.timed(cached, per, max_repeats=5)
                 tc = b.timed(cold, per / 2, max_repeats=2) if bsz == 1 and name == "bf16" else None
-                r = {"images": bsz, **t, "s_per_image": t["median_s"] / bsz, "chunk_points": eng.last_chunk,
+                r = {"images": bsz, "bf16_autocast": eng.mixed_precision, **t, "s_per_image": t["median_s"] / bsz,
+                     "chunk_points": eng.last_chunk,
                      "tflops": fpp * n * bsz / t["median_s"] / 1e12, "coord_cache_bytes": eng.coord_cache_bytes}
                 if peak:
                     r["fraction_of_bf16_matmul_peak"] = r["tflops"] / peak
