@@ -14,6 +14,12 @@ Measured in one run, on random backbone features (speed does not depend on their
 4. on CUDA (when available): paper size, whole-brain 2 mm and 1 mm per image in bf16, and
    the achieved TFLOP/s counting 2 x multiply-adds of the MLP per (image, point).
 
+Every result records the CPU (model, the flags that matter for reduced precision: AVX2,
+AVX-512 BF16, AMX) and the precision the engine chose (:mod:`napari_nrf.precision`: bf16
+on CPUs with fast bf16 units, fp32 elsewhere; ``--precision`` forces either). The
+straightforward version always runs in fp32, so the ratios are against fp32. The script also
+measures this CPU's matrix-product rate in fp32 and bf16 (``precision.probe``, uncached).
+
 Timings are medians of ``--repeats`` runs. Run:
     .venv/bin/python benchmarks/bench_query.py --repeats 5 --half-mm
 """
@@ -30,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from napari_nrf import space
+from napari_nrf import precision, space
 from napari_nrf.models.nrf import build_nrf
 from napari_nrf.query import QueryEngine
 
@@ -70,7 +76,9 @@ def engine_vs_straightforward(model, n_points: int, repeats: int, device="cpu") 
     b = straightforward(model, feats, xyz)
     t_eng = median_time(lambda: eng.points(feats, xyz), repeats)
     t_ref = median_time(lambda: straightforward(model, feats, xyz), repeats)
-    return {"n_points": n_points, "engine_points_per_s": n_points / t_eng, "straightforward_points_per_s": n_points / t_ref,
+    return {"n_points": n_points, "engine_precision": "bf16" if eng.mixed_precision else "fp32",
+            "straightforward_precision": "fp32", **_cpu_tag(),
+            "engine_points_per_s": n_points / t_eng, "straightforward_points_per_s": n_points / t_ref,
             "speedup": t_ref / t_eng, "max_abs_diff": float(np.abs(a - b).max()),
             "gflop_per_point_engine": model.flops_per_point(True) / 1e9,
             "gflop_per_point_straightforward": model.flops_per_point(False) / 1e9}
@@ -95,9 +103,17 @@ def whole_brain(model, resolution: float, repeats: int, device="cpu") -> dict:
 
     t_warm = median_time(warm, repeats)
     t_cold = median_time(cold, max(1, repeats // 2))
-    return {"resolution_mm": resolution, "n_points": n, "seconds_per_image_cached_grid": t_warm,
+    return {"resolution_mm": resolution, "n_points": n, "engine_precision": "bf16" if eng.mixed_precision else "fp32",
+            **(_cpu_tag() if not str(device).startswith("cuda") else {"gpu": torch.cuda.get_device_name(0)}),
+            "seconds_per_image_cached_grid": t_warm,
             "seconds_per_image_cold": t_cold,
             "tflops_achieved": model.flops_per_point(True) * n / t_warm / 1e12}
+
+
+def _cpu_tag() -> dict:
+    """The CPU model and its reduced-precision flags, recorded next to each number."""
+    info = precision.cpu_info()
+    return {"cpu_model": info["model"], "cpu_flags": " ".join(info["flags"]), "threads": info["threads"]}
 
 
 def half_mm_child() -> None:
@@ -117,7 +133,8 @@ def half_mm_child() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out_bytes = vol.nbytes
     n = int(np.isfinite(vol).sum())
-    print(json.dumps({"grid": list(grid.shape), "n_points": n, "seconds": dt, "output_bytes": out_bytes,
+    print(json.dumps({"grid": list(grid.shape), "n_points": n, "seconds": dt, **_cpu_tag(),
+                      "engine_precision": "bf16" if eng.mixed_precision else "fp32", "output_bytes": out_bytes,
                       "peak_rss_bytes": peak, "baseline_rss_bytes": rss0, "peak_above_baseline_bytes": peak - max(base, rss0),
                       "peak_above_output_bytes": peak - max(base, rss0) - out_bytes}))
 
@@ -129,12 +146,25 @@ def main(argv=None) -> int:
     ap.add_argument("--demo-points", type=int, default=100_000)
     ap.add_argument("--half-mm", action="store_true", help="also the 0.5 mm whole-brain memory run")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--precision", choices=precision.SETTINGS, default=None,
+                    help="force the engine's CPU precision (default: $NAPARI_NRF_PRECISION or auto)")
     ap.add_argument("--_half_mm_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.precision:
+        import os
+
+        os.environ[precision.ENV_VAR] = args.precision  # the --half-mm child inherits it
     if args._half_mm_child:
         half_mm_child()
         return 0
-    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats}
+    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
+           "cpu": precision.cpu_info(), "precision": precision.choose("cpu")}
+    pr = precision.probe(use_cache=False)
+    res["matmul_probe"] = {k: pr[k] for k in ("n", "k", "fp32_gflops", "bf16_gflops", "speedup")}
+    print(f"cpu {res['cpu']['model']!r}, flags {' '.join(res['cpu']['flags']) or '-'}, torch capability "
+          f"{res['cpu']['torch_capability']}, {res['threads']} threads; engine precision {res['precision']['dtype']} "
+          f"({res['precision']['reason']}); probe fp32 {pr['fp32_gflops']:.1f} / bf16 {pr['bf16_gflops']:.1f} GFLOP/s",
+          flush=True)
     demo = build_nrf("efficientnet-lite0", "demo")
     paper = build_nrf("clip-vit-b16", "paper")
     res["demo_model"] = {"params": demo.n_params, "width": demo.width, "depth": demo.depth}

@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--candidates", type=int, default=50, help="images per retrieval trial (default: %(default)s)")
     p.add_argument("--cache", help="feature cache folder")
     p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="inference precision (default: $NAPARI_NRF_PRECISION or auto: bf16 on CUDA and on CPUs "
+                        "with fast bf16, AMX / AVX-512 BF16; fp32 elsewhere)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("query", help="predicted response volumes (MNI NIfTI) of images")
@@ -59,7 +62,18 @@ def register(sub) -> None:
     p.add_argument("--subject", help="subject (voxel-indexed models with several subjects)")
     p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
     p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="inference precision (default: $NAPARI_NRF_PRECISION or auto: bf16 on CUDA and on CPUs "
+                        "with fast bf16, AMX / AVX-512 BF16; fp32 elsewhere)")
     p.set_defaults(func=_query)
+
+
+def _set_precision(args) -> None:
+    """``--precision`` overrides $NAPARI_NRF_PRECISION for this process (napari_nrf.precision)."""
+    if getattr(args, "precision", None):
+        import os
+
+        os.environ["NAPARI_NRF_PRECISION"] = args.precision
 
 
 def _device(name):
@@ -172,6 +186,7 @@ def _evaluate(args) -> int:
     from napari_nrf.evaluate import evaluate, format_table, write_json
     from napari_nrf.models import load_model
 
+    _set_precision(args)
     model = load_model(args.model, device=_device(args.device))
     cache = _cache(args.cache)
     reports = []
@@ -194,6 +209,7 @@ def _query(args) -> int:
     from napari_nrf.models import load_model
     from napari_nrf.query import QueryEngine, coverage_mask, volume_file_names
 
+    _set_precision(args)
     grid = space.Grid.mni(args.resolution)
     mask_spec = None if args.mask in ("none", "all", "") else args.mask
     # Check every input before the long work, so a typo in the last image or the mask

@@ -182,9 +182,14 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
     f_eval = {k: np.asarray(v)[rows] for k, v in features.items()}
     true = rs.get_responses(rows)
     truth = rs.get_truth(rows)
+    prec = "given"
     if predictions is None:
-        predictions = predict_set(model, f_eval, rs)
-    rep = {"subject": rs.subject, "split": split,
+        from napari_nrf import precision
+
+        prec = precision.choose(model.device)["dtype"]
+        with precision.autocast(model.device, enabled=prec == "bf16"):
+            predictions = predict_set(model, f_eval, rs)
+    rep = {"subject": rs.subject, "split": split, "precision": prec,
            **metrics(predictions, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth),
            "retrieval": retrieval(predictions, true, n_candidates, n_repeats, seed)}
     if ridge:

@@ -12,7 +12,10 @@ when it fits ``coord_cache_bytes``), so each point costs only the Fourier part o
 first layer plus the hidden layers. Points are streamed in chunks whose activations stay
 under ``chunk_bytes``, so memory is bounded by the output volumes plus one chunk, even
 for a 0.5 mm whole brain (56M grid points). On CUDA the chunks run under bf16 autocast
-with TF32 matmuls; on a CUDA out-of-memory error the chunk halves and the query goes on.
+with TF32 matmuls; on a CUDA out-of-memory error the chunk halves and the query goes on
+(and a coordinate half that does not fit is not cached). On a CPU the chunks run in fp32,
+or under bf16 autocast where :mod:`napari_nrf.precision` finds the CPU's matrix units
+fast in bf16 (AMX, AVX-512 BF16); ``NAPARI_NRF_PRECISION`` forces either.
 
 Models that are not continuous (``model.continuous`` False, e.g. the Universal encoder)
 are evaluated at their subject's voxels (``model.subjects[subject]``) and each voxel's
@@ -68,7 +71,8 @@ class QueryEngine:
         The coordinate half of a grid (N x width float32) is kept for the next query of the
         same grid and mask when it is at most this size.
     mixed_precision : bool or None
-        bf16 autocast (CUDA only; default on CUDA).
+        bf16 autocast. Default: :func:`napari_nrf.precision.use_bf16` for the device (CUDA:
+        on; CPU: on where bf16 is fast, see :mod:`napari_nrf.precision`).
     feature_cache : FeatureCache or None
         On-disk backbone feature cache used by :meth:`image_features`.
     """
@@ -82,7 +86,11 @@ class QueryEngine:
         cuda = self.device.type == "cuda"
         self.chunk_bytes = int(chunk_bytes or ((2 << 30) if cuda else (32 << 20)))
         self.coord_cache_bytes = int(coord_cache_bytes)
-        self.mixed_precision = cuda if mixed_precision is None else (bool(mixed_precision) and cuda)
+        if mixed_precision is None:
+            from napari_nrf import precision
+
+            mixed_precision = precision.use_bf16(self.device)
+        self.mixed_precision = bool(mixed_precision) and self.device.type in ("cuda", "cpu")
         self.feature_cache = feature_cache
         self.max_cached_images = int(max_cached_images)
         self._image_cache: OrderedDict[str, dict] = OrderedDict()
@@ -123,7 +131,8 @@ class QueryEngine:
     @contextmanager
     def _precision(self):
         if self.device.type != "cuda":
-            with torch.inference_mode():
+            amp = torch.autocast("cpu", dtype=torch.bfloat16) if self.mixed_precision else nullcontext()
+            with torch.inference_mode(), amp:
                 yield
             return
         old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -194,10 +203,17 @@ class QueryEngine:
             return self._coord_cache[key]
         if key is None or n * width * 4 > self.coord_cache_bytes:
             return None
-        parts = []
-        for s in range(0, n, max(chunk, 65536)):
-            parts.append(self.model.coord_half(xyz_fn(s, min(s + max(chunk, 65536), n))))
-        half = torch.cat(parts) if parts else torch.zeros(0, width, device=self.device)
+        try:
+            parts = []
+            for s in range(0, n, max(chunk, 65536)):
+                parts.append(self.model.coord_half(xyz_fn(s, min(s + max(chunk, 65536), n))))
+            half = torch.cat(parts) if parts else torch.zeros(0, width, device=self.device)
+        except _oom_errors():
+            if self.device.type != "cuda":
+                raise
+            parts = None  # free the parts first; each chunk then computes its own half
+            torch.cuda.empty_cache()
+            return None
         self._coord_cache[key] = half
         total = sum(v.numel() * 4 for v in self._coord_cache.values())
         while total > self.coord_cache_bytes and len(self._coord_cache) > 1:
@@ -213,7 +229,7 @@ class QueryEngine:
             chunk = self._chunk_points(b)
             cached = self._coord_half_cached(key, xyz_fn, n, chunk)
             bufs: list = []
-            cpu = self.device.type == "cpu"
+            cpu = self.device.type == "cpu" and not self.mixed_precision  # bf16 goes through model.head
 
             def run(s, e):
                 h_xyz = cached[s:e] if cached is not None else model.coord_half(xyz_fn(s, e))
