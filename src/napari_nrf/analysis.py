@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_nrf.errors import Cancelled, NapariNRFError
 
-class AnalysisError(ValueError):
+
+class AnalysisError(NapariNRFError):
     """Bad input to an analysis function."""
 
 
@@ -390,7 +392,7 @@ def cluster_maps(model, k: int, subjects=None, grid=None, method: str = "auto", 
     return ClusterMaps(res, vols, grid, cluster_table(res, {s: model.subjects[s] for s in subjects}))
 
 # ---- top- and bottom-activating images of a region (napari region explorer) ----------
-class AnalysisCancelled(Exception):
+class AnalysisCancelled(Cancelled):
     """Raised inside an analysis when its ``cancel()`` callback returns True."""
 
 
@@ -475,16 +477,13 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
     dev = model.device
     out = np.zeros(n, np.float32)
     engine = None
-    if coords is not None and getattr(model, "continuous", False) and hasattr(model, "image_half"):
-        # continuous fields go through the query engine: the image half of the first layer
-        # once per image, the coordinate half once per region
-        try:
-            from napari_nrf.query import QueryEngine
-        except ModuleNotFoundError as exc:  # pragma: no cover - engine not installed yet
-            if exc.name != "napari_nrf.query":
-                raise
-        else:
-            engine = QueryEngine(model, device=dev)
+    if coords is not None and model.continuous:
+        # continuous fields go through the query engine (the model's fast query: for an
+        # NRF the image half of the first layer once per image, the coordinate half once
+        # per region)
+        from napari_nrf.query import QueryEngine
+
+        engine = QueryEngine(model, device=dev)
     with torch.inference_mode():
         for s in range(0, n, batch_images):
             fb = {k: torch.as_tensor(np.asarray(v[s:s + batch_images]) if not torch.is_tensor(v) else
@@ -495,10 +494,8 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
             if engine is not None:
                 try:
                     r = engine.points(fb, region, cancel=cancel).astype(np.float64)
-                except Exception as exc:
-                    if type(exc).__name__.endswith("Cancelled"):
-                        raise AnalysisCancelled("cancelled") from exc
-                    raise
+                except Cancelled as exc:
+                    raise AnalysisCancelled("cancelled") from exc
                 ok = np.isfinite(r)
                 acc += np.where(ok, r, 0.0).sum(1)
                 cnt += ok.sum(1)

@@ -47,15 +47,17 @@ import traceback
 import uuid
 from pathlib import Path
 
+from napari_nrf.errors import Cancelled, NapariNRFError
+
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL = ("done", "failed", "cancelled")
 
 
-class JobError(ValueError):
+class JobError(NapariNRFError):
     """A job cannot be submitted, found or resumed as asked."""
 
 
-class JobCancelled(Exception):
+class JobCancelled(Cancelled):
     """Raised inside a target (by :meth:`JobContext.check_cancel`) to stop at a safe point."""
 
 

@@ -14,15 +14,17 @@
   same batches as an uninterrupted one);
 * a checkpoint (model + optimiser + history, one safetensors file, never pickled) after
   every epoch, and ``resume=True`` continues from it after an interruption;
-* ``trainable`` filters parameter names (finetuning, transfer to a new subject); a model's
-  ``lr_scale(name)`` (when it has one) multiplies the learning rate of that parameter;
+* ``trainable`` filters parameter names (finetuning, transfer to a new subject); the
+  model's ``parameter_groups`` (its ``lr_scale(name)``) sets each parameter's learning-rate
+  multiplier, and a kind with its own ``loss`` method replaces the default loss;
 * ``progress(done, total)`` after each step, ``on_epoch(record)`` after each epoch and
   ``cancel()`` polled between steps (True raises :class:`TrainingCancelled`).
 
-Models are asked for predictions through :func:`model_predict`: continuous models
+Models are asked for predictions through the contract's ``train_predict(features,
+subject, voxels, coords)`` (:mod:`napari_nrf.models.base`): by default continuous models
 (NRF) get the sampled voxels' MNI coordinates, voxel-indexed models (Universal encoder)
-the voxel indices and the subject name; a model may define ``train_predict(features,
-subject=, voxels=, coords=)`` to take over.
+the voxel indices and the subject name. A kind whose ``supports_fit`` is False (the
+ensemble) is refused with :class:`napari_nrf.errors.UnsupportedOperation`.
 """
 
 from __future__ import annotations
@@ -37,15 +39,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf.errors import Cancelled, NapariNRFError
+
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 
 
-class TrainingError(ValueError):
+class TrainingError(NapariNRFError):
     """Bad training input (no training images, mismatched features, ...)."""
 
 
-class TrainingCancelled(RuntimeError):
+class TrainingCancelled(Cancelled):
     """Raised when ``cancel()`` returns True; the last epoch's checkpoint stays for resuming."""
 
 
@@ -87,12 +91,8 @@ def _check_features(feats: dict, n: int, what: str) -> dict:
 # ---- predictions and metrics ------------------------------------------------------------
 def model_predict(model, feats: dict, subject: str, voxels, coords) -> torch.Tensor:
     """Predictions (B, n) of ``model`` for the sampled ``voxels`` (n,) of ``subject`` at MNI
-    ``coords`` (n, 3): the one place where the loop meets the model interface."""
-    if hasattr(model, "train_predict"):
-        return model.train_predict(feats, subject=subject, voxels=voxels, coords=coords)
-    if getattr(model, "continuous", False):
-        return model.predict(feats, coords=coords)
-    return model.predict(feats, voxels=voxels, subject=subject)
+    ``coords`` (n, 3): the one place where the loop meets the model contract."""
+    return model.train_predict(feats, subject=subject, voxels=voxels, coords=coords)
 
 
 def voxel_pearson(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -229,6 +229,8 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     names = [rs.subject for rs in train_sets]
     if len(set(names)) != len(names):
         raise TrainingError(f"training sets need distinct subject names, got {names}")
+    if not model.supports_fit:
+        raise model.unsupported("training with fit", "fit its base models, then the model's own fit")
     if device is not None:
         model.to(device)
     dev = model.device
@@ -260,23 +262,23 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     have_val = any(len(r) >= 3 for r in va_rows)
     tr_y = [rs.get_responses(r) for rs, r in zip(train_sets, tr_rows)]
     tr_coords = [torch.from_numpy(np.asarray(rs.coords, np.float32)).to(dev) for rs in train_sets]
-    if getattr(model, "continuous", False):
+    if model.continuous:
         for rs in train_sets:  # the bundle records whose voxels the field was fitted to
             model.subjects.setdefault(rs.subject, np.asarray(rs.coords, np.float32))
 
-    params = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n)]
+    scaled = model.parameter_groups(trainable)  # (name, parameter, lr scale)
+    params = [(n, p) for n, p, _ in scaled]
     if not params:
         raise TrainingError("the trainable filter accepts no parameter")
     keep = {n for n, _ in params}
     old_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(n in keep)
-    # A model may scale the learning rate of some parameters (``lr_scale(name) -> float``):
-    # the Universal encoder's voxel embeddings, each updated only when its voxel is sampled.
-    scale = getattr(model, "lr_scale", None)
+    # A model may scale the learning rate of some parameters: the Universal encoder's voxel
+    # embeddings, each updated only when its voxel is sampled.
     groups: dict = {}
-    for n, p in params:
-        groups.setdefault(float(scale(n)) if callable(scale) else 1.0, []).append(p)
+    for _, p, s in scaled:
+        groups.setdefault(s, []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "lr": lr * s} for s, ps in groups.items()], lr=lr,
                             weight_decay=weight_decay)
 
@@ -328,7 +330,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
                 y = torch.from_numpy(tr_y[si][rows_local][:, vox]).to(dev)
                 vt = torch.from_numpy(vox).to(dev)
                 pred = model_predict(model, fb, train_sets[si].subject, vt, tr_coords[si][vt])
-                loss = loss_fn(pred, y, alpha)
+                loss = (model.loss or loss_fn)(pred, y, alpha)
                 if not torch.isfinite(loss):
                     # Stop before the optimiser spreads NaN into every weight; the last
                     # epoch's checkpoint stays valid.

@@ -123,6 +123,7 @@ class UniversalEncoder(EncodingModel):
 
     kind = "universal"
     continuous = False
+    supports_points = True  # predict(coords=) takes each point's nearest voxel (NaN outside)
 
     def __init__(self, levels, n_voxels: dict | None = None, embed_dim: int = 256, channels: int = 128,
                  mlp_ratio: int = 4, dropout: float = 0.1, embed_init_std: float = 0.1,
@@ -173,6 +174,14 @@ class UniversalEncoder(EncodingModel):
         model.backbone_name = backbone_name
         model.backbone_config = dict(backbone_config or {})
         return model
+
+    @classmethod
+    def example(cls, feature_shapes: dict, subjects: dict, backbone: str = "efficientnet-lite0", seed: int = 0,
+                bases=None) -> "UniversalEncoder":
+        """A tiny encoder (E = C = 8, the two coarsest levels) with ``subjects``' voxels."""
+        names = [n for n in ("s32", "embedding") if n in feature_shapes] or list(feature_shapes)[:2]
+        return cls.for_features(feature_shapes, subjects, names=names, backbone_name=backbone, seed=seed,
+                                embed_dim=8, channels=8, mlp_ratio=2, dropout=0.0)
 
     def config(self) -> dict:
         return {
