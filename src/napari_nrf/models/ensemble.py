@@ -258,6 +258,9 @@ class EnsembleModel(EncodingModel):
             preds = self.base_predictions(features, voxels=None if voxels is None else np.asarray(voxels))
             w, b = self.weights[vox], self.bias[vox]
         else:
+            if not self.supports_points:
+                raise self.unsupported("predictions at MNI points",
+                                       "a base model predicts only at its subjects' voxels")
             preds = self.base_predictions(features, coords=coords)
             if self.continuous:
                 w_np, b_np = self.weights_at(coords)
