@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 from napari_nrf._cli_nrf import TrainingBars, _backbone_config, _best_text, _device
+from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
 
 
-def _fit_args(p, epochs: int = 20) -> None:
+def _fit_args(p, defaults) -> None:
     from napari_nrf._cli_nrf import add_fit_args
 
     # The paper's Adam: lr 1e-3, no weight decay, 5000 voxels per image.
-    add_fit_args(p, epochs=epochs, batch_voxels=5000, lr=1e-3, weight_decay=0.0,
-                 lr_help="Adam learning rate (default: %(default)s, the paper's)")
+    add_fit_args(p, defaults, lr_help="Adam learning rate (default: %(default)s, the paper's)")
 
 
 def register(sub) -> None:
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--embedding-lr-scale", type=float, default=1.0,
                    help="learning-rate multiplier of the voxel embeddings (default 1, the paper; about 10 with "
                         "0.01 init std trains much faster on short CPU runs, see docs/results.md)")
-    _fit_args(p)
+    _fit_args(p, UNIVERSAL_FIT)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("transfer", help="add a new subject to a Universal encoder by learning only its voxel embeddings")
@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--init", default="random", choices=["random", "mean", "nearest"],
                    help="initial embeddings: random (paper), the mean embedding of the model's voxels, or the "
                         "mean embedding of each voxel's nearest voxel (MNI) in every subject of the model")
-    _fit_args(p, epochs=30)
+    _fit_args(p, TRANSFER_FIT)
     p.set_defaults(func=_transfer)
 
     p = sub.add_parser("cluster", help="k-means maps of a Universal encoder's voxel embeddings (NIfTI + table)")
@@ -64,18 +64,17 @@ def register(sub) -> None:
 def _fit_kwargs(args, out: Path) -> dict:
     from napari_nrf.features import FeatureCache
     from napari_nrf.models.bundle import check_bundle_path
+    from napari_nrf.settings import FitSettings
 
     check_bundle_path(out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
-    return dict(epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
-                steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, alpha=args.alpha,
-                patience=args.patience, seed=args.seed, checkpoint_dir=ck, resume=not args.no_resume,
+    return dict(**FitSettings.from_args(args).to_kwargs(), checkpoint_dir=ck, resume=not args.no_resume,
                 feature_cache=FeatureCache(args.cache), device=_device(args.device))
 
 
 def _train(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
-    from napari_nrf.models.universal import train_universal
+    from napari_nrf.recipes import train_universal
 
     bcfg = _backbone_config(args)
     sets = [ResponseSet.load(p) for p in args.data]
@@ -98,7 +97,7 @@ def _transfer(args) -> int:
 
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.models import load_model
-    from napari_nrf.models.universal import transfer_subject
+    from napari_nrf.recipes import transfer_subject
 
     model = load_model(args.model, device=_device(args.device), kind="universal")
     rs = ResponseSet.load(args.data)

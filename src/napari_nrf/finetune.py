@@ -34,8 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf.errors import NapariNRFError, choose_device
+from napari_nrf.settings import FINETUNE_FIT
 
-class FinetuneError(ValueError):
+
+class FinetuneError(NapariNRFError):
     """Bad input to new-subject adaptation (no base, too few images, output over a base)."""
 
 
@@ -76,11 +79,14 @@ def _as_model(base, device):
     return copy.deepcopy(base).to(device)
 
 
-def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int = 10, batch_images: int = 32,
-                      batch_voxels: int = 2000, lr: float = 1e-4, weight_decay: float = 0.015, alpha: float = 0.1,
-                      patience: int = 3, seed: int = 0, ridge: float = 0.0, steps_per_epoch: int | None = None,
+def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int = FINETUNE_FIT.epochs,
+                      batch_images: int = FINETUNE_FIT.batch_images, batch_voxels: int = FINETUNE_FIT.batch_voxels,
+                      lr: float = FINETUNE_FIT.lr, weight_decay: float = FINETUNE_FIT.weight_decay,
+                      alpha: float = FINETUNE_FIT.alpha, patience: int = FINETUNE_FIT.patience,
+                      seed: int = FINETUNE_FIT.seed, ridge: float = 0.0,
+                      steps_per_epoch: int | None = FINETUNE_FIT.steps_per_epoch,
                       feature_cache=None, features: dict | None = None, checkpoint_dir=None, resume: bool = True,
-                      device="cpu", progress=None, cancel=None, out=None, finetune: bool = True):
+                      device=None, progress=None, cancel=None, out=None, finetune: bool = True):
     """Adapt K base models to the subject of ``data`` and fit their voxelwise ensemble.
 
     Parameters
@@ -92,8 +98,9 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
     n_images : int or None
         Training images to use (default: all of the train split).
     epochs, batch_images, batch_voxels, lr, weight_decay, alpha, patience, steps_per_epoch
-        :func:`napari_nrf.train.fit` settings of each finetuning (lr defaults lower than
-        training from scratch). Universal bases use the transfer defaults for lr/decay.
+        :func:`napari_nrf.train.fit` settings of each finetuning (defaults
+        :data:`napari_nrf.settings.FINETUNE_FIT`: lr lower than training from scratch).
+        Universal bases use the transfer defaults for lr/decay.
     seed : int
         Seeds the image choice and every fit.
     ridge : float
@@ -103,7 +110,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
         Precomputed backbone features of every image of ``data`` (name -> (N, ...)).
     checkpoint_dir : path or None
         Checkpoints for resuming (see the module doc).
-    device : str
+    device : str or None
+        Default: CUDA when available, else the CPU (:func:`napari_nrf.errors.choose_device`).
     progress : callable(record: dict) or None
         Records with ``stage``, ``base``, ``epoch``, ``step``, ``fraction`` (0..1),
         ``loss`` and ``val_pearson`` (validation median voxel Pearson) when known.
@@ -124,6 +132,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
 
     if not bases:
         raise FinetuneError("finetuning needs at least one base model")
+    device = choose_device(device)
     if out is not None:
         out = Path(out)
         for b in bases:
@@ -182,7 +191,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
                       checkpoint_dir=None if ck is None else ck / f"base-{k}", resume=resume, progress=prog,
                       on_epoch=on_epoch, cancel=cancel, device=device)
             if getattr(model, "kind", "") == "universal":
-                from napari_nrf.models.universal import transfer_subject
+                from napari_nrf.recipes import transfer_subject
 
                 if sub.subject in model.voxel_embeddings:
                     raise FinetuneError(f"base {k} already has a subject named {sub.subject!r}")
@@ -267,7 +276,7 @@ def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwarg
     """Job target: embeddings-only transfer of a universal encoder to a new subject
     (seed 002 section 4.4); writes the universal bundle with the subject added to ``out``."""
     from napari_nrf.models import load_model
-    from napari_nrf.models.universal import transfer_subject
+    from napari_nrf.recipes import transfer_subject
 
     if Path(base).resolve() == Path(out).resolve():
         raise FinetuneError("the output is the base model; choose another file")
@@ -352,7 +361,7 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
             "val_pearson": hist.best_score}
 
 
-def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = False, start: bool = True,
+def submit_train(manager, data, out, *, device: str | None = None, overwrite: bool = False, start: bool = True,
                  threads: int | None = None, **kwargs):
     """Queue a :func:`train_job` (a new NRF on the response sets ``data``) on ``manager``;
     returns the :class:`~napari_nrf.jobs.Job`. ``kwargs``: backbone, preset, model_overrides
@@ -375,6 +384,7 @@ def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = F
     if kwargs.get("preset", "demo") not in PRESETS:
         raise FinetuneError(f"unknown preset {kwargs['preset']!r}; available: {', '.join(PRESETS)}")
     check_fit_settings(kwargs)
+    device = choose_device(device)
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
     subjects = "1 subject" if len(data) == 1 else f"{len(data)} subjects"
@@ -384,7 +394,7 @@ def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = F
                           threads=threads)
 
 
-def submit_finetune(manager, bases, data, out, *, device: str = "cpu", overwrite: bool = False,
+def submit_finetune(manager, bases, data, out, *, device: str | None = None, overwrite: bool = False,
                     start: bool = True, threads: int | None = None, **kwargs):
     """Queue a finetune + ensemble job on ``manager``; returns the :class:`~napari_nrf.jobs.Job`.
 
@@ -398,6 +408,10 @@ def submit_finetune(manager, bases, data, out, *, device: str = "cpu", overwrite
     if not Path(data).exists():
         raise FinetuneError(f"response set not found: {data}")
     out = _checked_out(out)
+    from napari_nrf.train import check_fit_settings
+
+    check_fit_settings(kwargs, FINETUNE_FIT)
+    device = choose_device(device)
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
     name = f"finetune {Path(out).stem} ({len(bases)} bases, {kwargs.get('n_images') or 'all'} images)"

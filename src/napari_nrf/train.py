@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from napari_nrf.errors import Cancelled, NapariNRFError
+from napari_nrf.settings import NRF_FIT, FitSettings, SettingsError
 
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
@@ -177,11 +178,13 @@ def _load_checkpoint(path: Path, model, opt, params: list) -> dict:
 
 
 # ---- the loop ---------------------------------------------------------------------------
-def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int = 32, batch_voxels: int = 2000,
-        lr: float = 3e-4, weight_decay: float = 0.015, alpha: float = 0.1, trainable=None, feature_cache=None,
-        features=None, val_features=None, checkpoint_dir=None, resume: bool = True, seed: int = 0,
-        patience: int = 5, steps_per_epoch: int | None = None, progress=None, on_epoch=None, cancel=None,
-        device=None, val_every: int = 1, feature_progress=None) -> History:
+def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch_images: int = NRF_FIT.batch_images,
+        batch_voxels: int = NRF_FIT.batch_voxels, lr: float = NRF_FIT.lr, weight_decay: float = NRF_FIT.weight_decay,
+        alpha: float = NRF_FIT.alpha, trainable=None, feature_cache=None,
+        features=None, val_features=None, checkpoint_dir=None, resume: bool = True, seed: int = NRF_FIT.seed,
+        patience: int = NRF_FIT.patience, steps_per_epoch: int | None = NRF_FIT.steps_per_epoch, progress=None,
+        on_epoch=None, cancel=None, device=None, val_every: int = NRF_FIT.val_every,
+        feature_progress=None) -> History:
     """Train ``model`` in place on the train split of ``train_sets``; keep the best epoch.
 
     Parameters
@@ -193,8 +196,10 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     val_sets : list of ResponseSet or None
         Validation images are the ``split == val`` rows (default: of ``train_sets``).
         Without any validation rows the last epoch is kept and no early stopping happens.
-    epochs, batch_images, batch_voxels, lr, weight_decay, alpha
-        Schedule, batch (images x sampled voxels), AdamW settings and the loss mixture.
+    epochs, batch_images, batch_voxels, lr, weight_decay, alpha, seed, patience, steps_per_epoch, val_every
+        Schedule, batch (images x sampled voxels), AdamW settings and the loss mixture: the
+        fields of :class:`napari_nrf.settings.FitSettings` (defaults, checks and help text
+        there; these defaults are :data:`napari_nrf.settings.NRF_FIT`).
     trainable : callable(param_name) -> bool, or None
         Only the parameters it accepts are trained (default: all).
     feature_cache : FeatureCache or None
@@ -387,32 +392,18 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     return hist
 
 
-def check_fit_settings(kwargs: dict) -> None:
-    """Check :func:`fit` keyword arguments (missing ones take fit's defaults) before work
+def check_fit_settings(kwargs: dict, defaults: FitSettings = NRF_FIT) -> None:
+    """Check :func:`fit` keyword arguments (missing ones take ``defaults``) before work
     starts elsewhere, e.g. when a background job is queued. Raises :class:`TrainingError`."""
-    import inspect
-
-    names = ("epochs", "batch_images", "batch_voxels", "lr", "weight_decay", "alpha", "patience",
-             "steps_per_epoch", "val_every")
-    params = inspect.signature(fit).parameters
-    _check_schedule(**{k: kwargs.get(k, params[k].default) for k in names})
+    try:
+        defaults.check_kwargs(kwargs)
+    except SettingsError as exc:
+        raise TrainingError(str(exc)) from exc
 
 
 def _check_schedule(**hp) -> None:
     """Refuse settings that cannot train (a zero batch gives a NaN loss, 0 epochs no model)."""
-    for k in ("epochs", "batch_images", "batch_voxels", "val_every"):
-        if int(hp[k]) < 1:
-            raise TrainingError(f"{k} must be at least 1, got {hp[k]}")
-    if hp["steps_per_epoch"] is not None and int(hp["steps_per_epoch"]) < 1:
-        raise TrainingError(f"steps_per_epoch must be at least 1 (or None), got {hp['steps_per_epoch']}")
-    if int(hp["patience"]) < 1:
-        raise TrainingError(f"patience must be at least 1 epoch, got {hp['patience']}")
-    if not (math.isfinite(hp["lr"]) and hp["lr"] > 0):
-        raise TrainingError(f"the learning rate (lr) must be > 0, got {hp['lr']}")
-    if not (math.isfinite(hp["weight_decay"]) and hp["weight_decay"] >= 0):
-        raise TrainingError(f"weight_decay must be >= 0, got {hp['weight_decay']}")
-    if not (0.0 <= hp["alpha"] <= 1.0):
-        raise TrainingError(f"alpha (the cosine weight of the loss) must be in [0, 1], got {hp['alpha']}")
+    check_fit_settings(hp)
 
 
 def _plan(rng, tr_rows, sizes, batch_images: int, n_steps: int) -> list:

@@ -155,9 +155,13 @@ class FinetuneJobsWidget(QWidget):
         self.backbone.addItems(sorted(BACKBONES))
         self.backbone.setCurrentText("efficientnet-lite0")
         form.addRow("backbone", self.backbone)
+        from napari_nrf.settings import FINETUNE_FIT, field_spec
+
+        spec = field_spec("epochs", FINETUNE_FIT)  # the training settings' default, range and help
         self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(10)
+        self.epochs.setRange(spec["min"], min(spec["max"], 1000))
+        self.epochs.setValue(spec["default"])
+        self.epochs.setToolTip(spec["help"])
         form.addRow("epochs", self.epochs)
         self.device = QComboBox()
         self.device.addItems(available_devices())
