@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_nrf import space
-from napari_nrf.finetune import finetune_job
+from napari_nrf.train_jobs import finetune_job
 from napari_nrf.jobs import JobContext
 from napari_nrf.models import load_model
 from napari_nrf.query import QueryEngine

@@ -12,9 +12,12 @@ atomic write, one device choice and one progress-callback shape.
 * :func:`atomic_write`: temporary file in the destination's folder + ``os.replace``, so a
   crash never leaves half a file.
 * :func:`choose_device`: "cuda" when available, else "cpu" (every command's default).
-* progress callbacks are ``progress(done: int, total: int | None)``; extra context (the
-  subject, the stage) is bound by the caller (``functools.partial``/a closure), never a
-  third positional argument.
+* progress callbacks are ``progress(done: int, total: int | None, message: str = "")``
+  (:data:`Progress`): ``done`` of ``total`` units, the optional message naming what is
+  counted (a stage, a subject). The query engine, fit (``progress`` and
+  ``feature_progress``), the simulator and the demo's training call this shape. The
+  adaptation pipeline's job reports (``finetune_ensemble(progress=)``) are richer
+  records (dicts) for the jobs' progress logs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-Progress = Optional[Callable[[int, Optional[int]], None]]
+Progress = Optional[Callable[..., None]]  # progress(done, total, message="")
 
 
 class NapariNRFError(ValueError):

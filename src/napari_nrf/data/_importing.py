@@ -21,10 +21,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError, atomic_write, write_text_atomic
+
 from .responseset import FORMAT, SPLITS, VERSION, _json_default
 
 
-class ImportDataError(ValueError):
+class ImportDataError(NapariNRFError):
     """Base class of the importers' input errors (a message written for the user)."""
 
 
@@ -91,24 +93,11 @@ def file_signature(path) -> dict:
 
 # ---- partial files -------------------------------------------------------------------------
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb") as f:
+        np.save(f, array)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+_atomic_write_text = write_text_atomic
 
 
 class PartialStore:

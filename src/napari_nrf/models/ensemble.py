@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf.errors import NapariNRFError
 from .base import MODEL_KINDS, EncodingModel, register
 from .bundle import BundleError
 
 
-class EnsembleError(ValueError):
+class EnsembleError(NapariNRFError):
     """Bad input to the ensemble (mismatched shapes, backbones or subjects)."""
 
 

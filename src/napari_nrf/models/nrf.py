@@ -42,12 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf.errors import NapariNRFError
 from napari_nrf.space import NRF_COORD_OFFSET, NRF_COORD_SIZE
 
 from .base import EncodingModel, register
 
 
-class NRFError(ValueError):
+class NRFError(NapariNRFError):
     """Bad input to an NRF model (missing features, bad coordinates, bad config)."""
 
 

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf.errors import NapariNRFError
 from .base import EncodingModel, register
 
 
-class UniversalModelError(ValueError):
+class UniversalModelError(NapariNRFError):
     """Bad input to the universal encoder (unknown subject, missing feature level, ...)."""
 
 

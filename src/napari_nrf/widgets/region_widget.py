@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 from napari_nrf import space
 from napari_nrf.errors import Cancelled
 
-from ._library import ImageLibrary, LibraryError
+from napari_nrf.library import ImageLibrary, LibraryError
 from ._progress import ProgressBar
 from ._render import META, layer_kind, layer_volume, start_worker
 from ._state import state_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from napari_nrf._cli_nrf import add_device_arg
+from napari_nrf.cli.nrf import add_device_arg
 from napari_nrf.settings import FINETUNE_FIT, FitSettings, add_fit_arguments
 
 
@@ -72,8 +72,8 @@ def _summary(job) -> int:
 
 
 def _finetune(args) -> int:
-    from napari_nrf.finetune import submit_finetune
-    from napari_nrf.jobs import JobManager, _child_main
+    from napari_nrf.train_jobs import submit_finetune
+    from napari_nrf.jobs import JobManager
 
     mgr = JobManager(args.jobs_dir)
     settings = FitSettings.from_args(args, FINETUNE_FIT).to_kwargs()
@@ -83,12 +83,7 @@ def _finetune(args) -> int:
                           start=not args.inline, threads=args.threads, **kw)
     print(f"job {job.id} ({job.dir})")
     if args.inline:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        _child_main(str(job.dir))
-        return _summary(job)
+        return _summary(mgr.run_inline(job.id, threads=args.threads))
     return _follow(mgr, job)
 
 

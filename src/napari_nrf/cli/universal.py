@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_nrf._cli_nrf import TrainingBars, _backbone_config, _best_text, _device
+from napari_nrf.cli.nrf import TrainingBars, _backbone_config, _best_text, _device
 from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
 
 
 def _fit_args(p, defaults) -> None:
-    from napari_nrf._cli_nrf import add_fit_args
+    from napari_nrf.cli.nrf import add_fit_args
 
     # The paper's Adam: lr 1e-3, no weight decay, 5000 voxels per image.
     add_fit_args(p, defaults, lr_help="Adam learning rate (default: %(default)s, the paper's)")
