@@ -21,13 +21,18 @@ def add_device_arg(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
-    p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject")
+def add_training_inputs(p, data_help: str = "response set file(s) (.h5), one per subject") -> None:
+    """The inputs of every command that trains a new model: data, --out, the backbone."""
+    p.add_argument("data", nargs="+", help=data_help)
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
     p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
     p.add_argument("--backbone-weights", metavar="PATH",
                    help="local weights file of the backbone (offline CLIP/DINOv2; recorded in the model)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
+    add_training_inputs(p)
     p.add_argument("--preset", default="demo", choices=["demo", "paper", "tiny"], help="model size (default: %(default)s)")
     p.add_argument("--width", type=int, help="MLP width (overrides the preset)")
     p.add_argument("--depth", type=int, help="MLP Linear layers (overrides the preset)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_nrf.cli.nrf import TrainingBars, _backbone_config, _best_text, _device
+from napari_nrf.cli.nrf import TrainingBars, _backbone_config, _best_text, _device, add_training_inputs
 from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
 
 
@@ -18,11 +18,8 @@ def _fit_args(p, defaults) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("train-universal", help="train a Universal encoder jointly on several subjects' response sets")
-    p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject; the images may differ")
-    p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
-    p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
-    p.add_argument("--backbone-weights", metavar="PATH",
-                   help="local weights file of the backbone (offline CLIP/DINOv2; recorded in the model)")
+    p.set_defaults(func=_train)
+    add_training_inputs(p, "response set file(s) (.h5), one per subject; the images may differ")
     p.add_argument("--levels", help="comma-separated backbone features to use (default: all)")
     p.add_argument("--embed-dim", type=int, default=256, help="voxel embedding size E (default: %(default)s)")
     p.add_argument("--channels", type=int, default=128, help="projected channels C per level (default: %(default)s)")
@@ -32,21 +29,21 @@ def register(sub) -> None:
                    help="learning-rate multiplier of the voxel embeddings (default 1, the paper; about 10 with "
                         "0.01 init std trains much faster on short CPU runs, see docs/results.md)")
     _fit_args(p, UNIVERSAL_FIT)
-    p.set_defaults(func=_train)
 
     p = sub.add_parser("transfer", help="add a new subject to a Universal encoder by learning only its voxel embeddings")
+    p.set_defaults(func=_transfer)
     p.add_argument("model", help="trained universal model bundle (.safetensors)")
     p.add_argument("data", help="the new subject's response set (.h5)")
     p.add_argument("--out", required=True, help="output bundle with the new subject (.safetensors)")
     p.add_argument("--subject", help="name of the new subject (default: the response set's)")
-    p.add_argument("--n-images", type=int, help="use only this many training images (few-shot transfer)")
     p.add_argument("--init", default="random", choices=["random", "mean", "nearest"],
                    help="initial embeddings: random (paper), the mean embedding of the model's voxels, or the "
                         "mean embedding of each voxel's nearest voxel (MNI) in every subject of the model")
+    p.add_argument("--n-images", type=int, help="use only this many training images (few-shot transfer)")
     _fit_args(p, TRANSFER_FIT)
-    p.set_defaults(func=_transfer)
 
     p = sub.add_parser("cluster", help="k-means maps of a Universal encoder's voxel embeddings (NIfTI + table)")
+    p.set_defaults(func=_cluster)
     p.add_argument("model", help="universal model bundle (.safetensors)")
     p.add_argument("-k", type=int, default=20, help="number of clusters (default: %(default)s)")
     p.add_argument("--subjects", help="comma-separated subjects clustered together (default: all)")
@@ -58,7 +55,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder: <subject>_clusters.nii.gz, clusters.csv, clusters.json")
     p.add_argument("--cache", help="feature cache folder")
     p.add_argument("--device", default=None)
-    p.set_defaults(func=_cluster)
 
 
 def _fit_kwargs(args, out: Path) -> dict:

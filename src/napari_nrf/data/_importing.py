@@ -58,6 +58,12 @@ class Progress:
             self._bar.close()
             self._bar = None
 
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 # ---- per-session statistics ----------------------------------------------------------------
 def zscore_session(betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,8 +201,9 @@ def nsd_noise_ceiling(sum_sq_dev: np.ndarray, dof: int, counts: np.ndarray) -> n
 class ResponseSetWriter:
     """Write a response set (the layout of :mod:`napari_nrf.data.responseset`) piece by piece.
 
-    Opened on a temporary file next to ``path``; :meth:`commit` renames it over ``path``
-    (atomic), :meth:`abort` deletes it.
+    Opened on a temporary file next to ``path``; :meth:`commit` (or :meth:`finish` with
+    ``commit=True``) renames it over ``path`` (atomic), :meth:`abort` deletes it. As a
+    context manager it aborts when its block raises.
     """
 
     def __init__(self, path, n_images: int, n_voxels: int, subject: str, chunk_voxels: int | None = None):
@@ -232,7 +239,17 @@ class ResponseSetWriter:
         self.f.create_dataset("image_paths", data=np.array([str(p) for p in paths], dtype=object),
                               dtype=h5py.string_dtype())
 
-    def finish(self, coords, split, image_ids, roi=None, roi_names=None, noise_ceiling=None, meta=None) -> None:
+    def __enter__(self) -> "ResponseSetWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def finish(self, coords, split, image_ids, roi=None, roi_names=None, noise_ceiling=None, meta=None,
+               commit: bool = False) -> Path | None:
+        """Write the per-voxel and per-image arrays and the metadata; then :meth:`commit`
+        when ``commit`` (returns the path)."""
         self.f.create_dataset("coords", data=np.asarray(coords, np.float32))
         self.f.create_dataset("split", data=np.asarray(split, np.uint8))
         self.f.create_dataset("image_ids", data=np.asarray(image_ids, np.int64))
@@ -242,6 +259,7 @@ class ResponseSetWriter:
             self.f.create_dataset("noise_ceiling", data=np.asarray(noise_ceiling, np.float32))
         self.f.attrs["roi_names"] = json.dumps({str(k): v for k, v in (roi_names or {}).items()})
         self.f.attrs["meta"] = json.dumps(meta or {}, default=_json_default)
+        return self.commit() if commit else None
 
     def commit(self) -> Path:
         self.f.close()
