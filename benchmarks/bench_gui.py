@@ -34,7 +34,7 @@ def bench_drop(model, path, runs: int, resolution: float = 2.0, ndisplay: int = 
     from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_nrf.demo import photo_crops
+    from napari_nrf.simulate.fallback import photo_crops
     from napari_nrf.widgets import dock_all
     from napari_nrf.widgets._render import ensure_template
 
@@ -83,7 +83,7 @@ def bench_topk(model, runs: int, n_images: int = 1000, n_voxels: int = 2000, k: 
     from napari_nrf import space
     from napari_nrf.analysis import top_images
     from napari_nrf.features import FeatureCache
-    from napari_nrf.demo import photo_crops
+    from napari_nrf.simulate.fallback import photo_crops
 
     imgs = photo_crops(n_images, seed=0)
     t = time.perf_counter()

@@ -146,7 +146,7 @@ def transfer_claims(joint, held, feats, args, fit: dict, b: dict, seeds, save) -
     random start (the paper) and from the nearest-voxel start."""
     import copy
 
-    from napari_nrf.models.universal import transfer_subject
+    from napari_nrf.recipes import transfer_subject
 
     tr_rows = held.indices("train")
     for sd in seeds:
@@ -174,7 +174,8 @@ def run(args) -> dict:
     import torch
 
     from napari_nrf.features import FeatureCache
-    from napari_nrf.models.universal import build_universal, train_universal, transfer_subject
+    from napari_nrf.models.universal import build_universal
+    from napari_nrf.recipes import train_universal, transfer_subject
     from napari_nrf.simulate import simulate
     from napari_nrf.simulate.anatomy import AREA_NAMES
     from napari_nrf.train import set_features

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_nrf.finetune import submit_finetune
+from napari_nrf.train_jobs import submit_finetune
 from napari_nrf.jobs import JobManager
 from napari_nrf.models import load_model
 

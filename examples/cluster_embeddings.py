@@ -21,7 +21,7 @@ from napari_nrf.analysis import cluster_maps, cluster_top_images
 from napari_nrf.data.responseset import ResponseSet
 from napari_nrf.features import FeatureCache
 from napari_nrf.models import load_model
-from napari_nrf.models.universal import train_universal
+from napari_nrf.recipes import train_universal
 
 TINY = bool(os.environ.get("NRF_EXAMPLE_TINY"))
 OUT = Path(os.environ.get("NRF_EXAMPLE_OUT", "."))

@@ -18,7 +18,7 @@ import numpy as np
 from napari_nrf.data.responseset import ResponseSet
 from napari_nrf.features import FeatureCache
 from napari_nrf.models import load_model
-from napari_nrf.models.universal import train_universal, transfer_subject
+from napari_nrf.recipes import train_universal, transfer_subject
 from napari_nrf.train import predict_set, set_features, voxel_pearson
 
 TINY = bool(os.environ.get("NRF_EXAMPLE_TINY"))

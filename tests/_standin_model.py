@@ -39,10 +39,11 @@ class BlobModel(EncodingModel):
             progress(len(imgs), len(imgs))
         return {"embedding": torch.tensor(amp, dtype=torch.float32)[:, None]}
 
-    # The split-first-layer protocol of continuous models that the query engine uses
-    # (as NRF: h = relu(W0_img g + b0 + W0_xyz gamma(x)), then ``layers[1:]``). Two hidden
-    # units relu(a + b - 1) - relu(-a + b - 1), with a the image amplitude and b the blob,
-    # give a * blob-like values: a at the centre, 0 far away, the sign of a in between.
+    # A split first layer as in NRF (h = relu(W0_img g + b0 + W0_xyz gamma(x)), then
+    # ``layers[1:]``); the query engine uses the contract's default fast query (predict per
+    # chunk). Two hidden units relu(a + b - 1) - relu(-a + b - 1), with a the image
+    # amplitude and b the blob, give a * blob-like values: a at the centre, 0 far away,
+    # the sign of a in between.
     width = 2
 
     @property

@@ -73,7 +73,7 @@ def test_interrupt_message_says_how_to_resume(tmp_path):
 def test_backbone_weights_option(tmp_path, capsys):
     import argparse
 
-    from napari_nrf._cli_nrf import _backbone_config
+    from napari_nrf.cli.nrf import _backbone_config
 
     assert _backbone_config(argparse.Namespace(backbone_weights=None)) is None
     w = tmp_path / "w.bin"

@@ -58,7 +58,7 @@ def test_demo_model_lookup_order(tmp_path, monkeypatch, tiny_model):
 
 
 def test_fallback_subjects_are_lateralised():
-    from napari_nrf.demo import _image_descriptors, fallback_subjects
+    from napari_nrf.simulate.fallback import _image_descriptors, fallback_subjects
 
     sets = fallback_subjects(n_subjects=1, n_images=30, max_voxels=3000)
     rs = sets[0]

@@ -8,7 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from napari_nrf.data.responseset import ResponseSet
-from napari_nrf.finetune import FinetuneError, finetune_ensemble, finetune_job, select_images, submit_finetune
+from napari_nrf.finetune import FinetuneError, finetune_ensemble, select_images
+from napari_nrf.train_jobs import finetune_job, submit_finetune
 from napari_nrf.jobs import JobContext, JobManager
 from napari_nrf.models import load_model
 
@@ -141,7 +142,7 @@ def test_science_script_tiny(tmp_path):
 def test_universal_transfer_job_and_ensemble(setup, tmp_path):
     """Embeddings-only transfer of a universal encoder through the job target; the base
     file stays untouched and the output predicts the new subject."""
-    from napari_nrf.finetune import transfer_job
+    from napari_nrf.train_jobs import transfer_job
     from napari_nrf.models.universal import build_universal
 
     _, _, data = setup
@@ -165,7 +166,7 @@ def test_universal_transfer_job_and_ensemble(setup, tmp_path):
 def test_train_job_cancel_resume_equals_an_uninterrupted_run(setup, tmp_path):
     """A new NRF trained in the background: bad input refused at submit, a cancel mid-run
     writes nothing, resume finishes with the same weights as an in-process run."""
-    from napari_nrf.finetune import submit_train, train_job
+    from napari_nrf.train_jobs import submit_train, train_job
 
     _, _, data = setup
     kw = dict(preset="tiny", epochs=3, batch_images=4, batch_voxels=40, steps_per_epoch=4, seed=2,

@@ -134,7 +134,7 @@ def test_cuda_out_of_memory_halves_the_chunk_and_goes_on(model, monkeypatch):
     assert sum(e - s for s, e in done) == 1000
 
 
-def test_cuda_out_of_memory_while_caching_the_coordinate_half_skips_the_cache(model, monkeypatch):
+def test_cuda_out_of_memory_while_caching_the_point_state_skips_the_cache(model, monkeypatch):
     eng = QueryEngine(model, device="cpu")
     eng.device = torch.device("cuda")  # only the OOM branch is exercised; nothing runs on a GPU
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
@@ -142,7 +142,7 @@ def test_cuda_out_of_memory_while_caching_the_coordinate_half_skips_the_cache(mo
     def xyz_fn(s, e):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    assert eng._coord_half_cached(("grid",), xyz_fn, 1000, 256) is None
+    assert eng._points_cached(("grid",), xyz_fn, 1000, 256) is None
     assert not eng._coord_cache
 
 

@@ -26,7 +26,7 @@ def _model():
 
 def test_voxel_clusters_widget_adds_labels_and_feeds_region_explorer(make_napari_viewer, qtbot):
     from napari_nrf.widgets import dock_all
-    from napari_nrf.widgets._library import ImageLibrary
+    from napari_nrf.library import ImageLibrary
     from napari_nrf.widgets._state import state_for
 
     viewer = make_napari_viewer()

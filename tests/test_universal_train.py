@@ -8,7 +8,8 @@ import torch
 
 from napari_nrf.data.responseset import ResponseSet
 from napari_nrf.models import load_model
-from napari_nrf.models.universal import UniversalModelError, build_universal, train_universal, transfer_subject
+from napari_nrf.models.universal import UniversalModelError, build_universal
+from napari_nrf.recipes import train_universal, transfer_subject
 
 P, C = 16, 8
 SHAPES = {"tok": (P, C), "embedding": (C,)}

@@ -121,7 +121,7 @@ def test_corrupt_image_gives_a_notification(docked, tmp_path, monkeypatch):
 
 
 def test_click_on_labels_picks_label_and_fills_thumbnails(docked, qtbot):
-    from napari_nrf.widgets._library import ImageLibrary
+    from napari_nrf.library import ImageLibrary
 
     viewer, widgets, model = docked
     rx = widgets["Region explorer"]

@@ -50,7 +50,7 @@ def test_top_images_voxels_progress_cancel_and_errors():
 def test_image_library_folder_thumbnails_and_features(tmp_path):
     from PIL import Image
 
-    from napari_nrf.widgets._library import ImageLibrary, LibraryError
+    from napari_nrf.library import ImageLibrary, LibraryError
 
     for i, r in enumerate([0.2, 0.9]):
         Image.fromarray(colour_image(r, size=100)).save(tmp_path / f"im{i}.png")

@@ -23,17 +23,17 @@ Metrics (all on held-out images of one subject):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError, write_text_atomic
 from napari_nrf.train import predict_set, set_features, voxel_pearson
 
 RIDGE_ALPHAS = np.logspace(-1, 6, 15)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(NapariNRFError):
     """Bad evaluation input (no test images, mismatched shapes)."""
 
 
@@ -242,9 +242,5 @@ def format_table(reports: list[dict]) -> str:
 
 def write_json(obj, path) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2,
+                                              default=lambda o: o.item() if hasattr(o, "item") else str(o)))

@@ -19,10 +19,8 @@ finished bases and continues the current one from its last epoch (fit's batches 
 seeded per epoch, so the result equals an uninterrupted run's). The output is written
 atomically and never over a base model.
 
-:func:`finetune_job` and :func:`transfer_job` are the :mod:`napari_nrf.jobs` targets
-(``napari-nrf finetune``, the Training jobs widget); :func:`submit_finetune` queues one.
-:func:`train_job` / :func:`submit_train` run the same loop on a new NRF from scratch in the
-background (the widget's "Train a new NRF" mode), with the same progress, cancel and resume.
+The background-job targets and submit functions of training (finetune, transfer, a new
+NRF) live in :mod:`napari_nrf.train_jobs`.
 """
 
 from __future__ import annotations
@@ -34,8 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf.errors import NapariNRFError, choose_device
+from napari_nrf.settings import FINETUNE_FIT
 
-class FinetuneError(ValueError):
+
+class FinetuneError(NapariNRFError):
     """Bad input to new-subject adaptation (no base, too few images, output over a base)."""
 
 
@@ -76,11 +77,14 @@ def _as_model(base, device):
     return copy.deepcopy(base).to(device)
 
 
-def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int = 10, batch_images: int = 32,
-                      batch_voxels: int = 2000, lr: float = 1e-4, weight_decay: float = 0.015, alpha: float = 0.1,
-                      patience: int = 3, seed: int = 0, ridge: float = 0.0, steps_per_epoch: int | None = None,
+def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int = FINETUNE_FIT.epochs,
+                      batch_images: int = FINETUNE_FIT.batch_images, batch_voxels: int = FINETUNE_FIT.batch_voxels,
+                      lr: float = FINETUNE_FIT.lr, weight_decay: float = FINETUNE_FIT.weight_decay,
+                      alpha: float = FINETUNE_FIT.alpha, patience: int = FINETUNE_FIT.patience,
+                      seed: int = FINETUNE_FIT.seed, ridge: float = 0.0,
+                      steps_per_epoch: int | None = FINETUNE_FIT.steps_per_epoch,
                       feature_cache=None, features: dict | None = None, checkpoint_dir=None, resume: bool = True,
-                      device="cpu", progress=None, cancel=None, out=None, finetune: bool = True):
+                      device=None, progress=None, cancel=None, out=None, finetune: bool = True):
     """Adapt K base models to the subject of ``data`` and fit their voxelwise ensemble.
 
     Parameters
@@ -92,8 +96,9 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
     n_images : int or None
         Training images to use (default: all of the train split).
     epochs, batch_images, batch_voxels, lr, weight_decay, alpha, patience, steps_per_epoch
-        :func:`napari_nrf.train.fit` settings of each finetuning (lr defaults lower than
-        training from scratch). Universal bases use the transfer defaults for lr/decay.
+        :func:`napari_nrf.train.fit` settings of each finetuning (defaults
+        :data:`napari_nrf.settings.FINETUNE_FIT`: lr lower than training from scratch).
+        Universal bases use the transfer defaults for lr/decay.
     seed : int
         Seeds the image choice and every fit.
     ridge : float
@@ -103,7 +108,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
         Precomputed backbone features of every image of ``data`` (name -> (N, ...)).
     checkpoint_dir : path or None
         Checkpoints for resuming (see the module doc).
-    device : str
+    device : str or None
+        Default: CUDA when available, else the CPU (:func:`napari_nrf.errors.choose_device`).
     progress : callable(record: dict) or None
         Records with ``stage``, ``base``, ``epoch``, ``step``, ``fraction`` (0..1),
         ``loss`` and ``val_pearson`` (validation median voxel Pearson) when known.
@@ -124,6 +130,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
 
     if not bases:
         raise FinetuneError("finetuning needs at least one base model")
+    device = choose_device(device)
     if out is not None:
         out = Path(out)
         for b in bases:
@@ -182,7 +189,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
                       checkpoint_dir=None if ck is None else ck / f"base-{k}", resume=resume, progress=prog,
                       on_epoch=on_epoch, cancel=cancel, device=device)
             if getattr(model, "kind", "") == "universal":
-                from napari_nrf.models.universal import transfer_subject
+                from napari_nrf.recipes import transfer_subject
 
                 if sub.subject in model.voxel_embeddings:
                     raise FinetuneError(f"base {k} already has a subject named {sub.subject!r}")
@@ -229,178 +236,11 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
     return ens, info
 
 
-# ---- jobs ----------------------------------------------------------------------------------
+def __getattr__(name):
+    # Job folders written before the job targets moved name "napari_nrf.finetune:<target>"
+    # in their spec.json; they resume through these names.
+    if name in ("finetune_job", "transfer_job", "train_job", "submit_finetune", "submit_train"):
+        from napari_nrf import train_jobs
 
-def _cancelled_to_job(fn):
-    from napari_nrf.jobs import JobCancelled
-    from napari_nrf.train import TrainingCancelled
-
-    try:
-        return fn()
-    except TrainingCancelled as exc:
-        raise JobCancelled() from exc
-
-
-def finetune_job(ctx, bases, data, out, step_delay: float = 0.0, **kwargs) -> dict:
-    """Job target: :func:`finetune_ensemble` with the job's checkpoints, device, progress
-    and cancel flag; writes ``out``. Returns a JSON summary.
-
-    ``step_delay`` (s) pauses after each training step: only for demos and tests that
-    must watch a tiny job run.
-    """
-    def cancel():
-        if step_delay:
-            time.sleep(step_delay)
-        return ctx.cancelled()
-
-    def run():
-        return finetune_ensemble(bases, data, out=out, checkpoint_dir=ctx.checkpoint_dir, resume=True,
-                                 device=ctx.device, progress=lambda rec: ctx.report(**rec),
-                                 cancel=cancel, **kwargs)
-
-    _, info = _cancelled_to_job(run)
-    return {"out": str(out), "subject": info["subject"], "n_train_images": info["n_train_images"],
-            "val_pearson": info["ensemble_val_pearson"], "base_val_pearson": info["val_pearson"]}
-
-
-def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwargs) -> dict:
-    """Job target: embeddings-only transfer of a universal encoder to a new subject
-    (seed 002 section 4.4); writes the universal bundle with the subject added to ``out``."""
-    from napari_nrf.models import load_model
-    from napari_nrf.models.universal import transfer_subject
-
-    if Path(base).resolve() == Path(out).resolve():
-        raise FinetuneError("the output is the base model; choose another file")
-    sub, _ = select_images(_load_set(data), n_images, seed)
-    model = load_model(base, device=ctx.device)
-    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
-        from napari_nrf.features import FeatureCache
-
-        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
-
-    def prog(done, total):
-        if done == total or done % 5 == 0:
-            ctx.report(stage="transfer", step=int(done), steps=int(total), fraction=done / max(total, 1))
-
-    def on_epoch(rec):
-        ctx.report(stage="transfer", epoch=rec["epoch"], loss=rec.get("train_loss"),
-                   val_pearson=rec.get("val_median_pearson"))
-
-    def run():
-        return transfer_subject(model, sub, out=out, checkpoint_dir=ctx.checkpoint_dir / "transfer", resume=True,
-                                seed=seed, progress=prog, on_epoch=on_epoch, cancel=ctx.cancelled,
-                                device=ctx.device, **fit_kwargs)
-
-    _, hist = _cancelled_to_job(run)
-    return {"out": str(out), "subject": sub.subject, "val_pearson": hist.best_score}
-
-
-def _checked_out(out) -> str:
-    """The absolute output path, checked now (not when the job ends)."""
-    from napari_nrf.models.bundle import BundleError, check_bundle_path
-
-    out = str(Path(out).expanduser().resolve())
-    try:
-        check_bundle_path(out)
-    except BundleError as exc:
-        raise FinetuneError(str(exc)) from exc
-    return out
-
-
-def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str = "demo",
-              model_overrides: dict | None = None, step_delay: float = 0.0, **fit_kwargs) -> dict:
-    """Job target: a new NRF trained from scratch on the response sets ``data`` (a list of
-    .h5 paths; several subjects train one field on the union of their voxels) through
-    :func:`napari_nrf.train.train_nrf`; writes ``out``. Resumes from the job's checkpoint
-    after a cancel or a crash. ``step_delay`` (s): a pause per step, for tests and demos."""
-    from napari_nrf.train import train_nrf
-
-    if isinstance(data, (str, Path)):
-        data = [data]
-    sets = [_load_set(p) for p in data]
-    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
-        from napari_nrf.features import FeatureCache
-
-        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
-
-    def prog(done, total):
-        if done == total or done % 5 == 0:  # a JSON line per 5 steps is plenty for a bar
-            ctx.report(stage="training", step=int(done), steps=int(total), fraction=done / max(total, 1))
-
-    def on_epoch(rec):
-        ctx.report(stage="training", epoch=rec["epoch"], loss=rec.get("train_loss"),
-                   val_pearson=rec.get("val_median_pearson"))
-
-    def cancel():
-        if step_delay:
-            time.sleep(step_delay)
-        return ctx.cancelled()
-
-    def features(done, total, subject):
-        # No fraction: the job's ETA is the training steps' rate, not the backbone's.
-        if total and (done == total or done % 64 == 0):
-            ctx.report(stage=f"features {subject} {done}/{total}")
-
-    def run():
-        return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
-                         checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
-                         progress=prog, on_epoch=on_epoch, cancel=cancel, feature_progress=features,
-                         **fit_kwargs)
-
-    _, hist = _cancelled_to_job(run)
-    return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,
-            "val_pearson": hist.best_score}
-
-
-def submit_train(manager, data, out, *, device: str = "cpu", overwrite: bool = False, start: bool = True,
-                 threads: int | None = None, **kwargs):
-    """Queue a :func:`train_job` (a new NRF on the response sets ``data``) on ``manager``;
-    returns the :class:`~napari_nrf.jobs.Job`. ``kwargs``: backbone, preset, model_overrides
-    and :func:`napari_nrf.train.fit` settings. Inputs are checked now, not in the child."""
-    from napari_nrf.train import check_fit_settings
-
-    data = [data] if isinstance(data, (str, Path)) else list(data)
-    if not data:
-        raise FinetuneError("choose at least one response set (.h5)")
-    data = [str(Path(d).expanduser().resolve()) for d in data]
-    for d in data:
-        if not Path(d).exists():
-            raise FinetuneError(f"response set not found: {d}")
-    out = _checked_out(out)
-    from napari_nrf.features import BACKBONES
-    from napari_nrf.models.nrf import PRESETS
-
-    if kwargs.get("backbone", "efficientnet-lite0") not in BACKBONES:
-        raise FinetuneError(f"unknown backbone {kwargs['backbone']!r}; available: {', '.join(sorted(BACKBONES))}")
-    if kwargs.get("preset", "demo") not in PRESETS:
-        raise FinetuneError(f"unknown preset {kwargs['preset']!r}; available: {', '.join(PRESETS)}")
-    check_fit_settings(kwargs)
-    if kwargs.get("feature_cache") is not None:
-        kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
-    subjects = "1 subject" if len(data) == 1 else f"{len(data)} subjects"
-    name = f"train {Path(out).stem} ({kwargs.get('preset', 'demo')} NRF, {subjects})"
-    return manager.submit("napari_nrf.finetune:train_job", {"data": data, "out": out, **kwargs}, name=name,
-                          device=device, outputs=[out], protected=data, overwrite=overwrite, start=start,
-                          threads=threads)
-
-
-def submit_finetune(manager, bases, data, out, *, device: str = "cpu", overwrite: bool = False,
-                    start: bool = True, threads: int | None = None, **kwargs):
-    """Queue a finetune + ensemble job on ``manager``; returns the :class:`~napari_nrf.jobs.Job`.
-
-    Paths are made absolute (the child may start elsewhere); the bases are protected inputs.
-    """
-    bases = [str(Path(b).expanduser().resolve()) for b in bases]
-    for b in bases:
-        if not Path(b).exists():
-            raise FinetuneError(f"base model not found: {b}")
-    data = str(Path(data).expanduser().resolve())
-    if not Path(data).exists():
-        raise FinetuneError(f"response set not found: {data}")
-    out = _checked_out(out)
-    if kwargs.get("feature_cache") is not None:
-        kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
-    name = f"finetune {Path(out).stem} ({len(bases)} bases, {kwargs.get('n_images') or 'all'} images)"
-    return manager.submit("napari_nrf.finetune:finetune_job", {"bases": bases, "data": data, "out": out, **kwargs},
-                          name=name, device=device, outputs=[out], protected=bases + [data], overwrite=overwrite,
-                          start=start, threads=threads)
+        return getattr(train_jobs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ submits the same child entry point through submitit (SLURM, or its local executo
 submitit is installed.
 
 >>> mgr = JobManager()
->>> job = mgr.submit("napari_nrf.finetune:finetune_job", {"bases": [...], "data": "new.h5", "out": "new.safetensors"})
+>>> job = mgr.submit("napari_nrf.train_jobs:finetune_job", {"bases": [...], "data": "new.h5", "out": "new.safetensors"})
 >>> mgr.wait(job.id, callback=lambda rec: print(rec))
 """
 
@@ -47,15 +47,17 @@ import traceback
 import uuid
 from pathlib import Path
 
+from napari_nrf.errors import Cancelled, NapariNRFError, atomic_write
+
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL = ("done", "failed", "cancelled")
 
 
-class JobError(ValueError):
+class JobError(NapariNRFError):
     """A job cannot be submitted, found or resumed as asked."""
 
 
-class JobCancelled(Exception):
+class JobCancelled(Cancelled):
     """Raised inside a target (by :meth:`JobContext.check_cancel`) to stop at a safe point."""
 
 
@@ -75,12 +77,10 @@ def _now() -> str:
 
 def _write_json(path: Path, obj) -> None:
     """Atomic JSON write (temporary file in the same folder + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=1, default=str)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path, default=None):
@@ -181,9 +181,8 @@ class JobContext:
         import torch
 
         path = self.checkpoint_dir / name
-        tmp = path.with_name(f".{name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, None) as tmp:
+            torch.save(state, tmp)
         return path
 
     def load_checkpoint(self, name: str = "last.pt"):
@@ -261,6 +260,11 @@ class Job:
     @property
     def name(self) -> str:
         return self.spec.get("name") or self.id
+
+    @property
+    def group(self) -> str | None:
+        """The job's group (spec field ``group``); None for jobs queued without one."""
+        return self.spec.get("group")
 
     @property
     def device(self) -> str:
@@ -352,13 +356,14 @@ class JobManager:
     # ---- submit -------------------------------------------------------------------------
     def submit(self, target: str, kwargs: dict | None = None, *, name: str | None = None, device: str = "cpu",
                outputs=(), protected=(), overwrite: bool = False, start: bool = True,
-               threads: int | None = None) -> Job:
+               threads: int | None = None, group: str | None = None) -> Job:
         """Queue ``target(ctx, **kwargs)`` on ``device``; starts it now when the device is free.
 
         ``outputs`` are the files the job will write and ``protected`` the inputs it must
         never write (base models): an output that is a protected file, or (without
         ``overwrite``) an existing file, is refused with a :class:`JobError`. ``threads``
-        sets the child's torch CPU threads (default: torch's own choice).
+        sets the child's torch CPU threads (default: torch's own choice). ``group`` (e.g.
+        "training") lets a view list only its kind of jobs (:attr:`Job.group`).
         """
         _resolve_target(target)
         kwargs = dict(kwargs or {})
@@ -378,12 +383,24 @@ class JobManager:
         d = self.root / job_id
         d.mkdir(parents=True)
         spec = {"target": target, "kwargs": kwargs, "name": name or target.split(":")[-1], "device": device,
-                "outputs": outs, "protected": sorted(prot), "created": _now(), "threads": threads}
+                "outputs": outs, "protected": sorted(prot), "created": _now(), "threads": threads,
+                "group": group}
         _write_json(d / "spec.json", spec)
         _write_json(d / "state.json", {"state": "queued", "attempt": 0, "resume": False})
         job = Job(d)
         if start:
             self.poll()
+        return job
+
+    def run_inline(self, job_id: str, threads: int | None = None) -> Job:
+        """Run a queued job in this process (no child; ``napari-nrf finetune --inline``)
+        and return it finished; ``threads`` sets torch's CPU threads first."""
+        job = self.get(job_id)
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        _child_main(str(job.dir))
         return job
 
     # ---- the queue ----------------------------------------------------------------------
@@ -603,7 +620,6 @@ def demo_job(ctx: JobContext, out: str, n_steps: int = 40, steps_per_epoch: int 
         if step_sleep:
             time.sleep(step_sleep)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file({"w": w.detach().clone()}, str(tmp))
-    os.replace(tmp, out)
+    with atomic_write(out, None) as tmp:
+        save_file({"w": w.detach().clone()}, str(tmp))
     return {"out": str(out), "steps": step, "loss": loss.item()}

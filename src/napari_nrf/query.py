@@ -5,15 +5,18 @@
 >>> vols = eng.volume(feats, Grid.mni(2.0), mask="brain")   # (B, 91, 109, 91) float32, NaN outside
 >>> vals = eng.points(feats, xyz)                # (B, N) at MNI points (N, 3) mm
 
-For a continuous model (NRF) the engine uses the split first layer of the MLP
-(:meth:`napari_nrf.models.nrf.NRF.image_half` / ``coord_half``): the image half is
-computed once per image and the coordinate half once per grid (kept in a small cache
-when it fits ``coord_cache_bytes``), so each point costs only the Fourier part of the
-first layer plus the hidden layers. Points are streamed in chunks whose activations stay
-under ``chunk_bytes``, so memory is bounded by the output volumes plus one chunk, even
-for a 0.5 mm whole brain (56M grid points). On CUDA the chunks run under bf16 autocast
+The engine speaks only the model contract (:mod:`napari_nrf.models.base`). For a
+continuous model it asks the model for an image state once per query
+(``query_images``), a point state once per grid (``query_points``, kept in a small
+cache when it fits ``coord_cache_bytes``) and the responses per chunk of points
+(``query_predict``). The defaults work for any continuous model; NRF's split first layer
+(image half once per image, coordinate half once per grid) and an ensemble's
+interpolated weights live in those models' own files. Points are streamed in chunks
+whose activations stay under ``chunk_bytes`` (the model says its bytes per point), so
+memory is bounded by the output volumes plus one chunk, even for a 0.5 mm whole brain
+(56M grid points). On CUDA the chunks run under bf16 autocast
 with TF32 matmuls; on a CUDA out-of-memory error the chunk halves and the query goes on
-(and a coordinate half that does not fit is not cached). On a CPU the chunks run in fp32,
+(and a point state that does not fit is not cached). On a CPU the chunks run in fp32,
 or under bf16 autocast where :mod:`napari_nrf.precision` finds the CPU's matrix units
 fast in bf16 (AMX, AVX-512 BF16); ``NAPARI_NRF_PRECISION`` forces either.
 
@@ -34,14 +37,16 @@ import numpy as np
 import torch
 
 from napari_nrf import space
+from napari_nrf.errors import Cancelled, NapariNRFError
+from napari_nrf.models.base import cat_points, points_nbytes, slice_points
 from napari_nrf.space import Grid
 
 
-class QueryCancelled(RuntimeError):
+class QueryCancelled(Cancelled):
     """Raised when the ``cancel`` callable of a query returns True (checked between chunks)."""
 
 
-class QueryError(ValueError):
+class QueryError(NapariNRFError):
     """Bad query input (unknown subject, bad point array, ...)."""
 
 
@@ -145,33 +150,7 @@ class QueryEngine:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
     def _chunk_points(self, n_images: int) -> int:
-        width = int(getattr(self.model, "width", 512))
-        if self.device.type == "cpu" and getattr(self.model, "continuous", False):
-            n_images = 1  # the CPU path runs one image at a time through preallocated buffers
-        return max(256, self.chunk_bytes // (4 * max(1, n_images) * width))
-
-    def _cpu_head(self, h_img: torch.Tensor, h_xyz: torch.Tensor, bufs: list) -> torch.Tensor:
-        """``model.head`` for the CPU: one image at a time through two reused buffers.
-
-        Same arithmetic as :meth:`NRF.head`; avoiding the (B, n, W) temporaries and the
-        allocator is worth about 1.4x on a small MLP.
-        """
-        layers = self.model.layers
-        n, w = h_xyz.shape
-        if not bufs or bufs[0].shape[0] < n:
-            bufs[:] = [torch.empty(n, w), torch.empty(n, w)]
-        a, b = bufs[0][:n], bufs[1][:n]
-        out = torch.empty(h_img.shape[0], n)
-        wts = [(lin.weight.T, lin.bias) for lin in layers[1:-1]]
-        w_last, b_last = layers[-1].weight[0], layers[-1].bias[0]
-        for i in range(h_img.shape[0]):
-            h = torch.add(h_xyz, h_img[i], out=a).relu_()
-            for j, (wt, bias) in enumerate(wts):
-                o = b if j % 2 == 0 else a
-                torch.addmm(bias, h, wt, out=o).relu_()
-                h = o
-            torch.mv(h, w_last, out=out[i]).add_(b_last)
-        return out
+        return max(256, self.chunk_bytes // max(1, int(self.model.query_bytes_per_point(n_images))))
 
     def _stream(self, n_total: int, chunk: int, run, progress, cancel):
         """Call ``run(start, stop)`` over [0, n_total) in chunks, halving on CUDA OOM."""
@@ -195,45 +174,45 @@ class QueryEngine:
         self.last_chunk = chunk
 
     # ---- continuous models ----------------------------------------------------------------
-    def _coord_half_cached(self, key, xyz_fn, n: int, chunk: int):
-        """The coordinate half (n, width) for a grid+mask key, computed once when it fits."""
-        width = int(self.model.width)
+    def _points_cached(self, key, xyz_fn, n: int, chunk: int):
+        """The model's point state for a grid+mask key, computed once when it fits the cache."""
         if key is not None and key in self._coord_cache:
             self._coord_cache.move_to_end(key)
             return self._coord_cache[key]
-        if key is None or n * width * 4 > self.coord_cache_bytes:
+        if key is None or n == 0:
             return None
+        step = max(chunk, 65536)
         try:
-            parts = []
-            for s in range(0, n, max(chunk, 65536)):
-                parts.append(self.model.coord_half(xyz_fn(s, min(s + max(chunk, 65536), n))))
-            half = torch.cat(parts) if parts else torch.zeros(0, width, device=self.device)
+            parts = [self.model.query_points(xyz_fn(0, min(step, n)))]
+            if points_nbytes(parts[0]) * n / min(step, n) > self.coord_cache_bytes:
+                return None
+            for s in range(step, n, step):
+                parts.append(self.model.query_points(xyz_fn(s, min(s + step, n))))
+            state = cat_points(parts) if len(parts) > 1 else parts[0]
         except _oom_errors():
             if self.device.type != "cuda":
                 raise
-            parts = None  # free the parts first; each chunk then computes its own half
+            parts = None  # free the parts first; each chunk then computes its own state
             torch.cuda.empty_cache()
             return None
-        self._coord_cache[key] = half
-        total = sum(v.numel() * 4 for v in self._coord_cache.values())
+        self._coord_cache[key] = state
+        total = sum(points_nbytes(v) for v in self._coord_cache.values())
         while total > self.coord_cache_bytes and len(self._coord_cache) > 1:
             _, old = self._coord_cache.popitem(last=False)
-            total -= old.numel() * 4
-        return half
+            total -= points_nbytes(old)
+        return state
 
     def _continuous(self, feats, n, xyz_fn, key, out_fn, progress, cancel):
         model = self.model
         with self._precision():
-            h_img = model.image_half(model.image_code(feats))
-            b = h_img.shape[0]
+            state = model.query_images(feats)
+            b = next(iter(feats.values())).shape[0]
             chunk = self._chunk_points(b)
-            cached = self._coord_half_cached(key, xyz_fn, n, chunk)
-            bufs: list = []
-            cpu = self.device.type == "cpu" and not self.mixed_precision  # bf16 goes through model.head
+            cached = self._points_cached(key, xyz_fn, n, chunk)
 
             def run(s, e):
-                h_xyz = cached[s:e] if cached is not None else model.coord_half(xyz_fn(s, e))
-                out_fn(s, e, self._cpu_head(h_img, h_xyz, bufs) if cpu else model.head(h_img, h_xyz).float())
+                pts = slice_points(cached, s, e) if cached is not None else model.query_points(xyz_fn(s, e))
+                out_fn(s, e, model.query_predict(state, pts))
 
             self._stream(n, chunk, run, progress, cancel)
 
@@ -288,7 +267,7 @@ class QueryEngine:
         b = next(iter(feats.values())).shape[0]
         m = coverage_mask(self.model, grid) if _is_data_spec(mask) else space.resolve_mask(mask, grid)
         out = np.full((b, grid.n_points), np.nan, np.float32)
-        if getattr(self.model, "continuous", False):
+        if self.model.continuous:
             flat = np.flatnonzero(m) if m is not None else None
             n = flat.size if flat is not None else grid.n_points
             shape = np.array(grid.shape)
@@ -300,7 +279,7 @@ class QueryEngine:
 
             def out_fn(s, e, vals):
                 dst = flat[s:e] if flat is not None else slice(s, e)
-                out[:, dst] = vals.cpu().numpy()
+                out[:, dst] = vals.float().cpu().numpy()
 
             key = (hash(grid), grid.shape, _mask_key(mask, m))
             self._continuous(feats, n, xyz_fn, key, out_fn, progress, cancel)
@@ -325,15 +304,18 @@ class QueryEngine:
         feats = self._features(features_or_images)
         b = next(iter(feats.values())).shape[0]
         out = np.empty((b, len(xyz)), np.float32)
-        if getattr(self.model, "continuous", False):
+        if self.model.continuous:
             def xyz_fn(s, e):
                 return torch.from_numpy(xyz[s:e]).to(self.device)
 
             def out_fn(s, e, vals):
-                out[:, s:e] = vals.cpu().numpy()
+                out[:, s:e] = vals.float().cpu().numpy()
 
             self._continuous(feats, len(xyz), xyz_fn, None, out_fn, progress, cancel)
             return out
+        if not self.model.supports_points:
+            raise self.model.unsupported("predictions at MNI points",
+                                         "it predicts at its subjects' voxels: use QueryEngine.volume")
         subject = self._subject(subject)
 
         def run(s, e):

@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError, atomic_write
+
 # The MNI152 bounding box of FSL's 1 mm template (182 x 218 x 182 voxels), in mm.
 MNI_BOX_MIN = np.array([-90.0, -126.0, -72.0])
 MNI_BOX_MAX = np.array([90.0, 90.0, 108.0])
@@ -41,7 +43,7 @@ _ACCEPTED_XFORM = (0, XFORM_ALIGNED, XFORM_MNI)
 MIN_RESOLUTION, MAX_RESOLUTION = 0.5, 8.0
 
 
-class SpaceError(ValueError):
+class SpaceError(NapariNRFError):
     """Raised for input that is not in MNI space or not on an axis-aligned grid."""
 
 
@@ -297,10 +299,9 @@ def _disk_cached(name: str, grid: Grid, compute, max_points: int = 20_000_000) -
     arr = compute()
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, arr, allow_pickle=False)
-            os.replace(tmp, path)  # atomic: concurrent viewers never read half a file
+            # atomic: concurrent viewers never read half a file
+            with atomic_write(path, None, tmp_name=f"{path.stem}.{os.getpid()}.tmp.npy") as tmp:
+                np.save(tmp, arr, allow_pickle=False)
         except OSError:
             pass
     return arr
@@ -461,11 +462,9 @@ def save_nifti(volume: np.ndarray, grid: Grid, path, dtype=None) -> Path:
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
-    nib.save(to_nifti(volume, grid, dtype=dtype), str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path, None, tmp_name=f".{path.name}.tmp{os.getpid()}{suffix}") as tmp:
+        nib.save(to_nifti(volume, grid, dtype=dtype), str(tmp))
     return path
 
 

@@ -14,15 +14,17 @@
   same batches as an uninterrupted one);
 * a checkpoint (model + optimiser + history, one safetensors file, never pickled) after
   every epoch, and ``resume=True`` continues from it after an interruption;
-* ``trainable`` filters parameter names (finetuning, transfer to a new subject); a model's
-  ``lr_scale(name)`` (when it has one) multiplies the learning rate of that parameter;
+* ``trainable`` filters parameter names (finetuning, transfer to a new subject); the
+  model's ``parameter_groups`` (its ``lr_scale(name)``) sets each parameter's learning-rate
+  multiplier, and a kind with its own ``loss`` method replaces the default loss;
 * ``progress(done, total)`` after each step, ``on_epoch(record)`` after each epoch and
   ``cancel()`` polled between steps (True raises :class:`TrainingCancelled`).
 
-Models are asked for predictions through :func:`model_predict`: continuous models
+Models are asked for predictions through the contract's ``train_predict(features,
+subject, voxels, coords)`` (:mod:`napari_nrf.models.base`): by default continuous models
 (NRF) get the sampled voxels' MNI coordinates, voxel-indexed models (Universal encoder)
-the voxel indices and the subject name; a model may define ``train_predict(features,
-subject=, voxels=, coords=)`` to take over.
+the voxel indices and the subject name. A kind whose ``supports_fit`` is False (the
+ensemble) is refused with :class:`napari_nrf.errors.UnsupportedOperation`.
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf.errors import Cancelled, NapariNRFError
+from napari_nrf.settings import NRF_FIT, FitSettings, SettingsError
+
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 
 
-class TrainingError(ValueError):
+class TrainingError(NapariNRFError):
     """Bad training input (no training images, mismatched features, ...)."""
 
 
-class TrainingCancelled(RuntimeError):
+class TrainingCancelled(Cancelled):
     """Raised when ``cancel()`` returns True; the last epoch's checkpoint stays for resuming."""
 
 
@@ -87,12 +92,8 @@ def _check_features(feats: dict, n: int, what: str) -> dict:
 # ---- predictions and metrics ------------------------------------------------------------
 def model_predict(model, feats: dict, subject: str, voxels, coords) -> torch.Tensor:
     """Predictions (B, n) of ``model`` for the sampled ``voxels`` (n,) of ``subject`` at MNI
-    ``coords`` (n, 3): the one place where the loop meets the model interface."""
-    if hasattr(model, "train_predict"):
-        return model.train_predict(feats, subject=subject, voxels=voxels, coords=coords)
-    if getattr(model, "continuous", False):
-        return model.predict(feats, coords=coords)
-    return model.predict(feats, voxels=voxels, subject=subject)
+    ``coords`` (n, 3): the one place where the loop meets the model contract."""
+    return model.train_predict(feats, subject=subject, voxels=voxels, coords=coords)
 
 
 def voxel_pearson(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -177,11 +178,13 @@ def _load_checkpoint(path: Path, model, opt, params: list) -> dict:
 
 
 # ---- the loop ---------------------------------------------------------------------------
-def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int = 32, batch_voxels: int = 2000,
-        lr: float = 3e-4, weight_decay: float = 0.015, alpha: float = 0.1, trainable=None, feature_cache=None,
-        features=None, val_features=None, checkpoint_dir=None, resume: bool = True, seed: int = 0,
-        patience: int = 5, steps_per_epoch: int | None = None, progress=None, on_epoch=None, cancel=None,
-        device=None, val_every: int = 1, feature_progress=None) -> History:
+def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch_images: int = NRF_FIT.batch_images,
+        batch_voxels: int = NRF_FIT.batch_voxels, lr: float = NRF_FIT.lr, weight_decay: float = NRF_FIT.weight_decay,
+        alpha: float = NRF_FIT.alpha, trainable=None, feature_cache=None,
+        features=None, val_features=None, checkpoint_dir=None, resume: bool = True, seed: int = NRF_FIT.seed,
+        patience: int = NRF_FIT.patience, steps_per_epoch: int | None = NRF_FIT.steps_per_epoch, progress=None,
+        on_epoch=None, cancel=None, device=None, val_every: int = NRF_FIT.val_every,
+        feature_progress=None) -> History:
     """Train ``model`` in place on the train split of ``train_sets``; keep the best epoch.
 
     Parameters
@@ -193,8 +196,10 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     val_sets : list of ResponseSet or None
         Validation images are the ``split == val`` rows (default: of ``train_sets``).
         Without any validation rows the last epoch is kept and no early stopping happens.
-    epochs, batch_images, batch_voxels, lr, weight_decay, alpha
-        Schedule, batch (images x sampled voxels), AdamW settings and the loss mixture.
+    epochs, batch_images, batch_voxels, lr, weight_decay, alpha, seed, patience, steps_per_epoch, val_every
+        Schedule, batch (images x sampled voxels), AdamW settings and the loss mixture: the
+        fields of :class:`napari_nrf.settings.FitSettings` (defaults, checks and help text
+        there; these defaults are :data:`napari_nrf.settings.NRF_FIT`).
     trainable : callable(param_name) -> bool, or None
         Only the parameters it accepts are trained (default: all).
     feature_cache : FeatureCache or None
@@ -229,6 +234,8 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     names = [rs.subject for rs in train_sets]
     if len(set(names)) != len(names):
         raise TrainingError(f"training sets need distinct subject names, got {names}")
+    if not model.supports_fit:
+        raise model.unsupported("training with fit", "fit its base models, then the model's own fit")
     if device is not None:
         model.to(device)
     dev = model.device
@@ -260,23 +267,23 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     have_val = any(len(r) >= 3 for r in va_rows)
     tr_y = [rs.get_responses(r) for rs, r in zip(train_sets, tr_rows)]
     tr_coords = [torch.from_numpy(np.asarray(rs.coords, np.float32)).to(dev) for rs in train_sets]
-    if getattr(model, "continuous", False):
+    if model.continuous:
         for rs in train_sets:  # the bundle records whose voxels the field was fitted to
             model.subjects.setdefault(rs.subject, np.asarray(rs.coords, np.float32))
 
-    params = [(n, p) for n, p in model.named_parameters() if trainable is None or trainable(n)]
+    scaled = model.parameter_groups(trainable)  # (name, parameter, lr scale)
+    params = [(n, p) for n, p, _ in scaled]
     if not params:
         raise TrainingError("the trainable filter accepts no parameter")
     keep = {n for n, _ in params}
     old_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(n in keep)
-    # A model may scale the learning rate of some parameters (``lr_scale(name) -> float``):
-    # the Universal encoder's voxel embeddings, each updated only when its voxel is sampled.
-    scale = getattr(model, "lr_scale", None)
+    # A model may scale the learning rate of some parameters: the Universal encoder's voxel
+    # embeddings, each updated only when its voxel is sampled.
     groups: dict = {}
-    for n, p in params:
-        groups.setdefault(float(scale(n)) if callable(scale) else 1.0, []).append(p)
+    for _, p, s in scaled:
+        groups.setdefault(s, []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "lr": lr * s} for s, ps in groups.items()], lr=lr,
                             weight_decay=weight_decay)
 
@@ -328,7 +335,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
                 y = torch.from_numpy(tr_y[si][rows_local][:, vox]).to(dev)
                 vt = torch.from_numpy(vox).to(dev)
                 pred = model_predict(model, fb, train_sets[si].subject, vt, tr_coords[si][vt])
-                loss = loss_fn(pred, y, alpha)
+                loss = (model.loss or loss_fn)(pred, y, alpha)
                 if not torch.isfinite(loss):
                     # Stop before the optimiser spreads NaN into every weight; the last
                     # epoch's checkpoint stays valid.
@@ -385,32 +392,18 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = 20, batch_images: int
     return hist
 
 
-def check_fit_settings(kwargs: dict) -> None:
-    """Check :func:`fit` keyword arguments (missing ones take fit's defaults) before work
+def check_fit_settings(kwargs: dict, defaults: FitSettings = NRF_FIT) -> None:
+    """Check :func:`fit` keyword arguments (missing ones take ``defaults``) before work
     starts elsewhere, e.g. when a background job is queued. Raises :class:`TrainingError`."""
-    import inspect
-
-    names = ("epochs", "batch_images", "batch_voxels", "lr", "weight_decay", "alpha", "patience",
-             "steps_per_epoch", "val_every")
-    params = inspect.signature(fit).parameters
-    _check_schedule(**{k: kwargs.get(k, params[k].default) for k in names})
+    try:
+        defaults.check_kwargs(kwargs)
+    except SettingsError as exc:
+        raise TrainingError(str(exc)) from exc
 
 
 def _check_schedule(**hp) -> None:
     """Refuse settings that cannot train (a zero batch gives a NaN loss, 0 epochs no model)."""
-    for k in ("epochs", "batch_images", "batch_voxels", "val_every"):
-        if int(hp[k]) < 1:
-            raise TrainingError(f"{k} must be at least 1, got {hp[k]}")
-    if hp["steps_per_epoch"] is not None and int(hp["steps_per_epoch"]) < 1:
-        raise TrainingError(f"steps_per_epoch must be at least 1 (or None), got {hp['steps_per_epoch']}")
-    if int(hp["patience"]) < 1:
-        raise TrainingError(f"patience must be at least 1 epoch, got {hp['patience']}")
-    if not (math.isfinite(hp["lr"]) and hp["lr"] > 0):
-        raise TrainingError(f"the learning rate (lr) must be > 0, got {hp['lr']}")
-    if not (math.isfinite(hp["weight_decay"]) and hp["weight_decay"] >= 0):
-        raise TrainingError(f"weight_decay must be >= 0, got {hp['weight_decay']}")
-    if not (0.0 <= hp["alpha"] <= 1.0):
-        raise TrainingError(f"alpha (the cosine weight of the loss) must be in [0, 1], got {hp['alpha']}")
+    check_fit_settings(hp)
 
 
 def _plan(rng, tr_rows, sizes, batch_images: int, n_steps: int) -> list:

@@ -21,10 +21,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError, atomic_write, write_text_atomic
+
 from .responseset import FORMAT, SPLITS, VERSION, _json_default
 
 
-class ImportDataError(ValueError):
+class ImportDataError(NapariNRFError):
     """Base class of the importers' input errors (a message written for the user)."""
 
 
@@ -55,6 +57,12 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ---- per-session statistics ----------------------------------------------------------------
@@ -91,24 +99,11 @@ def file_signature(path) -> dict:
 
 # ---- partial files -------------------------------------------------------------------------
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb") as f:
+        np.save(f, array)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+_atomic_write_text = write_text_atomic
 
 
 class PartialStore:
@@ -206,8 +201,9 @@ def nsd_noise_ceiling(sum_sq_dev: np.ndarray, dof: int, counts: np.ndarray) -> n
 class ResponseSetWriter:
     """Write a response set (the layout of :mod:`napari_nrf.data.responseset`) piece by piece.
 
-    Opened on a temporary file next to ``path``; :meth:`commit` renames it over ``path``
-    (atomic), :meth:`abort` deletes it.
+    Opened on a temporary file next to ``path``; :meth:`commit` (or :meth:`finish` with
+    ``commit=True``) renames it over ``path`` (atomic), :meth:`abort` deletes it. As a
+    context manager it aborts when its block raises.
     """
 
     def __init__(self, path, n_images: int, n_voxels: int, subject: str, chunk_voxels: int | None = None):
@@ -243,7 +239,17 @@ class ResponseSetWriter:
         self.f.create_dataset("image_paths", data=np.array([str(p) for p in paths], dtype=object),
                               dtype=h5py.string_dtype())
 
-    def finish(self, coords, split, image_ids, roi=None, roi_names=None, noise_ceiling=None, meta=None) -> None:
+    def __enter__(self) -> "ResponseSetWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def finish(self, coords, split, image_ids, roi=None, roi_names=None, noise_ceiling=None, meta=None,
+               commit: bool = False) -> Path | None:
+        """Write the per-voxel and per-image arrays and the metadata; then :meth:`commit`
+        when ``commit`` (returns the path)."""
         self.f.create_dataset("coords", data=np.asarray(coords, np.float32))
         self.f.create_dataset("split", data=np.asarray(split, np.uint8))
         self.f.create_dataset("image_ids", data=np.asarray(image_ids, np.int64))
@@ -253,6 +259,7 @@ class ResponseSetWriter:
             self.f.create_dataset("noise_ceiling", data=np.asarray(noise_ceiling, np.float32))
         self.f.attrs["roi_names"] = json.dumps({str(k): v for k, v in (roi_names or {}).items()})
         self.f.attrs["meta"] = json.dumps(meta or {}, default=_json_default)
+        return self.commit() if commit else None
 
     def commit(self) -> Path:
         self.f.close()

@@ -223,8 +223,7 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
     store = PartialStore(work_dir if work_dir is not None else out.with_name(out.name + ".parts"))
     settings = dict(betas=src.signature, mask=file_signature(mask), resample=resample_mask, n_mask=n_mask,
                     events=file_signature(events))
-    bar = Progress(progress, total=vols.size + 1, desc=f"{subject} volumes")
-    try:
+    with Progress(progress, total=vols.size + 1, desc=f"{subject} volumes") as bar:
         for label, key in zip(labels_order, keys):
             rows = np.flatnonzero(np.asarray(sess) == label)
             if rows.size < 2:
@@ -246,7 +245,7 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
 
         writer, stim_ids, counts, nc = assemble(store, keys, lambda n, v, c: ResponseSetWriter(out, n, v, subject, c),
                                                 ~invalid_any)
-        try:
+        with writer:
             paths = [uniq_paths[i] for i in stim_ids]
             if store_images:
                 from napari_nrf.features.images import load_image_file
@@ -276,15 +275,10 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
                 "image_ids": "index into the sorted unique image paths",
                 "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
             }
-            writer.finish(grid.coords(m)[~invalid_any], split, stim_ids, roi=roi,
-                          roi_names={int(v): f"label-{int(v)}" for v in np.unique(roi)}, noise_ceiling=nc, meta=meta)
-            path = writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+            path = writer.finish(grid.coords(m)[~invalid_any], split, stim_ids, roi=roi,
+                                 roi_names={int(v): f"label-{int(v)}" for v in np.unique(roi)}, noise_ceiling=nc,
+                                 meta=meta, commit=True)
         bar.update(1, desc=f"{subject} written")
-    finally:
-        bar.close()
     if not keep_work:
         store.remove(keys)
     return path

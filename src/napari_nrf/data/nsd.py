@@ -254,8 +254,7 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
         design.session_stimuli(subj, s, n_trials)
 
     n_chunks = -(-n_trials // chunk)
-    bar = Progress(progress, total=len(sessions) * n_chunks + 1, desc=f"{subj} sessions")
-    try:
+    with Progress(progress, total=len(sessions) * n_chunks + 1, desc=f"{subj} sessions") as bar:
         for s, key in zip(sessions, keys):
             fp = fingerprint(session=file_signature(found[s]), **settings)
             if store.is_done(key, fp):
@@ -285,7 +284,7 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
             return ResponseSetWriter(out, n, v, subject=subj, chunk_voxels=chunk_v)
 
         writer, stim_ids, counts, nc = assemble(store, keys, writer_factory, ~invalid_any)
-        try:
+        with writer:
             _copy_images(stim_path, stim_ids, writer, image_size)
             split = assign_split(stim_ids, test_ids=design.sharedix, val_fraction=val_fraction, seed=seed)
             rname = rpath.name.split(".")[0]
@@ -301,14 +300,9 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
                                                             "origin": mgrid.origin.tolist()},
                 "val_fraction": val_fraction, "seed": seed,
             }
-            writer.finish(coords, split, stim_ids, roi=roi_lab, roi_names=names, noise_ceiling=nc, meta=meta)
-            path = writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+            path = writer.finish(coords, split, stim_ids, roi=roi_lab, roi_names=names, noise_ceiling=nc, meta=meta,
+                                 commit=True)
         bar.update(1, desc=f"{subj} written")
-    finally:
-        bar.close()
     if not keep_work:
         store.remove(keys)
     return path

@@ -21,18 +21,19 @@ big arrays as h5py datasets so a 30k-image set is never read whole.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from napari_nrf.errors import NapariNRFError, atomic_write
 
 FORMAT = "napari-nrf-responses"
 VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-class ResponseSetError(ValueError):
+class ResponseSetError(NapariNRFError):
     """Raised for a malformed response set."""
 
 
@@ -154,9 +155,7 @@ class ResponseSet:
         import h5py
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_write(path, None) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["version"] = VERSION
@@ -179,10 +178,6 @@ class ResponseSet:
                     f.create_dataset("noise_ceiling", data=self.noise_ceiling)
                 if self.truth is not None:
                     f.create_dataset("truth", data=np.asarray(self.truth, np.float32), chunks=True)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 
 
-class ImageError(ValueError):
+class ImageError(NapariNRFError):
     """An image file is unreadable or an array has an impossible shape or dtype."""
 
 

@@ -1,4 +1,4 @@
-"""The one model interface every model kind implements.
+"""The model contract every model kind honours.
 
 A model maps images to voxel responses in two steps::
 
@@ -7,9 +7,62 @@ A model maps images to voxel responses in two steps::
     resp  = model.predict(feats, voxels=idx, subject="sub-01")   # at a subject's voxels
 
 ``feats`` is a dict of tensors with a leading batch dimension (the backbone's named
-features, see :mod:`napari_nrf.features`). The query engine, training loop, evaluation
-and widgets only use this interface, so a new kind is one new file in ``models/`` that
-subclasses :class:`EncodingModel` and registers itself with :func:`register`.
+features, see :mod:`napari_nrf.features`). The training loop (:mod:`napari_nrf.train`),
+the query engine (:mod:`napari_nrf.query`), evaluation and the widgets speak only this
+contract, so a new kind is one new file in ``models/`` (or in a plugin package, entry
+point group ``napari_nrf.model_kinds``) with a subclass of :class:`EncodingModel`
+decorated with :func:`register`.
+
+What a kind provides
+--------------------
+Required (the base raises ``NotImplementedError``):
+
+``kind`` (class attribute)
+    The bundle kind, a unique string.
+``config() -> dict``
+    JSON-able constructor arguments: ``cls(**config)`` rebuilds the architecture.
+``predict(features, coords=None, voxels=None, subject=None) -> (B, N) float32``
+    At MNI points ``coords`` (N, 3) mm, or at voxel indices ``voxels`` (N,) of ``subject``.
+``example(feature_shapes, subjects, backbone=..., seed=0, bases=None)`` (classmethod)
+    A tiny, randomly initialised instance (the contract test battery and the docs use it).
+
+Capabilities (class attributes or properties; the defaults are those of a voxel kind):
+
+``continuous`` (False)
+    ``predict(coords=)`` answers at any MNI point: a field. Queries compute every grid
+    point; otherwise they place the subject's voxels on the grid.
+``supports_points`` (= ``continuous``)
+    ``predict(coords=)`` is accepted (a voxel kind may map points to its nearest voxel).
+``supports_fit`` (True)
+    :func:`napari_nrf.train.fit` may train it (an ensemble is fitted by least squares).
+``composite`` (False)
+    Built from base models of other kinds (``example(..., bases=[...])``).
+
+Optional hooks with working defaults:
+
+``encode_images``
+    The frozen backbone ``backbone_name`` with the on-disk feature cache.
+``train_predict(features, subject, voxels, coords)``
+    What the training loop asks for a batch (default: ``coords`` for continuous kinds,
+    ``voxels`` of ``subject`` otherwise).
+``lr_scale(name) -> float`` / ``parameter_groups(trainable)``
+    The trainable parameters and their learning-rate multipliers.
+``loss``
+    None (the loop's ``(1 - alpha) MSE - alpha cos``), or a method
+    ``loss(pred, true, alpha) -> scalar tensor`` for a kind that needs its own.
+``bundle_tensors`` / ``bundle_metadata`` / ``from_bundle`` / ``save``
+    safetensors bundles of the state dict, the subjects' voxel coordinates and the metadata.
+The fast query of a continuous kind (:class:`napari_nrf.query.QueryEngine`)
+    ``query_images(features) -> state`` once per query (opaque to the engine),
+    ``query_points(coords) -> point state`` once per grid (tensors, or lists/dicts of
+    tensors, with a leading point dimension: the engine slices and caches it),
+    ``query_predict(state, point_state) -> (B, n)`` per chunk and
+    ``query_bytes_per_point(n_images)`` (activation memory, for the chunk size). The
+    defaults (features; the points themselves; ``predict(features, coords=)``) work for
+    any continuous model; NRF overrides them with its split first layer.
+
+An operation a kind does not support raises :class:`UnsupportedOperation` with a
+message saying what it supports instead (:meth:`EncodingModel.unsupported`).
 """
 
 from __future__ import annotations
@@ -20,19 +73,97 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf.errors import UnsupportedOperation
+
 from .bundle import load_bundle, read_metadata, save_bundle
 
 MODEL_KINDS: dict[str, type] = {}
 
+_REQUIRED = ("config", "predict")
+
 
 def register(cls):
-    """Class decorator: make ``cls`` loadable from bundles of ``cls.kind``."""
-    MODEL_KINDS[cls.kind] = cls
+    """Class decorator: make ``cls`` loadable from bundles of ``cls.kind``.
+
+    Checks the contract's required parts; a kind registered twice under one name by two
+    different classes is refused (a reload of the same module replaces it).
+    """
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or not kind or kind == EncodingModel.kind:
+        raise TypeError(f"{cls.__name__}: a model kind needs a class attribute kind = '<name>'")
+    if not issubclass(cls, EncodingModel):
+        raise TypeError(f"{cls.__name__}: model kinds subclass napari_nrf.models.EncodingModel")
+    missing = [m for m in _REQUIRED if getattr(cls, m) is getattr(EncodingModel, m)]
+    if missing:
+        raise TypeError(f"model kind {kind!r} ({cls.__name__}) does not implement {', '.join(missing)}")
+    old = MODEL_KINDS.get(kind)
+    if old is not None and old is not cls and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise TypeError(f"model kind {kind!r} is registered twice: {old.__module__}.{old.__qualname__} "
+                        f"and {cls.__module__}.{cls.__qualname__}")
+    MODEL_KINDS[kind] = cls
     return cls
 
 
+_DISCOVERED = False
+
+
+def discover_kinds() -> dict[str, type]:
+    """Import every module of ``napari_nrf.models`` and every ``napari_nrf.model_kinds``
+    entry point, so that each kind registers itself; returns :data:`MODEL_KINDS`.
+
+    No list of kinds is kept anywhere: a kind is known once its module is imported.
+    """
+    global _DISCOVERED
+    if not _DISCOVERED:
+        import importlib
+        import pkgutil
+        from importlib.metadata import entry_points
+
+        from napari_nrf import models as _pkg
+
+        for info in pkgutil.iter_modules(_pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{_pkg.__name__}.{info.name}")
+        for ep in entry_points(group="napari_nrf.model_kinds"):
+            ep.load()
+        _DISCOVERED = True
+    return MODEL_KINDS
+
+
+def slice_points(state, start: int, stop: int):
+    """Rows ``start:stop`` of a point state (a tensor/array, or lists/tuples/dicts of them)."""
+    if isinstance(state, dict):
+        return {k: slice_points(v, start, stop) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(slice_points(v, start, stop) for v in state)
+    return state[start:stop]
+
+
+def cat_points(parts: list):
+    """Concatenate point states along their point dimension (inverse of :func:`slice_points`)."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: cat_points([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(cat_points([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, np.ndarray):
+        return np.concatenate(parts)
+    return torch.cat(parts)
+
+
+def points_nbytes(state) -> int:
+    """Bytes held by a point state."""
+    if isinstance(state, dict):
+        return sum(points_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(points_nbytes(v) for v in state)
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    return int(getattr(state, "nbytes", 0))
+
+
 class EncodingModel(nn.Module):
-    """Base class. Subclasses set ``kind`` and implement the methods below.
+    """Base class of every model kind: see the module doc for the contract.
 
     Attributes
     ----------
@@ -49,6 +180,9 @@ class EncodingModel(nn.Module):
 
     kind = "base"
     continuous = False
+    supports_fit = True
+    composite = False
+    loss = None  # or a method loss(pred (B, n), true (B, n), alpha) -> scalar tensor
 
     def __init__(self):
         super().__init__()
@@ -58,6 +192,25 @@ class EncodingModel(nn.Module):
         self.metrics: dict = {}
         self.provenance: dict = {}
         self._backbone = None
+
+    # ---- capabilities ----------------------------------------------------------------
+    @property
+    def supports_points(self) -> bool:
+        """``predict(coords=)`` is accepted (always for continuous kinds)."""
+        return bool(self.continuous)
+
+    def unsupported(self, what: str, instead: str = "") -> UnsupportedOperation:
+        """The error to raise for an operation this kind does not support."""
+        msg = f"model kind {self.kind!r} does not support {what}"
+        return UnsupportedOperation(msg + (f"; {instead}" if instead else ""))
+
+    @classmethod
+    def example(cls, feature_shapes: dict, subjects: dict, backbone: str = "efficientnet-lite0", seed: int = 0,
+                bases=None) -> "EncodingModel":
+        """A tiny, randomly initialised model for backbone features ``feature_shapes``
+        (name -> shape without batch) and ``subjects`` (name -> (V, 3) MNI mm); a
+        composite kind combines ``bases``. Used by the contract test battery."""
+        raise NotImplementedError(f"model kind {cls.kind!r} provides no example()")
 
     # ---- images -> features -----------------------------------------------------------
     def backbone(self, device=None):
@@ -102,6 +255,50 @@ class EncodingModel(nn.Module):
         """Responses (B, N) float32 for B images at N MNI points ``coords`` (N, 3) mm, or at
         voxel indices ``voxels`` (N,) of ``subject``."""
         raise NotImplementedError
+
+    # ---- training hooks (napari_nrf.train.fit) -------------------------------------------
+    def train_predict(self, features: dict, subject: str, voxels, coords) -> torch.Tensor:
+        """Predictions (B, n) for a training batch: the sampled ``voxels`` (n,) of
+        ``subject`` whose MNI coordinates are ``coords`` (n, 3)."""
+        if self.continuous:
+            return self.predict(features, coords=coords)
+        return self.predict(features, voxels=voxels, subject=subject)
+
+    def lr_scale(self, param_name: str) -> float:
+        """Learning-rate multiplier of parameter ``param_name`` (default 1)."""
+        return 1.0
+
+    def parameter_groups(self, trainable=None) -> list[tuple[str, nn.Parameter, float]]:
+        """``(name, parameter, lr_scale)`` of the parameters :func:`napari_nrf.train.fit`
+        trains; ``trainable(name) -> bool`` filters them (default: all)."""
+        if not self.supports_fit:
+            raise self.unsupported("training with fit", "fit its base models, then the kind's own fit")
+        return [(n, p, float(self.lr_scale(n))) for n, p in self.named_parameters()
+                if trainable is None or trainable(n)]
+
+    # ---- fast queries (napari_nrf.query.QueryEngine), continuous kinds ------------------
+    def _need_continuous(self, what: str) -> None:
+        if not self.continuous:
+            raise self.unsupported(what, "it predicts at its subjects' voxels (predict(voxels=, subject=))")
+
+    def query_images(self, features: dict):
+        """Per-query image state (opaque to the engine); default: the features."""
+        self._need_continuous("queries at arbitrary points")
+        return features
+
+    def query_points(self, coords: torch.Tensor):
+        """Image-independent state of MNI points ``coords`` (n, 3) mm, with a leading point
+        dimension (the engine slices it and caches it per grid); default: the points."""
+        self._need_continuous("queries at arbitrary points")
+        return coords
+
+    def query_predict(self, state, points) -> torch.Tensor:
+        """Responses (B, n) from :meth:`query_images` and :meth:`query_points` states."""
+        return self.predict(state, coords=points)
+
+    def query_bytes_per_point(self, n_images: int) -> int:
+        """Activation bytes per point of one chunk of B = ``n_images`` (sizes the chunks)."""
+        return 4 * max(1, n_images) * int(getattr(self, "width", 512))
 
     # ---- bundles ---------------------------------------------------------------------
     def bundle_tensors(self) -> dict:
@@ -150,9 +347,7 @@ def load_model(path, device="cpu", kind: str | None = None) -> EncodingModel:
     """Load any model bundle onto ``device`` ("cpu", "cuda", "cuda:1", ...), in eval mode."""
     from .bundle import BundleError
 
-    # Import the kinds so they register themselves.
-    from . import _kinds  # noqa: F401
-
+    discover_kinds()
     meta = read_metadata(path)
     from napari_nrf.features import BACKBONES
 

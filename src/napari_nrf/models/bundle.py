@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf.errors import NapariNRFError, atomic_write
+
 FORMAT = "napari-nrf-bundle"
 FORMAT_VERSION = 1
 META_KEY = "napari_nrf"
 
 
-class BundleError(ValueError):
+class BundleError(NapariNRFError):
     """A bundle file is missing, corrupt, or does not match what the caller expects."""
 
 
@@ -66,13 +68,6 @@ def check_bundle_path(path) -> Path:
     return path
 
 
-def _umask() -> int:
-    """The process umask (read by setting and restoring it; there is no getter)."""
-    m = os.umask(0o022)
-    os.umask(m)
-    return m
-
-
 def save_bundle(path, tensors: dict, metadata: dict) -> Path:
     """Write ``tensors`` (name -> torch.Tensor or ndarray) and ``metadata`` to ``path``.
 
@@ -98,16 +93,10 @@ def save_bundle(path, tensors: dict, metadata: dict) -> Path:
     for k, v in tensors.items():
         t = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
         flat[k] = t.detach().to("cpu").contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    # (atomic_write makes the file 0666 & ~umask: safetensors creates it 0600, and a
+    # model is meant to be shared like any file)
+    with atomic_write(path, None) as tmp:
         save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta, default=_json_default)})
-        # safetensors creates its file 0600; a model is meant to be shared like any file.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

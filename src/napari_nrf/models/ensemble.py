@@ -27,6 +27,13 @@ plain weighted average of the bases far from them.
 
 When a base is not continuous (a universal encoder), ``coords`` map to the nearest voxel
 of the subject and points farther than ``max_distance`` mm give NaN, as for that kind.
+
+The fast query of a continuous ensemble (the contract's ``query_*`` hooks) asks each base
+for its own fast-query states and caches the interpolated weights per grid with the
+bases' point states, so a 1 mm whole brain costs the bases' queries plus one
+nearest-neighbour search per grid. The ensemble is fitted by least squares
+(:meth:`EnsembleModel.fit`), not by :func:`napari_nrf.train.fit` (``supports_fit`` False):
+finetune the bases, then fit the ensemble (:func:`napari_nrf.finetune.finetune_ensemble`).
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf.errors import NapariNRFError
 from .base import MODEL_KINDS, EncodingModel, register
 from .bundle import BundleError
 
 
-class EnsembleError(ValueError):
+class EnsembleError(NapariNRFError):
     """Bad input to the ensemble (mismatched shapes, backbones or subjects)."""
 
 
@@ -107,6 +115,8 @@ class EnsembleModel(EncodingModel):
     """
 
     kind = "ensemble"
+    composite = True
+    supports_fit = False
 
     def __init__(self, bases, subject: str, coords, weights=None, bias=None, k_neighbours: int = 8,
                  max_distance: float = 4.0):
@@ -135,6 +145,23 @@ class EnsembleModel(EncodingModel):
         self.backbone_name = bases[0].backbone_name
         self.backbone_config = dict(bases[0].backbone_config)
         self._tree = None
+
+    @property
+    def supports_points(self) -> bool:
+        return all(m.supports_points for m in self.bases)
+
+    @classmethod
+    def example(cls, feature_shapes: dict, subjects: dict, backbone: str = "efficientnet-lite0", seed: int = 0,
+                bases=None) -> "EnsembleModel":
+        """An ensemble of ``bases`` for the first of ``subjects``, with random per-voxel
+        weights (so that the interpolation in space matters)."""
+        if not bases:
+            raise EnsembleError("an example ensemble needs its base models (bases=[...])")
+        subject, xyz = next(iter(subjects.items()))
+        rng = np.random.default_rng(seed)
+        w = rng.uniform(0.2, 1.0, (len(xyz), len(bases))).astype(np.float32)
+        b = rng.normal(0.0, 0.1, len(xyz)).astype(np.float32)
+        return cls(list(bases), subject, xyz, weights=w, bias=b)
 
     # ---- fitting ------------------------------------------------------------------------
     @torch.no_grad()
@@ -175,6 +202,8 @@ class EnsembleModel(EncodingModel):
         """
         from scipy.spatial import cKDTree
 
+        if torch.is_tensor(coords):
+            coords = coords.detach().cpu().numpy()
         xyz = np.asarray(coords, np.float64).reshape(-1, 3)
         if self._tree is None:
             self._tree = cKDTree(self.subjects[self.subject])
@@ -195,6 +224,25 @@ class EnsembleModel(EncodingModel):
         b = (1 - fade) * b + fade * bv.mean()
         return w.astype(np.float32), b.astype(np.float32)
 
+    # ---- the fast query (continuous ensembles) --------------------------------------------
+    def query_images(self, features: dict) -> list:
+        self._need_continuous("queries at arbitrary points (a base is voxel-indexed)")
+        return [m.query_images(features) for m in self.bases]
+
+    def query_points(self, coords) -> dict:
+        self._need_continuous("queries at arbitrary points (a base is voxel-indexed)")
+        w, b = self.weights_at(coords)
+        dev = self.weights.device
+        return {"bases": [m.query_points(coords) for m in self.bases],
+                "w": torch.as_tensor(w, device=dev), "b": torch.as_tensor(b, device=dev)}
+
+    def query_predict(self, states: list, points: dict) -> torch.Tensor:
+        preds = torch.stack([m.query_predict(s, p).float() for m, s, p in zip(self.bases, states, points["bases"])])
+        return torch.einsum("kbn,nk->bn", preds, points["w"]) + points["b"]
+
+    def query_bytes_per_point(self, n_images: int) -> int:
+        return max(m.query_bytes_per_point(n_images) for m in self.bases) + 4 * len(self.bases) * max(1, n_images)
+
     # ---- the model interface ------------------------------------------------------------
     def predict(self, features: dict, coords=None, voxels=None, subject: str | None = None) -> torch.Tensor:
         """Responses (B, N) float32 at the subject's ``voxels`` (N,) (default: all), or at
@@ -211,6 +259,9 @@ class EnsembleModel(EncodingModel):
             preds = self.base_predictions(features, voxels=None if voxels is None else np.asarray(voxels))
             w, b = self.weights[vox], self.bias[vox]
         else:
+            if not self.supports_points:
+                raise self.unsupported("predictions at MNI points",
+                                       "a base model predicts only at its subjects' voxels")
             preds = self.base_predictions(features, coords=coords)
             if self.continuous:
                 w_np, b_np = self.weights_at(coords)

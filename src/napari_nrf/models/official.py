@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf.errors import NapariNRFError
 
-class OfficialNRFError(ValueError):
+
+class OfficialNRFError(NapariNRFError):
     """An official NRF run folder is incomplete or does not match the official layout."""
 
 

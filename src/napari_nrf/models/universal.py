@@ -17,7 +17,8 @@ image's multi-level backbone features::
 Everything but the voxel embeddings is shared by all voxels of all subjects, so the model
 trains jointly on subjects who saw different images, and a new subject is added by
 learning only its embeddings (:meth:`UniversalEncoder.add_subject`, then train with
-``trainable=model.embedding_filter(subject)``).
+``trainable=model.embedding_filter(subject)``; the recipes ``train_universal`` and
+``transfer_subject`` live in :mod:`napari_nrf.recipes`).
 
 Deviations from the paper, on purpose: the backbone stays frozen (no LoRA on its blocks);
 a LayerNorm precedes each level's projection because frozen token maps of different
@@ -37,10 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf.errors import NapariNRFError
 from .base import EncodingModel, register
 
 
-class UniversalModelError(ValueError):
+class UniversalModelError(NapariNRFError):
     """Bad input to the universal encoder (unknown subject, missing feature level, ...)."""
 
 
@@ -123,6 +125,7 @@ class UniversalEncoder(EncodingModel):
 
     kind = "universal"
     continuous = False
+    supports_points = True  # predict(coords=) takes each point's nearest voxel (NaN outside)
 
     def __init__(self, levels, n_voxels: dict | None = None, embed_dim: int = 256, channels: int = 128,
                  mlp_ratio: int = 4, dropout: float = 0.1, embed_init_std: float = 0.1,
@@ -173,6 +176,14 @@ class UniversalEncoder(EncodingModel):
         model.backbone_name = backbone_name
         model.backbone_config = dict(backbone_config or {})
         return model
+
+    @classmethod
+    def example(cls, feature_shapes: dict, subjects: dict, backbone: str = "efficientnet-lite0", seed: int = 0,
+                bases=None) -> "UniversalEncoder":
+        """A tiny encoder (E = C = 8, the two coarsest levels) with ``subjects``' voxels."""
+        names = [n for n in ("s32", "embedding") if n in feature_shapes] or list(feature_shapes)[:2]
+        return cls.for_features(feature_shapes, subjects, names=names, backbone_name=backbone, seed=seed,
+                                embed_dim=8, channels=8, mlp_ratio=2, dropout=0.0)
 
     def config(self) -> dict:
         return {
@@ -362,12 +373,6 @@ class UniversalEncoder(EncodingModel):
         return torch.einsum("bnk,nk->bn", feat, w) + self.out_bias
 
 
-# ---- training and transfer (through the one loop, napari_nrf.train.fit) -----------------
-# Paper settings: Adam lr 1e-3, loss MSE - 0.1 cos (fit's (1 - alpha) MSE - alpha cos is the
-# same up to scale); AdamW with weight_decay=0 is Adam.
-UNIVERSAL_FIT_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.0, "batch_images": 32, "batch_voxels": 5000}
-
-
 def build_universal(backbone: str, subjects: dict, backbone_config: dict | None = None, levels=None,
                     feature_shapes: dict | None = None, seed: int = 0, **config) -> UniversalEncoder:
     """A new Universal encoder for ``backbone`` with ``subjects`` (name -> (V, 3) MNI mm).
@@ -381,61 +386,3 @@ def build_universal(backbone: str, subjects: dict, backbone_config: dict | None 
         feature_shapes = dict(get_backbone(backbone, **(backbone_config or {})).feature_shapes)
     return UniversalEncoder.for_features(feature_shapes, subjects, names=levels, backbone_name=backbone,
                                          backbone_config=backbone_config, seed=seed, **config)
-
-
-def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=None, model_config: dict | None = None,
-                    backbone_config: dict | None = None, levels=None, feature_shapes: dict | None = None,
-                    **fit_kwargs):
-    """Train a Universal encoder jointly on ``train_sets`` (one ResponseSet per subject; the
-    subjects may have seen different images) with :func:`napari_nrf.train.fit`.
-
-    Each step pairs a batch of one subject's training images with voxels sampled from the
-    same subject. ``model_config`` goes to :class:`UniversalEncoder` (embed_dim, channels,
-    ...); ``fit_kwargs`` to ``fit`` (defaults: :data:`UNIVERSAL_FIT_DEFAULTS`). Saves the
-    bundle to ``out`` when given. Returns (model, history).
-    """
-    from napari_nrf.train import fit
-
-    sets = list(train_sets)
-    kw = {**UNIVERSAL_FIT_DEFAULTS, **fit_kwargs}
-    model = build_universal(backbone, {rs.subject: rs.coords for rs in sets}, backbone_config=backbone_config,
-                            levels=levels, feature_shapes=feature_shapes, seed=kw.get("seed", 0),
-                            **(model_config or {}))
-    hist = fit(model, sets, **kw)
-    model.provenance.setdefault("training", {})["mode"] = "joint"
-    if out is not None:
-        model.save(out)
-    return model, hist
-
-
-def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "random", **fit_kwargs):
-    """Add the subject of response set ``rs`` to a trained ``model`` by learning only its
-    voxel embeddings (every shared weight frozen; seed 002 section 4.4).
-
-    Uses the training images of ``rs`` (``split == train``; subsample them first for a
-    few-image transfer) and :func:`napari_nrf.train.fit` with
-    ``trainable=model.embedding_filter(subject)``. Returns (model, history); the model
-    keeps its other subjects unchanged.
-    """
-    from napari_nrf.train import fit
-
-    if not isinstance(model, UniversalEncoder):
-        raise UniversalModelError(f"transfer needs a universal model, got kind {getattr(model, 'kind', '?')!r}")
-    if rs.subject in model.voxel_embeddings:
-        raise UniversalModelError(f"subject {rs.subject!r} is already in the model; rename the response set")
-    model.add_subject(rs.subject, rs.coords, init=init)
-    kw = {**UNIVERSAL_FIT_DEFAULTS, **fit_kwargs}
-    kw.setdefault("trainable", model.embedding_filter(rs.subject))
-    keep_training = model.provenance.get("training")
-    keep_metrics = dict(model.metrics or {})
-    hist = fit(model, [rs], **kw)
-    # fit records the run it did; the model's own training record stays the joint one.
-    if keep_training is not None:
-        model.provenance["training"] = keep_training
-    model.metrics = {**keep_metrics, f"val_median_pearson_{rs.subject}": hist.best_score}
-    tr = model.provenance.setdefault("transfer", {})
-    tr[rs.subject] = {"n_train_images": int((rs.split == 0).sum()), "best_epoch": hist.best_epoch,
-                      "val_median_pearson": hist.best_score}
-    if out is not None:
-        model.save(out)
-    return model, hist

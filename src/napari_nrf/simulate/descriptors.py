@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError
+
 DESCRIPTOR_SIZE = 64
 POOL = 16  # pooled energy grid (POOL x POOL cells of 4 x 4 px)
 FOV_DEG = 8.4
@@ -42,7 +44,7 @@ _STAT_SCALE = np.array([0.0596, 0.0687, 0.0654, 1.1165, 0.2424, 0.148, 0.0967, 0
 _ENERGY_SCALE = 0.028  # mean pooled energy of the stimuli -> energy ~ 1 on average
 
 
-class DescriptorError(ValueError):
+class DescriptorError(NapariNRFError):
     """Images that cannot be described (wrong shape or dtype)."""
 
 

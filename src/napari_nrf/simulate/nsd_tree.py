@@ -18,10 +18,11 @@ users do, gives back the simulated responses up to the repeat averaging.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from napari_nrf.errors import atomic_write
 
 from .. import space
 from .subjects import SimulationError, subject_from_meta
@@ -77,11 +78,8 @@ def write_nsd_tree(response_sets, root, max_trials_per_session: int = 750, seed:
     design = {"masterordering": (order + 1)[None].astype(np.float64), "subjectim": subjectim,
               "sharedix": (rs_list[0].image_ids[shared] + 1)[None].astype(np.float64)}
     p = root / EXPDESIGN
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(p, "wb") as f:
         savemat(f, design)
-    os.replace(tmp, p)
     total = len(rs_list) * (n_trials // per)
     done = 0
     for si, r in enumerate(rs_list):
@@ -126,9 +124,6 @@ def write_nsd_tree(response_sets, root, max_trials_per_session: int = 750, seed:
 def _write_h5(path: Path, arrays: dict):
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    with atomic_write(path, None) as tmp, h5py.File(tmp, "w") as f:
         for k, v in arrays.items():
             f.create_dataset(k, data=v, chunks=(1,) + v.shape[1:] if v.ndim > 1 else True)
-    os.replace(tmp, path)

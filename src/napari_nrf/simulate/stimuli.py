@@ -21,13 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError
+
 CATEGORIES = ("face", "body", "scene", "object", "text", "texture", "parametric")
 # Draw probabilities of the categories for natural-looking stimulus sets.
 CATEGORY_P = np.array([0.18, 0.12, 0.22, 0.18, 0.10, 0.08, 0.12])
 DEFAULT_SIZE = 96
 
 
-class StimulusError(ValueError):
+class StimulusError(NapariNRFError):
     """Bad stimulus request (unknown kind, bad size)."""
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError
+
 from .. import space
 from ..data.responseset import ResponseSet
 from . import anatomy
@@ -41,7 +43,7 @@ VISUAL_BOX = (np.array([-72.0, -112.0, -42.0]), np.array([72.0, -28.0, 40.0]))
 SHARED_WEIGHT = 0.6  # share of tuning variance common to all subjects
 
 
-class SimulationError(ValueError):
+class SimulationError(NapariNRFError):
     """Bad simulator settings."""
 
 

@@ -13,11 +13,12 @@ import weakref
 import numpy as np
 
 from napari_nrf import space
+from napari_nrf.errors import Cancelled
 
 META = "napari_nrf"
 
 
-class RenderCancelled(Exception):
+class RenderCancelled(Cancelled):
     """Raised in a render worker when the user cancelled."""
 
 
@@ -55,7 +56,7 @@ def compute_volumes(model, features: dict, grid: space.Grid, mask=None, subject=
         return np.asarray(engine.volume(features, grid, mask=mask, subject=subject, progress=progress,
                                         cancel=cancel), dtype=np.float32)
     except Exception as exc:
-        if type(exc).__name__.endswith("Cancelled"):
+        if isinstance(exc, Cancelled):
             raise RenderCancelled(str(exc)) from exc
         raise
 

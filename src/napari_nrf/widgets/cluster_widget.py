@@ -9,6 +9,8 @@ the library images that drive it most.
 
 from __future__ import annotations
 
+from napari_nrf.errors import Cancelled
+
 import threading
 
 from qtpy.QtCore import QObject, Qt, Signal
@@ -177,7 +179,7 @@ class VoxelClustersWidget(QWidget):
     def _failed(self, exc):
         from napari.utils.notifications import show_error, show_info
 
-        if type(exc).__name__.endswith("Cancelled"):
+        if isinstance(exc, Cancelled):
             self.info.setText("cancelled")
             show_info("napari-nrf: clustering cancelled")
             return

@@ -17,6 +17,8 @@ from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                             QProgressBar, QPushButton, QSpinBox, QTableWidget, QVBoxLayout, QWidget)
 
+from napari_nrf.train_jobs import GROUP
+
 from .model_widget import available_devices
 
 
@@ -155,9 +157,13 @@ class FinetuneJobsWidget(QWidget):
         self.backbone.addItems(sorted(BACKBONES))
         self.backbone.setCurrentText("efficientnet-lite0")
         form.addRow("backbone", self.backbone)
+        from napari_nrf.settings import FINETUNE_FIT, field_spec
+
+        spec = field_spec("epochs", FINETUNE_FIT)  # the training settings' default, range and help
         self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(10)
+        self.epochs.setRange(spec["min"], min(spec["max"], 1000))
+        self.epochs.setValue(spec["default"])
+        self.epochs.setToolTip(spec["help"])
         form.addRow("epochs", self.epochs)
         self.device = QComboBox()
         self.device.addItems(available_devices())
@@ -250,7 +256,7 @@ class FinetuneJobsWidget(QWidget):
     # ---- jobs -----------------------------------------------------------------------------
     def start(self):
         """Submit a job from the form; returns the Job (None with a message on bad input)."""
-        from napari_nrf.finetune import submit_finetune, submit_train
+        from napari_nrf.train_jobs import submit_finetune, submit_train
 
         bases = [self.bases.item(i).text() for i in range(self.bases.count())]
         try:
@@ -317,7 +323,8 @@ class FinetuneJobsWidget(QWidget):
         except OSError as exc:  # a jobs folder that went away must not kill the timer
             self.status.setText(f"jobs folder unreadable: {exc}")
             return
-        jobs = [j for j in jobs if j.spec.get("target", "").startswith("napari_nrf.finetune:")]
+        # The training group; job folders from before the group field: their target's module.
+        jobs = [j for j in jobs if j.group == GROUP or j.spec.get("target", "").startswith("napari_nrf.finetune:")]
         self.table.setRowCount(len(jobs))
         self._rows = {}
         for r, job in enumerate(reversed(jobs)):  # newest first

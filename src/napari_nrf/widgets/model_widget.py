@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget)
 
+from napari_nrf.errors import write_text_atomic
 from ._state import state_for
 
 MAX_RECENT = 8
@@ -72,11 +72,7 @@ def add_recent(path) -> None:
     """Put ``path`` first in the recent list (written atomically)."""
     path = str(Path(path).resolve())
     items = [path] + [p for p in recent_models() if p != path]
-    f = _recent_file()
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(items[:MAX_RECENT], indent=1))
-    os.replace(tmp, f)
+    write_text_atomic(_recent_file(), json.dumps(items[:MAX_RECENT], indent=1))
 
 
 def check_device(device: str) -> None:

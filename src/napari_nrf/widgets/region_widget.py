@@ -19,8 +19,9 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QVBoxLayout, QWidget)
 
 from napari_nrf import space
+from napari_nrf.errors import Cancelled
 
-from ._library import ImageLibrary, LibraryError
+from napari_nrf.library import ImageLibrary, LibraryError
 from ._progress import ProgressBar
 from ._render import META, layer_kind, layer_volume, start_worker
 from ._state import state_for
@@ -229,7 +230,7 @@ class RegionExplorerWidget(QWidget):
             from napari.utils.notifications import show_error
 
             self._library_changed(library)
-            if not type(exc).__name__.endswith("Cancelled"):
+            if not isinstance(exc, Cancelled):
                 show_error(f"napari-nrf: could not encode the image library: {exc}")
 
         return start_worker(lambda cancel=None: library.features(model), on_result=done, on_error=failed)
@@ -370,7 +371,7 @@ class RegionExplorerWidget(QWidget):
     def _failed(self, exc):
         from napari.utils.notifications import show_error
 
-        if type(exc).__name__.endswith("Cancelled"):
+        if isinstance(exc, Cancelled):
             return
         show_error(f"napari-nrf: ranking the images failed: {exc}")
 

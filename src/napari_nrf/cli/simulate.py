@@ -28,7 +28,7 @@ def _run(args) -> int:
 
     from tqdm import tqdm
 
-    from . import simulate
+    from napari_nrf.simulate import simulate
 
     out = Path(args.out)
     bar = tqdm(total=1, desc="simulate", unit="step")
@@ -45,7 +45,7 @@ def _run(args) -> int:
                   return_trials=args.nsd_tree, workers=args.workers)
     bar.close()
     if args.nsd_tree:
-        from .nsd_tree import write_nsd_tree
+        from napari_nrf.simulate.nsd_tree import write_nsd_tree
 
         write_nsd_tree(rs, out / "nsd")
     for r in rs:

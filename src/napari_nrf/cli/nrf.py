@@ -5,31 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def add_fit_args(p, *, epochs: int = 20, batch_voxels: int = 2000, lr: float = 3e-4, weight_decay: float = 0.015,
-                 lr_help: str | None = None) -> None:
-    """The options of ``train.fit`` shared by every training subcommand (defaults: NRF's)."""
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-images", type=int, default=32)
-    p.add_argument("--batch-voxels", type=int, default=batch_voxels)
-    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
-    p.add_argument("--lr", type=float, default=lr, help=lr_help)
-    p.add_argument("--weight-decay", type=float, default=weight_decay)
-    p.add_argument("--alpha", type=float, default=0.1, help="weight of the cosine term of the loss")
-    p.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
-    p.add_argument("--seed", type=int, default=0)
+def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
+    """The options of ``train.fit`` shared by every training subcommand, made from
+    :class:`napari_nrf.settings.FitSettings` (``defaults``: a preset, NRF's by default)."""
+    from napari_nrf.settings import NRF_FIT, add_fit_arguments
+
+    add_fit_arguments(p, defaults or NRF_FIT, skip=("val_every",), help={"lr": lr_help} if lr_help else None)
     p.add_argument("--checkpoint-dir", help="checkpoints (default: <out>.ckpt/); an interrupted run resumes from it")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
+    add_device_arg(p)
+
+
+def add_device_arg(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
-    p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject")
+def add_training_inputs(p, data_help: str = "response set file(s) (.h5), one per subject") -> None:
+    """The inputs of every command that trains a new model: data, --out, the backbone."""
+    p.add_argument("data", nargs="+", help=data_help)
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
     p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
     p.add_argument("--backbone-weights", metavar="PATH",
                    help="local weights file of the backbone (offline CLIP/DINOv2; recorded in the model)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
+    add_training_inputs(p)
     p.add_argument("--preset", default="demo", choices=["demo", "paper", "tiny"], help="model size (default: %(default)s)")
     p.add_argument("--width", type=int, help="MLP width (overrides the preset)")
     p.add_argument("--depth", type=int, help="MLP Linear layers (overrides the preset)")
@@ -77,9 +80,9 @@ def _set_precision(args) -> None:
 
 
 def _device(name):
-    import torch
+    from napari_nrf.errors import choose_device
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return choose_device(name)
 
 
 def _backbone_config(args) -> dict | None:
@@ -103,6 +106,7 @@ def _train(args) -> int:
 
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.models.bundle import check_bundle_path
+    from napari_nrf.settings import NRF_FIT, FitSettings
     from napari_nrf.train import train_nrf
 
     check_bundle_path(args.out)  # before minutes of training, not after
@@ -114,12 +118,9 @@ def _train(args) -> int:
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     bars = TrainingBars("training")
     model, hist = train_nrf(sets, backbone=args.backbone, backbone_config=bcfg, preset=args.preset, out=out,
-                            model_overrides=over,
-                            epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
-                            steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
-                            alpha=args.alpha, patience=args.patience, seed=args.seed, checkpoint_dir=ck,
-                            resume=not args.no_resume, feature_cache=_cache(args.cache), device=_device(args.device),
-                            **bars.callbacks())
+                            model_overrides=over, **FitSettings.from_args(args, NRF_FIT).to_kwargs(),
+                            checkpoint_dir=ck, resume=not args.no_resume, feature_cache=_cache(args.cache),
+                            device=_device(args.device), **bars.callbacks())
     bars.close()
     print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters); "
           + _best_text(hist))

@@ -5,24 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_nrf._cli_nrf import TrainingBars, _backbone_config, _best_text, _device
+from napari_nrf.cli.nrf import TrainingBars, _backbone_config, _best_text, _device, add_training_inputs
+from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
 
 
-def _fit_args(p, epochs: int = 20) -> None:
-    from napari_nrf._cli_nrf import add_fit_args
+def _fit_args(p, defaults) -> None:
+    from napari_nrf.cli.nrf import add_fit_args
 
     # The paper's Adam: lr 1e-3, no weight decay, 5000 voxels per image.
-    add_fit_args(p, epochs=epochs, batch_voxels=5000, lr=1e-3, weight_decay=0.0,
-                 lr_help="Adam learning rate (default: %(default)s, the paper's)")
+    add_fit_args(p, defaults, lr_help="Adam learning rate (default: %(default)s, the paper's)")
 
 
 def register(sub) -> None:
     p = sub.add_parser("train-universal", help="train a Universal encoder jointly on several subjects' response sets")
-    p.add_argument("data", nargs="+", help="response set file(s) (.h5), one per subject; the images may differ")
-    p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
-    p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
-    p.add_argument("--backbone-weights", metavar="PATH",
-                   help="local weights file of the backbone (offline CLIP/DINOv2; recorded in the model)")
+    p.set_defaults(func=_train)
+    add_training_inputs(p, "response set file(s) (.h5), one per subject; the images may differ")
     p.add_argument("--levels", help="comma-separated backbone features to use (default: all)")
     p.add_argument("--embed-dim", type=int, default=256, help="voxel embedding size E (default: %(default)s)")
     p.add_argument("--channels", type=int, default=128, help="projected channels C per level (default: %(default)s)")
@@ -31,22 +28,22 @@ def register(sub) -> None:
     p.add_argument("--embedding-lr-scale", type=float, default=1.0,
                    help="learning-rate multiplier of the voxel embeddings (default 1, the paper; about 10 with "
                         "0.01 init std trains much faster on short CPU runs, see docs/results.md)")
-    _fit_args(p)
-    p.set_defaults(func=_train)
+    _fit_args(p, UNIVERSAL_FIT)
 
     p = sub.add_parser("transfer", help="add a new subject to a Universal encoder by learning only its voxel embeddings")
+    p.set_defaults(func=_transfer)
     p.add_argument("model", help="trained universal model bundle (.safetensors)")
     p.add_argument("data", help="the new subject's response set (.h5)")
     p.add_argument("--out", required=True, help="output bundle with the new subject (.safetensors)")
     p.add_argument("--subject", help="name of the new subject (default: the response set's)")
-    p.add_argument("--n-images", type=int, help="use only this many training images (few-shot transfer)")
     p.add_argument("--init", default="random", choices=["random", "mean", "nearest"],
                    help="initial embeddings: random (paper), the mean embedding of the model's voxels, or the "
                         "mean embedding of each voxel's nearest voxel (MNI) in every subject of the model")
-    _fit_args(p, epochs=30)
-    p.set_defaults(func=_transfer)
+    p.add_argument("--n-images", type=int, help="use only this many training images (few-shot transfer)")
+    _fit_args(p, TRANSFER_FIT)
 
     p = sub.add_parser("cluster", help="k-means maps of a Universal encoder's voxel embeddings (NIfTI + table)")
+    p.set_defaults(func=_cluster)
     p.add_argument("model", help="universal model bundle (.safetensors)")
     p.add_argument("-k", type=int, default=20, help="number of clusters (default: %(default)s)")
     p.add_argument("--subjects", help="comma-separated subjects clustered together (default: all)")
@@ -58,24 +55,22 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder: <subject>_clusters.nii.gz, clusters.csv, clusters.json")
     p.add_argument("--cache", help="feature cache folder")
     p.add_argument("--device", default=None)
-    p.set_defaults(func=_cluster)
 
 
 def _fit_kwargs(args, out: Path) -> dict:
     from napari_nrf.features import FeatureCache
     from napari_nrf.models.bundle import check_bundle_path
+    from napari_nrf.settings import FitSettings
 
     check_bundle_path(out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
-    return dict(epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
-                steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, alpha=args.alpha,
-                patience=args.patience, seed=args.seed, checkpoint_dir=ck, resume=not args.no_resume,
+    return dict(**FitSettings.from_args(args).to_kwargs(), checkpoint_dir=ck, resume=not args.no_resume,
                 feature_cache=FeatureCache(args.cache), device=_device(args.device))
 
 
 def _train(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
-    from napari_nrf.models.universal import train_universal
+    from napari_nrf.recipes import train_universal
 
     bcfg = _backbone_config(args)
     sets = [ResponseSet.load(p) for p in args.data]
@@ -98,7 +93,7 @@ def _transfer(args) -> int:
 
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.models import load_model
-    from napari_nrf.models.universal import transfer_subject
+    from napari_nrf.recipes import transfer_subject
 
     model = load_model(args.model, device=_device(args.device), kind="universal")
     rs = ResponseSet.load(args.data)

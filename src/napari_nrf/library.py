@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError
 
-class LibraryError(ValueError):
+
+class LibraryError(NapariNRFError):
     """An image library cannot be built (empty folder, bad array)."""
 
 

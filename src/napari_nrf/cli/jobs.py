@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from napari_nrf.cli.nrf import add_device_arg
+from napari_nrf.settings import FINETUNE_FIT, FitSettings, add_fit_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser("finetune", help="adapt K pretrained models to a new subject: finetune each, then a "
@@ -12,15 +15,9 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="the new subject's response set (.h5)")
     p.add_argument("--images", type=int, help="training images to use (default: all of the train split)")
     p.add_argument("--out", required=True, help="output ensemble bundle (.safetensors); never a base")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-images", type=int, default=32)
-    p.add_argument("--batch-voxels", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.015)
-    p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
-    p.add_argument("--seed", type=int, default=0)
+    add_fit_arguments(p, FINETUNE_FIT, skip=("val_every",))
     p.add_argument("--no-finetune", action="store_true", help="only fit the ensemble over the bases as they are")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
+    add_device_arg(p)
     p.add_argument("--threads", type=int, help="torch CPU threads of the job (default: torch's choice)")
     p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
     p.add_argument("--jobs-dir", help="jobs folder (default: $NAPARI_NRF_JOBS or <cache>/jobs)")
@@ -75,23 +72,18 @@ def _summary(job) -> int:
 
 
 def _finetune(args) -> int:
-    from napari_nrf.finetune import submit_finetune
-    from napari_nrf.jobs import JobManager, _child_main
+    from napari_nrf.train_jobs import submit_finetune
+    from napari_nrf.jobs import JobManager
 
     mgr = JobManager(args.jobs_dir)
-    kw = dict(n_images=args.images, epochs=args.epochs, batch_images=args.batch_images,
-              batch_voxels=args.batch_voxels, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-              seed=args.seed, finetune=not args.no_finetune, feature_cache=args.cache)
+    settings = FitSettings.from_args(args, FINETUNE_FIT).to_kwargs()
+    settings.pop("val_every")
+    kw = dict(n_images=args.images, **settings, finetune=not args.no_finetune, feature_cache=args.cache)
     job = submit_finetune(mgr, args.base, args.data, args.out, device=args.device, overwrite=args.overwrite,
                           start=not args.inline, threads=args.threads, **kw)
     print(f"job {job.id} ({job.dir})")
     if args.inline:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        _child_main(str(job.dir))
-        return _summary(job)
+        return _summary(mgr.run_inline(job.id, threads=args.threads))
     return _follow(mgr, job)
 
 

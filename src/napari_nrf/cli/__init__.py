@@ -1,9 +1,11 @@
 """The ``napari-nrf`` command line.
 
-Each subcommand lives next to the code it drives: a module listed in ``COMMANDS`` defines
-``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed
-arguments; it returns an exit code or None). The CLI, the widgets and the tests all call
-the same library functions.
+One module of this package per group of subcommands (``base``: demo/info, ``imports``,
+``nrf``: train/evaluate/query for any kind, ``universal``, ``simulate``, ``jobs``:
+finetune/jobs). Each defines ``register(subparsers)``, which adds its parsers and sets
+``func`` (called with the parsed arguments; it returns an exit code or None). The
+modules are found by listing the package, so a new group is one new file here. The CLI,
+the widgets and the tests all call the same library functions.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import argparse
 import importlib
 import sys
 
-# Modules that contribute subcommands. Add one line per module.
-COMMANDS = [
-    "napari_nrf._cli_base",
-    "napari_nrf._cli_import",
-    "napari_nrf._cli_nrf",
-    "napari_nrf._cli_universal",
-    "napari_nrf.simulate.cli",
-    "napari_nrf._cli_jobs",
-]
+# The order of the groups in ``napari-nrf --help``; any other module of the package follows.
+ORDER = ("base", "imports", "nrf", "universal", "simulate", "jobs")
+
+
+def command_modules() -> list[str]:
+    """Modules of this package that contribute subcommands, in help order."""
+    import pkgutil
+
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return [f"{__name__}.{n}" for n in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,14 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"napari-nrf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a module that is not written yet
-            if exc.name != name:
-                raise
-            continue
-        mod.register(sub)
+    for name in command_modules():
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -69,14 +67,11 @@ def main(argv=None) -> int:
         print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Our own errors (SpaceError, BundleError, ImageError, ...) are ValueErrors with a
-        # message written for the user: show it without a traceback.
+        # Our own errors (napari_nrf.errors.NapariNRFError: SpaceError, BundleError, ...)
+        # are ValueErrors with a message written for the user: show it without a traceback.
         if getattr(args, "debug", False):
             raise
         print(f"napari-nrf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(rc or 0)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

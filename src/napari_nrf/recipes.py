@@ -1,0 +1,72 @@
+"""Training recipes: how each kind is trained through the one loop (:func:`napari_nrf.train.fit`).
+
+* :func:`train_nrf`: a new NRF from scratch (defined in :mod:`napari_nrf.train`);
+* :func:`train_universal`: a Universal encoder jointly on several subjects;
+* :func:`transfer_subject`: a new subject added to a Universal encoder by learning only
+  its voxel embeddings (seed 002 section 4.4);
+* new-subject adaptation of any kind (finetune + ensemble): :mod:`napari_nrf.finetune`.
+
+Their default settings are the presets of :mod:`napari_nrf.settings`.
+"""
+
+from __future__ import annotations
+
+from napari_nrf.models.universal import UniversalEncoder, UniversalModelError, build_universal
+from napari_nrf.settings import UNIVERSAL_FIT
+from napari_nrf.train import fit, train_nrf
+
+__all__ = ["train_nrf", "train_universal", "transfer_subject"]
+
+
+def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=None, model_config: dict | None = None,
+                    backbone_config: dict | None = None, levels=None, feature_shapes: dict | None = None,
+                    **fit_kwargs):
+    """Train a Universal encoder jointly on ``train_sets`` (one ResponseSet per subject; the
+    subjects may have seen different images) with :func:`napari_nrf.train.fit`.
+
+    Each step pairs a batch of one subject's training images with voxels sampled from the
+    same subject. ``model_config`` goes to :class:`UniversalEncoder` (embed_dim, channels,
+    ...); ``fit_kwargs`` to ``fit`` (defaults: :data:`napari_nrf.settings.UNIVERSAL_FIT`). Saves the
+    bundle to ``out`` when given. Returns (model, history).
+    """
+    sets = list(train_sets)
+    kw = UNIVERSAL_FIT.merged(fit_kwargs)
+    model = build_universal(backbone, {rs.subject: rs.coords for rs in sets}, backbone_config=backbone_config,
+                            levels=levels, feature_shapes=feature_shapes, seed=kw.get("seed", 0),
+                            **(model_config or {}))
+    hist = fit(model, sets, **kw)
+    model.provenance.setdefault("training", {})["mode"] = "joint"
+    if out is not None:
+        model.save(out)
+    return model, hist
+
+
+def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "random", **fit_kwargs):
+    """Add the subject of response set ``rs`` to a trained ``model`` by learning only its
+    voxel embeddings (every shared weight frozen; seed 002 section 4.4).
+
+    Uses the training images of ``rs`` (``split == train``; subsample them first for a
+    few-image transfer) and :func:`napari_nrf.train.fit` with
+    ``trainable=model.embedding_filter(subject)``. Returns (model, history); the model
+    keeps its other subjects unchanged.
+    """
+    if not isinstance(model, UniversalEncoder):
+        raise UniversalModelError(f"transfer needs a universal model, got kind {getattr(model, 'kind', '?')!r}")
+    if rs.subject in model.voxel_embeddings:
+        raise UniversalModelError(f"subject {rs.subject!r} is already in the model; rename the response set")
+    model.add_subject(rs.subject, rs.coords, init=init)
+    kw = UNIVERSAL_FIT.merged(fit_kwargs)
+    kw.setdefault("trainable", model.embedding_filter(rs.subject))
+    keep_training = model.provenance.get("training")
+    keep_metrics = dict(model.metrics or {})
+    hist = fit(model, [rs], **kw)
+    # fit records the run it did; the model's own training record stays the joint one.
+    if keep_training is not None:
+        model.provenance["training"] = keep_training
+    model.metrics = {**keep_metrics, f"val_median_pearson_{rs.subject}": hist.best_score}
+    tr = model.provenance.setdefault("transfer", {})
+    tr[rs.subject] = {"n_train_images": int((rs.split == 0).sum()), "best_epoch": hist.best_epoch,
+                      "val_median_pearson": hist.best_score}
+    if out is not None:
+        model.save(out)
+    return model, hist

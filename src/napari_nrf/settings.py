@@ -1,0 +1,128 @@
+"""Training settings: one dataclass with the defaults, the checks and the help text.
+
+:class:`FitSettings` holds the schedule of :func:`napari_nrf.train.fit`. The CLI options
+(:func:`add_fit_arguments` / :meth:`FitSettings.from_args`), the job specs (flat keyword
+arguments, checked by :meth:`FitSettings.check_kwargs` when a job is queued) and the
+widget fields (:func:`field_spec`) are made from it, and fit's own keyword defaults read
+:data:`NRF_FIT`. The recipes differ only in their presets:
+
+=================  ======  ============  ============  =====  ============  ========
+preset             epochs  batch_images  batch_voxels  lr     weight_decay  patience
+=================  ======  ============  ============  =====  ============  ========
+``NRF_FIT``        20      32            2000          3e-4   0.015         5
+``UNIVERSAL_FIT``  20      32            5000          1e-3   0             5
+``TRANSFER_FIT``   30      32            5000          1e-3   0             5
+``FINETUNE_FIT``   10      32            2000          1e-4   0.015         3
+=================  ======  ============  ============  =====  ============  ========
+
+(the Universal presets are the paper's Adam: lr 1e-3, no weight decay, 5000 voxels per
+image; AdamW with weight_decay 0 is Adam).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from napari_nrf.errors import NapariNRFError
+
+
+class SettingsError(NapariNRFError):
+    """Settings that cannot train (a zero batch gives a NaN loss, 0 epochs no model)."""
+
+
+def _f(default, help: str, minimum=None, maximum=None, kind: str = "", optional: bool = False):
+    return field(default=default, metadata={"help": help, "min": minimum, "max": maximum, "kind": kind,
+                                            "optional": optional})
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The schedule of one :func:`napari_nrf.train.fit` run (see the module doc for presets)."""
+
+    epochs: int = _f(20, "training epochs (passes over the training images)", 1, 100000)
+    batch_images: int = _f(32, "images per step", 1, 100000)
+    batch_voxels: int = _f(2000, "voxels sampled per step", 1, 10_000_000)
+    steps_per_epoch: int | None = _f(None, "steps per epoch (default: one pass over the training images)", 1,
+                                     10_000_000, optional=True)
+    lr: float = _f(3e-4, "learning rate (AdamW)", 0.0, None)
+    weight_decay: float = _f(0.015, "AdamW weight decay", 0.0, None)
+    alpha: float = _f(0.1, "weight of the cosine term of the loss, (1 - alpha) MSE - alpha cos", 0.0, 1.0)
+    patience: int = _f(5, "early stopping patience in epochs (validations without improvement)", 1, 100000)
+    seed: int = _f(0, "seeds batch order, voxel sampling and dropout", None, None)
+    val_every: int = _f(1, "validate every this many epochs", 1, 100000)
+
+    # ---- conversions ---------------------------------------------------------------------
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_kwargs(self) -> dict:
+        """The settings as :func:`napari_nrf.train.fit` keyword arguments."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "FitSettings":
+        """A copy with ``changes`` (None values are ignored: "not given")."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def merged(self, kwargs: dict) -> dict:
+        """``kwargs`` with every setting they lack filled in from these settings."""
+        return {**self.to_kwargs(), **kwargs}
+
+    def check(self) -> "FitSettings":
+        """Raise :class:`SettingsError` for settings that cannot train; returns self."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                if f.metadata["optional"]:
+                    continue
+                raise SettingsError(f"{f.name} must be given")
+            lo, hi = f.metadata["min"], f.metadata["max"]
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SettingsError(f"{f.name} must be a finite number, got {v}")
+            if f.name == "lr" and not v > 0:
+                raise SettingsError(f"the learning rate (lr) must be > 0, got {v}")
+            if lo is not None and v < lo:
+                raise SettingsError(f"{f.name} must be at least {lo}, got {v}")
+            if hi is not None and v > hi:
+                raise SettingsError(f"{f.name} must be at most {hi}, got {v}")
+        return self
+
+    def check_kwargs(self, kwargs: dict) -> None:
+        """Check the fit settings among ``kwargs`` (missing ones take these defaults)."""
+        self.replace(**{k: kwargs[k] for k in self.names() if k in kwargs}).check()
+
+    @classmethod
+    def from_args(cls, args, defaults: "FitSettings | None" = None) -> "FitSettings":
+        """Settings from an argparse namespace made with :func:`add_fit_arguments`."""
+        base = defaults or cls()
+        return base.replace(**{n: getattr(args, n, None) for n in cls.names()})
+
+
+NRF_FIT = FitSettings()
+UNIVERSAL_FIT = FitSettings(lr=1e-3, weight_decay=0.0, batch_voxels=5000)
+TRANSFER_FIT = UNIVERSAL_FIT.replace(epochs=30)
+FINETUNE_FIT = FitSettings(epochs=10, lr=1e-4, patience=3)
+
+
+def field_spec(name: str, defaults: FitSettings = NRF_FIT) -> dict:
+    """Default, range and help of setting ``name`` (for a widget field)."""
+    f = {f.name: f for f in dataclasses.fields(FitSettings)}[name]
+    return {"default": getattr(defaults, name), "min": f.metadata["min"], "max": f.metadata["max"],
+            "help": f.metadata["help"]}
+
+
+def add_fit_arguments(parser, defaults: FitSettings = NRF_FIT, skip=(), help: dict | None = None) -> None:
+    """One ``--option`` per setting (``batch_images`` -> ``--batch-images``) with the
+    defaults of ``defaults`` and the dataclass's help; ``skip`` leaves some out."""
+    help = help or {}
+    for f in dataclasses.fields(FitSettings):
+        if f.name in skip:
+            continue
+        d = getattr(defaults, f.name)
+        typ = float if f.type in ("float", float) else int
+        text = help.get(f.name, f.metadata["help"])
+        if d is not None:
+            text += " (default: %(default)s)"
+        parser.add_argument("--" + f.name.replace("_", "-"), type=typ, default=d, help=text)

@@ -1,0 +1,201 @@
+"""Training as background jobs (:mod:`napari_nrf.jobs`): the targets and submit functions.
+
+:func:`finetune_job` (new-subject adaptation, :func:`napari_nrf.finetune.finetune_ensemble`),
+:func:`transfer_job` (embeddings-only transfer, :func:`napari_nrf.recipes.transfer_subject`)
+and :func:`train_job` (a new NRF from scratch, :func:`napari_nrf.train.train_nrf`) run in
+the job's child process with its checkpoints, device, progress and cancel flag;
+:func:`submit_finetune` and :func:`submit_train` check the inputs now and queue one. Every
+job they queue carries ``group="training"`` in its spec (the Training jobs widget lists
+that group).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from napari_nrf.errors import choose_device
+from napari_nrf.finetune import FinetuneError, _load_set, finetune_ensemble, select_images
+from napari_nrf.settings import FINETUNE_FIT
+
+GROUP = "training"
+
+
+def _cancelled_to_job(fn):
+    from napari_nrf.jobs import JobCancelled
+    from napari_nrf.train import TrainingCancelled
+
+    try:
+        return fn()
+    except TrainingCancelled as exc:
+        raise JobCancelled() from exc
+
+
+def finetune_job(ctx, bases, data, out, step_delay: float = 0.0, **kwargs) -> dict:
+    """Job target: :func:`finetune_ensemble` with the job's checkpoints, device, progress
+    and cancel flag; writes ``out``. Returns a JSON summary.
+
+    ``step_delay`` (s) pauses after each training step: only for demos and tests that
+    must watch a tiny job run.
+    """
+    def cancel():
+        if step_delay:
+            time.sleep(step_delay)
+        return ctx.cancelled()
+
+    def run():
+        return finetune_ensemble(bases, data, out=out, checkpoint_dir=ctx.checkpoint_dir, resume=True,
+                                 device=ctx.device, progress=lambda rec: ctx.report(**rec),
+                                 cancel=cancel, **kwargs)
+
+    _, info = _cancelled_to_job(run)
+    return {"out": str(out), "subject": info["subject"], "n_train_images": info["n_train_images"],
+            "val_pearson": info["ensemble_val_pearson"], "base_val_pearson": info["val_pearson"]}
+
+
+def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwargs) -> dict:
+    """Job target: embeddings-only transfer of a universal encoder to a new subject
+    (seed 002 section 4.4); writes the universal bundle with the subject added to ``out``."""
+    from napari_nrf.models import load_model
+    from napari_nrf.recipes import transfer_subject
+
+    if Path(base).resolve() == Path(out).resolve():
+        raise FinetuneError("the output is the base model; choose another file")
+    sub, _ = select_images(_load_set(data), n_images, seed)
+    model = load_model(base, device=ctx.device)
+    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
+        from napari_nrf.features import FeatureCache
+
+        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
+
+    def prog(done, total):
+        if done == total or done % 5 == 0:
+            ctx.report(stage="transfer", step=int(done), steps=int(total), fraction=done / max(total, 1))
+
+    def on_epoch(rec):
+        ctx.report(stage="transfer", epoch=rec["epoch"], loss=rec.get("train_loss"),
+                   val_pearson=rec.get("val_median_pearson"))
+
+    def run():
+        return transfer_subject(model, sub, out=out, checkpoint_dir=ctx.checkpoint_dir / "transfer", resume=True,
+                                seed=seed, progress=prog, on_epoch=on_epoch, cancel=ctx.cancelled,
+                                device=ctx.device, **fit_kwargs)
+
+    _, hist = _cancelled_to_job(run)
+    return {"out": str(out), "subject": sub.subject, "val_pearson": hist.best_score}
+
+
+def _checked_out(out) -> str:
+    """The absolute output path, checked now (not when the job ends)."""
+    from napari_nrf.models.bundle import BundleError, check_bundle_path
+
+    out = str(Path(out).expanduser().resolve())
+    try:
+        check_bundle_path(out)
+    except BundleError as exc:
+        raise FinetuneError(str(exc)) from exc
+    return out
+
+
+def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str = "demo",
+              model_overrides: dict | None = None, step_delay: float = 0.0, **fit_kwargs) -> dict:
+    """Job target: a new NRF trained from scratch on the response sets ``data`` (a list of
+    .h5 paths; several subjects train one field on the union of their voxels) through
+    :func:`napari_nrf.train.train_nrf`; writes ``out``. Resumes from the job's checkpoint
+    after a cancel or a crash. ``step_delay`` (s): a pause per step, for tests and demos."""
+    from napari_nrf.train import train_nrf
+
+    if isinstance(data, (str, Path)):
+        data = [data]
+    sets = [_load_set(p) for p in data]
+    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
+        from napari_nrf.features import FeatureCache
+
+        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
+
+    def prog(done, total):
+        if done == total or done % 5 == 0:  # a JSON line per 5 steps is plenty for a bar
+            ctx.report(stage="training", step=int(done), steps=int(total), fraction=done / max(total, 1))
+
+    def on_epoch(rec):
+        ctx.report(stage="training", epoch=rec["epoch"], loss=rec.get("train_loss"),
+                   val_pearson=rec.get("val_median_pearson"))
+
+    def cancel():
+        if step_delay:
+            time.sleep(step_delay)
+        return ctx.cancelled()
+
+    def features(done, total, subject):
+        # No fraction: the job's ETA is the training steps' rate, not the backbone's.
+        if total and (done == total or done % 64 == 0):
+            ctx.report(stage=f"features {subject} {done}/{total}")
+
+    def run():
+        return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
+                         checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
+                         progress=prog, on_epoch=on_epoch, cancel=cancel, feature_progress=features,
+                         **fit_kwargs)
+
+    _, hist = _cancelled_to_job(run)
+    return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,
+            "val_pearson": hist.best_score}
+
+
+def submit_train(manager, data, out, *, device: str | None = None, overwrite: bool = False, start: bool = True,
+                 threads: int | None = None, **kwargs):
+    """Queue a :func:`train_job` (a new NRF on the response sets ``data``) on ``manager``;
+    returns the :class:`~napari_nrf.jobs.Job`. ``kwargs``: backbone, preset, model_overrides
+    and :func:`napari_nrf.train.fit` settings. Inputs are checked now, not in the child."""
+    from napari_nrf.train import check_fit_settings
+
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    if not data:
+        raise FinetuneError("choose at least one response set (.h5)")
+    data = [str(Path(d).expanduser().resolve()) for d in data]
+    for d in data:
+        if not Path(d).exists():
+            raise FinetuneError(f"response set not found: {d}")
+    out = _checked_out(out)
+    from napari_nrf.features import BACKBONES
+    from napari_nrf.models.nrf import PRESETS
+
+    if kwargs.get("backbone", "efficientnet-lite0") not in BACKBONES:
+        raise FinetuneError(f"unknown backbone {kwargs['backbone']!r}; available: {', '.join(sorted(BACKBONES))}")
+    if kwargs.get("preset", "demo") not in PRESETS:
+        raise FinetuneError(f"unknown preset {kwargs['preset']!r}; available: {', '.join(PRESETS)}")
+    check_fit_settings(kwargs)
+    device = choose_device(device)
+    if kwargs.get("feature_cache") is not None:
+        kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
+    subjects = "1 subject" if len(data) == 1 else f"{len(data)} subjects"
+    name = f"train {Path(out).stem} ({kwargs.get('preset', 'demo')} NRF, {subjects})"
+    return manager.submit("napari_nrf.train_jobs:train_job", {"data": data, "out": out, **kwargs}, name=name,
+                          device=device, outputs=[out], protected=data, overwrite=overwrite, start=start,
+                          threads=threads, group=GROUP)
+
+
+def submit_finetune(manager, bases, data, out, *, device: str | None = None, overwrite: bool = False,
+                    start: bool = True, threads: int | None = None, **kwargs):
+    """Queue a finetune + ensemble job on ``manager``; returns the :class:`~napari_nrf.jobs.Job`.
+
+    Paths are made absolute (the child may start elsewhere); the bases are protected inputs.
+    """
+    bases = [str(Path(b).expanduser().resolve()) for b in bases]
+    for b in bases:
+        if not Path(b).exists():
+            raise FinetuneError(f"base model not found: {b}")
+    data = str(Path(data).expanduser().resolve())
+    if not Path(data).exists():
+        raise FinetuneError(f"response set not found: {data}")
+    out = _checked_out(out)
+    from napari_nrf.train import check_fit_settings
+
+    check_fit_settings(kwargs, FINETUNE_FIT)
+    device = choose_device(device)
+    if kwargs.get("feature_cache") is not None:
+        kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
+    name = f"finetune {Path(out).stem} ({len(bases)} bases, {kwargs.get('n_images') or 'all'} images)"
+    return manager.submit("napari_nrf.train_jobs:finetune_job", {"bases": bases, "data": data, "out": out, **kwargs},
+                          name=name, device=device, outputs=[out], protected=bases + [data], overwrite=overwrite,
+                          start=start, threads=threads, group=GROUP)

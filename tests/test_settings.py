@@ -1,0 +1,40 @@
+"""One training settings dataclass: fit's defaults, the CLI options and the widget fields
+are made from it, and its checks refuse settings that cannot train."""
+
+import inspect
+
+import pytest
+
+from napari_nrf.settings import (FINETUNE_FIT, NRF_FIT, TRANSFER_FIT, UNIVERSAL_FIT, FitSettings, SettingsError,
+                                 field_spec)
+
+
+def test_fit_reads_its_defaults_from_the_settings():
+    from napari_nrf.train import fit
+
+    params = inspect.signature(fit).parameters
+    for name, value in NRF_FIT.to_kwargs().items():
+        assert params[name].default == value, name
+
+
+@pytest.mark.parametrize("command, preset", [("train", NRF_FIT), ("train-universal", UNIVERSAL_FIT),
+                                             ("transfer", TRANSFER_FIT), ("finetune", FINETUNE_FIT)])
+def test_cli_options_are_made_from_the_settings(command, preset):
+    from napari_nrf.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    defaults = {a.dest: a.default for a in sub._actions}
+    for name, value in preset.to_kwargs().items():
+        if name != "val_every":
+            assert defaults[name] == value, (command, name)
+
+
+def test_checks_and_presets():
+    assert UNIVERSAL_FIT.lr == 1e-3 and UNIVERSAL_FIT.weight_decay == 0 and UNIVERSAL_FIT.batch_voxels == 5000
+    assert FINETUNE_FIT.epochs == 10 and FINETUNE_FIT.patience == 3 and FINETUNE_FIT.lr == 1e-4
+    for bad in ({"epochs": 0}, {"lr": 0.0}, {"alpha": 1.5}, {"weight_decay": -1.0}, {"lr": float("nan")}):
+        with pytest.raises(SettingsError, match=next(iter(bad))):
+            FitSettings().replace(**bad).check()
+    FitSettings(steps_per_epoch=None).check()
+    spec = field_spec("epochs", FINETUNE_FIT)
+    assert spec["default"] == 10 and spec["min"] == 1 and "epochs" in spec["help"]
