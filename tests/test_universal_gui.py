@@ -25,12 +25,12 @@ def _model():
 
 
 def test_voxel_clusters_widget_adds_labels_and_feeds_region_explorer(make_napari_viewer, qtbot):
-    from napari_nrf.widgets import dock_all
+    from _plugin import open_widgets
     from napari_nrf.widgets._library import ImageLibrary
     from napari_nrf.widgets._state import state_for
 
     viewer = make_napari_viewer()
-    widgets = dock_all(viewer)
+    widgets = open_widgets(viewer)
     cw, rx = widgets["Voxel clusters"], widgets["Region explorer"]
     model = _model()
     state_for(viewer).set_model(model)

@@ -8,6 +8,7 @@ import pytest
 
 from napari_nrf import space
 
+from _plugin import open_widgets
 from _standin_model import BLOB, BlobModel, colour_image
 
 pytestmark = pytest.mark.gui
@@ -15,13 +16,10 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def docked(make_napari_viewer):
-    from napari_nrf.widgets import dock_all
-    from napari_nrf.widgets._state import state_for
-
     viewer = make_napari_viewer()
-    widgets = dock_all(viewer)
+    widgets = open_widgets(viewer)  # Plugins > napari-nrf > each widget
     model = BlobModel()
-    state_for(viewer).set_model(model)
+    widgets["Encoding model"].set_model(model)
     vw = widgets["Response volume"]
     vw.resolution.setValue(4.0)  # coarse grid: fast tests
     return viewer, widgets, model

@@ -204,18 +204,7 @@ class VoxelClustersWidget(QWidget):
         self.done.emit(maps)
 
     def _connect_region_explorer(self):
-        """Make the docked Region explorer pick labels on the first new cluster layer."""
-        if not self.layers:
-            return None
-        try:
-            docks = dict(self.viewer.window.dock_widgets)
-        except Exception:  # a ViewerModel without a window (tests)
-            return None
-        from .region_widget import RegionExplorerWidget
-
-        for w in docks.values():
-            if isinstance(w, RegionExplorerWidget):
-                w._refresh_sources()
-                w.source.setCurrentText(self.layers[0].name)
-                return w
-        return None
+        """Make the Region explorer (however it was opened) pick labels on the first new
+        cluster layer, through the viewer's shared state."""
+        if self.layers:
+            self.state.region_source.emit(self.layers[0].name)

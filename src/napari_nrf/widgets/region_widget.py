@@ -206,6 +206,7 @@ class RegionExplorerWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_sources)
         self.viewer.layers.events.removed.connect(self._refresh_sources)
         self.state.library_changed.connect(self._library_changed)
+        self.state.region_source.connect(self.use_source)
         self._refresh_sources()
         self._library_changed(self.state.library)
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
@@ -424,6 +425,12 @@ class RegionExplorerWidget(QWidget):
     def n_thumbnails(self) -> int:
         """Number of image thumbnails shown (top + bottom)."""
         return sum(1 for w in self.thumb_labels if not isinstance(w, QLabel))
+
+    def use_source(self, name: str) -> None:
+        """Pick regions on the Labels layer ``name`` from now on."""
+        self._refresh_sources()
+        if name in self.viewer.layers:
+            self.source.setCurrentText(name)
 
     def _refresh_sources(self, event=None):
         from napari.layers import Labels
