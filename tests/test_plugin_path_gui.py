@@ -76,3 +76,85 @@ def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
         assert container.widgets["Response volume"].subject.count() > 0
     finally:
         viewer.close()
+
+
+def test_nifti_open_save_and_drop_through_napari(make_napari_viewer, qtbot, tmp_path):
+    """File > Open, File > Save Layers and a drop on the Response volume widget, through
+    napari's own reader/writer machinery (npe2 contributions of the manifest)."""
+    import numpy as np
+    from PIL import Image
+
+    from napari_nrf import space
+    from napari_nrf.widgets._render import layer_kind
+    from _standin_model import colour_image
+
+    g = space.Grid.from_extent(4.0, [-60, -80, -30], [60, 40, 50])
+    lab = np.zeros(g.shape, np.uint8)
+    lab[:10] = 1
+    lab[15:] = 2
+    space.save_nifti(lab, g, tmp_path / "atlas.nii.gz")
+    (tmp_path / "atlas.txt").write_text("1\tLeft thing\n2\tRight thing\n")
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    viewer = make_napari_viewer()
+    # File > Open: napari's builtins (imageio) also claim .nii, so napari asks once which
+    # reader to use; ours is offered ...
+    with pytest.raises(MultipleReaderError, match="napari-nrf"):
+        viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
+    # ... and the dialog's "remember" writes this preference, after which File > Open and a
+    # drop on the canvas go straight to napari-nrf.
+    settings = get_settings().plugins
+    saved = dict(settings.extension2reader)
+    settings.extension2reader = {**saved, "*.nii.gz": "napari-nrf", "*.nii": "napari-nrf"}
+    request_cleanup = lambda: setattr(settings, "extension2reader", saved)  # noqa: E731
+    try:
+        _nifti_checks(viewer, qtbot, tmp_path, g, lab)
+    finally:
+        request_cleanup()
+
+
+def _nifti_checks(viewer, qtbot, tmp_path, g, lab):
+    import numpy as np
+    from PIL import Image
+
+    from napari_nrf import space
+    from napari_nrf.widgets._render import layer_kind
+    from _standin_model import colour_image
+
+    layers = viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
+    atlas = layers[0]
+    assert type(atlas).__name__ == "Labels"
+    ref, kw = space.layer_data(lab, g)
+    assert np.array_equal(atlas.data, ref) and np.allclose(atlas.translate, kw["translate"])
+    pos = space.mni_to_world([-50.0, -20.0, 10.0])
+    assert atlas.get_value(pos, world=True) == 1
+    assert "name: Left thing" in atlas._get_properties(pos, world=True)
+
+    widgets = {n: viewer.window.add_plugin_dock_widget(PLUGIN, n)[1] for n in ("Encoding model", "Response volume")}
+    widgets["Encoding model"].set_model(BlobModel())
+    vw = widgets["Response volume"]
+    vw.resolution.setValue(4.0)
+    photo = tmp_path / "red.png"
+    Image.fromarray(colour_image(0.9, 0.0, 32)).save(photo)
+    stat = np.linspace(-1, 1, g.n_points, dtype=np.float32).reshape(g.shape)
+    space.save_nifti(stat, g, tmp_path / "stat.nii")
+    rendered = []
+    vw.on_rendered(rendered.extend)
+    worker = vw.add_paths([str(tmp_path / "stat.nii"), str(photo)])  # what a drop of both does
+    assert "stat" in viewer.layers and worker is not None            # the NIfTI went to the reader
+    qtbot.waitUntil(lambda: bool(rendered), timeout=30000)           # the photo to the widget
+    red = viewer.layers["red"]
+    assert layer_kind(red) == "response"
+    assert red.metadata["napari_nrf"]["mask"] == "data"              # honest default extent
+
+    out = tmp_path / "saved" / "red.nii.gz"
+    out.parent.mkdir()
+    viewer.layers.selection = {red}
+    viewer.layers.save(str(out), selected=True)                     # File > Save Selected Layers
+    vol, grid = space.load_nifti(out)
+    assert grid == red.metadata["napari_nrf"]["grid"]
+    assert np.array_equal(vol, red.metadata["napari_nrf"]["volume"], equal_nan=True)
+    assert (out.parent / "red.json").is_file()
+    back = viewer.open(str(out), plugin=None)[0]
+    assert layer_kind(back) == "response" and np.array_equal(back.data, red.data)

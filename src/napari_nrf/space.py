@@ -436,8 +436,18 @@ def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
     return data, grid
 
 
-def to_nifti(volume: np.ndarray, grid: Grid, dtype=None):
-    """A ``nibabel.Nifti1Image`` of ``volume`` (grid.shape [+ extra dims]) with MNI sform/qform."""
+# NIfTI intent codes written by napari-nrf (nifti1.h).
+INTENT_NONE, INTENT_ESTIMATE, INTENT_LABEL = 0, 1001, 1002
+
+
+def to_nifti(volume: np.ndarray, grid: Grid, dtype=None, description: str | None = None,
+             intent: int | str | None = None, intent_name: str = ""):
+    """A ``nibabel.Nifti1Image`` of ``volume`` (grid.shape [+ extra dims]) with MNI sform/qform.
+
+    ``description`` goes to the header's 80-byte ``descrip`` field (cut to fit);
+    ``intent`` is a NIfTI intent code or nibabel name ("estimate", "label"; default none)
+    and ``intent_name`` its 16-byte name (e.g. "response").
+    """
     import nibabel as nib
 
     volume = np.asarray(volume)
@@ -453,20 +463,62 @@ def to_nifti(volume: np.ndarray, grid: Grid, dtype=None):
     img.header.set_xyzt_units("mm", "sec")
     img.set_sform(grid.affine, code=XFORM_MNI)
     img.set_qform(grid.affine, code=XFORM_MNI)
+    if description:
+        img.header["descrip"] = description.encode("ascii", "replace")[:79]
+    if intent is not None:
+        img.header.set_intent(intent, name=intent_name[:15])
     return img
 
 
-def save_nifti(volume: np.ndarray, grid: Grid, path, dtype=None) -> Path:
-    """Write ``volume`` on ``grid`` to ``path`` (.nii or .nii.gz) atomically; returns the path."""
+def nifti_stem(path) -> str:
+    """File name without ``.nii``/``.nii.gz`` (``a/b.nii.gz`` -> ``b``)."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def sidecar_path(path) -> Path:
+    """The JSON sidecar of a NIfTI file, BIDS style: ``x.nii.gz`` -> ``x.json``."""
+    return Path(path).with_name(nifti_stem(path) + ".json")
+
+
+def save_nifti(volume: np.ndarray, grid: Grid, path, dtype=None, description: str | None = None,
+               intent: int | str | None = None, intent_name: str = "", sidecar: dict | None = None) -> Path:
+    """Write ``volume`` on ``grid`` to ``path`` (.nii or .nii.gz) atomically; returns the path.
+
+    ``description``, ``intent`` and ``intent_name`` go to the header (:func:`to_nifti`);
+    ``sidecar`` (JSON-able dict) is written beside it as :func:`sidecar_path`, also atomically.
+    """
+    import json
+
     import nibabel as nib
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
-    nib.save(to_nifti(volume, grid, dtype=dtype), str(tmp))
+    nib.save(to_nifti(volume, grid, dtype=dtype, description=description, intent=intent,
+                      intent_name=intent_name), str(tmp))
     os.replace(tmp, path)
+    if sidecar is not None:
+        side = sidecar_path(path)
+        tmp = side.with_name(f".{side.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(sidecar, indent=2, default=str))
+        os.replace(tmp, side)
     return path
+
+
+def read_sidecar(path) -> dict:
+    """The JSON sidecar of NIfTI ``path`` ({} when there is none or it is unreadable)."""
+    import json
+
+    try:
+        out = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 # ---- napari placement ---------------------------------------------------------------
@@ -475,25 +527,29 @@ def layer_data(volume: np.ndarray, grid: Grid) -> tuple[np.ndarray, dict]:
 
     ``data`` is ``volume.transpose(2, 1, 0)`` (z, y, x; a view, no copy) and
     ``kwargs = {"scale": zooms[::-1], "translate": origin[::-1]}``, so that napari world
-    coordinates are MNI mm in (z, y, x) order.
+    coordinates are MNI mm in (z, y, x) order. A 4D volume (X, Y, Z, T) becomes
+    (T, z, y, x) with scale 1 and translate 0 on the volume axis (napari's slider).
     """
     volume = np.asarray(volume)
-    if volume.shape[:3] != grid.shape:
-        raise SpaceError(f"volume shape {volume.shape[:3]} does not match grid {grid.shape}")
-    return volume.transpose(2, 1, 0), {
-        "scale": tuple(float(v) for v in grid.zooms[::-1]),
-        "translate": tuple(float(v) for v in grid.origin[::-1]),
-    }
+    if volume.ndim not in (3, 4) or volume.shape[:3] != grid.shape:
+        raise SpaceError(f"volume shape {volume.shape} does not match grid {grid.shape}")
+    scale = tuple(float(v) for v in grid.zooms[::-1])
+    translate = tuple(float(v) for v in grid.origin[::-1])
+    if volume.ndim == 4:
+        return volume.transpose(3, 2, 1, 0), {"scale": (1.0,) + scale, "translate": (0.0,) + translate}
+    return volume.transpose(2, 1, 0), {"scale": scale, "translate": translate}
 
 
 def layer_to_volume(data: np.ndarray, scale, translate) -> tuple[np.ndarray, Grid]:
-    """Inverse of :func:`layer_data`: napari (z, y, x) data + scale/translate -> (volume, grid)."""
+    """Inverse of :func:`layer_data`: napari (z, y, x) or (T, z, y, x) data + scale/translate
+    -> (volume (X, Y, Z) or (X, Y, Z, T), grid)."""
     data = np.asarray(data)
-    if data.ndim != 3:
-        raise SpaceError(f"expected a 3D layer, got {data.ndim} dimensions")
+    if data.ndim not in (3, 4):
+        raise SpaceError(f"expected a 3D layer (or 3D + volumes), got {data.ndim} dimensions")
     scale = np.asarray(scale, dtype=np.float64)[-3:]
     translate = np.asarray(translate, dtype=np.float64)[-3:]
-    return data.transpose(2, 1, 0), Grid(data.shape[::-1], translate[::-1], scale[::-1])
+    grid = Grid(data.shape[-3:][::-1], translate[::-1], scale[::-1])
+    return data.transpose(tuple(range(data.ndim))[::-1]), grid
 
 
 def world_to_mni(position) -> np.ndarray:

@@ -24,4 +24,4 @@ def demo_response_volume():
     from ._render import template_layer_data, volume_layer_data
 
     vol, grid, name = demo_sample_volume()
-    return [template_layer_data(2.0), volume_layer_data(vol, grid, name)]
+    return [template_layer_data(2.0), volume_layer_data(vol, grid, name, image=name, mask="data")]
