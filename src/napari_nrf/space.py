@@ -527,17 +527,20 @@ def layer_data(volume: np.ndarray, grid: Grid) -> tuple[np.ndarray, dict]:
 
     ``data`` is ``volume.transpose(2, 1, 0)`` (z, y, x; a view, no copy) and
     ``kwargs = {"scale": zooms[::-1], "translate": origin[::-1]}``, so that napari world
-    coordinates are MNI mm in (z, y, x) order. A 4D volume (X, Y, Z, T) becomes
-    (T, z, y, x) with scale 1 and translate 0 on the volume axis (napari's slider).
+    coordinates are MNI mm in (z, y, x) order; ``axis_labels`` ("z", "y", "x") and
+    ``units`` (mm) name them. A 4D volume (X, Y, Z, T) becomes (T, z, y, x) with scale 1
+    and translate 0 on the volume axis (napari's slider).
     """
     volume = np.asarray(volume)
     if volume.ndim not in (3, 4) or volume.shape[:3] != grid.shape:
         raise SpaceError(f"volume shape {volume.shape} does not match grid {grid.shape}")
     scale = tuple(float(v) for v in grid.zooms[::-1])
     translate = tuple(float(v) for v in grid.origin[::-1])
+    labels, units = ("z", "y", "x"), ("mm", "mm", "mm")
     if volume.ndim == 4:
-        return volume.transpose(3, 2, 1, 0), {"scale": (1.0,) + scale, "translate": (0.0,) + translate}
-    return volume.transpose(2, 1, 0), {"scale": scale, "translate": translate}
+        return volume.transpose(3, 2, 1, 0), {"scale": (1.0,) + scale, "translate": (0.0,) + translate,
+                                              "axis_labels": ("volume",) + labels, "units": ("pixel",) + units}
+    return volume.transpose(2, 1, 0), {"scale": scale, "translate": translate, "axis_labels": labels, "units": units}
 
 
 def layer_to_volume(data: np.ndarray, scale, translate) -> tuple[np.ndarray, Grid]:
@@ -563,8 +566,20 @@ def mni_to_world(xyz) -> np.ndarray:
     return np.asarray(xyz, dtype=np.float64)[::-1].copy()
 
 
-# Camera orientation for napari >= 0.5 giving the radiological habit (anterior up in axial).
-NAPARI_CAMERA_ORIENTATION = ("away", "up", "right")
+# Camera orientation for napari >= 0.5 (depth, vertical, horizontal of the displayed z, y, x).
+# 2D: anterior up and the subject's right on the screen's right in axial slices, superior
+# up in coronal and sagittal ones: the neurological convention (nilearn's default), as
+# seen from above / behind. 3D: "towards" keeps the rendering a rotation of the brain;
+# "away" (the value used before) showed its mirror image (a right blob on the screen's
+# right when seen from the front), see tests/test_view_gui.py.
+NAPARI_CAMERA_ORIENTATION = ("towards", "up", "right")
+
+# 3D camera angles of the plugin's views: from behind, left and above (the occipital and
+# ventral visual cortex, where the demo's data are).
+NAPARI_CAMERA_ANGLES = (-30.0, 0.0, 70.0)
+
+# Letters of the MNI axes' negative and positive directions.
+MNI_AXIS_LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 # ---- streaming 4D NIfTI (one volume chunk at a time) -------------------------------

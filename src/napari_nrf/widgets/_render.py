@@ -106,16 +106,21 @@ def layer_kind(layer) -> str | None:
 def ensure_template(viewer, resolution: float = 2.0):
     """Add the MNI152 template once (below every other layer); returns the template layer."""
     for layer in viewer.layers:
-        if layer_kind(layer) == "template":
+        if layer_kind(layer) == "template" or _is_sample_template(layer):
             return layer
     data, kw, _ = template_layer_data(resolution)
     layer = viewer.add_image(data, **kw)
     viewer.layers.move(viewer.layers.index(layer), 0)
-    try:  # radiological habit: anterior up in axial views (napari >= 0.5)
-        viewer.camera.orientation = space.NAPARI_CAMERA_ORIENTATION
-    except Exception:  # older napari without camera.orientation
-        pass
+    from ._view import setup_mni_view
+
+    setup_mni_view(viewer)  # neurological orientation, labelled mm axes, orientation letters
     return layer
+
+
+def _is_sample_template(layer) -> bool:
+    """The MNI152 layer of the plugin's sample data opened before this session's helpers
+    tagged it: reuse it instead of adding a second template."""
+    return getattr(layer, "name", None) == "MNI152" and layer.ndim == 3
 
 
 def layer_volume(layer) -> tuple[np.ndarray, space.Grid]:

@@ -176,6 +176,11 @@ class ResponseVolumeWidget(QWidget):
         self.opacity.setValue(90)
         self.opacity.valueChanged.connect(lambda v: self.set_opacity(v / 100))
         disp.addRow("opacity", self.opacity)
+        self.goto = QLineEdit()
+        self.goto.setPlaceholderText("x, y, z (MNI mm), Enter")
+        self.goto.setToolTip("Move the slices and the view to this MNI point")
+        self.goto.returnPressed.connect(self._goto)
+        disp.addRow("go to MNI", self.goto)
         lay.addLayout(disp)
 
         crow = QHBoxLayout()
@@ -471,6 +476,16 @@ class ResponseVolumeWidget(QWidget):
                 show_error(f"napari-nrf: export failed: {exc}")
                 return
             show_info(f"napari-nrf: wrote {out}")
+
+    def _goto(self):
+        from napari.utils.notifications import show_error
+
+        from ._view import go_to_mni, parse_mni
+
+        try:
+            go_to_mni(self.viewer, parse_mni(self.goto.text()))
+        except ValueError as exc:
+            show_error(f"napari-nrf: {exc}")
 
     def set_threshold(self, frac: float):
         """Hide |value| < frac * colour limit on every response layer (frac in [0, 1))."""
