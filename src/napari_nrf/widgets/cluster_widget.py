@@ -158,6 +158,7 @@ class VoxelClustersWidget(QWidget):
 
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
+        self.progress_bar.start(f"napari-nrf: clustering into {k}")
         self.info.setText(f"clustering {sum(len(model.subjects[s]) for s in subjects)} voxels into {k} clusters…")
         self.worker = start_worker(_cluster_job, model, subjects, k, res, progress,
                                    on_result=lambda maps: self._show(maps, k), on_error=self._failed,
@@ -173,6 +174,7 @@ class VoxelClustersWidget(QWidget):
     def _finished(self):
         self.run_btn.setEnabled(self.state.model is not None and hasattr(self.state.model, "embeddings"))
         self.cancel_btn.setEnabled(False)
+        self.progress_bar.reset_idle()
 
     def _failed(self, exc):
         from napari.utils.notifications import show_error, show_info

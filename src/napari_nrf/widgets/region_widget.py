@@ -256,6 +256,8 @@ class RegionExplorerWidget(QWidget):
         """Mouse-drag callback: a press and release without moving is a pick."""
         if not self.enabled.isChecked() or event.button != 1 or event.modifiers:
             return
+        if self.state.model is None or self.state.library is None:
+            return  # nothing to rank yet: a click must not add layers or pop-ups
         moved = False
         yield
         while event.type == "mouse_move":
@@ -351,7 +353,7 @@ class RegionExplorerWidget(QWidget):
         def progress(done, total):
             prog.changed.emit(int(done), int(total or 0))
 
-        self.progress_bar.start()
+        self.progress_bar.start("napari-nrf: ranking the library for the region")
         self.cancel_btn.setEnabled(True)
         self.worker = start_worker(_top_job, model, library, xyz, int(self.k.value()), subject, progress,
                                    on_result=lambda res: self._show(res, library, cancel),

@@ -353,7 +353,7 @@ class ResponseVolumeWidget(QWidget):
             return None
         subject = self.current_subject()
         self._cancel = cancel = threading.Event()
-        self.progress_bar.start()
+        self.progress_bar.start(f"napari-nrf: rendering {', '.join(names)}")
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
         prog = self._progress
