@@ -51,6 +51,7 @@ def test_voxel_clusters_widget_adds_labels_and_feeds_region_explorer(make_napari
     assert lab == left
     # The Region explorer now picks on the cluster layer: a click ranks library images.
     assert rx.source.currentText() == layer.name
+    assert [t for _, t in rx.legend_entries()] == ["1  cluster 1", "2  cluster 2"]  # the legend names them
     rng = np.random.default_rng(0)
     rx.set_library(ImageLibrary(rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), label="noise",
                                 features={"embedding": rng.normal(size=(6, 8)).astype(np.float32)},

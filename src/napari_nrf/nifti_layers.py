@@ -262,6 +262,10 @@ def read_nifti(path) -> list[tuple]:
         kw.update(colormap="gray" if vol.ndim == 3 else "inferno")
     if vol.ndim == 4:
         md["volume_axis"] = "volume"
+        if table_path is not None:  # a probabilistic atlas: one name per volume
+            table = read_label_table(table_path, np.arange(vol.shape[3] + 1))
+            keys = sorted(k for k in table if k != 0 or len(table) == vol.shape[3])
+            md["volume_names"] = {i: table[k]["name"] for i, k in enumerate(keys[: vol.shape[3]])}
     return [(ldata, kw, "image")]
 
 

@@ -126,7 +126,7 @@ def _is_sample_template(layer) -> bool:
 def layer_volume(layer) -> tuple[np.ndarray, space.Grid]:
     """(volume (X, Y, Z), grid) of a 3D napari layer placed in MNI world coordinates."""
     md = (layer.metadata or {}).get(META) or {}
-    if "volume" in md and "grid" in md:
+    if md.get("volume") is not None and md.get("grid") is not None:
         return md["volume"], md["grid"]
     return space.layer_to_volume(np.asarray(layer.data), layer.scale, layer.translate)
 
