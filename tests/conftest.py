@@ -25,3 +25,13 @@ def effnet():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny_model():
+    """A tiny untrained NRF with two training voxels in the occipital lobes."""
+    from napari_nrf.models.nrf import build_nrf
+
+    m = build_nrf("efficientnet-lite0", "tiny")
+    m.subjects = {"sub-01": np.array([[-40.0, -80, 0], [40, -80, 0]], np.float32)}
+    return m

@@ -216,14 +216,14 @@ def test_cli_query(case, data, probe_png, tmp_path):
 def test_response_volume_widget_renders(case, data, probe_png, effnet, make_napari_viewer, qtbot):
     from PIL import Image
 
-    from napari_nrf.widgets import dock_all
+    from _plugin import open_widgets
     from napari_nrf.widgets._state import state_for
 
     (kind, _), model = case
     rs, _ = data
     object.__setattr__(model, "_backbone", effnet)  # the session's backbone: no rebuild
     viewer = make_napari_viewer()
-    vw = dock_all(viewer)["Response volume"]
+    vw = open_widgets(viewer, ["Response volume"])["Response volume"]
     state_for(viewer).set_model(model)
     vw.resolution.setValue(4.0)
     if not model.continuous:

@@ -82,6 +82,13 @@ def test_demo_volume_sample_data(monkeypatch, tiny_model, tmp_path):
     assert tkind == vkind == "image" and tkw["name"] == "MNI152" and vkw["name"] == "astronaut"
     assert vdata.shape == tdata.shape == space.Grid.mni(2.0).shape[::-1]
     assert tuple(vkw["translate"]) == tuple(space.Grid.mni(2.0).origin[::-1])
+    # honest extent: computed where the model has data, NaN (shown transparent) elsewhere
+    from napari_nrf.query import coverage_mask
+
+    vol = vkw["metadata"]["napari_nrf"]["volume"]
+    cover = coverage_mask(tiny_model, space.Grid.mni(2.0))
+    assert 0 < np.isfinite(vol).sum() == cover.sum() < space.brain_mask(space.Grid.mni(2.0)).sum()
+    assert vkw["metadata"]["napari_nrf"]["mask"] == "data"
 
 
 def test_demo_view_follows_the_opengl_renderer(make_napari_viewer):

@@ -73,12 +73,12 @@ def test_cli_query_renders_the_finetuned_ensemble(finetuned, tmp_path):
 
 @pytest.mark.gui
 def test_response_volume_widget_renders_the_finetuned_ensemble(finetuned, make_napari_viewer, qtbot):
-    from napari_nrf.widgets import dock_all
+    from _plugin import open_widgets
     from napari_nrf.widgets._state import state_for
 
     out, _, img = finetuned
     viewer = make_napari_viewer()
-    vw = dock_all(viewer)["Response volume"]
+    vw = open_widgets(viewer, ["Response volume"])["Response volume"]
     state_for(viewer).set_model(load_model(out))
     rendered = []
     vw.on_rendered(rendered.extend)

@@ -77,6 +77,21 @@ def test_cli_train_evaluate_query(data_file, tmp_path, capsys):
     Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(img)
     rc = main(["query", str(model), str(img), "--resolution", "8", "--out", str(tmp_path / "vols")])
     assert rc == 0
+    # Default extent: where the model has data (its training voxels), with a sidecar saying so.
+    from napari_nrf.models import load_model
+    from napari_nrf.query import coverage_mask
+
     vol, grid = space.load_nifti(tmp_path / "vols" / "cat.nii.gz")
-    assert grid == space.Grid.mni(8.0) and np.isfinite(vol).sum() == space.brain_mask(grid).sum()
+    cover = coverage_mask(load_model(model, device="cpu"), grid)
+    assert grid == space.Grid.mni(8.0) and np.isfinite(vol).sum() == cover.sum() < space.brain_mask(grid).sum()
+    side = json.loads((tmp_path / "vols" / "cat.json").read_text())
+    assert side["mask"] == "data" and not side["extrapolation"] and side["model_sha256"] and side["image"]
+    # The whole brain is one flag away, labelled as extrapolation; 0 outside on request.
+    rc = main(["query", str(model), str(img), "--resolution", "8", "--mask", "brain", "--outside", "0",
+               "--out", str(tmp_path / "whole")])
+    assert rc == 0
+    vol, _ = space.load_nifti(tmp_path / "whole" / "cat.nii.gz")
+    assert np.isfinite(vol).all() and (vol != 0).sum() == space.brain_mask(grid).sum()
+    side = json.loads((tmp_path / "whole" / "cat.json").read_text())
+    assert side["extrapolation"] and side["outside_mask"] == "0" and "extrapolation" in capsys.readouterr().err
     assert main(["query", str(model), str(img), "--resolution", "0.1", "--out", str(tmp_path)]) == 2

@@ -8,14 +8,17 @@ pytestmark = pytest.mark.gui
 
 
 def _docks(viewer, tmp_path):
-    """The Encoding model and Training jobs widgets docked in ``viewer``; fast polling."""
-    from napari_nrf.widgets.jobs_widget import FinetuneJobsWidget
-    from napari_nrf.widgets.model_widget import EncodingModelWidget
+    """The Encoding model and Training jobs widgets opened from the Plugins menu; fast polling."""
+    import os
 
-    mw = EncodingModelWidget(napari_viewer=viewer)
-    viewer.window.add_dock_widget(mw, name="Encoding model")
-    w = FinetuneJobsWidget(napari_viewer=viewer, jobs_dir=tmp_path / "jobs")
-    viewer.window.add_dock_widget(w, name="Training jobs")
+    from _plugin import open_widgets
+
+    os.environ["NAPARI_NRF_JOBS"] = str(tmp_path / "jobs")  # the jobs folder a user sets
+    try:
+        widgets = open_widgets(viewer, ["Encoding model", "Training jobs"])
+    finally:
+        del os.environ["NAPARI_NRF_JOBS"]
+    mw, w = widgets["Encoding model"], widgets["Training jobs"]
     w.timer.setInterval(100)
     return mw, w
 

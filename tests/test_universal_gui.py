@@ -25,12 +25,12 @@ def _model():
 
 
 def test_voxel_clusters_widget_adds_labels_and_feeds_region_explorer(make_napari_viewer, qtbot):
-    from napari_nrf.widgets import dock_all
+    from _plugin import open_widgets
     from napari_nrf.library import ImageLibrary
     from napari_nrf.widgets._state import state_for
 
     viewer = make_napari_viewer()
-    widgets = dock_all(viewer)
+    widgets = open_widgets(viewer)
     cw, rx = widgets["Voxel clusters"], widgets["Region explorer"]
     model = _model()
     state_for(viewer).set_model(model)
@@ -51,6 +51,7 @@ def test_voxel_clusters_widget_adds_labels_and_feeds_region_explorer(make_napari
     assert lab == left
     # The Region explorer now picks on the cluster layer: a click ranks library images.
     assert rx.source.currentText() == layer.name
+    assert [t for _, t in rx.legend_entries()] == ["1  cluster 1", "2  cluster 2"]  # the legend names them
     rng = np.random.default_rng(0)
     rx.set_library(ImageLibrary(rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), label="noise",
                                 features={"embedding": rng.normal(size=(6, 8)).astype(np.float32)},

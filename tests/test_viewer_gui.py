@@ -11,10 +11,11 @@ pytestmark = pytest.mark.gui
 
 
 def test_widgets_dock_and_sample_in_mni(make_napari_viewer):
-    from napari_nrf.widgets import dock_all, widget_commands
+    from _plugin import open_widgets
+    from napari_nrf.widgets import widget_commands
 
     viewer = make_napari_viewer()
-    docked = dock_all(viewer)
+    docked = open_widgets(viewer)
     assert set(docked) == {name for name, _ in widget_commands()} and docked
     viewer.open_sample("napari-nrf", "mni152")
     layer = viewer.layers["MNI152"]

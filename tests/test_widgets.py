@@ -8,6 +8,7 @@ import pytest
 
 from napari_nrf import space
 
+from _plugin import open_widgets
 from _standin_model import BLOB, BlobModel, colour_image
 
 pytestmark = pytest.mark.gui
@@ -15,13 +16,10 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def docked(make_napari_viewer):
-    from napari_nrf.widgets import dock_all
-    from napari_nrf.widgets._state import state_for
-
     viewer = make_napari_viewer()
-    widgets = dock_all(viewer)
+    widgets = open_widgets(viewer)  # Plugins > napari-nrf > each widget
     model = BlobModel()
-    state_for(viewer).set_model(model)
+    widgets["Encoding model"].set_model(model)
     vw = widgets["Response volume"]
     vw.resolution.setValue(4.0)  # coarse grid: fast tests
     return viewer, widgets, model
@@ -231,3 +229,42 @@ def test_progress_bar_never_busy_and_throttled(qtbot):
     assert fast.value() == 370
     fast.reset_idle()
     assert fast.value() == 0 and fast.maximum() == STEPS
+
+
+def test_progress_shows_in_napari_activity_and_idle_bar_is_blank(qtbot):
+    """Long work also appears in napari's activity dock (napari.utils.progress); an idle
+    bar shows no "0%"."""
+    from napari_nrf.widgets._progress import STEPS, ProgressBar
+
+    bar = ProgressBar(min_interval=0.0)
+    qtbot.addWidget(bar)
+    assert not bar.isTextVisible() and bar.activity is None
+    bar.start("napari-nrf: rendering x")
+    assert bar.isTextVisible() and bar.activity is not None
+    assert bar.activity.desc.startswith("napari-nrf: rendering x") and bar.activity.total == STEPS
+    bar.report(500, 1000)
+    assert bar.activity.n == 500
+    act = bar.activity
+    bar.reset_idle()
+    assert not bar.isTextVisible() and bar.activity is None and act.n == 500
+
+
+def test_clicks_pick_nothing_until_model_and_library(make_napari_viewer):
+    """Before a model and an image library exist a click in the view adds no layer and no
+    notification."""
+    viewer = make_napari_viewer()
+    rx = open_widgets(viewer, ["Region explorer"])["Region explorer"]
+    n0 = len(viewer.layers)
+
+    class Ev:
+        button, modifiers, type = 1, (), "mouse_press"
+        position = space.mni_to_world(BLOB)
+        view_direction = None
+        dims_displayed = (1, 2)
+
+    for _ in range(2):
+        gen = rx._on_mouse(viewer, Ev())
+        with pytest.raises(StopIteration):
+            next(gen)
+        assert len(viewer.layers) == n0 and rx.region is None
+        open_widgets(viewer, ["Encoding model"])["Encoding model"].set_model(BlobModel())  # still no library

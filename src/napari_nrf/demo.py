@@ -168,7 +168,8 @@ def sample_image_path() -> Path:
 
 
 def demo_sample_volume(resolution: float = 2.0):
-    """``(volume (X, Y, Z) float32, grid, name)``: the demo model's response to the sample image."""
+    """``(volume (X, Y, Z) float32, grid, name)``: the demo model's response to the sample image, where
+    the model has data (its training voxels; NaN elsewhere, where it would only extrapolate)."""
     from napari_nrf import space
     from napari_nrf.features import FeatureCache
     from napari_nrf.query import QueryEngine
@@ -177,7 +178,7 @@ def demo_sample_volume(resolution: float = 2.0):
     img = sample_image_path()
     feats = model.encode_images([str(img)], cache=FeatureCache())
     grid = space.Grid.mni(resolution)
-    vol = QueryEngine(model, device="cpu").volume(feats, grid, mask="brain")[0]
+    vol = QueryEngine(model, device="cpu").volume(feats, grid, mask="data" if model.subjects else "brain")[0]
     return vol, grid, img.stem
 
 

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from napari_nrf.errors import NapariNRFError, atomic_write
+from napari_nrf.errors import NapariNRFError, atomic_write, write_text_atomic
 
 # The MNI152 bounding box of FSL's 1 mm template (182 x 218 x 182 voxels), in mm.
 MNI_BOX_MIN = np.array([-90.0, -126.0, -72.0])
@@ -437,8 +437,18 @@ def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
     return data, grid
 
 
-def to_nifti(volume: np.ndarray, grid: Grid, dtype=None):
-    """A ``nibabel.Nifti1Image`` of ``volume`` (grid.shape [+ extra dims]) with MNI sform/qform."""
+# NIfTI intent codes written by napari-nrf (nifti1.h).
+INTENT_NONE, INTENT_ESTIMATE, INTENT_LABEL = 0, 1001, 1002
+
+
+def to_nifti(volume: np.ndarray, grid: Grid, dtype=None, description: str | None = None,
+             intent: int | str | None = None, intent_name: str = ""):
+    """A ``nibabel.Nifti1Image`` of ``volume`` (grid.shape [+ extra dims]) with MNI sform/qform.
+
+    ``description`` goes to the header's 80-byte ``descrip`` field (cut to fit);
+    ``intent`` is a NIfTI intent code or nibabel name ("estimate", "label"; default none)
+    and ``intent_name`` its 16-byte name (e.g. "response").
+    """
     import nibabel as nib
 
     volume = np.asarray(volume)
@@ -454,18 +464,57 @@ def to_nifti(volume: np.ndarray, grid: Grid, dtype=None):
     img.header.set_xyzt_units("mm", "sec")
     img.set_sform(grid.affine, code=XFORM_MNI)
     img.set_qform(grid.affine, code=XFORM_MNI)
+    if description:
+        img.header["descrip"] = description.encode("ascii", "replace")[:79]
+    if intent is not None:
+        img.header.set_intent(intent, name=intent_name[:15])
     return img
 
 
-def save_nifti(volume: np.ndarray, grid: Grid, path, dtype=None) -> Path:
-    """Write ``volume`` on ``grid`` to ``path`` (.nii or .nii.gz) atomically; returns the path."""
+def nifti_stem(path) -> str:
+    """File name without ``.nii``/``.nii.gz`` (``a/b.nii.gz`` -> ``b``)."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def sidecar_path(path) -> Path:
+    """The JSON sidecar of a NIfTI file, BIDS style: ``x.nii.gz`` -> ``x.json``."""
+    return Path(path).with_name(nifti_stem(path) + ".json")
+
+
+def save_nifti(volume: np.ndarray, grid: Grid, path, dtype=None, description: str | None = None,
+               intent: int | str | None = None, intent_name: str = "", sidecar: dict | None = None) -> Path:
+    """Write ``volume`` on ``grid`` to ``path`` (.nii or .nii.gz) atomically; returns the path.
+
+    ``description``, ``intent`` and ``intent_name`` go to the header (:func:`to_nifti`);
+    ``sidecar`` (JSON-able dict) is written beside it as :func:`sidecar_path`, also atomically.
+    """
+    import json
+
     import nibabel as nib
 
     path = Path(path)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii"
     with atomic_write(path, None, tmp_name=f".{path.name}.tmp{os.getpid()}{suffix}") as tmp:
-        nib.save(to_nifti(volume, grid, dtype=dtype), str(tmp))
+        nib.save(to_nifti(volume, grid, dtype=dtype, description=description, intent=intent,
+                          intent_name=intent_name), str(tmp))
+    if sidecar is not None:
+        write_text_atomic(sidecar_path(path), json.dumps(sidecar, indent=2, default=str))
     return path
+
+
+def read_sidecar(path) -> dict:
+    """The JSON sidecar of NIfTI ``path`` ({} when there is none or it is unreadable)."""
+    import json
+
+    try:
+        out = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 # ---- napari placement ---------------------------------------------------------------
@@ -474,25 +523,32 @@ def layer_data(volume: np.ndarray, grid: Grid) -> tuple[np.ndarray, dict]:
 
     ``data`` is ``volume.transpose(2, 1, 0)`` (z, y, x; a view, no copy) and
     ``kwargs = {"scale": zooms[::-1], "translate": origin[::-1]}``, so that napari world
-    coordinates are MNI mm in (z, y, x) order.
+    coordinates are MNI mm in (z, y, x) order; ``axis_labels`` ("z", "y", "x") and
+    ``units`` (mm) name them. A 4D volume (X, Y, Z, T) becomes (T, z, y, x) with scale 1
+    and translate 0 on the volume axis (napari's slider).
     """
     volume = np.asarray(volume)
-    if volume.shape[:3] != grid.shape:
-        raise SpaceError(f"volume shape {volume.shape[:3]} does not match grid {grid.shape}")
-    return volume.transpose(2, 1, 0), {
-        "scale": tuple(float(v) for v in grid.zooms[::-1]),
-        "translate": tuple(float(v) for v in grid.origin[::-1]),
-    }
+    if volume.ndim not in (3, 4) or volume.shape[:3] != grid.shape:
+        raise SpaceError(f"volume shape {volume.shape} does not match grid {grid.shape}")
+    scale = tuple(float(v) for v in grid.zooms[::-1])
+    translate = tuple(float(v) for v in grid.origin[::-1])
+    labels, units = ("z", "y", "x"), ("mm", "mm", "mm")
+    if volume.ndim == 4:
+        return volume.transpose(3, 2, 1, 0), {"scale": (1.0,) + scale, "translate": (0.0,) + translate,
+                                              "axis_labels": ("volume",) + labels, "units": ("pixel",) + units}
+    return volume.transpose(2, 1, 0), {"scale": scale, "translate": translate, "axis_labels": labels, "units": units}
 
 
 def layer_to_volume(data: np.ndarray, scale, translate) -> tuple[np.ndarray, Grid]:
-    """Inverse of :func:`layer_data`: napari (z, y, x) data + scale/translate -> (volume, grid)."""
+    """Inverse of :func:`layer_data`: napari (z, y, x) or (T, z, y, x) data + scale/translate
+    -> (volume (X, Y, Z) or (X, Y, Z, T), grid)."""
     data = np.asarray(data)
-    if data.ndim != 3:
-        raise SpaceError(f"expected a 3D layer, got {data.ndim} dimensions")
+    if data.ndim not in (3, 4):
+        raise SpaceError(f"expected a 3D layer (or 3D + volumes), got {data.ndim} dimensions")
     scale = np.asarray(scale, dtype=np.float64)[-3:]
     translate = np.asarray(translate, dtype=np.float64)[-3:]
-    return data.transpose(2, 1, 0), Grid(data.shape[::-1], translate[::-1], scale[::-1])
+    grid = Grid(data.shape[-3:][::-1], translate[::-1], scale[::-1])
+    return data.transpose(tuple(range(data.ndim))[::-1]), grid
 
 
 def world_to_mni(position) -> np.ndarray:
@@ -506,8 +562,20 @@ def mni_to_world(xyz) -> np.ndarray:
     return np.asarray(xyz, dtype=np.float64)[::-1].copy()
 
 
-# Camera orientation for napari >= 0.5 giving the radiological habit (anterior up in axial).
-NAPARI_CAMERA_ORIENTATION = ("away", "up", "right")
+# Camera orientation for napari >= 0.5 (depth, vertical, horizontal of the displayed z, y, x).
+# 2D: anterior up and the subject's right on the screen's right in axial slices, superior
+# up in coronal and sagittal ones: the neurological convention (nilearn's default), as
+# seen from above / behind. 3D: "towards" keeps the rendering a rotation of the brain;
+# "away" (the value used before) showed its mirror image (a right blob on the screen's
+# right when seen from the front), see tests/test_view_gui.py.
+NAPARI_CAMERA_ORIENTATION = ("towards", "up", "right")
+
+# 3D camera angles of the plugin's views: from behind, left and above (the occipital and
+# ventral visual cortex, where the demo's data are).
+NAPARI_CAMERA_ANGLES = (-30.0, 0.0, 70.0)
+
+# Letters of the MNI axes' negative and positive directions.
+MNI_AXIS_LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 # ---- streaming 4D NIfTI (one volume chunk at a time) -------------------------------

@@ -59,9 +59,12 @@ def register(sub) -> None:
     p.add_argument("model", help="model bundle (.safetensors)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--resolution", type=float, default=2.0, help="grid spacing in mm (0.5-8, default: %(default)s)")
-    p.add_argument("--mask", default="brain",
-                   help="brain, gm, data (brain points near the voxels the model was trained on), none, or a "
-                        "mask/label NIfTI (default: %(default)s)")
+    p.add_argument("--mask", default=None,
+                   help="data (brain points near the voxels the model was trained on; the default for models "
+                        "with training voxels), brain or gm (the whole brain / grey matter: extrapolation "
+                        "outside the training voxels), none, or a mask/label NIfTI")
+    p.add_argument("--outside", default="nan", choices=["nan", "0"],
+                   help="value written outside the mask (default: NaN; 0 for tools that need it)")
     p.add_argument("--subject", help="subject (voxel-indexed models with several subjects)")
     p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
     p.add_argument("--device", default=None)
@@ -211,8 +214,11 @@ def _query(args) -> int:
     from napari_nrf.query import QueryEngine, coverage_mask, volume_file_names
 
     _set_precision(args)
+    from napari_nrf.volume_meta import volume_sidecar, write_volume
+
     grid = space.Grid.mni(args.resolution)
-    mask_spec = None if args.mask in ("none", "all", "") else args.mask
+    mask_arg = args.mask or "data"  # honest default: where the model has data (see below)
+    mask_spec = None if mask_arg in ("none", "all", "") else mask_arg
     # Check every input before the long work, so a typo in the last image or the mask
     # does not fail after minutes of queries.
     data_mask = mask_spec in ("data", "coverage")
@@ -223,11 +229,22 @@ def _query(args) -> int:
     names = volume_file_names(images)
     model = load_model(args.model, device=_device(args.device))
     eng = QueryEngine(model, device=_device(args.device))
+    if data_mask and args.mask is None and not model.subjects:
+        import sys
+
+        print("note: this model records no training voxels; computing the whole brain (--mask brain)",
+              file=sys.stderr)
+        data_mask, mask_spec, mask = False, "brain", space.resolve_mask("brain", grid)
     if data_mask:
         mask = coverage_mask(model, grid)
         if not mask.any():
             raise ValueError("--mask data: the model records no training voxels inside the brain; "
                              "use --mask brain or gm")
+    elif mask_spec in ("brain", "gm", None):
+        import sys
+
+        print(f"note: --mask {mask_spec or 'none'} extends past the model's training voxels: the volume "
+              "there is extrapolation (--mask data keeps where the model has data)", file=sys.stderr)
     if args.subject and getattr(model, "continuous", False):
         import sys
 
@@ -244,7 +261,10 @@ def _query(args) -> int:
                 bar.refresh()
 
             vol = eng.volume([img], grid, mask=mask, subject=args.subject, progress=progress)[0]
-        dst = space.save_nifti(vol, grid, out / name)
+        side = volume_sidecar("response", grid, model=model, model_path=args.model, image=str(path),
+                              mask=mask_spec if isinstance(mask_spec, str) else "none",
+                              outside="0" if args.outside == "0" else "NaN")
+        dst = write_volume(out / name, vol, grid, side)
         print(f"{path} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
     return 0
 

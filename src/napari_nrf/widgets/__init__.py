@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 
+ALL_WIDGETS = "napari-nrf.all_widgets"
+
+
 def widget_commands() -> list[tuple[str, str]]:
-    """(display name, "module:attr") of every dock widget in the plugin manifest."""
+    """(display name, "module:attr") of every dock widget in the plugin manifest, except
+    the "All widgets" entry that holds them all (:mod:`napari_nrf.widgets.plugin_widget`)."""
     from importlib.resources import files
 
     import yaml
@@ -12,7 +16,8 @@ def widget_commands() -> list[tuple[str, str]]:
     manifest = yaml.safe_load(files("napari_nrf").joinpath("napari.yaml").read_text())
     contrib = manifest["contributions"]
     by_id = {c["id"]: c["python_name"] for c in contrib.get("commands", [])}
-    return [(w["display_name"], by_id[w["command"]]) for w in contrib.get("widgets", [])]
+    return [(w["display_name"], by_id[w["command"]]) for w in contrib.get("widgets", [])
+            if w["command"] != ALL_WIDGETS]
 
 
 def dock_all(viewer, area: str = "right") -> dict:

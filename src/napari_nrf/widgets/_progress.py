@@ -1,11 +1,13 @@
-"""A progress bar that is cheap to update.
+"""A progress bar that is cheap to update, mirrored in napari's activity dock.
 
 Why not QProgressBar's busy mode (range 0..0): it animates continuously, and with a
 QOpenGLWidget (napari's canvas) in the window every repaint of any widget recomposes the
 whole window through OpenGL. On software OpenGL (Mesa llvmpipe, e.g. under Xvfb or a
 remote desktop) that costs 50-100 ms a frame and took the CPU from the render worker.
 So: a determinate bar that starts at 0 and is repainted at most every ``min_interval``
-seconds or when the shown percentage changes.
+seconds or when the shown percentage changes. While idle it shows nothing (no "0%").
+Each job also appears in napari's activity dock (``napari.utils.progress``), updated at
+the same throttled moments.
 """
 
 from __future__ import annotations
@@ -25,13 +27,23 @@ class ProgressBar(QProgressBar):
         self.min_interval = float(min_interval)
         self.setRange(0, STEPS)
         self.setValue(0)
+        self.setTextVisible(False)  # idle: an empty bar, not "0%"
         self._last = 0.0
+        self.activity = None  # the napari.utils.progress of the running job
 
-    def start(self) -> None:
-        """A job started: 0 %, no busy animation."""
+    def start(self, desc: str | None = None) -> None:
+        """A job started: 0 %, no busy animation; ``desc`` names it in napari's activity dock."""
         self.setRange(0, STEPS)
         self.setValue(0)
+        self.setTextVisible(True)
         self._last = time.monotonic()
+        self._close_activity()
+        try:
+            from napari.utils import progress
+
+            self.activity = progress(total=STEPS, desc=desc or "napari-nrf")
+        except Exception:  # no napari progress machinery: the widget's bar is enough
+            self.activity = None
 
     def report(self, done: int, total: int) -> None:
         """``done`` of ``total`` units finished; repaints only when worth it."""
@@ -42,8 +54,20 @@ class ProgressBar(QProgressBar):
         if v >= STEPS or (v // 10 != self.value() // 10 and now - self._last >= self.min_interval):
             self._last = now
             self.setValue(v)
+            if self.activity is not None:
+                self.activity.update(max(0, v - self.activity.n))
 
     def reset_idle(self) -> None:
         """The job ended (done, failed or cancelled)."""
         self.setRange(0, STEPS)
         self.setValue(0)
+        self.setTextVisible(False)
+        self._close_activity()
+
+    def _close_activity(self) -> None:
+        if self.activity is not None:
+            try:
+                self.activity.close()
+            except Exception:  # already closed with its viewer
+                pass
+            self.activity = None

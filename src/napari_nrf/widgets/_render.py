@@ -63,58 +63,31 @@ def compute_volumes(model, features: dict, grid: space.Grid, mask=None, subject=
 
 def robust_limit(volume: np.ndarray) -> float:
     """Symmetric display limit: the 99.5th percentile of |finite values| (1.0 if none)."""
-    v = np.abs(volume[np.isfinite(volume)])
-    if v.size == 0:
-        return 1.0
-    m = float(np.percentile(v, 99.5))
-    return m if m > 0 else float(v.max() or 1.0)
+    from napari_nrf.nifti_layers import robust_limit as _limit
+
+    return _limit(volume)
 
 
 # ---- colormap ---------------------------------------------------------------------------
 def cold_hot(threshold: float = 0.2, name: str | None = None):
-    """A diverging napari Colormap for symmetric limits (-m, m), centred at 0.
-
-    Negative values run blue -> cyan, positive red -> yellow; values with
-    |v| < ``threshold * m`` are fully transparent (``threshold`` in [0, 1)), so the
-    template shows through where nothing happens.
-    """
+    """A diverging napari Colormap for symmetric limits (-m, m), centred at 0
+    (:func:`napari_nrf.nifti_layers.cold_hot_spec`: |v| < ``threshold * m`` transparent)."""
     from napari.utils.colormaps import Colormap
 
-    t = float(np.clip(threshold, 0.0, 0.99)) / 2
-    eps = 1e-4
-    lo, hi = 0.5 - t, 0.5 + t
-    colors = [
-        [0.0, 1.0, 1.0, 1.0],   # -m: cyan
-        [0.0, 0.2, 1.0, 1.0],   # -t*m: blue
-        [0.0, 0.2, 1.0, 0.0],   # inside the threshold: transparent
-        [1.0, 0.1, 0.0, 0.0],
-        [1.0, 0.1, 0.0, 1.0],   # +t*m: red
-        [1.0, 1.0, 0.0, 1.0],   # +m: yellow
-    ]
-    controls = [0.0, max(lo - eps, eps), lo, hi, min(hi + eps, 1 - eps), 1.0]
-    if t == 0:  # no transparent band: drop the two inner stops
-        colors = [colors[0], colors[1], colors[4], colors[5]]
-        controls = [0.0, 0.5 - eps, 0.5 + eps, 1.0]
-    return Colormap(colors=np.array(colors), controls=np.array(controls),
-                    name=name or f"nrf-cold-hot-{threshold:.3f}", interpolation="linear")
+    from napari_nrf.nifti_layers import cold_hot_spec
+
+    return Colormap(**cold_hot_spec(threshold, name))
 
 
 def volume_layer_data(volume: np.ndarray, grid: space.Grid, name: str, threshold: float = 0.2,
                       limit: float | None = None, **meta) -> tuple:
-    """``(data, kwargs, "image")`` of a response volume in MNI world coordinates.
+    """``(data, kwargs, "image")`` of a response volume in MNI world coordinates
+    (:func:`napari_nrf.nifti_layers.response_layer_data`; NaN shown as 0, kept in metadata)."""
+    from napari_nrf.nifti_layers import response_layer_data
 
-    NaN (outside the mask) is shown as 0 (transparent); the original volume, NaN
-    included, stays in ``metadata["napari_nrf"]["volume"]`` for exports.
-    """
-    volume = np.asarray(volume, np.float32)
-    m = robust_limit(volume) if limit is None else float(limit)
-    shown = np.nan_to_num(volume, nan=0.0, posinf=m, neginf=-m)
-    data, kw = space.layer_data(shown, grid)
-    md = {"kind": "response", "grid": grid, "volume": volume, "threshold": float(threshold)}
-    md.update(meta)
-    kw.update(name=name, colormap=cold_hot(threshold), contrast_limits=(-m, m), rendering="translucent",
-              blending="translucent", metadata={META: md})
-    return data, kw, "image"
+    data, kw, kind = response_layer_data(volume, grid, name, threshold=threshold, limit=limit, **meta)
+    kw["colormap"] = cold_hot(threshold)
+    return data, kw, kind
 
 
 def template_layer_data(resolution: float = 2.0) -> tuple:
@@ -134,22 +107,27 @@ def layer_kind(layer) -> str | None:
 def ensure_template(viewer, resolution: float = 2.0):
     """Add the MNI152 template once (below every other layer); returns the template layer."""
     for layer in viewer.layers:
-        if layer_kind(layer) == "template":
+        if layer_kind(layer) == "template" or _is_sample_template(layer):
             return layer
     data, kw, _ = template_layer_data(resolution)
     layer = viewer.add_image(data, **kw)
     viewer.layers.move(viewer.layers.index(layer), 0)
-    try:  # radiological habit: anterior up in axial views (napari >= 0.5)
-        viewer.camera.orientation = space.NAPARI_CAMERA_ORIENTATION
-    except Exception:  # older napari without camera.orientation
-        pass
+    from ._view import setup_mni_view
+
+    setup_mni_view(viewer)  # neurological orientation, labelled mm axes, orientation letters
     return layer
+
+
+def _is_sample_template(layer) -> bool:
+    """The MNI152 layer of the plugin's sample data opened before this session's helpers
+    tagged it: reuse it instead of adding a second template."""
+    return getattr(layer, "name", None) == "MNI152" and layer.ndim == 3
 
 
 def layer_volume(layer) -> tuple[np.ndarray, space.Grid]:
     """(volume (X, Y, Z), grid) of a 3D napari layer placed in MNI world coordinates."""
     md = (layer.metadata or {}).get(META) or {}
-    if "volume" in md and "grid" in md:
+    if md.get("volume") is not None and md.get("grid") is not None:
         return md["volume"], md["grid"]
     return space.layer_to_volume(np.asarray(layer.data), layer.scale, layer.translate)
 

@@ -3,6 +3,11 @@
 The widgets of a viewer find each other's data through :func:`state_for`, so the Response
 volume and Region explorer widgets follow the model chosen in the Encoding model widget
 without holding references to each other.
+
+napari hands a widget opened from the Plugins menu (or ``napari -w``) a
+``PublicOnlyProxy`` of the viewer, a new proxy object per widget; the state is keyed on
+the viewer behind the proxy, held weakly, so every widget of a viewer finds the same
+state and a closed viewer takes its state with it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ class NrfState(QObject):
         Emitted with the new :class:`napari_nrf.models.EncodingModel` (or None).
     library_changed(object)
         Emitted with the new :class:`napari_nrf.widgets.region_widget.ImageLibrary`.
+    region_source(str)
+        A widget made a Labels layer worth picking regions on (a cluster map): the Region
+        explorer switches its picking to the layer of that name.
     """
 
     model_changed = Signal(object)
     library_changed = Signal(object)
+    region_source = Signal(str)
 
     def __init__(self):
         super().__init__()
@@ -43,8 +52,21 @@ class NrfState(QObject):
         self.library_changed.emit(library)
 
 
+def real_viewer(viewer):
+    """The viewer object behind napari's ``PublicOnlyProxy`` wrappers (or ``viewer`` itself)."""
+    seen = 0
+    while hasattr(type(viewer), "__wrapped__") or type(viewer).__name__.endswith("Proxy"):
+        inner = getattr(viewer, "__wrapped__", None)
+        if inner is None or inner is viewer or seen > 8:
+            break
+        viewer, seen = inner, seen + 1
+    return viewer
+
+
 def state_for(viewer) -> NrfState:
-    """The :class:`NrfState` of ``viewer`` (created on first use, dropped with the viewer)."""
+    """The :class:`NrfState` of ``viewer`` or of the viewer behind a napari proxy
+    (created on first use, dropped with the viewer)."""
+    viewer = real_viewer(viewer)
     key = id(viewer)
     st = _STATES.get(key)
     if st is None:

@@ -17,6 +17,9 @@ def install_mni_status(viewer) -> None:
     if getattr(st, "_status_installed", False):
         return
     st._status_installed = True
+    from ._view import setup_mni_view
+
+    setup_mni_view(viewer)
     busy = {"on": False}
 
     def _rewrite(event=None):

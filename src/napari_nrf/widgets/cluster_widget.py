@@ -160,6 +160,7 @@ class VoxelClustersWidget(QWidget):
 
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
+        self.progress_bar.start(f"napari-nrf: clustering into {k}")
         self.info.setText(f"clustering {sum(len(model.subjects[s]) for s in subjects)} voxels into {k} clusters…")
         self.worker = start_worker(_cluster_job, model, subjects, k, res, progress,
                                    on_result=lambda maps: self._show(maps, k), on_error=self._failed,
@@ -175,6 +176,7 @@ class VoxelClustersWidget(QWidget):
     def _finished(self):
         self.run_btn.setEnabled(self.state.model is not None and hasattr(self.state.model, "embeddings"))
         self.cancel_btn.setEnabled(False)
+        self.progress_bar.reset_idle()
 
     def _failed(self, exc):
         from napari.utils.notifications import show_error, show_info
@@ -206,18 +208,7 @@ class VoxelClustersWidget(QWidget):
         self.done.emit(maps)
 
     def _connect_region_explorer(self):
-        """Make the docked Region explorer pick labels on the first new cluster layer."""
-        if not self.layers:
-            return None
-        try:
-            docks = dict(self.viewer.window.dock_widgets)
-        except Exception:  # a ViewerModel without a window (tests)
-            return None
-        from .region_widget import RegionExplorerWidget
-
-        for w in docks.values():
-            if isinstance(w, RegionExplorerWidget):
-                w._refresh_sources()
-                w.source.setCurrentText(self.layers[0].name)
-                return w
-        return None
+        """Make the Region explorer (however it was opened) pick labels on the first new
+        cluster layer, through the viewer's shared state."""
+        if self.layers:
+            self.state.region_source.emit(self.layers[0].name)

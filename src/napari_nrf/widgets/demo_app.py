@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from napari_nrf import space
+
 from napari_nrf.demo import load_demo_model, warm_up, sample_image_path, demo_library
 
 
@@ -60,7 +62,7 @@ def build_demo(viewer, model, path, library=None, on_ready=None, ndisplay: int =
         state["layers"] = layers
         viewer.dims.ndisplay = ndisplay
         if ndisplay == 3:
-            viewer.camera.angles = (0.0, 20.0, 110.0)  # from the left, a little from above
+            viewer.camera.angles = space.NAPARI_CAMERA_ANGLES  # from behind, left and above
         draw_now(viewer)
         log(f"first volume visible ({layers[0].name}, {ndisplay}D view)")
         # The library after the first volume: making its stimuli and features would only

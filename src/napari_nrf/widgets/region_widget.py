@@ -1,8 +1,11 @@
 """Region explorer dock widget: click a region, see the images that drive it most and least.
 
-A click in the 2D or 3D view picks either the label under the cursor on a chosen Labels
-layer (a cluster map, an atlas, any ROI) or a sphere of radius r mm around the clicked
-MNI point (in 3D: where the view ray first enters the brain). The region is highlighted,
+A click in the 2D or 3D view picks the label under the cursor on a chosen Labels layer (a
+cluster map, a label atlas, any ROI), a thresholded region of an Image layer (a 4D
+probabilistic atlas: the most probable volume at the click; a continuous stat map: the
+suprathreshold cluster under the click), or a sphere of radius r mm around the clicked
+MNI point (in 3D: where the view ray first enters the brain). The legend lists the
+source's regions with their names; choosing one scores that region without a click. The region is highlighted,
 its MNI centre and size are shown, and the top-k and bottom-k images of the image library
 (scored by the model's mean predicted response over the region, from cached features)
 appear as thumbnails, computed in a thread worker.
@@ -14,9 +17,10 @@ import threading
 import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtGui import QColor, QIcon
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
-                            QHBoxLayout, QLabel, QPushButton, QScrollArea, QSpinBox,
-                            QVBoxLayout, QWidget)
+                            QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QScrollArea,
+                            QSpinBox, QVBoxLayout, QWidget)
 
 from napari_nrf import space
 from napari_nrf.errors import Cancelled
@@ -56,6 +60,7 @@ class Region:
     radius: float = 0.0
     extra: dict = field(default_factory=dict)
     subject: str | None = None
+    name: str | None = None
 
     @property
     def coords(self) -> np.ndarray:
@@ -76,7 +81,16 @@ class Region:
 
     def describe(self) -> str:
         c = self.centre
-        what = f"label {self.value} of {self.source}" if self.kind == "label" else f"sphere r = {self.radius:g} mm"
+        if self.kind == "label":
+            what = f"label {self.value} of {self.source}"
+        elif self.kind == "map":
+            what = f"{self.source} ≥ {self.extra.get('threshold', 0):g}"
+            if self.extra.get("volume") is not None:
+                what = f"{self.source} volume {self.extra['volume']} ≥ {self.extra.get('threshold', 0):g}"
+        else:
+            what = f"sphere r = {self.radius:g} mm"
+        if self.name:
+            what = f"{self.name}: {what}"
         return (f"{what}\ncentre MNI ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm; "
                 f"{self.n_voxels} voxels, {self.volume_mm3:.0f} mm³")
 
@@ -105,6 +119,41 @@ def ray_entry_point(position, view_direction, mask: np.ndarray, grid: space.Grid
     if not hit.any():
         return None
     return pts[int(np.argmax(hit))]
+
+
+def _is_map(layer) -> bool:
+    """An Image layer read from a NIfTI file: a continuous map (3D) or a 4D (probabilistic) atlas."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and layer_kind(layer) == "nifti" and layer.ndim in (3, 4)
+
+
+def label_name(layer, value: int) -> str | None:
+    """The name of label ``value`` of a Labels layer: its features' ``name`` (atlases read
+    with a label table), else "cluster v" for cluster maps, else None."""
+    try:
+        feats = layer.features
+        if "name" in feats and "index" in feats:
+            hit = feats["index"] == int(value)
+            if hit.any():
+                return str(feats["name"][hit].iloc[0])
+    except Exception:  # no features table
+        pass
+    md = (layer.metadata or {}).get(META) or {}
+    names = md.get("label_names") or {}
+    if int(value) in names:
+        return str(names[int(value)])
+    if md.get("kind") == "clusters":
+        return f"cluster {int(value)}"
+    return None
+
+
+def _swatch(color) -> "QIcon":
+    from qtpy.QtGui import QPixmap
+
+    pix = QPixmap(12, 12)
+    pix.fill(color)
+    return QIcon(pix)
 
 
 class _Progress(QObject):
@@ -170,10 +219,33 @@ class RegionExplorerWidget(QWidget):
         self.k.setRange(1, 50)
         self.k.setValue(8)
         form.addRow("images shown (top / bottom)", self.k)
+        self.map_volume = QSpinBox()
+        self.map_volume.setToolTip("Which volume of a 4D (probabilistic) atlas; a click picks the most "
+                                   "probable one there")
+        form.addRow("atlas volume", self.map_volume)
+        self.map_threshold = QDoubleSpinBox()
+        self.map_threshold.setDecimals(3)
+        self.map_threshold.setRange(-1e6, 1e6)
+        self.map_threshold.setValue(0.25)
+        self.map_threshold.setToolTip("An Image source's region: its voxels at or above this value "
+                                      "(a probability, or a statistic)")
+        trow = QHBoxLayout()
+        trow.addWidget(self.map_threshold, 1)
+        self.score_btn = QPushButton("Score this ROI")
+        self.score_btn.setToolTip("Rank the library for the Image source's voxels above the threshold")
+        self.score_btn.clicked.connect(lambda: self.score_source())
+        trow.addWidget(self.score_btn)
+        form.addRow("threshold", trow)
         self.enabled = QCheckBox("pick regions with a click in the view")
         self.enabled.setChecked(True)
         form.addRow(self.enabled)
         lay.addLayout(form)
+        self.legend = QListWidget()
+        self.legend.setToolTip("The source's regions; choose one to score it")
+        self.legend.setMaximumHeight(130)
+        self.legend.itemActivated.connect(self._legend_chosen)
+        self.legend.itemClicked.connect(self._legend_chosen)
+        lay.addWidget(self.legend)
         lrow = QHBoxLayout()
         self.library_label = QLabel("library: none")
         self.library_label.setWordWrap(True)
@@ -207,7 +279,10 @@ class RegionExplorerWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_sources)
         self.viewer.layers.events.removed.connect(self._refresh_sources)
         self.state.library_changed.connect(self._library_changed)
+        self.state.region_source.connect(self.use_source)
+        self.source.currentIndexChanged.connect(self._source_changed)
         self._refresh_sources()
+        self._source_changed()
         self._library_changed(self.state.library)
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
 
@@ -256,6 +331,8 @@ class RegionExplorerWidget(QWidget):
         """Mouse-drag callback: a press and release without moving is a pick."""
         if not self.enabled.isChecked() or event.button != 1 or event.modifiers:
             return
+        if self.state.model is None or self.state.library is None:
+            return  # nothing to rank yet: a click must not add layers or pop-ups
         moved = False
         yield
         while event.type == "mouse_move":
@@ -275,18 +352,139 @@ class RegionExplorerWidget(QWidget):
         three_d = dims_displayed is not None and len(dims_displayed) == 3 and view_direction is not None
         if src == SPHERE or src not in self.viewer.layers:
             region = self._sphere(position, view_direction if three_d else None)
+        elif _is_map(self.viewer.layers[src]):
+            region = self._map_at(self.viewer.layers[src], position)
         else:
             region = self._label(self.viewer.layers[src], position, view_direction, dims_displayed)
         if region is None or region.n_voxels == 0:
             self.info.setText("nothing to pick here: click on a labelled region or inside the brain")
             show_info("napari-nrf: no region under the click")
             return None
+        return self.use_region(region)
+
+    def use_region(self, region: Region) -> Region:
+        """Highlight ``region``, describe it (with its name) and rank the library for it."""
         self.region = region
         self._highlight(region)
         self.info.setText(region.describe())
         self.picked.emit(region)
         self.explore(region)
         return region
+
+    # ---- image sources: 4D probabilistic atlases and continuous maps ---------------------
+    def _map_region(self, layer, k: int | None, seed=None) -> Region | None:
+        """Voxels of ``layer`` (volume ``k`` of a 4D one) at or above the threshold; with
+        ``seed`` (MNI mm) only the connected cluster that contains it."""
+        vol, grid = layer_volume(layer)
+        vol = np.asarray(vol)
+        data = vol[..., k] if vol.ndim == 4 else vol
+        thr = float(self.map_threshold.value())
+        mask = np.nan_to_num(data.astype(np.float32), nan=-np.inf) >= thr
+        if seed is not None:
+            ijk, inside = grid.nearest_index(seed)
+            if not inside or not mask[tuple(ijk)]:
+                return None
+            if vol.ndim == 3:  # a stat map: the suprathreshold cluster under the click
+                from scipy import ndimage
+
+                lab, _ = ndimage.label(mask)
+                mask = lab == lab[tuple(ijk)]
+        names = ((layer.metadata or {}).get(META) or {}).get("volume_names") or {}
+        name = names.get(k) if k is not None else None
+        click = np.asarray(seed, float) if seed is not None else grid.coords(mask).mean(0) if mask.any() else np.zeros(3)
+        return Region("map", layer.name, int(k or 0), grid, mask, click, name=name or (f"volume {k}" if k is not None else None),
+                      extra={"threshold": thr, "volume": k})
+
+    def _map_at(self, layer, position):
+        xyz = space.world_to_mni(position)
+        vol, grid = layer_volume(layer)
+        k = None
+        if np.asarray(vol).ndim == 4:  # the most probable volume at the click
+            ijk, inside = grid.nearest_index(xyz)
+            if not inside:
+                return None
+            k = int(np.nanargmax(np.asarray(vol)[tuple(ijk)]))
+            self.map_volume.setValue(k)
+        return self._map_region(layer, k, seed=xyz)
+
+    def score_source(self):
+        """Score the current Image source's region (4D: the chosen volume) without a click."""
+        src = self.source.currentText()
+        if src not in self.viewer.layers or not _is_map(self.viewer.layers[src]):
+            return None
+        layer = self.viewer.layers[src]
+        k = int(self.map_volume.value()) if layer.ndim == 4 else None
+        region = self._map_region(layer, k)
+        if region is None or region.n_voxels == 0:
+            self.info.setText(f"no voxel of {src} reaches the threshold")
+            return None
+        return self.use_region(region)
+
+    def pick_label(self, value: int):
+        """Score label ``value`` of the current Labels source (one region of an atlas)."""
+        src = self.source.currentText()
+        if src not in self.viewer.layers or _is_map(self.viewer.layers[src]):
+            return None
+        layer = self.viewer.layers[src]
+        vol, grid = layer_volume(layer)
+        mask = np.asarray(vol) == int(value)
+        if not mask.any():
+            return None
+        subject = ((layer.metadata or {}).get(META) or {}).get("subject")
+        region = Region("label", layer.name, int(value), grid, mask, grid.coords(mask).mean(0), subject=subject,
+                        name=label_name(layer, int(value)))
+        return self.use_region(region)
+
+    # ---- legend ----------------------------------------------------------------------------
+    def legend_entries(self) -> list[tuple[int, str]]:
+        """(value, text) of the legend: labels of a Labels source, volumes of a 4D atlas."""
+        return [(self.legend.item(i).data(Qt.UserRole), self.legend.item(i).text())
+                for i in range(self.legend.count())]
+
+    def _source_changed(self, *args):
+        src = self.source.currentText()
+        layer = self.viewer.layers[src] if src in self.viewer.layers else None
+        is_map = layer is not None and _is_map(layer)
+        self.radius.setEnabled(layer is None)
+        self.map_threshold.setEnabled(is_map)
+        self.score_btn.setEnabled(is_map)
+        self.map_volume.setEnabled(is_map and layer.ndim == 4)
+        if is_map and layer.ndim == 4:
+            self.map_volume.setRange(0, layer.data.shape[0] - 1)
+        self.legend.clear()
+        if layer is None:
+            self.legend.setVisible(False)
+            return
+        md = (layer.metadata or {}).get(META) or {}
+        if is_map:
+            if layer.ndim != 4:
+                self.legend.setVisible(False)
+                return
+            names = md.get("volume_names") or {}
+            for k in range(layer.data.shape[0]):
+                it = QListWidgetItem(f"{k}  {names.get(k, f'volume {k}')}")
+                it.setData(Qt.UserRole, k)
+                self.legend.addItem(it)
+        else:
+            values = [int(v) for v in np.unique(np.asarray(layer.data)) if int(v) != 0][:2000]
+            for v in values:
+                it = QListWidgetItem(f"{v}  {label_name(layer, v) or ''}".rstrip())
+                it.setData(Qt.UserRole, v)
+                try:
+                    rgba = np.asarray(layer.get_color(v), float)
+                    it.setIcon(_swatch(QColor.fromRgbF(*[float(c) for c in rgba[:3]])))
+                except Exception:  # a colormap without this label
+                    pass
+                self.legend.addItem(it)
+        self.legend.setVisible(self.legend.count() > 0)
+
+    def _legend_chosen(self, item):
+        value = item.data(Qt.UserRole)
+        src = self.source.currentText()
+        if src in self.viewer.layers and _is_map(self.viewer.layers[src]):
+            self.map_volume.setValue(int(value))
+            return self.score_source()
+        return self.pick_label(int(value))
 
     def _label(self, layer, position, view_direction, dims_displayed):
         value = layer.get_value(position, view_direction=view_direction, dims_displayed=dims_displayed, world=True)
@@ -297,7 +495,8 @@ class RegionExplorerWidget(QWidget):
         vol, grid = layer_volume(layer)
         mask = np.asarray(vol) == int(value)
         subject = ((layer.metadata or {}).get(META) or {}).get("subject")  # cluster maps are per subject
-        return Region("label", layer.name, int(value), grid, mask, space.world_to_mni(position), subject=subject)
+        return Region("label", layer.name, int(value), grid, mask, space.world_to_mni(position), subject=subject,
+                      name=label_name(layer, int(value)))
 
     def _sphere(self, position, view_direction):
         grid = space.Grid.mni(2.0)
@@ -351,7 +550,7 @@ class RegionExplorerWidget(QWidget):
         def progress(done, total):
             prog.changed.emit(int(done), int(total or 0))
 
-        self.progress_bar.start()
+        self.progress_bar.start("napari-nrf: ranking the library for the region")
         self.cancel_btn.setEnabled(True)
         self.worker = start_worker(_top_job, model, library, xyz, int(self.k.value()), subject, progress,
                                    on_result=lambda res: self._show(res, library, cancel),
@@ -426,11 +625,17 @@ class RegionExplorerWidget(QWidget):
         """Number of image thumbnails shown (top + bottom)."""
         return sum(1 for w in self.thumb_labels if not isinstance(w, QLabel))
 
+    def use_source(self, name: str) -> None:
+        """Pick regions on the Labels layer ``name`` from now on."""
+        self._refresh_sources()
+        if name in self.viewer.layers:
+            self.source.setCurrentText(name)
+
     def _refresh_sources(self, event=None):
         from napari.layers import Labels
 
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and ly.ndim == 3
-                 and layer_kind(ly) != "region"]
+        names = [ly.name for ly in self.viewer.layers if (isinstance(ly, Labels) and ly.ndim == 3
+                 and layer_kind(ly) != "region") or _is_map(ly)]
         cur = self.source.currentText()
         self.source.blockSignals(True)
         self.source.clear()
@@ -439,3 +644,4 @@ class RegionExplorerWidget(QWidget):
         if cur in names or cur == SPHERE:
             self.source.setCurrentText(cur)
         self.source.blockSignals(False)
+        self._source_changed()

@@ -25,8 +25,14 @@ from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_t
 from ._state import state_for
 from ._status import install_mni_status
 
-EXTENTS = ("whole brain", "grey matter", "where the model has data", "ROI from a Labels layer",
-           "ROI from a NIfTI file", "box")
+DATA = "where the model has data"
+BRAIN = "whole brain (extrapolation)"
+GREY = "grey matter (extrapolation)"
+EXTENTS = (DATA, BRAIN, GREY, "ROI from a Labels layer", "ROI from a NIfTI file", "box")
+# What each extent is called in a written volume's sidecar (napari_nrf.volume_meta).
+EXTENT_MASK_NAMES = {DATA: "data", BRAIN: "brain", GREY: "gm", "ROI from a Labels layer": "ROI",
+                     "ROI from a NIfTI file": "ROI", "box": "box"}
+OUTSIDE = ("NaN", "0")
 
 
 CONTINUOUS_SUBJECT = "(field: any point)"
@@ -92,7 +98,7 @@ class ResponseVolumeWidget(QWidget):
         install_mni_status(napari_viewer)
 
         lay = QVBoxLayout(self)
-        self.drop_label = QLabel("Drop images here\n(png, jpg, tif, bmp, …)")
+        self.drop_label = QLabel("Drop images here\n(png, jpg, tif, bmp, …; a .nii/.nii.gz opens as a volume)")
         self.drop_label.setAlignment(Qt.AlignCenter)
         self.drop_label.setFrameShape(QFrame.StyledPanel)
         self.drop_label.setMinimumHeight(60)
@@ -119,6 +125,8 @@ class ResponseVolumeWidget(QWidget):
         self.extent = QComboBox()
         self.extent.addItems(EXTENTS)
         self.extent.currentIndexChanged.connect(self._extent_changed)
+        self.extent.setToolTip("Where to compute the field. A model trained on part of the brain only "
+                               "extrapolates elsewhere: the default is where it has data.")
         form.addRow("extent", self.extent)
         self.roi_layer = QComboBox()
         form.addRow("ROI layer", self.roi_layer)
@@ -137,6 +145,11 @@ class ResponseVolumeWidget(QWidget):
         form.addRow("box (mm)", self.box)
         self.subject = QComboBox()
         form.addRow("subject", self.subject)
+        self.outside = QComboBox()
+        self.outside.addItems(OUTSIDE)
+        self.outside.setToolTip("What exported volumes hold outside the extent: NaN (not computed) or 0 "
+                                "(for tools that turn NaN regions into 0 anyway, like nilearn's maskers)")
+        form.addRow("outside the extent", self.outside)
         lay.addLayout(form)
         self.contrast_check = QCheckBox("add a contrast volume (A − B) for two images")
         self.contrast_check.setChecked(True)
@@ -163,6 +176,11 @@ class ResponseVolumeWidget(QWidget):
         self.opacity.setValue(90)
         self.opacity.valueChanged.connect(lambda v: self.set_opacity(v / 100))
         disp.addRow("opacity", self.opacity)
+        self.goto = QLineEdit()
+        self.goto.setPlaceholderText("x, y, z (MNI mm), Enter")
+        self.goto.setToolTip("Move the slices and the view to this MNI point")
+        self.goto.returnPressed.connect(self._goto)
+        disp.addRow("go to MNI", self.goto)
         lay.addLayout(disp)
 
         crow = QHBoxLayout()
@@ -213,7 +231,18 @@ class ResponseVolumeWidget(QWidget):
             event.ignore()
             return
         event.acceptProposedAction()
-        self.add_images(paths)
+        self.add_paths(paths)
+
+    def add_paths(self, paths):
+        """What a drop does: NIfTI files go to napari's reader (this plugin's, so they land
+        at their MNI place), image files are rendered. Returns the render worker or None."""
+        from napari_nrf.nifti_layers import is_nifti
+
+        nifti = [p for p in paths if is_nifti(p)]
+        for p in nifti:
+            self.viewer.open(p, plugin="napari-nrf")
+        rest = [p for p in paths if not is_nifti(p)]
+        return self.add_images(rest) if rest else None
 
     # ---- inputs ----------------------------------------------------------------------
     def _choose_images(self):
@@ -276,11 +305,11 @@ class ResponseVolumeWidget(QWidget):
                 raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)")
             return space.Grid.from_extent(res, vals[:3], vals[3:]), None
         grid = space.Grid.mni(res)
-        if ext == "whole brain":
+        if ext == BRAIN:
             return grid, "brain"
-        if ext == "grey matter":
+        if ext == GREY:
             return grid, "gm"
-        if ext == "where the model has data":
+        if ext == DATA:
             if self.state.model is None or not self.state.model.subjects:
                 raise ValueError("the model has no subject voxels; choose another extent")
             mask = coverage_mask(self.state.model, grid)
@@ -324,7 +353,7 @@ class ResponseVolumeWidget(QWidget):
             return None
         subject = self.current_subject()
         self._cancel = cancel = threading.Event()
-        self.progress_bar.start()
+        self.progress_bar.start(f"napari-nrf: rendering {', '.join(names)}")
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
         prog = self._progress
@@ -332,7 +361,8 @@ class ResponseVolumeWidget(QWidget):
         def progress(done, total):
             prog.changed.emit(int(done), int(total or 0))
 
-        meta = {"names": list(names), "grid": grid, "subject": subject, "cancel": cancel}
+        meta = {"names": list(names), "grid": grid, "subject": subject, "cancel": cancel,
+                "layer_meta": self._volume_meta(model)}
         self.worker = start_worker(_render_job, model, list(images), grid, mask, subject, progress,
                                    on_result=lambda vols: self._rendered(vols, meta),
                                    on_error=lambda exc: self._failed(exc, meta), on_finished=self._finished,
@@ -370,7 +400,8 @@ class ResponseVolumeWidget(QWidget):
         thr = self.threshold.value() / 100
         new = []
         for vol, name in zip(vols, meta["names"]):
-            data, kw, _ = volume_layer_data(vol, grid, name, threshold=thr, image=name, subject=meta["subject"])
+            data, kw, _ = volume_layer_data(vol, grid, name, threshold=thr, image=name, subject=meta["subject"],
+                                            **meta["layer_meta"])
             kw["opacity"] = self.opacity.value() / 100
             new.append(self.viewer.add_image(data, **kw))
         if self.contrast_check.isChecked() and len(new) == 2:
@@ -393,8 +424,10 @@ class ResponseVolumeWidget(QWidget):
             vb = space.resample(vb, gb, ga, order=1, cval=np.nan)
         diff = np.asarray(va, np.float32) - np.asarray(vb, np.float32)
         name = f"{layer_a.name} − {layer_b.name}"
+        ma = dict((layer_a.metadata or {}).get(META) or {})
+        keep = {k: ma[k] for k in ("units", "mask", "model_path", "model_kind", "backbone", "outside") if k in ma}
         data, kw, _ = volume_layer_data(diff, ga, name, threshold=self.threshold.value() / 100,
-                                        a=layer_a.name, b=layer_b.name)
+                                        a=layer_a.name, b=layer_b.name, image=[layer_a.name, layer_b.name], **keep)
         kw["metadata"][META]["kind"] = "contrast"
         kw["opacity"] = self.opacity.value() / 100
         return self.viewer.add_image(data, **kw)
@@ -408,10 +441,25 @@ class ResponseVolumeWidget(QWidget):
             return
         self.contrast(self.viewer.layers[a], self.viewer.layers[b])
 
-    def export(self, layer, path) -> Path:
-        """Write a response/contrast layer as an MNI NIfTI file (NaN outside its mask)."""
-        vol, grid = layer_volume(layer)
-        return space.save_nifti(np.asarray(vol, np.float32), grid, path)
+    def _volume_meta(self, model) -> dict:
+        """What a new response layer records about itself (for its colorbar and exports)."""
+        from napari_nrf.volume_meta import response_units
+
+        path = self.state.model_path
+        return {"units": response_units(model), "mask": EXTENT_MASK_NAMES.get(self.extent.currentText(), "ROI"),
+                "model_path": str(path) if path else None, "model_kind": getattr(model, "kind", None),
+                "backbone": getattr(model, "backbone_name", None), "outside": self.outside.currentText()}
+
+    def export(self, layer, path, outside: str | None = None) -> Path:
+        """Write a response/contrast layer as an MNI NIfTI file with its JSON sidecar
+        (model file and SHA-256, image, units, mask, resolution); ``outside`` "NaN" or "0"
+        (default: the widget's choice) fills the voxels outside the extent."""
+        from napari_nrf.nifti_layers import write_image
+
+        md = dict((layer.metadata or {}).get(META) or {})
+        md["outside"] = outside or self.outside.currentText()
+        meta = {"metadata": {META: md}, "name": layer.name, "scale": layer.scale, "translate": layer.translate}
+        return Path(write_image(str(path), layer.data, meta)[0])
 
     def _export_clicked(self):
         from napari.utils.notifications import show_error, show_info
@@ -428,6 +476,16 @@ class ResponseVolumeWidget(QWidget):
                 show_error(f"napari-nrf: export failed: {exc}")
                 return
             show_info(f"napari-nrf: wrote {out}")
+
+    def _goto(self):
+        from napari.utils.notifications import show_error
+
+        from ._view import go_to_mni, parse_mni
+
+        try:
+            go_to_mni(self.viewer, parse_mni(self.goto.text()))
+        except ValueError as exc:
+            show_error(f"napari-nrf: {exc}")
 
     def set_threshold(self, frac: float):
         """Hide |value| < frac * colour limit on every response layer (frac in [0, 1))."""
@@ -467,6 +525,10 @@ class ResponseVolumeWidget(QWidget):
 
     def _model_changed(self, model):
         self.subject.clear()
+        # Honest default: where the model has data; the whole brain only for models
+        # without training voxels (their field is all they offer).
+        if model is not None and self.extent.currentText() in (DATA, BRAIN):
+            self.extent.setCurrentText(DATA if model.subjects else BRAIN)
         if model is None:
             return
         if getattr(model, "continuous", False):

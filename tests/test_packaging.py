@@ -1,0 +1,72 @@
+"""Packaging for the napari hub: metadata, licence, citation, manifest icon and categories,
+and every third-party module the package imports declared as a dependency."""
+
+import ast
+import importlib.metadata as md
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "napari_nrf"
+
+
+def _project():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_project_metadata_licence_and_citation():
+    p = _project()
+    assert p["license"] == "BSD-3-Clause" and "BSD 3-Clause" in (ROOT / "LICENSE").read_text()
+    assert p["authors"] and p["urls"]
+    cls = p["classifiers"]
+    assert "Framework :: napari" in cls and any(c.startswith("Operating System ::") for c in cls)
+    assert {f"Programming Language :: Python :: 3.{v}" for v in (10, 11, 12)} <= set(cls)
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"].startswith("1.2") and cff["license"] == "BSD-3-Clause"
+    titles = " ".join(r["title"] for r in cff["references"])
+    assert "Neural Response Functions" in titles and "Universal Brain Encoder" in titles
+
+
+def test_manifest_icon_and_categories():
+    from importlib.resources import files
+
+    from PIL import Image
+
+    man = yaml.safe_load((SRC / "napari.yaml").read_text())
+    assert set(man["categories"]) >= {"Visualization", "IO"}
+    pkg, res = man["icon"].split(":")
+    with Image.open(files(pkg).joinpath(res)) as im:
+        assert im.size[0] == im.size[1] >= 128
+
+
+def _imported_top_modules() -> set[str]:
+    out = set()
+    for f in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                out |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                out.add(node.module.split(".")[0])
+    return out - set(sys.stdlib_module_names) - {"napari_nrf"}
+
+
+def test_every_imported_package_is_declared():
+    p = _project()
+    declared = {re.split(r"[<>=!\[ ;]", d)[0].lower().replace("_", "-") for d in p["dependencies"]}
+    for extra in p.get("optional-dependencies", {}).values():
+        declared |= {re.split(r"[<>=!\[ ;]", d)[0].lower().replace("_", "-") for d in extra}
+    dists = md.packages_distributions()
+    # imported only to patch or probe what a declared package brings along
+    # (torchvision comes with timm and open_clip_torch; Qt with napari's qtpy)
+    # huggingface_hub too (a guarded look-up of cached CLIP weights)
+    indirect = {"torchvision", "huggingface_hub", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy"}
+    missing = {}
+    for mod in sorted(_imported_top_modules() - indirect):
+        names = {d.lower().replace("_", "-") for d in dists.get(mod, [mod])}
+        if not names & declared:
+            missing[mod] = sorted(names)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

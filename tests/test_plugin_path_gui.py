@@ -1,0 +1,160 @@
+"""The plugin opened the way a napari user opens it: Plugins > napari-nrf > <widget>
+(``viewer.window.add_plugin_dock_widget``, which hands each widget napari's
+``PublicOnlyProxy`` of the viewer) and ``napari -w napari-nrf`` (napari's own command line
+code path). The widgets of one viewer share one state; two viewers stay independent."""
+
+import sys
+
+import pytest
+
+from _standin_model import BlobModel
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-nrf"
+
+
+def _open(viewer, name):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def test_menu_widgets_share_one_state_in_any_order(make_napari_viewer):
+    viewer = make_napari_viewer()
+    vw = _open(viewer, "Response volume")          # opened before any model
+    mw = _open(viewer, "Encoding model")
+    model = BlobModel()
+    mw.set_model(model)                            # what a loaded bundle does
+    rx = _open(viewer, "Region explorer")          # opened after the model is loaded
+    cw = _open(viewer, "Voxel clusters")
+    assert vw.state is mw.state is rx.state is cw.state
+    assert vw.state.model is model and rx.state.model is model
+    assert vw.subject.count() > 0                  # the earlier widget followed the model
+    assert "no model loaded" not in mw.card.text()
+
+    # a second viewer has a state of its own
+    other = make_napari_viewer()
+    vw2 = _open(other, "Response volume")
+    assert vw2.state is not vw.state and vw2.state.model is None
+    _open(other, "Encoding model").set_model(BlobModel())
+    assert vw.state.model is model
+
+
+def test_state_survives_the_proxy_being_dropped(make_napari_viewer):
+    """The state belongs to the viewer, not to the proxy object a widget was given."""
+    import gc
+
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_nrf.widgets._state import state_for
+
+    viewer = make_napari_viewer()
+    st = state_for(PublicOnlyProxy(viewer))
+    st.set_model(BlobModel())
+    gc.collect()
+    assert state_for(PublicOnlyProxy(viewer)) is st is state_for(viewer)
+
+
+def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
+    """``napari -w napari-nrf``: napari's command line docks the plugin's first widget
+    contribution; that entry holds every widget of the plugin."""
+    import napari.__main__ as napari_main
+
+    from napari_nrf.widgets import widget_commands
+
+    monkeypatch.setattr(sys, "argv", ["napari", "-w", PLUGIN])
+    viewer = napari_main._build_viewer()
+    try:
+        docks = dict(viewer.window.dock_widgets)
+        assert len(docks) == 1
+        (container,) = docks.values()
+        names = {name for name, _ in widget_commands()}
+        assert set(container.widgets) == names and len(names) == 5
+        model = BlobModel()
+        container.widgets["Encoding model"].set_model(model)
+        assert container.widgets["Response volume"].state.model is model
+        assert container.widgets["Response volume"].subject.count() > 0
+    finally:
+        viewer.close()
+
+
+def test_nifti_open_save_and_drop_through_napari(make_napari_viewer, qtbot, tmp_path):
+    """File > Open, File > Save Layers and a drop on the Response volume widget, through
+    napari's own reader/writer machinery (npe2 contributions of the manifest)."""
+    import numpy as np
+    from PIL import Image
+
+    from napari_nrf import space
+    from napari_nrf.widgets._render import layer_kind
+    from _standin_model import colour_image
+
+    g = space.Grid.from_extent(4.0, [-60, -80, -30], [60, 40, 50])
+    lab = np.zeros(g.shape, np.uint8)
+    lab[:10] = 1
+    lab[15:] = 2
+    space.save_nifti(lab, g, tmp_path / "atlas.nii.gz")
+    (tmp_path / "atlas.txt").write_text("1\tLeft thing\n2\tRight thing\n")
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    viewer = make_napari_viewer()
+    # File > Open: napari's builtins (imageio) also claim .nii, so napari asks once which
+    # reader to use; ours is offered ...
+    with pytest.raises(MultipleReaderError, match="napari-nrf"):
+        viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
+    # ... and the dialog's "remember" writes this preference, after which File > Open and a
+    # drop on the canvas go straight to napari-nrf.
+    settings = get_settings().plugins
+    saved = dict(settings.extension2reader)
+    settings.extension2reader = {**saved, "*.nii.gz": "napari-nrf", "*.nii": "napari-nrf"}
+    request_cleanup = lambda: setattr(settings, "extension2reader", saved)  # noqa: E731
+    try:
+        _nifti_checks(viewer, qtbot, tmp_path, g, lab)
+    finally:
+        request_cleanup()
+
+
+def _nifti_checks(viewer, qtbot, tmp_path, g, lab):
+    import numpy as np
+    from PIL import Image
+
+    from napari_nrf import space
+    from napari_nrf.widgets._render import layer_kind
+    from _standin_model import colour_image
+
+    layers = viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
+    atlas = layers[0]
+    assert type(atlas).__name__ == "Labels"
+    ref, kw = space.layer_data(lab, g)
+    assert np.array_equal(atlas.data, ref) and np.allclose(atlas.translate, kw["translate"])
+    pos = space.mni_to_world([-50.0, -20.0, 10.0])
+    assert atlas.get_value(pos, world=True) == 1
+    assert "name: Left thing" in atlas._get_properties(pos, world=True)
+
+    widgets = {n: viewer.window.add_plugin_dock_widget(PLUGIN, n)[1] for n in ("Encoding model", "Response volume")}
+    widgets["Encoding model"].set_model(BlobModel())
+    vw = widgets["Response volume"]
+    vw.resolution.setValue(4.0)
+    photo = tmp_path / "red.png"
+    Image.fromarray(colour_image(0.9, 0.0, 32)).save(photo)
+    stat = np.linspace(-1, 1, g.n_points, dtype=np.float32).reshape(g.shape)
+    space.save_nifti(stat, g, tmp_path / "stat.nii")
+    rendered = []
+    vw.on_rendered(rendered.extend)
+    worker = vw.add_paths([str(tmp_path / "stat.nii"), str(photo)])  # what a drop of both does
+    assert "stat" in viewer.layers and worker is not None            # the NIfTI went to the reader
+    qtbot.waitUntil(lambda: bool(rendered), timeout=30000)           # the photo to the widget
+    red = viewer.layers["red"]
+    assert layer_kind(red) == "response"
+    assert red.metadata["napari_nrf"]["mask"] == "data"              # honest default extent
+
+    out = tmp_path / "saved" / "red.nii.gz"
+    out.parent.mkdir()
+    viewer.layers.selection = {red}
+    viewer.layers.save(str(out), selected=True)                     # File > Save Selected Layers
+    vol, grid = space.load_nifti(out)
+    assert grid == red.metadata["napari_nrf"]["grid"]
+    assert np.array_equal(vol, red.metadata["napari_nrf"]["volume"], equal_nan=True)
+    assert (out.parent / "red.json").is_file()
+    back = viewer.open(str(out), plugin=None)[0]
+    assert layer_kind(back) == "response" and np.array_equal(back.data, red.data)
