@@ -152,3 +152,30 @@ def test_stale_checkpoint_is_not_resumed(work):
     rs.responses = rs.responses + 1.0  # same names and sizes, other content
     assert _fingerprint(model, [rs], {"lr": 1e-3}) != a
     assert not (work / "m.safetensors.ckpt").exists()  # a finished run leaves no checkpoint
+
+
+def test_silent_garbage_refused(work, capsys, tmp_path):
+    m, h5, img = work / "m.safetensors", work / "data" / "sub-01.h5", work / "img.png"
+    for argv, flag in ((["simulate", "--snr", "nan", "--out", tmp_path / "s"], "--snr"),
+                       (["query", m, img, "--resolution", "nan", "--out", tmp_path / "s"], "--resolution"),
+                       (["query", m, img, "--mask", "", "--out", tmp_path / "s"], "--mask"),
+                       (["train", h5, "--preset", "tiny", "--width", "0", "--out", tmp_path / "w.safetensors"],
+                        "--width"),
+                       (["evaluate", m, h5, "--candidates", "0", "--json", tmp_path / "e.json"], "--candidates")):
+        run(argv, capsys, 2, work, flag)
+    assert sorted(os.listdir(tmp_path)) == []  # nothing stray
+
+
+def test_jobs_list_and_cancel_never_start_a_queued_job(tmp_path, capsys):
+    from napari_nrf.jobs import JobManager
+
+    run(["jobs", "list", "--jobs-dir", tmp_path / "nowhere"], capsys, 2, tmp_path, "--jobs-dir")
+    assert not (tmp_path / "nowhere").exists()
+    mgr = JobManager(tmp_path / "jobs")
+    job = mgr.submit("napari_nrf.jobs:demo_job", {}, start=False)
+    assert main(["jobs", "list", "--jobs-dir", str(tmp_path / "jobs")]) == 0
+    assert mgr.get(job.id).status == "queued"
+    assert main(["jobs", "cancel", job.id, "--jobs-dir", str(tmp_path / "jobs")]) == 0
+    assert mgr.get(job.id).status == "cancelled"
+    capsys.readouterr()
+    run(["jobs", "cancel", job.id, "--jobs-dir", tmp_path / "jobs"], capsys, 2, tmp_path, "already ended")

@@ -142,6 +142,32 @@ def check_outputs(args) -> list:
     return new_dirs
 
 
+# Options that count or size something: zero or negative makes a model or a job that
+# cannot work (a --width 0 model cannot be queried), so they are refused up front.
+POSITIVE = ("width", "depth", "downsample_dim", "merged_dim", "embed_dim", "channels", "images", "epochs",
+            "chunk", "candidates", "store_images", "subjects", "image_size", "max_voxels", "k", "top",
+            "batch_images", "batch_voxels", "steps_per_epoch", "reps", "n_images", "threads", "workers")
+
+
+def check_values(args) -> None:
+    """Every numeric option finite, every size positive, no empty --mask: a usage error
+    (one line naming the flag) instead of NaN volumes or a model that cannot be used."""
+    import math
+
+    from napari_nrf.errors import NapariNRFError
+
+    for name, v in vars(args).items():
+        flag = "--" + name.replace("_", "-")
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        for x in vals:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise NapariNRFError(f"{flag} {x}: must be a finite number")
+            if name in POSITIVE and isinstance(x, int) and not isinstance(x, bool) and x <= 0:
+                raise NapariNRFError(f"{flag} {x}: must be at least 1")
+    if getattr(args, "mask", None) == "":
+        raise NapariNRFError("--mask '': an empty value; use none for no mask")
+
+
 def _clean_failed(args, new_dirs) -> None:
     """After a failure: remove output folders this run created and left empty, and an
     empty ``<out>.ckpt/`` (nothing stray stays behind)."""
@@ -181,6 +207,7 @@ def main(argv=None) -> int:
             from napari_nrf.errors import check_device
 
             check_device(args.device)  # before loading anything
+        check_values(args)
         new_dirs = check_outputs(args)
         rc = args.func(args)
     except KeyboardInterrupt:
