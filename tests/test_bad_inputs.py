@@ -179,3 +179,13 @@ def test_jobs_list_and_cancel_never_start_a_queued_job(tmp_path, capsys):
     assert mgr.get(job.id).status == "cancelled"
     capsys.readouterr()
     run(["jobs", "cancel", job.id, "--jobs-dir", tmp_path / "jobs"], capsys, 2, tmp_path, "already ended")
+
+
+def test_universal_defaults_are_cpu_sized():
+    from napari_nrf.cli import build_parser
+    from napari_nrf.cli.universal import UNIVERSAL_PRESETS
+
+    a = build_parser().parse_args(["train-universal", "x.h5", "--out", "u.safetensors"])
+    assert a.preset == "demo" and UNIVERSAL_PRESETS["demo"] == {"embed_dim": 64, "channels": 32}
+    assert build_parser().parse_args(["train-universal", "x.h5", "--out", "u.safetensors",
+                                      "--preset", "paper"]).preset == "paper"
