@@ -64,7 +64,8 @@ def test_cli_train_evaluate_query(data_file, tmp_path, capsys):
     model = tmp_path / "m.safetensors"
     rc = main(["train", str(data_file), "--out", str(model), "--preset", "tiny", "--epochs", "2",
                "--batch-images", "8", "--batch-voxels", "50", "--steps-per-epoch", "2", "--device", "cpu"])
-    assert rc == 0 and model.exists() and (tmp_path / "m.safetensors.ckpt" / "checkpoint.safetensors").exists()
+    # a finished run removes its checkpoint (issue 21: resuming it would skip training)
+    assert rc == 0 and model.exists() and not (tmp_path / "m.safetensors.ckpt").exists()
     rc = main(["evaluate", str(model), str(data_file), "--json", str(tmp_path / "e.json"), "--candidates", "4"])
     assert rc == 0
     rep = json.loads((tmp_path / "e.json").read_text())["reports"][0]

@@ -182,3 +182,25 @@ def test_assemble_streams_voxel_blocks(tmp_path):
     with h5py.File(tmp_path / "o.h5") as f:
         np.testing.assert_allclose(f["responses"][()], ref, atol=1e-6)
     np.testing.assert_array_equal(counts, [np.sum(all_ids == u) for u in ids])
+
+
+def test_code0_headers_need_assume_mni(inputs, tmp_path, capsys):
+    """Issue 21: sform/qform code 0 is not taken as MNI; --assume-mni then works for betas and mask alike."""
+    import shutil
+
+    from napari_nrf.cli import main
+
+    d, betas, mask, _ = inputs
+    w = tmp_path / "w"
+    shutil.copytree(d, w)
+    _save(betas, w / "betas.nii.gz", code=0)
+    _save(mask, w / "mask.nii.gz", code=0)
+    argv = ["import-nifti", str(w / "betas.nii.gz"), "--mask", str(w / "mask.nii.gz"), "--events",
+            str(w / "events.csv"), "--out", str(tmp_path / "c.h5")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--assume-mni" in err[0] and "betas.nii.gz" in err[0], err
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.parts").exists()
+    assert main(argv + ["--assume-mni"]) == 0
+    assert ResponseSet.load(tmp_path / "c.h5").n_voxels > 0

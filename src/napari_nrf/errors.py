@@ -86,3 +86,102 @@ def choose_device(name=None) -> str:
     if name in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(name)
+
+
+class OutputError(NapariNRFError):
+    """An output path that would destroy something: one of the command's inputs, or an
+    existing model / data set / file the command did not create (without ``overwrite``)."""
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--out", folder: bool = False,
+                 replaceable=None) -> Path:
+    """The one output-path check of every command, job and export: call it before any work.
+
+    ``path``: the file (or, with ``folder=True``, the folder) about to be written.
+    ``inputs``: every path the command reads (files or folders); writing over one of them
+    is refused even with ``overwrite`` (the command may still be reading it lazily). An
+    output inside an input folder is fine; an input inside an output folder is checked by
+    the caller per written file. An existing ``path`` is refused unless ``overwrite`` or
+    ``replaceable(path)`` says it is the command's own kind of output (a previous report).
+    A ``path`` whose parent is a file, or an unwritable parent, is refused here rather
+    than after minutes of work. Returns ``Path(path)``; creates nothing."""
+    p = Path(path)
+    if str(path) == "":
+        raise OutputError(f"{flag}: an empty path")
+    for i in inputs:
+        if i is None or str(i) == "":
+            continue
+        if _same_path(p, Path(i)):
+            raise OutputError(f"{flag} {p} is also an input of this command; choose another output path")
+    if p.exists():
+        if folder:
+            if not p.is_dir():
+                raise OutputError(f"{flag} {p} exists and is a file, not a folder")
+        elif p.is_dir():
+            raise OutputError(f"{flag} {p} is a folder; give a file path")
+        elif not overwrite and not (replaceable is not None and replaceable(p)):
+            raise OutputError(f"{flag} {p} already exists; pass --overwrite to replace it")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{flag} {p}: {parent} is a file, not a folder")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {p}: the folder {parent} is not writable")
+    return p
+
+
+def check_outputs_in(folder, names, inputs=(), overwrite: bool = False, flag: str = "--out") -> Path:
+    """:func:`check_output` for a folder output and the files ``names`` to be written in it."""
+    folder = check_output(folder, inputs, overwrite=True, flag=flag, folder=True)
+    for n in names:
+        check_output(folder / n, inputs, overwrite=overwrite, flag=flag)
+    return folder
+
+
+def is_json_file(p) -> bool:
+    """True when ``p`` holds a JSON object (a report a command may replace)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16).lstrip()
+        return head[:1] == b"{"
+    except OSError:
+        return False
+
+
+class DeviceError(NapariNRFError):
+    """A device that is not available here (``--device cuda`` without CUDA, a typo)."""
+
+
+def check_device(name) -> str:
+    """``name`` checked: a torch device string that exists on this machine (None/"auto":
+    :func:`choose_device`). Raises :class:`DeviceError` with a one-line message."""
+    if name in (None, "", "auto"):
+        return choose_device(name)
+    import torch
+
+    try:
+        dev = torch.device(str(name))
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"--device {name}: not a device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise DeviceError(f"--device {name}: unsupported device type {dev.type!r}; use cpu or cuda")
+    return str(name)

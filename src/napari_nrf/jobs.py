@@ -437,10 +437,12 @@ class JobManager:
             return age < 60
         return _pid_alive(st.get("pid"))
 
-    def poll(self) -> list[Job]:
+    def poll(self, start: bool = True) -> list[Job]:
         """Update states (finished or dead children) and start queued jobs on free devices.
 
         Call it periodically (the widget does on a timer; :meth:`wait` does).
+        ``start=False``: only update the states (``jobs list`` / ``jobs cancel`` never
+        start a queued job, which their process would end on exit).
         """
         with self._lock():
             jobs = self.jobs()
@@ -465,7 +467,7 @@ class JobManager:
                     if (job.dir / "cancel").exists():
                         st["state"] = "cancelled"
                     _write_json(job.dir / "state.json", st)
-            for job in jobs:
+            for job in jobs if start else ():
                 st = job.state
                 if st.get("state") != "queued":
                     continue
@@ -510,6 +512,8 @@ class JobManager:
         """Ask a job to stop. A queued or interrupted job is cancelled at once; a running
         one stops at its next safe point (its target checks the cancel flag)."""
         job = self.get(job_id)
+        if job.status in ("done", "failed", "cancelled"):
+            raise JobError(f"job {job_id} has already ended ({job.status}); nothing to cancel")
         (job.dir / "cancel").touch()
         with self._lock():
             st = job.state

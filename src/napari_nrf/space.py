@@ -38,7 +38,7 @@ NRF_COORD_SIZE = np.array([182.0, 218.0, 182.0])
 
 # NIfTI xform codes.
 XFORM_SCANNER, XFORM_ALIGNED, XFORM_TALAIRACH, XFORM_MNI = 1, 2, 3, 4
-_ACCEPTED_XFORM = (0, XFORM_ALIGNED, XFORM_MNI)
+_ACCEPTED_XFORM = (XFORM_ALIGNED, XFORM_MNI)  # 0 (unknown) is not trusted
 
 MIN_RESOLUTION, MAX_RESOLUTION = 0.5, 8.0
 
@@ -417,8 +417,10 @@ def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
     """
     import nibabel as nib
 
+    where = "the image"
     if isinstance(img, (str, os.PathLike)):
         path = Path(img)
+        where = str(path)
         if not path.exists():
             raise FileNotFoundError(f"NIfTI file not found: {path}")
         try:
@@ -426,7 +428,7 @@ def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
         except Exception as exc:  # nibabel raises several types for bad files
             raise SpaceError(f"could not read {path} as NIfTI: {exc}") from exc
     if not assume_mni:
-        _check_xform(img, "the image")
+        _check_xform(img, where)
     data, grid = _canonical_array(img)
     lo, hi = grid.extent
     if not assume_mni and (np.any(hi < MNI_BOX_MIN - 40) or np.any(lo > MNI_BOX_MAX + 40)):
@@ -584,6 +586,10 @@ def _check_xform(img, where: str) -> None:
     s = int(img.header["sform_code"]) if "sform_code" in img.header else 0
     q = int(img.header["qform_code"]) if "qform_code" in img.header else 0
     code = s if s > 0 else q
+    if code == 0:
+        raise SpaceError(
+            f"{where}: its header does not say which space it is in (sform and qform code 0), so its "
+            "position in MNI space is unknown; pass --assume-mni (assume_mni=True) if it is MNI152")
     if code not in _ACCEPTED_XFORM:
         name = {XFORM_SCANNER: "scanner (native)", XFORM_TALAIRACH: "Talairach"}.get(code, str(code))
         raise SpaceError(

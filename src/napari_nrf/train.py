@@ -141,9 +141,25 @@ def predict_set(model, feats: dict, rs, rows=None, batch_images: int = 64, chunk
 
 
 # ---- checkpoints ------------------------------------------------------------------------
+def _content_hash(rs, rows: int = 64) -> str:
+    """A cheap hash of a response set's content: coordinates, image ids and splits in full,
+    responses at up to ``rows`` evenly spaced images (a lazy set reads only those rows)."""
+    h = hashlib.blake2b(digest_size=12)
+    for a in (rs.coords, rs.split, rs.image_ids):
+        a = np.asarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes() if a.dtype != object else "\0".join(map(str, a.tolist())).encode())
+    n = int(rs.n_images)
+    idx = np.unique(np.linspace(0, n - 1, min(rows, n)).astype(int)) if n else np.zeros(0, int)
+    h.update(np.ascontiguousarray(np.asarray(rs.responses[idx] if len(idx) else [])).tobytes())
+    return h.hexdigest()
+
+
 def _fingerprint(model, sets, hp: dict) -> str:
+    """What makes a run the same run: kind, configuration, every setting and the data's content."""
     desc = {"config": model.config(), "kind": model.kind, "hp": hp,
-            "sets": [[rs.subject, rs.n_images, rs.n_voxels, int((rs.split == 0).sum())] for rs in sets]}
+            "sets": [[rs.subject, rs.n_images, rs.n_voxels, int((rs.split == 0).sum()), _content_hash(rs)]
+                     for rs in sets]}
     return hashlib.blake2b(json.dumps(desc, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
 
 
@@ -301,7 +317,12 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
             from napari_nrf.models.bundle import read_metadata
 
             meta = read_metadata(ck)
-            if meta.get("fingerprint") == fp:
+            if meta.get("fingerprint") != fp:
+                import warnings
+
+                warnings.warn(f"{ck}: the checkpoint is of another run (different data, model or settings); "
+                              "starting over", stacklevel=2)
+            else:
                 meta = _load_checkpoint(ck, model, opt, params)
                 hist = History(**{k: v for k, v in meta["history"].items() if k in History.__dataclass_fields__})
                 start_epoch, bad = int(meta["epoch"]) + 1, int(meta.get("bad", 0))
@@ -389,6 +410,14 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
     model.provenance["training"] = {**{k: v for k, v in hp.items() if k != "trainable"},
                                     "subjects": names, "n_train_images": [int(s) for s in sizes],
                                     "best_epoch": hist.best_epoch, "epochs_run": len(hist.records)}
+    if ckdir is not None:
+        # A finished run's checkpoint is removed: resuming it would skip training.
+        for f in (ckdir / CHECKPOINT, ckdir / BEST):
+            f.unlink(missing_ok=True)
+        try:
+            ckdir.rmdir()
+        except OSError:
+            pass  # other files of the user's in it
     return hist
 
 

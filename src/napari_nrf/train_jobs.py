@@ -7,6 +7,10 @@ the job's child process with its checkpoints, device, progress and cancel flag;
 :func:`submit_finetune` and :func:`submit_train` check the inputs now and queue one. Every
 job they queue carries ``group="training"`` in its spec (the Training jobs widget lists
 that group).
+
+Scripts that call ``submit_*`` must guard their top level with
+``if __name__ == "__main__":``: jobs run in *spawned* child processes, which import the
+script again, so an unguarded script submits again in every child and never ends.
 """
 
 from __future__ import annotations

@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in command_modules():
         importlib.import_module(name).register(sub)
+    for sp in sub.choices.values():
+        # Every command shows tracebacks with --debug; every command that writes refuses
+        # to replace an existing file unless --overwrite (napari_nrf.errors.check_output).
+        if "--debug" not in sp._option_string_actions:
+            sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        if "--out" in sp._option_string_actions or "--json" in sp._option_string_actions:
+            if "--overwrite" not in sp._option_string_actions:
+                sp.add_argument("--overwrite", action="store_true",
+                                help="replace existing output files (never one of the inputs)")
     return parser
 
 
@@ -55,23 +64,172 @@ def _resume_hint(args) -> str:
             "(--no-resume starts over)")
 
 
+def _event_images(events) -> list:
+    """The image paths listed in an import-nifti events CSV (inputs an output must not replace)."""
+    import csv
+    from pathlib import Path
+
+    try:
+        with open(events, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    base = Path(events).parent
+    out = []
+    for r in rows[:100000]:
+        v = (r.get("image") or "").strip()
+        if v and not v.isdigit():
+            out.append(Path(v) if Path(v).is_absolute() else base / v)
+    return out
+
+
+def check_outputs(args) -> list:
+    """The shared output-path check (:func:`napari_nrf.errors.check_output`) of each
+    command, before any work. Returns the output folders that do not exist yet (removed
+    again, when empty, if the command fails)."""
+    from pathlib import Path
+
+    from napari_nrf.errors import check_output, check_outputs_in, is_json_file
+
+    cmd, ow = args.command, getattr(args, "overwrite", False)
+    new_dirs = []
+
+    def folder(path, names, inputs):
+        p = Path(path)
+        if not p.exists():
+            new_dirs.append(p)
+        check_outputs_in(p, names, inputs, overwrite=ow)
+
+    bw = [getattr(args, "backbone_weights", None)]
+    if cmd in ("train", "train-universal"):
+        check_output(args.out, [*args.data, *bw], overwrite=ow)
+    elif cmd == "transfer":
+        check_output(args.out, [args.model, args.data], overwrite=ow)
+    elif cmd == "finetune":
+        check_output(args.out, [*args.base, args.data], overwrite=ow)
+    elif cmd == "evaluate":
+        out = args.json_out or Path(args.model).with_suffix(".eval.json")
+        check_output(out, [args.model, *args.data], overwrite=ow, flag="--json", replaceable=is_json_file)
+    elif cmd == "import-nifti":
+        ins = [*args.betas, args.mask, args.events, args.test_images, *_event_images(args.events)]
+        check_output(args.out, ins, overwrite=ow)
+    elif cmd == "import-official-nrf":
+        check_output(args.out, [args.config, args.coords], overwrite=ow)
+    elif cmd == "import-nsd":
+        from napari_nrf.data.nsd import subject_dir_name
+
+        names = []
+        for s in args.subjects:
+            try:
+                names.append(subject_dir_name(s) + ".h5")
+            except (ValueError, TypeError):
+                pass
+        folder(args.out, names, [args.root])
+    elif cmd == "simulate":
+        if args.subjects is not None and 0 < args.subjects <= 10000:
+            folder(args.out, [f"sub-{i + 1:02d}.h5" for i in range(args.subjects)], [])
+        else:
+            folder(args.out, [], [])
+    elif cmd == "query":
+        from napari_nrf.features import image_files
+        from napari_nrf.query import volume_file_names
+
+        images = image_files(args.images)
+        mask = [args.mask] if args.mask and Path(args.mask).exists() else []
+        folder(args.out, volume_file_names(images), [args.model, *images, *mask])
+    elif cmd == "cluster":
+        folder(args.out, [], [args.model, *(getattr(args, "library", None) or [])])
+    return new_dirs
+
+
+# Options that count or size something: zero or negative makes a model or a job that
+# cannot work (a --width 0 model cannot be queried), so they are refused up front.
+POSITIVE = ("width", "depth", "downsample_dim", "merged_dim", "embed_dim", "channels", "images", "epochs",
+            "chunk", "candidates", "store_images", "subjects", "image_size", "max_voxels", "k", "top",
+            "batch_images", "batch_voxels", "steps_per_epoch", "reps", "n_images", "threads", "workers")
+
+
+def check_values(args) -> None:
+    """Every numeric option finite, every size positive, no empty --mask: a usage error
+    (one line naming the flag) instead of NaN volumes or a model that cannot be used."""
+    import math
+
+    from napari_nrf.errors import NapariNRFError
+
+    for name, v in vars(args).items():
+        flag = "--" + name.replace("_", "-")
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        for x in vals:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise NapariNRFError(f"{flag} {x}: must be a finite number")
+            if name in POSITIVE and isinstance(x, int) and not isinstance(x, bool) and x <= 0:
+                raise NapariNRFError(f"{flag} {x}: must be at least 1")
+    if getattr(args, "mask", None) == "":
+        raise NapariNRFError("--mask '': an empty value; use none for no mask")
+
+
+def _clean_failed(args, new_dirs) -> None:
+    """After a failure: remove output folders this run created and left empty, and an
+    empty ``<out>.ckpt/`` (nothing stray stays behind)."""
+    from pathlib import Path
+
+    dirs = list(new_dirs)
+    out = getattr(args, "out", None)
+    if out and args.command in ("train", "train-universal", "transfer"):
+        dirs.append(Path(getattr(args, "checkpoint_dir", None) or Path(out).with_name(Path(out).name + ".ckpt")))
+    for d in dirs:
+        try:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        except OSError:
+            pass
+
+
+def _one_line(exc) -> str:
+    text = str(exc) if not isinstance(exc, KeyError) else f"missing {exc}"
+    text = " ".join(text.split())
+    return text or type(exc).__name__
+
+
 def main(argv=None) -> int:
+    """Run one command. Exit codes: 0 success, 2 a usage error (a bad flag, value or input
+    file: argparse's own code too), 1 a runtime failure (permissions, disk, a device, an
+    unexpected error), 130 interrupted. Every expected failure is one line on stderr
+    naming the file or flag; ``--debug`` shows the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    new_dirs = []
     try:
+        if hasattr(args, "device"):
+            from napari_nrf.errors import check_device
+
+            check_device(args.device)  # before loading anything
+        check_values(args)
+        new_dirs = check_outputs(args)
         rc = args.func(args)
     except KeyboardInterrupt:
         print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Our own errors (napari_nrf.errors.NapariNRFError: SpaceError, BundleError, ...)
-        # are ValueErrors with a message written for the user: show it without a traceback.
+    except Exception as exc:  # noqa: BLE001 - the one error path of the CLI
+        _clean_failed(args, new_dirs)
         if getattr(args, "debug", False):
             raise
-        print(f"napari-nrf {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        from napari_nrf.errors import Cancelled
+
+        if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+            # Our own errors (napari_nrf.errors.NapariNRFError: SpaceError, BundleError, ...)
+            # are ValueErrors with a message written for the user; a missing input is a usage error.
+            code, what = 2, "error"
+        elif isinstance(exc, Cancelled):
+            code, what = 1, "cancelled"
+        elif isinstance(exc, (OSError, RuntimeError, MemoryError)):
+            code, what = 1, "error"
+        else:
+            code, what = 1, f"unexpected error ({type(exc).__name__}; --debug shows the traceback)"
+        print(f"napari-nrf {args.command}: {what}: {_one_line(exc)}", file=sys.stderr)
+        return code
     return int(rc or 0)
 

@@ -90,9 +90,13 @@ def _finetune(args) -> int:
 def _jobs(args) -> int:
     from napari_nrf.jobs import JobError, JobManager
 
+    from pathlib import Path
+
+    if args.jobs_dir and not Path(args.jobs_dir).is_dir():
+        raise JobError(f"--jobs-dir {args.jobs_dir}: no such folder")
     mgr = JobManager(args.jobs_dir)
     if args.action == "list":
-        mgr.poll()
+        mgr.poll(start=False)
         for job in mgr.jobs():
             last = job.last_progress()
             frac = last.get("fraction")
@@ -106,7 +110,7 @@ def _jobs(args) -> int:
         print(f"{job.id}: {job.status}\n  spec: {job.spec}\n  state: {job.state}\n  last: {job.last_progress()}")
         return 0
     if args.action == "cancel":
-        mgr.poll()
+        mgr.poll(start=False)
         mgr.cancel(args.job)
         print(f"cancel requested for {args.job}")
         return 0

@@ -16,13 +16,20 @@ def _fit_args(p, defaults) -> None:
     add_fit_args(p, defaults, lr_help="Adam learning rate (default: %(default)s, the paper's)")
 
 
+# Model sizes of train-universal: the paper's is hours per epoch on a 2-core CPU, so the
+# no-flag command trains the small one; --preset paper is one flag away.
+UNIVERSAL_PRESETS = {"demo": {"embed_dim": 64, "channels": 32}, "paper": {"embed_dim": 256, "channels": 128}}
+
+
 def register(sub) -> None:
     p = sub.add_parser("train-universal", help="train a Universal encoder jointly on several subjects' response sets")
     p.set_defaults(func=_train)
     add_training_inputs(p, "response set file(s) (.h5), one per subject; the images may differ")
     p.add_argument("--levels", help="comma-separated backbone features to use (default: all)")
-    p.add_argument("--embed-dim", type=int, default=256, help="voxel embedding size E (default: %(default)s)")
-    p.add_argument("--channels", type=int, default=128, help="projected channels C per level (default: %(default)s)")
+    p.add_argument("--preset", default="demo", choices=sorted(UNIVERSAL_PRESETS),
+                   help="model size: demo (E 64, C 32: CPU-sized) or paper (E 256, C 128) (default: %(default)s)")
+    p.add_argument("--embed-dim", type=int, help="voxel embedding size E (overrides the preset)")
+    p.add_argument("--channels", type=int, help="projected channels C per level (overrides the preset)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--embed-init-std", type=float, default=0.1, help="std of the random initial voxel embeddings")
     p.add_argument("--embedding-lr-scale", type=float, default=1.0,
@@ -78,7 +85,8 @@ def _train(args) -> int:
     bars = TrainingBars("training")
     levels = [s.strip() for s in args.levels.split(",")] if args.levels else None
     model, hist = train_universal(sets, backbone=args.backbone, backbone_config=bcfg, out=out, levels=levels,
-                                  model_config=dict(embed_dim=args.embed_dim, channels=args.channels,
+                                  model_config=dict(embed_dim=args.embed_dim or UNIVERSAL_PRESETS[args.preset]["embed_dim"],
+                                                    channels=args.channels or UNIVERSAL_PRESETS[args.preset]["channels"],
                                                     dropout=args.dropout, embed_init_std=args.embed_init_std,
                                                     embedding_lr_scale=args.embedding_lr_scale),
                                   **bars.callbacks(), **_fit_kwargs(args, out))

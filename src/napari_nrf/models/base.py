@@ -328,19 +328,72 @@ class EncodingModel(nn.Module):
 
     @classmethod
     def from_bundle(cls, tensors: dict, meta: dict) -> "EncodingModel":
-        model = cls(**meta["config"])
+        from .bundle import BundleError
+
+        cfg = meta.get("config")
+        if not isinstance(cfg, dict):
+            raise BundleError("metadata field 'config' is missing or not an object")
         state = {k: v for k, v in tensors.items() if not k.startswith("subjects.")}
+        check_config_against_tensors(cls, cfg, state)  # before allocating anything the metadata asks for
+        model = cls(**cfg)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing:
-            from .bundle import BundleError
-
             raise BundleError(f"missing tensor(s) {', '.join(sorted(missing)[:8])}")
-        model.backbone_name = meta["backbone"]["name"]
-        model.backbone_config = meta["backbone"].get("config", {})
-        model.subjects = {s: tensors[info["tensor"]].numpy() for s, info in meta.get("subjects", {}).items()}
+        bb = meta.get("backbone")
+        if not isinstance(bb, dict) or not isinstance(bb.get("name"), str):
+            raise BundleError("metadata field 'backbone' is missing or has no 'name'")
+        model.backbone_name = bb["name"]
+        model.backbone_config = bb.get("config") or {}
+        subjects = meta.get("subjects") or {}
+        if not isinstance(subjects, dict):
+            raise BundleError("metadata field 'subjects' is not an object")
+        model.subjects = {}
+        for s, info in subjects.items():
+            key = info.get("tensor") if isinstance(info, dict) else None
+            if key not in tensors:
+                raise BundleError(f"metadata field 'subjects.{s}.tensor' names {key!r}, which is not in the file")
+            c = tensors[key]
+            if c.ndim != 2 or c.shape[1] != 3 or not bool(torch.isfinite(c).all()):
+                raise BundleError(f"tensor {key}: subject coordinates must be finite (N, 3) MNI mm, got {tuple(c.shape)}")
+            model.subjects[s] = c.numpy()
         model.metrics = meta.get("metrics", {})
         model.provenance = meta.get("provenance", {})
         return model
+
+
+# A bundle's configuration may not ask for much more than the file holds: parameters and
+# buffers the tensors do not give (derived buffers) up to this many elements beyond them.
+MAX_DERIVED_ELEMENTS = 64_000_000
+
+
+def check_config_against_tensors(cls, cfg: dict, state: dict) -> None:
+    """Refuse a bundle whose ``config`` contradicts its tensors' own shapes, before any
+    allocation: the architecture is built on torch's ``meta`` device (no memory), its
+    state-dict shapes compared with the stored tensors, and its total size with theirs
+    (a crafted ``n_fourier = 1e9`` or ``width = 999999`` is refused here, not after
+    gigabytes). Wrong types in the config become a :class:`BundleError`."""
+    from .bundle import BundleError
+
+    try:
+        with torch.device("meta"):
+            probe = cls(**cfg)
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to build means the config is bad
+        msg = " ".join(str(exc).split())[:200]
+        raise BundleError(f"metadata field 'config' does not describe a {cls.kind} model "
+                          f"({type(exc).__name__}: {msg})") from None
+    expected = probe.state_dict()
+    for name, t in expected.items():
+        if name in state and tuple(state[name].shape) != tuple(t.shape):
+            raise BundleError(f"metadata field 'config' implies tensor {name} of shape {tuple(t.shape)}, "
+                              f"the file holds {tuple(state[name].shape)}")
+    wanted = sum(t.numel() for t in expected.values())
+    wanted += sum(b.numel() for n, b in probe.named_buffers() if n not in expected)
+    stored = sum(int(v.numel()) for v in state.values())
+    if wanted > stored + MAX_DERIVED_ELEMENTS:
+        raise BundleError(f"metadata field 'config' asks for {wanted:,} parameters, the file holds {stored:,}; "
+                          "refused (a damaged or crafted bundle)")
 
 
 def load_model(path, device="cpu", kind: str | None = None) -> EncodingModel:
@@ -360,5 +413,13 @@ def load_model(path, device="cpu", kind: str | None = None) -> EncodingModel:
     if k not in MODEL_KINDS:
         raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}; known kinds: {sorted(MODEL_KINDS)}")
     tensors, meta = load_bundle(path)
-    model = MODEL_KINDS[k].from_bundle(tensors, meta)
+    try:
+        model = MODEL_KINDS[k].from_bundle(tensors, meta)
+    except BundleError as exc:
+        msg = str(exc)
+        raise BundleError(msg if Path(path).name in msg else f"{Path(path).name}: {msg}") from None
+    except (TypeError, KeyError, AttributeError, IndexError, RuntimeError, ValueError) as exc:
+        # metadata of the wrong types or shapes that the checks above did not name
+        raise BundleError(f"{Path(path).name}: metadata do not match the tensors "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     return model.to(device).eval()
