@@ -5,17 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def add_fit_args(p, *, epochs: int = 20, batch_voxels: int = 2000, lr: float = 3e-4, weight_decay: float = 0.015,
-                 lr_help: str | None = None) -> None:
-    """The options of ``train.fit`` shared by every training subcommand (defaults: NRF's)."""
-    p.add_argument("--epochs", type=int, default=epochs)
+def add_fit_args(p, *, epochs: int | None = None, batch_voxels: int = 2000, lr: float = 1e-3,
+                 weight_decay: float = 0.015, lr_help: str | None = None, patience: int = 8) -> None:
+    """The options of ``train.fit`` shared by every training subcommand (defaults: NRF's,
+    which are fit's: the schedule in steps, ``train.default_steps`` of the training images)."""
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default: 2 per training image, at least 400, at most 2000)")
+    p.add_argument("--epochs", type=int, default=epochs,
+                   help="instead of --steps: passes of --steps-per-epoch steps" if epochs is None else None)
     p.add_argument("--batch-images", type=int, default=32)
     p.add_argument("--batch-voxels", type=int, default=batch_voxels)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
     p.add_argument("--lr", type=float, default=lr, help=lr_help)
     p.add_argument("--weight-decay", type=float, default=weight_decay)
     p.add_argument("--alpha", type=float, default=0.1, help="weight of the cosine term of the loss")
-    p.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs")
+    p.add_argument("--patience", type=int, default=patience,
+                   help="early stopping patience in validations (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", help="checkpoints (default: <out>.ckpt/); an interrupted run resumes from it")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
@@ -43,7 +48,11 @@ def register(sub) -> None:
     p.add_argument("data", nargs="+", help="response set file(s) (.h5)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.eval.json)")
-    p.add_argument("--no-ridge", action="store_true", help="skip the ridge baseline")
+    p.add_argument("--baselines", default="ridge",
+                   help="comma-separated baselines fitted on the train split: ridge (robust, pooled + spatial "
+                        "features), fwrf (Gaussian receptive fields, trained like the NRF; minutes), none "
+                        "(default: %(default)s)")
+    p.add_argument("--no-ridge", action="store_true", help="no baselines (the same as --baselines none)")
     p.add_argument("--candidates", type=int, default=50, help="images per retrieval trial (default: %(default)s)")
     p.add_argument("--cache", help="feature cache folder")
     p.add_argument("--device", default=None)
@@ -101,7 +110,8 @@ def _train(args) -> int:
     bars = TrainingBars("training")
     model, hist = train_nrf(sets, backbone=args.backbone, backbone_config=bcfg, preset=args.preset, out=out,
                             model_overrides=over,
-                            epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
+                            epochs=args.epochs, steps=args.steps,
+                            batch_images=args.batch_images, batch_voxels=args.batch_voxels,
                             steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
                             alpha=args.alpha, patience=args.patience, seed=args.seed, checkpoint_dir=ck,
                             resume=not args.no_resume, feature_cache=_cache(args.cache), device=_device(args.device),
@@ -163,7 +173,9 @@ class TrainingBars:
 def _best_text(hist) -> str:
     """How the kept epoch was chosen, for the final line of a training command."""
     if hist.best_score == hist.best_score:  # not NaN: there were validation images
-        return f"best epoch {hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}"
+        r2 = getattr(hist, "best_r2", float("nan"))
+        tail = f", R^2 = {r2:.4f}" if r2 == r2 else ""
+        return f"best epoch {hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}{tail}"
     return f"no validation images (split == val), so the last epoch ({hist.best_epoch}) was kept"
 
 
@@ -172,12 +184,19 @@ def _evaluate(args) -> int:
     from napari_nrf.evaluate import evaluate, format_table, write_json
     from napari_nrf.models import load_model
 
+    from napari_nrf.evaluate import BASELINES
+
+    names = () if args.no_ridge or args.baselines.strip() in ("", "none") else \
+        tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    bad = sorted(set(names) - set(BASELINES))
+    if bad:
+        raise SystemExit(f"--baselines: unknown {', '.join(bad)} (choose from {', '.join(BASELINES)}, none)")
     model = load_model(args.model, device=_device(args.device))
     cache = _cache(args.cache)
     reports = []
     for p in args.data:
         rs = ResponseSet.load(p)
-        reports.append(evaluate(model, rs, split=args.split, feature_cache=cache, ridge=not args.no_ridge,
+        reports.append(evaluate(model, rs, split=args.split, feature_cache=cache, baselines=names,
                                 n_candidates=args.candidates))
     print(format_table(reports))
     out = Path(args.json_out) if args.json_out else Path(args.model).with_suffix(".eval.json")

@@ -12,7 +12,7 @@ def _fit_args(p, epochs: int = 20) -> None:
     from napari_nrf._cli_nrf import add_fit_args
 
     # The paper's Adam: lr 1e-3, no weight decay, 5000 voxels per image.
-    add_fit_args(p, epochs=epochs, batch_voxels=5000, lr=1e-3, weight_decay=0.0,
+    add_fit_args(p, epochs=epochs, batch_voxels=5000, lr=1e-3, weight_decay=0.0, patience=5,
                  lr_help="Adam learning rate (default: %(default)s, the paper's)")
 
 
@@ -67,7 +67,8 @@ def _fit_kwargs(args, out: Path) -> dict:
 
     check_bundle_path(out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
-    return dict(epochs=args.epochs, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
+    # --steps replaces the epoch count (fit refuses both)
+    return dict(epochs=None if args.steps else args.epochs, steps=args.steps, batch_images=args.batch_images, batch_voxels=args.batch_voxels,
                 steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay, alpha=args.alpha,
                 patience=args.patience, seed=args.seed, checkpoint_dir=ck, resume=not args.no_resume,
                 feature_cache=FeatureCache(args.cache), device=_device(args.device))

@@ -365,7 +365,17 @@ class UniversalEncoder(EncodingModel):
 # ---- training and transfer (through the one loop, napari_nrf.train.fit) -----------------
 # Paper settings: Adam lr 1e-3, loss MSE - 0.1 cos (fit's (1 - alpha) MSE - alpha cos is the
 # same up to scale); AdamW with weight_decay=0 is Adam.
-UNIVERSAL_FIT_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.0, "batch_images": 32, "batch_voxels": 5000}
+# The Universal encoder keeps its epoch schedule (20 passes, patience 5 validations); the
+# NRF's step-based defaults (train.default_steps) were benchmarked for NRF only.
+UNIVERSAL_FIT_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.0, "batch_images": 32, "batch_voxels": 5000,
+                          "epochs": 20, "patience": 5}
+
+
+def _universal_fit_kwargs(fit_kwargs: dict) -> dict:
+    kw = {**UNIVERSAL_FIT_DEFAULTS, **fit_kwargs}
+    if kw.get("steps") is not None and "epochs" not in fit_kwargs:
+        kw["epochs"] = None  # a schedule in steps replaces the default epochs
+    return kw
 
 
 def build_universal(backbone: str, subjects: dict, backbone_config: dict | None = None, levels=None,
@@ -397,7 +407,7 @@ def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=Non
     from napari_nrf.train import fit
 
     sets = list(train_sets)
-    kw = {**UNIVERSAL_FIT_DEFAULTS, **fit_kwargs}
+    kw = _universal_fit_kwargs(fit_kwargs)
     model = build_universal(backbone, {rs.subject: rs.coords for rs in sets}, backbone_config=backbone_config,
                             levels=levels, feature_shapes=feature_shapes, seed=kw.get("seed", 0),
                             **(model_config or {}))
@@ -424,7 +434,7 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     if rs.subject in model.voxel_embeddings:
         raise UniversalModelError(f"subject {rs.subject!r} is already in the model; rename the response set")
     model.add_subject(rs.subject, rs.coords, init=init)
-    kw = {**UNIVERSAL_FIT_DEFAULTS, **fit_kwargs}
+    kw = _universal_fit_kwargs(fit_kwargs)
     kw.setdefault("trainable", model.embedding_filter(rs.subject))
     keep_training = model.provenance.get("training")
     keep_metrics = dict(model.metrics or {})
