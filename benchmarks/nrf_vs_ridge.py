@@ -63,7 +63,8 @@ FULL = dict(n_subjects=3, n_images=1100, n_shared=100, val_fraction=0.1, max_vox
             res_roi=("V1", "V2"), res_epochs=12, res_steps=60, res_subjects=(0, 1, 2), seed=0)
 TINY = dict(FULL, n_subjects=2, n_images=40, n_shared=8, max_voxels=150, image_size=32, sizes=(20,),
             shuffle_sizes=(20,), preset="tiny", epochs=2, steps=3, patience=2, batch_voxels=100,
-            res_roi=("V1",), res_epochs=2, res_steps=3, res_subjects=(0, 1), res_max_voxels=300, res_box=8.0)
+            res_roi=("V1",), res_epochs=2, res_steps=3, res_subjects=(0, 1), res_max_voxels=300, res_box=8.0,
+            fit_overrides={"steps": 6})
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -129,15 +130,19 @@ def roi_shuffled(rs: ResponseSet, seed: int) -> ResponseSet:
 
 
 # ---- models -----------------------------------------------------------------------------
-def fit_nrf(sets, feats, cfg, seed, epochs=None, steps=None, log=None):
+def fit_nrf(sets, feats, cfg, seed, epochs=None, steps=None, log=None, defaults=False):
+    """One NRF; ``defaults=True`` (claims A/B): ``train.fit``'s own schedule, no arguments."""
     from napari_nrf.models.nrf import build_nrf
 
     model = build_nrf("efficientnet-lite0", cfg["preset"], seed=seed, **cfg.get("nrf_overrides", {}))
     n_tr = max(int((rs.split == 0).sum()) for rs in sets)
-    hist = fit(model, list(sets), features=list(feats), epochs=epochs or cfg["epochs"],
-               steps_per_epoch=steps or cfg["steps"], batch_images=min(cfg["batch_images"], n_tr),
-               batch_voxels=cfg["batch_voxels"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-               patience=cfg["patience"], seed=seed)
+    if defaults:
+        hist = fit(model, list(sets), features=list(feats), seed=seed, **cfg.get("fit_overrides", {}))
+    else:
+        hist = fit(model, list(sets), features=list(feats), epochs=epochs or cfg["epochs"],
+                   steps_per_epoch=steps or cfg["steps"], batch_images=min(cfg["batch_images"], n_tr),
+                   batch_voxels=cfg["batch_voxels"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                   patience=cfg["patience"], seed=seed)
     info = {"epochs_run": len(hist.records), "best_epoch": hist.best_epoch, "val_r": hist.best_score}
     if log:
         log(f"    NRF fit: {info}")
@@ -146,7 +151,8 @@ def fit_nrf(sets, feats, cfg, seed, epochs=None, steps=None, log=None):
 
 def score(pred, rs, rows):
     m = metrics(pred, rs.get_responses(rows), truth=rs.get_truth(rows))
-    return {"r_noisy": m["pearson_median"], "r_truth": m["truth_pearson_median"]}
+    return {"r_noisy": m["pearson_median"], "r_truth": m["truth_pearson_median"], "r2": m["r2_median"],
+            "r2_truth": m["truth_r2_median"], "slope": m["calibration_slope"], "mse": m["mse"]}
 
 
 def sub_feats(feats, rows):
@@ -172,11 +178,25 @@ def one_size(rs, ft, size, s, cfg, shuffle: bool, log) -> dict:
     for suffix, data in variants:
         sub = with_train(data, rows)
         t = time.perf_counter()
-        model, info = fit_nrf([sub], [ft], cfg, seed=s, log=log)
+        model, info = fit_nrf([sub], [ft], cfg, seed=s, log=log, defaults=cfg.get("nrf_defaults", True))
         rec["nrf" + suffix] = {**score(predict_set(model, sub_feats(ft, test), sub), sub, test), **info,
                                "seconds": round(time.perf_counter() - t, 1)}
-        rb = RidgeBaseline().fit(sub_feats(ft, rows), data.get_responses(rows))
-        rec["ridge" + suffix] = score(rb.predict(sub_feats(ft, test)), data, test)
+        # Baselines (napari_nrf.baselines): the robust ridge with spatial (PCA) columns, the
+        # pooled-only ridge (the old design, robustly standardised) and fWRF, trained by
+        # train.fit with its defaults like the NRF.
+        for name, spatial in (("ridge", True), ("ridge_pooled", False)):
+            if name in cfg.get("baselines", ("ridge", "ridge_pooled", "fwrf")):
+                rb = RidgeBaseline(spatial=spatial).fit(sub_feats(ft, rows), data.get_responses(rows))
+                rec[name + suffix] = score(rb.predict(sub_feats(ft, test)), data, test)
+        if "fwrf" in cfg.get("baselines", ("ridge", "ridge_pooled", "fwrf")):
+            from napari_nrf.baselines import fit_fwrf
+
+            t = time.perf_counter()
+            fw, h = fit_fwrf(sub, ft, seed=s, **cfg.get("fit_overrides", {}))
+            rec["fwrf" + suffix] = {**score(predict_set(fw, sub_feats(ft, test), sub), sub, test),
+                                    "best_epoch": h.best_epoch, "seconds": round(time.perf_counter() - t, 1)}
+        log(f"    {rs.subject} n={len(rows)}{suffix}: " + ", ".join(
+            f"{k} r_truth {v['r_truth']:.3f} slope {v['slope']:.2f}" for k, v in rec.items() if isinstance(v, dict)))
     return rec
 
 
@@ -330,9 +350,12 @@ def summarise(runs: list) -> dict:
     for n in sorted({r["n_train"] for r in runs}):
         rs = [r for r in runs if r["n_train"] == n]
         row = {}
-        for model in ("nrf", "ridge", "nrf_shuffled", "ridge_shuffled", "nrf_shuffled_roi", "ridge_shuffled_roi"):
+        for model in ("nrf", "ridge", "ridge_pooled", "fwrf", "nrf_shuffled", "ridge_shuffled", "nrf_shuffled_roi",
+                      "ridge_shuffled_roi"):
             vals = [r[model] for r in rs if model in r]
-            for key in ("r_noisy", "r_truth") if vals else ():
+            for key in ("r_noisy", "r_truth", "r2", "slope", "mse") if vals else ():
+                if any(key not in v for v in vals):
+                    continue
                 a = np.array([v[key] for v in vals])
                 row[f"{model}.{key}"] = [float(a.mean()), float(a.std()), len(a)]
         out[str(n)] = row
@@ -347,10 +370,12 @@ def markdown(res: dict) -> str:
         m, sd, n = row[key]
         return f"{m:.3f} +- {sd:.3f}"
 
-    keys = ("nrf.r_noisy", "ridge.r_noisy", "nrf.r_truth", "ridge.r_truth", "nrf_shuffled.r_noisy",
-            "nrf_shuffled.r_truth")
-    head = ("| train images | NRF r (noisy) | ridge r (noisy) | NRF r (truth) | ridge r (truth) "
-            "| NRF shuffled r (noisy) | NRF shuffled r (truth) |")
+    keys = tuple(f"{m}.{k}" for m in ("nrf", "ridge", "fwrf", "ridge_pooled") for k in ("r_truth", "r_noisy", "r2", "slope"))
+    head = "| train images | " + " | ".join(f"{m} {k}" for m in ("NRF", "ridge", "fWRF", "ridge pooled")
+                                          for k in ("r (truth)", "r (noisy)", "R^2", "slope")) + " |"
+    if any("nrf_shuffled.r_noisy" in row for row in res["summary"].values()):
+        keys += ("nrf_shuffled.r_noisy", "nrf_shuffled.r_truth")
+        head += " NRF shuffled r (noisy) | NRF shuffled r (truth) |"
     if any("nrf_shuffled_roi.r_noisy" in row for row in res["summary"].values()):  # only with --shuffle-kind roi
         keys += ("nrf_shuffled_roi.r_noisy", "nrf_shuffled_roi.r_truth")
         head += " NRF ROI-shuffled r (noisy) | NRF ROI-shuffled r (truth) |"
@@ -368,7 +393,10 @@ def main(argv=None) -> int:
     ap.add_argument("--subject-ids", help="comma-separated 0-based subject indices")
     ap.add_argument("--sizes", default=None, help="training sizes, e.g. 20,200,800,all; 'none' skips A/B")
     ap.add_argument("--no-resolution", action="store_true", help="skip claim C")
-    ap.add_argument("--epochs", type=int, help="claims A/B: maximum NRF epochs (default %d)" % FULL["epochs"])
+    ap.add_argument("--epochs", type=int, help="claims A/B: maximum NRF epochs (default: train.fit's own "
+                    "step schedule; with --epochs the old fixed schedule, %d steps an epoch)" % FULL["steps"])
+    ap.add_argument("--max-voxels", type=int, help="claims A/B: voxels per subject (default %d)" % FULL["max_voxels"])
+    ap.add_argument("--baselines", help="claims A/B: comma-separated of ridge,ridge_pooled,fwrf (default all)")
     ap.add_argument("--shuffle-sizes", help="sizes with the shuffle ablation (default 20,all)")
     ap.add_argument("--shuffle-kind", help="comma-separated shuffles at the shuffle sizes, of global,roi "
                     "(default global; roi permutes only within each ROI)")
@@ -396,6 +424,11 @@ def main(argv=None) -> int:
     over = {}
     if args.epochs:
         over["epochs"] = args.epochs
+        over["nrf_defaults"] = False
+    if args.max_voxels:
+        over["max_voxels"] = args.max_voxels
+    if args.baselines:
+        over["baselines"] = tuple(args.baselines.split(","))
     if args.shuffle_sizes:
         over["shuffle_sizes"] = tuple(None if v == "all" else int(v) for v in args.shuffle_sizes.split(","))
     if args.shuffle_kind:

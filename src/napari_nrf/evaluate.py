@@ -7,17 +7,19 @@ Metrics (all on held-out images of one subject):
 
 * voxelwise Pearson r between predicted and measured responses across images: median,
   mean and median per ROI (``rs.roi`` / ``rs.roi_names``);
-* MSE over images and voxels;
-* noise-ceiling-normalised accuracy ``r^2 / (NC / 100)`` per voxel where a ceiling exists
-  (NSD's ceilings are percentages of explainable variance), median and mean;
+* in the data's units: MSE over images and voxels, voxelwise R^2 (coefficient of
+  determination) and the calibration slope (measured responses regressed on the
+  predictions, pooled over voxels; 1 = calibrated, > 1 shrunken predictions);
+* noise-ceiling-normalised accuracy ``r^2 / (NC / 100)`` and ``R^2 / (NC / 100)`` per voxel
+  where a ceiling exists (NSD's ceilings are percentages of explainable variance);
 * against the noiseless truth when the set has one (virtual subjects);
 * image retrieval as in seed 002: for each measured test response, the true image and
   N - 1 random distractor test images are ranked by the Pearson correlation (across
   voxels) of their predicted response with the measured one; top-1 and top-5 accuracy,
   averaged over ``n_repeats`` draws of distractors;
-* a voxelwise ridge baseline on the same frozen backbone features (the pooled embedding
-  plus each token map averaged over tokens, standardised), scikit-learn ``RidgeCV`` with
-  one alpha per voxel chosen by efficient leave-one-out (GCV), fitted on the train split.
+* baselines on the same frozen backbone features, fitted on the train split
+  (:mod:`napari_nrf.baselines`): a robust voxelwise ridge with pooled and spatial (PCA of
+  the flattened token maps) columns, and fWRF trained by the same loop as the NRF.
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_nrf.errors import NapariNRFError, write_text_atomic
-from napari_nrf.train import predict_set, set_features, voxel_pearson
-
-RIDGE_ALPHAS = np.logspace(-1, 6, 15)
+from napari_nrf.train import predict_set, set_features, voxel_pearson, voxel_r2
 
 
 class EvaluationError(NapariNRFError):
@@ -72,13 +72,34 @@ def retrieval(pred: np.ndarray, true: np.ndarray, n_candidates: int = 50, n_repe
             "chance_top1": 1.0 / k, "chance_top5": min(5, k) / k}
 
 
+def calibration_slope(pred: np.ndarray, true: np.ndarray) -> float:
+    """Slope of ``true`` regressed on ``pred`` (both (n_images, V)), pooled over voxels.
+
+    Each voxel's predictions and responses are centred over the images first, so the slope
+    compares the image-driven variation only (a voxel's offset does not count):
+    ``sum(p_c * t_c) / sum(p_c^2)``. 1 means predictions in the data's units; above 1 they
+    are shrunken (a slope of 10: ten times too small), below 1 inflated. NaN when the
+    predictions do not vary.
+    """
+    p = np.asarray(pred, np.float64)
+    t = np.asarray(true, np.float64)
+    p = p - p.mean(0)
+    t = t - t.mean(0)
+    den = float((p * p).sum())
+    return float((p * t).sum() / den) if den > 0 else float("nan")
+
+
 def metrics(pred: np.ndarray, true: np.ndarray, roi=None, roi_names=None, noise_ceiling=None,
             truth=None) -> dict:
     """Voxelwise accuracy of ``pred`` against ``true`` (both (n_images, V) float).
 
-    Returns a JSON-able dict: pearson_median, pearson_mean, mse, per_roi (name ->
-    {median, n_voxels}), nc_normalised_median / _mean (when ``noise_ceiling`` (V,), in
-    percent, is given) and truth_pearson_median / _mean (when ``truth`` is given).
+    Returns a JSON-able dict: pearson_median, pearson_mean, mse, r2_median / r2_mean
+    (voxelwise coefficient of determination, :func:`napari_nrf.train.voxel_r2`),
+    calibration_slope (:func:`calibration_slope`), per_roi (name -> {median, n_voxels}),
+    nc_normalised_median / _mean (``r^2 / (NC / 100)``) and nc_r2_median / _mean
+    (``R^2 / (NC / 100)``) when ``noise_ceiling`` (V,), in percent, is given, and
+    truth_pearson_median / _mean, truth_r2_median, truth_calibration_slope when ``truth``
+    is given.
     """
     pred = np.asarray(pred, np.float32)
     true = np.asarray(true, np.float32)
@@ -88,6 +109,9 @@ def metrics(pred: np.ndarray, true: np.ndarray, roi=None, roi_names=None, noise_
     out = {"n_images": int(pred.shape[0]), "n_voxels": int(pred.shape[1]),
            "pearson_median": float(np.nanmedian(r)), "pearson_mean": float(np.nanmean(r)),
            "mse": float(np.mean((pred - true) ** 2))}
+    r2 = voxel_r2(pred, true)
+    out.update(r2_median=float(np.nanmedian(r2)), r2_mean=float(np.nanmean(r2)),
+               calibration_slope=calibration_slope(pred, true))
     if roi is not None:
         names = {int(k): v for k, v in (roi_names or {}).items()}
         per = {}
@@ -104,60 +128,28 @@ def metrics(pred: np.ndarray, true: np.ndarray, roi=None, roi_names=None, noise_
             acc = r[ok] ** 2 / nc[ok]
             out["nc_normalised_median"] = float(np.nanmedian(acc))
             out["nc_normalised_mean"] = float(np.nanmean(acc))
+            out["nc_r2_median"] = float(np.nanmedian(r2[ok] / nc[ok]))
+            out["nc_r2_mean"] = float(np.nanmean(r2[ok] / nc[ok]))
     if truth is not None:
         rt = voxel_pearson(pred, truth)
         out["truth_pearson_median"] = float(np.nanmedian(rt))
         out["truth_pearson_mean"] = float(np.nanmean(rt))
+        out["truth_r2_median"] = float(np.nanmedian(voxel_r2(pred, truth)))
+        out["truth_calibration_slope"] = calibration_slope(pred, truth)
     return out
 
 
-# ---- ridge baseline -----------------------------------------------------------------------
-def ridge_features(feats: dict) -> np.ndarray:
-    """(n, D) design matrix: the pooled embedding(s) and every token map averaged over tokens."""
-    cols = []
-    for k in sorted(feats):
-        a = np.asarray(feats[k], np.float32)
-        cols.append(a.mean(1) if a.ndim == 3 else a.reshape(len(a), -1))
-    return np.concatenate(cols, axis=1)
+# ---- baselines ------------------------------------------------------------------------------
+# The baselines live in napari_nrf.baselines; these names stay importable from here.
+from napari_nrf.baselines import RIDGE_ALPHAS, BaselineError, RidgeBaseline, ridge_features  # noqa: E402,F401
 
-
-class RidgeBaseline:
-    """Voxelwise ridge regression from backbone features, one alpha per voxel (RidgeCV, GCV).
-
-    Parameters
-    ----------
-    alphas : array of float
-        Candidate penalties (default 1e-1 .. 1e6, log-spaced).
-    """
-
-    def __init__(self, alphas=RIDGE_ALPHAS):
-        self.alphas = np.asarray(alphas, float)
-        self.model = None
-
-    def fit(self, feats: dict, y: np.ndarray) -> "RidgeBaseline":
-        from sklearn.linear_model import RidgeCV
-
-        x = ridge_features(feats).astype(np.float64)
-        self.mean_, self.std_ = x.mean(0), x.std(0) + 1e-6
-        self.model = RidgeCV(alphas=self.alphas, alpha_per_target=True)
-        self.model.fit((x - self.mean_) / self.std_, np.asarray(y, np.float64))
-        return self
-
-    def predict(self, feats: dict) -> np.ndarray:
-        if self.model is None:
-            raise EvaluationError("fit the ridge baseline first")
-        x = (ridge_features(feats).astype(np.float64) - self.mean_) / self.std_
-        return self.model.predict(x).astype(np.float32)
-
-    @property
-    def alpha_(self) -> np.ndarray:
-        return np.atleast_1d(self.model.alpha_)
+BASELINES = ("ridge", "fwrf")
 
 
 # ---- one call -----------------------------------------------------------------------------
 def evaluate(model, rs, *, split: str = "test", features: dict | None = None, feature_cache=None,
              ridge: bool = True, n_candidates: int = 50, n_repeats: int = 10, seed: int = 0,
-             predictions: np.ndarray | None = None) -> dict:
+             predictions: np.ndarray | None = None, baselines=None, fit_kwargs: dict | None = None) -> dict:
     """Evaluate ``model`` on the ``split`` images of response set ``rs``.
 
     Parameters
@@ -165,15 +157,26 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
     features : dict name -> (rs.n_images, ...) array or None
         Backbone features of every image of ``rs`` (computed when None).
     ridge : bool
-        Also fit and score the ridge baseline (train split -> ``split``).
+        Also fit and score the ridge baseline (train split -> ``split``); the same as
+        ``baselines=("ridge",)`` (``baselines`` wins when given).
+    baselines : sequence of "ridge", "fwrf" or None
+        Baselines fitted on the train split and scored on ``split``: "ridge"
+        (:class:`napari_nrf.baselines.RidgeBaseline`, robust, pooled + spatial features)
+        and "fwrf" (:class:`napari_nrf.baselines.FWRF`, trained with :func:`napari_nrf.train.fit`,
+        early-stopped on the val split, ``fit_kwargs`` passed on).
     predictions : (n_split_images, V) array or None
         Use these instead of running the model (e.g. a baseline's).
 
     Returns
     -------
-    dict with the :func:`metrics` of the model, ``retrieval`` and (``ridge=True``) a
-    ``ridge`` sub-dict with the same keys plus ``alpha_median``.
+    dict with the :func:`metrics` of the model, ``retrieval`` and one sub-dict per
+    baseline ("ridge": plus ``alpha_median`` and ``n_dropped_columns``; "fwrf": plus
+    ``best_epoch``) with the same keys.
     """
+    todo = tuple(baselines) if baselines is not None else (("ridge",) if ridge else ())
+    unknown = sorted(set(todo) - set(BASELINES))
+    if unknown:
+        raise EvaluationError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
     rows = rs.indices(split)
     if len(rows) < 2:
         raise EvaluationError(f"the response set {rs.subject!r} has {len(rows)} image(s) in split {split!r}")
@@ -192,26 +195,39 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
     rep = {"subject": rs.subject, "split": split, "precision": prec,
            **metrics(predictions, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth),
            "retrieval": retrieval(predictions, true, n_candidates, n_repeats, seed)}
-    if ridge:
-        tr = rs.indices("train")
-        if len(tr) < 2:
-            raise EvaluationError("the ridge baseline needs training images (split == train)")
-        rb = RidgeBaseline().fit({k: np.asarray(v)[tr] for k, v in features.items()}, rs.get_responses(tr))
-        pr = rb.predict(f_eval)
-        rep["ridge"] = {**metrics(pr, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth),
-                        "retrieval": retrieval(pr, true, n_candidates, n_repeats, seed),
-                        "alpha_median": float(np.median(rb.alpha_))}
+    tr = rs.indices("train")
+    if todo and len(tr) < 2:
+        raise EvaluationError("the baselines need training images (split == train)")
+    for name in todo:
+        if name == "ridge":
+            try:
+                rb = RidgeBaseline().fit({k: np.asarray(v)[tr] for k, v in features.items()}, rs.get_responses(tr))
+            except BaselineError as e:
+                raise EvaluationError(f"ridge baseline: {e}") from e
+            pr, extra = rb.predict(f_eval), {"alpha_median": float(np.median(rb.alpha_)),
+                                             "n_dropped_columns": rb.n_dropped_}
+        else:
+            from napari_nrf.baselines import fit_fwrf
+
+            fw, hist = fit_fwrf(rs, {k: np.asarray(v) for k, v in features.items()},
+                                backbone=getattr(model, "backbone_name", "efficientnet-lite0") or "efficientnet-lite0",
+                                seed=seed, **(fit_kwargs or {}))
+            pr, extra = predict_set(fw, f_eval, rs), {"best_epoch": hist.best_epoch}
+        rep[name] = {**metrics(pr, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth),
+                     "retrieval": retrieval(pr, true, n_candidates, n_repeats, seed), **extra}
     return rep
 
 
-_TABLE_COLS = (("pearson_median", "r median"), ("pearson_mean", "r mean"), ("mse", "MSE"),
-               ("nc_normalised_median", "r2/NC median"), ("truth_pearson_median", "r truth median"))
+_TABLE_COLS = (("pearson_median", "r median"), ("pearson_mean", "r mean"), ("r2_median", "R2 median"),
+               ("mse", "MSE"), ("calibration_slope", "slope"), ("nc_normalised_median", "r2/NC median"),
+               ("nc_r2_median", "R2/NC median"), ("truth_pearson_median", "r truth median"))
 
 
 def format_table(reports: list[dict]) -> str:
-    """A plain-text table of evaluation reports: one row per subject for the model and the
-    ridge baseline (Pearson r, MSE, noise-ceiling-normalised r^2, r against the noiseless
-    truth, retrieval among N candidates), then the median r per ROI where the set has ROIs.
+    """A plain-text table of evaluation reports: one row per subject for the model and each
+    baseline (Pearson r, R^2, MSE, calibration slope, noise-ceiling-normalised r^2 and R^2,
+    r against the noiseless truth, retrieval among N candidates), then the median r per
+    ROI where the set has ROIs.
     A "-" marks a metric the data cannot give (no ceilings, no truth)."""
     n_cand = sorted({int(r["retrieval"]["n_candidates"]) for r in reports if "retrieval" in r})
     among = f"/{n_cand[0]}" if len(n_cand) == 1 else ""
@@ -220,7 +236,7 @@ def format_table(reports: list[dict]) -> str:
     head = f"{'subject':<12}{'model':<8}" + "".join(f"{lab:>{w}}" for lab, w in zip(labels, widths))
     lines = [head, "-" * len(head)]
     for rep in reports:
-        for name, r in (("model", rep), ("ridge", rep.get("ridge"))):
+        for name, r in (("model", rep),) + tuple((b, rep.get(b)) for b in BASELINES):
             if r is None:
                 continue
             vals = [f"{r[c]:.4f}" if r.get(c) is not None else "-" for c, _ in _TABLE_COLS]

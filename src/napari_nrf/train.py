@@ -9,8 +9,10 @@
 * a step draws ``batch_images`` training images of one subject and ``batch_voxels`` of its
   voxels, and minimises ``(1 - alpha) * MSE - alpha * cos``, the cosine taken across the
   sampled voxels of each image and averaged over images (NRF's loss, alpha = 0.1);
-* AdamW; early stopping on the validation median voxel Pearson (mean over validation
-  subjects); deterministic seeds (a fresh generator per epoch, so a resumed run draws the
+* a schedule in optimiser steps (:func:`default_steps` scales it with the training
+  images; epochs are derived); AdamW; the kept model is the validation with the best
+  median voxel R^2 (mean over validation subjects), and early stopping waits until neither
+  R^2 nor the median voxel Pearson r improves; deterministic seeds (a fresh generator per epoch, so a resumed run draws the
   same batches as an uninterrupted one);
 * a checkpoint (model + optimiser + history, one safetensors file, never pickled) after
   every epoch, and ``resume=True`` continues from it after an interruption;
@@ -60,7 +62,8 @@ class History:
 
     records: list = field(default_factory=list)
     best_epoch: int = -1
-    best_score: float = float("nan")
+    best_score: float = float("nan")  # validation median voxel r at the best epoch
+    best_r2: float = float("nan")  # validation median voxel R^2 at the best epoch (the selection score)
     stopped_early: bool = False
     resumed_from: int | None = None
 
@@ -109,10 +112,33 @@ def voxel_pearson(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return r.astype(np.float32)
 
 
+def voxel_r2(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per voxel (column) of (n_images, V) arrays:
+    ``1 - sum (true - pred)^2 / sum (true - mean(true))^2`` (in the data's units: 0 for a
+    prediction of the voxel's mean, negative when worse); NaN where ``true`` is constant."""
+    p = np.asarray(pred, np.float64)
+    t = np.asarray(true, np.float64)
+    sst = ((t - t.mean(0)) ** 2).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = 1.0 - ((t - p) ** 2).sum(0) / sst
+    r2[sst == 0] = np.nan
+    return r2.astype(np.float32)
+
+
 def loss_fn(pred: torch.Tensor, true: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
-    """``(1 - alpha) * MSE - alpha * cos``; cos across voxels per image, averaged over images."""
+    """``(1 - alpha) * MSE - alpha * cos``; cos across voxels per image, averaged over images.
+
+    The norm of each image's prediction in the cosine is floored at 0.1 x the norm of its
+    responses: the cosine is scale-free, so its gradient grows as 1 / |pred| and, for a
+    model whose outputs start near zero (1e-3 or exactly 0), dwarfs the MSE's gradient by
+    orders of magnitude; Adam's second moment then remembers that spike for ~1000 steps
+    and the MSE, the only term that sets the predictions' units, barely moves them (issue
+    22). Above the floor this is exactly the cosine.
+    """
     mse = torch.mean((pred - true) ** 2)
-    cos = torch.nn.functional.cosine_similarity(pred, true, dim=1, eps=1e-8).mean()
+    tn = torch.linalg.vector_norm(true, dim=1)
+    pn = torch.maximum(torch.linalg.vector_norm(pred, dim=1), 0.1 * tn)
+    cos = ((pred * true).sum(1) / (pn * tn).clamp_min(1e-8)).mean()
     return (1 - alpha) * mse - alpha * cos
 
 
@@ -194,14 +220,36 @@ def _load_checkpoint(path: Path, model, opt, params: list) -> dict:
 
 
 # ---- the loop ---------------------------------------------------------------------------
-def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch_images: int = NRF_FIT.batch_images,
-        batch_voxels: int = NRF_FIT.batch_voxels, lr: float = NRF_FIT.lr, weight_decay: float = NRF_FIT.weight_decay,
-        alpha: float = NRF_FIT.alpha, trainable=None, feature_cache=None,
-        features=None, val_features=None, checkpoint_dir=None, resume: bool = True, seed: int = NRF_FIT.seed,
-        patience: int = NRF_FIT.patience, steps_per_epoch: int | None = NRF_FIT.steps_per_epoch, progress=None,
-        on_epoch=None, cancel=None, device=None, val_every: int = NRF_FIT.val_every,
-        feature_progress=None) -> History:
+def default_steps(n_train: int) -> int:
+    """Optimiser steps of a default fit on ``n_train`` training images (all sets together):
+    ``clip(2 n_train, 400, 2000)`` (20 images: 400, 200: 400, 800: 1600, 1000+: 2000).
+
+    Chosen with ``benchmarks/nrf_schedule.py`` (docs/results.md, "NRF defaults"): a small
+    data set needs a few hundred steps to reach the responses' units however few images
+    it has (an epoch of 20 images is one step), a large one about two passes' worth of
+    steps per 32-image batch; early stopping ends most runs before the cap.
+    """
+    return int(min(2000, max(400, 2 * int(n_train))))
+
+
+def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs,
+        batch_images: int = NRF_FIT.batch_images, batch_voxels: int = NRF_FIT.batch_voxels,
+        lr: float = NRF_FIT.lr, weight_decay: float = NRF_FIT.weight_decay, alpha: float = NRF_FIT.alpha,
+        trainable=None, feature_cache=None, features=None, val_features=None, checkpoint_dir=None,
+        resume: bool = True, seed: int = NRF_FIT.seed, patience: int = NRF_FIT.patience,
+        steps_per_epoch: int | None = NRF_FIT.steps_per_epoch, progress=None, on_epoch=None, cancel=None,
+        device=None, val_every: int | None = NRF_FIT.val_every, feature_progress=None,
+        steps: int | None = NRF_FIT.steps) -> History:
     """Train ``model`` in place on the train split of ``train_sets``; keep the best epoch.
+
+    The schedule is a number of optimiser steps: ``steps`` (default
+    :func:`default_steps` of the training images), split into epochs of
+    ``steps_per_epoch`` (default: one pass over the training images); ``epochs`` instead
+    gives ``epochs x steps_per_epoch`` steps. The model is validated about 40 times per
+    run (every ``val_every`` epochs, default derived) and the validation with the best
+    **median voxel R^2** (coefficient of determination, scale-aware: shrunken or inflated
+    predictions lose) is kept; training stops when neither R^2 nor the median voxel
+    Pearson r has improved for ``patience`` validations.
 
     Parameters
     ----------
@@ -212,10 +260,12 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
     val_sets : list of ResponseSet or None
         Validation images are the ``split == val`` rows (default: of ``train_sets``).
         Without any validation rows the last epoch is kept and no early stopping happens.
-    epochs, batch_images, batch_voxels, lr, weight_decay, alpha, seed, patience, steps_per_epoch, val_every
-        Schedule, batch (images x sampled voxels), AdamW settings and the loss mixture: the
-        fields of :class:`napari_nrf.settings.FitSettings` (defaults, checks and help text
-        there; these defaults are :data:`napari_nrf.settings.NRF_FIT`).
+    steps, epochs : int or None
+        The schedule (see above); give at most one.
+    batch_images, batch_voxels, lr, weight_decay, alpha, seed, patience, steps_per_epoch, val_every
+        Batch (images x sampled voxels), AdamW settings, the loss mixture and early
+        stopping: the fields of :class:`napari_nrf.settings.FitSettings` (defaults, checks
+        and help text there; these defaults are :data:`napari_nrf.settings.NRF_FIT`).
     trainable : callable(param_name) -> bool, or None
         Only the parameters it accepts are trained (default: all).
     feature_cache : FeatureCache or None
@@ -230,9 +280,11 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
     seed : int
         Seeds batch order, voxel sampling and dropout.
     patience : int
-        Stop after this many validations without improvement.
+        Stop after this many validations without improvement (of R^2 or r).
     steps_per_epoch : int or None
         Default: one pass over the training images.
+    val_every : int or None
+        Validate every this many epochs (default: about 40 validations per run).
     progress : callable(done, total), on_epoch : callable(record), cancel : callable() -> bool
     feature_progress : callable(done, total, subject) or None
         Called while the frozen backbone encodes a set's images (before the first step;
@@ -246,7 +298,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
         raise TrainingError("fit needs at least one response set")
     _check_schedule(epochs=epochs, batch_images=batch_images, batch_voxels=batch_voxels, lr=lr,
                     weight_decay=weight_decay, alpha=alpha, patience=patience, steps_per_epoch=steps_per_epoch,
-                    val_every=val_every)
+                    val_every=val_every, steps=steps)
     names = [rs.subject for rs in train_sets]
     if len(set(names)) != len(names):
         raise TrainingError(f"training sets need distinct subject names, got {names}")
@@ -303,8 +355,16 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
     opt = torch.optim.AdamW([{"params": ps, "lr": lr * s} for s, ps in groups.items()], lr=lr,
                             weight_decay=weight_decay)
 
+    sizes = np.array([len(r) for r in tr_rows], float)
+    n_steps = steps_per_epoch or int(sum(math.ceil(s / batch_images) for s in sizes if s))
+    if epochs is None:  # the schedule in steps; epochs derived
+        total_steps = int(steps) if steps is not None else default_steps(int(sizes.sum()))
+        epochs = max(1, math.ceil(total_steps / n_steps))
+    if val_every is None:
+        val_every = max(1, round(epochs / 40))
     hp = dict(epochs=epochs, batch_images=batch_images, batch_voxels=batch_voxels, lr=lr, weight_decay=weight_decay,
-              alpha=alpha, seed=seed, steps_per_epoch=steps_per_epoch, trainable=sorted(keep))
+              alpha=alpha, seed=seed, steps_per_epoch=n_steps, trainable=sorted(keep),
+              steps=n_steps * epochs, val_every=val_every, patience=patience)
     fp = _fingerprint(model, train_sets, hp)
     hist = History()
     start_epoch, bad = 0, 0
@@ -326,6 +386,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
                 meta = _load_checkpoint(ck, model, opt, params)
                 hist = History(**{k: v for k, v in meta["history"].items() if k in History.__dataclass_fields__})
                 start_epoch, bad = int(meta["epoch"]) + 1, int(meta.get("bad", 0))
+                best_r = float(meta.get("best_r", float("nan")))
                 hist.resumed_from = int(meta["epoch"])
                 if (ckdir / BEST).exists():
                     from napari_nrf.models.bundle import load_bundle
@@ -333,9 +394,8 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
                     best_state = {k: v.to(dev) for k, v in load_bundle(ckdir / BEST)[0].items()
                                   if not k.startswith("subjects.")}
 
-    sizes = np.array([len(r) for r in tr_rows], float)
-    n_steps = steps_per_epoch or int(sum(math.ceil(s / batch_images) for s in sizes if s))
     total = n_steps * epochs
+    best_r = float("nan")
     model.train()
     try:
         for epoch in range(start_epoch, epochs):
@@ -371,20 +431,29 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
                     progress(epoch * n_steps + step + 1, total)
             rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
             if have_val and ((epoch + 1) % val_every == 0 or epoch == epochs - 1):
-                meds = []
+                meds, r2s = [], []
                 for rs, f, r in zip(val_sets, va_feats, va_rows):
                     if len(r) < 3:
                         continue
                     pred = predict_set(model, {k: a[r] for k, a in f.items()}, rs)
-                    meds.append(float(np.nanmedian(voxel_pearson(pred, rs.get_responses(r)))))
+                    yv = rs.get_responses(r)
+                    meds.append(float(np.nanmedian(voxel_pearson(pred, yv))))
+                    r2s.append(float(np.nanmedian(voxel_r2(pred, yv))))
                 model.train()
-                score = float(np.mean(meds))
-                rec["val_median_pearson"] = score
-                if not hist.best_score == hist.best_score or score > hist.best_score:  # NaN check: first epoch
-                    hist.best_score, hist.best_epoch, bad = score, epoch, 0
+                score, r2 = float(np.mean(meds)), float(np.mean(r2s))
+                rec["val_median_pearson"], rec["val_median_r2"] = score, r2
+                # The kept state maximises R^2 (scale-aware); patience runs out only when
+                # neither R^2 nor the scale-free r still improves.
+                improved = False
+                if not hist.best_r2 == hist.best_r2 or r2 > hist.best_r2:  # NaN check: first validation
+                    hist.best_r2, hist.best_score, hist.best_epoch, improved = r2, score, epoch, True
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     if ckdir is not None:
                         model.save(ckdir / BEST)
+                if not best_r == best_r or score > best_r:
+                    best_r, improved = score, True
+                if improved:
+                    bad = 0
                 else:
                     bad += 1
                     if bad >= patience:
@@ -392,7 +461,8 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
             hist.records.append(rec)
             if ckdir is not None:
                 _save_checkpoint(ckdir / CHECKPOINT, model, opt, params,
-                                 {"epoch": epoch, "bad": bad, "fingerprint": fp, "history": hist.to_dict(), "hp": hp})
+                                 {"epoch": epoch, "bad": bad, "best_r": best_r, "fingerprint": fp,
+                                  "history": hist.to_dict(), "hp": hp})
             if on_epoch is not None:
                 on_epoch(dict(rec))
     finally:
@@ -406,6 +476,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int = NRF_FIT.epochs, batch
     model.metrics = dict(model.metrics or {})
     if have_val:
         model.metrics["val_median_pearson"] = hist.best_score
+        model.metrics["val_median_r2"] = hist.best_r2
     model.provenance = dict(model.provenance or {})
     model.provenance["training"] = {**{k: v for k, v in hp.items() if k != "trainable"},
                                     "subjects": names, "n_train_images": [int(s) for s in sizes],

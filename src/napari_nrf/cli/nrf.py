@@ -46,7 +46,11 @@ def register(sub) -> None:
     p.add_argument("data", nargs="+", help="response set file(s) (.h5)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.eval.json)")
-    p.add_argument("--no-ridge", action="store_true", help="skip the ridge baseline")
+    p.add_argument("--baselines", default="ridge",
+                   help="comma-separated baselines fitted on the train split: ridge (robust, pooled + spatial "
+                        "features), fwrf (Gaussian receptive fields, trained like the NRF; minutes), none "
+                        "(default: %(default)s)")
+    p.add_argument("--no-ridge", action="store_true", help="no baselines (the same as --baselines none)")
     p.add_argument("--candidates", type=int, default=50, help="images per retrieval trial (default: %(default)s)")
     p.add_argument("--cache", help="feature cache folder")
     p.add_argument("--device", default=None)
@@ -181,7 +185,9 @@ class TrainingBars:
 def _best_text(hist) -> str:
     """How the kept epoch was chosen, for the final line of a training command."""
     if hist.best_score == hist.best_score:  # not NaN: there were validation images
-        return f"best epoch {hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}"
+        r2 = getattr(hist, "best_r2", float("nan"))
+        tail = f", R^2 = {r2:.4f}" if r2 == r2 else ""
+        return f"best epoch {hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}{tail}"
     return f"no validation images (split == val), so the last epoch ({hist.best_epoch}) was kept"
 
 
@@ -191,12 +197,19 @@ def _evaluate(args) -> int:
     from napari_nrf.models import load_model
 
     _set_precision(args)
+    from napari_nrf.evaluate import BASELINES
+
+    names = () if args.no_ridge or args.baselines.strip() in ("", "none") else \
+        tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    bad = sorted(set(names) - set(BASELINES))
+    if bad:
+        raise SystemExit(f"--baselines: unknown {', '.join(bad)} (choose from {', '.join(BASELINES)}, none)")
     model = load_model(args.model, device=_device(args.device))
     cache = _cache(args.cache)
     reports = []
     for p in args.data:
         rs = ResponseSet.load(p)
-        reports.append(evaluate(model, rs, split=args.split, feature_cache=cache, ridge=not args.no_ridge,
+        reports.append(evaluate(model, rs, split=args.split, feature_cache=cache, baselines=names,
                                 n_candidates=args.candidates))
     print(format_table(reports))
     out = Path(args.json_out) if args.json_out else Path(args.model).with_suffix(".eval.json")
