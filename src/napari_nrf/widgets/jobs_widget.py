@@ -17,6 +17,7 @@ from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                             QProgressBar, QPushButton, QSpinBox, QTableWidget, QVBoxLayout, QWidget)
 
+from ._layout import scrolling_layout
 from .model_widget import available_devices
 
 
@@ -97,7 +98,7 @@ class FinetuneJobsWidget(QWidget):
         self._stages: dict[str, str] = {}  # latest stage text per job (records without a fraction too)
         self._etas: dict[str, float | None] = {}
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # small screens: the controls scroll
         form = QFormLayout()
         self.form = form
         self.mode = QComboBox()

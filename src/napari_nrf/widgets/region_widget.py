@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 
 from napari_nrf import space
 
+from ._layout import scrolling_layout
 from ._library import ImageLibrary, LibraryError
 from ._progress import ProgressBar
 from ._render import META, layer_kind, layer_volume, start_worker
@@ -204,7 +205,7 @@ class RegionExplorerWidget(QWidget):
         self._pixmaps = []
         install_mni_status(napari_viewer)
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # small screens: the controls scroll
         form = QFormLayout()
         self.source = QComboBox()
         self.source.setToolTip("What a click picks: the label under the cursor on a Labels layer, or a sphere")
