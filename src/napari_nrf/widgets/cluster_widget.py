@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QListWi
 
 from napari_nrf import space
 
+from ._layout import scrolling_layout
 from ._progress import ProgressBar
 from ._render import META, start_worker
 from ._state import state_for
@@ -68,7 +69,7 @@ class VoxelClustersWidget(QWidget):
         self._progress = _Progress()
         self._progress.changed.connect(self._on_progress)
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # small screens: the controls scroll
         self.model_label = QLabel("model: none (load a universal model in Encoding model)")
         self.model_label.setWordWrap(True)
         lay.addWidget(self.model_label)

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
 
 from napari_nrf.train_jobs import GROUP
 
+from ._layout import scrolling_layout
 from .model_widget import available_devices
 
 
@@ -99,7 +100,7 @@ class FinetuneJobsWidget(QWidget):
         self._stages: dict[str, str] = {}  # latest stage text per job (records without a fraction too)
         self._etas: dict[str, float | None] = {}
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # small screens: the controls scroll
         form = QFormLayout()
         self.form = form
         self.mode = QComboBox()

@@ -8,6 +8,7 @@ from pathlib import Path
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget)
 
 from napari_nrf.errors import write_text_atomic
+from ._layout import scrolling_layout
 from ._state import state_for
 
 MAX_RECENT = 8
@@ -108,7 +109,7 @@ class EncodingModelWidget(QWidget):
         self.model = None
         self.path: Path | None = None
         self.worker = None
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # small screens: the controls scroll
         row = QHBoxLayout()
         self.open_btn = QPushButton("Open model…")
         self.open_btn.setToolTip("Open a .safetensors model bundle")

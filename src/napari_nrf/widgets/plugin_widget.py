@@ -2,8 +2,8 @@
 All widgets open.
 
 The Encoding model widget sits on top (the model is what every other widget needs); the
-other widgets are tabs below it, each in a scroll area, so the dock fits a 1366 x 768
-screen next to the canvas. Every inner widget gets the viewer napari handed this one and
+other widgets are tabs below it (each scrolls its own controls), so the dock fits a
+1366 x 768 screen next to the canvas. Every inner widget gets the viewer napari handed this one and
 so shares the viewer's state (:func:`napari_nrf.widgets._state.state_for`).
 """
 
@@ -11,18 +11,9 @@ from __future__ import annotations
 
 import importlib
 
-from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 MODEL = "Encoding model"
-
-
-def scrolled(widget: QWidget) -> QScrollArea:
-    """``widget`` in a frameless, vertically scrolling area (its height no longer sets the dock's)."""
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.NoFrame)
-    area.setWidget(widget)
-    return area
 
 
 class PluginWidget(QWidget):
@@ -52,7 +43,7 @@ class PluginWidget(QWidget):
             if name == MODEL:
                 lay.addWidget(w)
             else:
-                self.tabs.addTab(scrolled(w), name)
+                self.tabs.addTab(w, name)  # each widget scrolls its own controls
         lay.addWidget(self.tabs, 1)
 
     def show_tab(self, name: str) -> QWidget:

@@ -26,6 +26,7 @@ from napari_nrf import space
 from napari_nrf.errors import Cancelled
 
 from napari_nrf.library import ImageLibrary, LibraryError
+from ._layout import scrolling_layout
 from ._progress import ProgressBar
 from ._render import META, layer_kind, layer_volume, start_worker
 from ._state import state_for
@@ -205,7 +206,7 @@ class RegionExplorerWidget(QWidget):
         self._pixmaps = []
         install_mni_status(napari_viewer)
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # small screens: the controls scroll
         form = QFormLayout()
         self.source = QComboBox()
         self.source.setToolTip("What a click picks: the label under the cursor on a Labels layer, or a sphere")

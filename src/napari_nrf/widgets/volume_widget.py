@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 from napari_nrf import space
 from napari_nrf.query import coverage_mask
 
+from ._layout import scrolling_layout
 from ._progress import ProgressBar
 from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
                       layer_volume, start_worker, volume_layer_data)
@@ -97,7 +98,7 @@ class ResponseVolumeWidget(QWidget):
         self.setAcceptDrops(True)
         install_mni_status(napari_viewer)
 
-        lay = QVBoxLayout(self)
+        lay = scrolling_layout(self)  # small screens: the controls scroll
         self.drop_label = QLabel("Drop images here\n(png, jpg, tif, bmp, …; a .nii/.nii.gz opens as a volume)")
         self.drop_label.setAlignment(Qt.AlignCenter)
         self.drop_label.setFrameShape(QFrame.StyledPanel)
