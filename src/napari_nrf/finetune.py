@@ -77,7 +77,7 @@ def _as_model(base, device):
     return copy.deepcopy(base).to(device)
 
 
-def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int = FINETUNE_FIT.epochs,
+def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int | None = FINETUNE_FIT.epochs, steps: int | None = None,
                       batch_images: int = FINETUNE_FIT.batch_images, batch_voxels: int = FINETUNE_FIT.batch_voxels,
                       lr: float = FINETUNE_FIT.lr, weight_decay: float = FINETUNE_FIT.weight_decay,
                       alpha: float = FINETUNE_FIT.alpha, patience: int = FINETUNE_FIT.patience,
@@ -184,7 +184,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int =
                 report({"stage": "finetune", "base": k, "epoch": rec["epoch"], "loss": rec.get("train_loss"),
                         "val_pearson": rec.get("val_median_pearson")})
 
-            kw = dict(epochs=epochs, batch_images=batch_images, batch_voxels=batch_voxels, alpha=alpha,
+            kw = dict(epochs=None if steps else epochs, steps=steps, batch_images=batch_images, batch_voxels=batch_voxels, alpha=alpha,
                       patience=patience, seed=seed, steps_per_epoch=steps_per_epoch, features=[feats],
                       checkpoint_dir=None if ck is None else ck / f"base-{k}", resume=resume, progress=prog,
                       on_epoch=on_epoch, cancel=cancel, device=device)
