@@ -44,10 +44,12 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
         assert time.time() - t0 < 120, b.state
         time.sleep(0.02)
     mgr.kill(b.id)
-    assert b.status == "interrupted" and not res.exists()
+    assert b.status == "interrupted" and not res.exists() and b.state["exitcode"] == -9
     mgr.resume(b.id)
     mgr.wait(b.id, timeout=120)
     assert b.status == "done" and b.state["attempt"] == 2
+    # issue 21: the finished resumed job's record is clean (no exit code -9 of the kill)
+    assert "exitcode" not in b.state and b.state.get("error") is None
     steps = [r["step"] for r in b.progress()]
     assert steps.count(11) == 2  # steps 11.. were redone from the step-10 checkpoint
     assert (load_file(str(ref))["w"] == load_file(str(res))["w"]).all()

@@ -238,6 +238,9 @@ def _child_main(job_dir: str, resume: bool = False) -> dict:
         final = _read_json(jd / "state.json", {})
         final.update({k: state[k] for k in ("state", "result", "error") if k in state})
         final.update(ended=_now(), pid=None)
+        if final.get("state") == "done":
+            final.pop("exitcode", None)
+            final["error"] = None
         _write_json(jd / "state.json", final)
         state = final
     log.close()
@@ -481,6 +484,8 @@ class JobManager:
         st = job.state
         st.update(state="running", backend=self.backend, host=socket.gethostname(), started=_now(), pid=None,
                   attempt=int(st.get("attempt", 0)) + 1, error=None, result=None)
+        st.pop("exitcode", None)  # an earlier attempt's (a kill's -9): not this run's
+        st.pop("ended", None)
         _write_json(job.dir / "state.json", st)
         if self.backend == "submitit":
             import submitit

@@ -63,7 +63,13 @@ class ImageLibrary:
             files = image_files(folder)
         except ImageError as exc:
             raise LibraryError(str(exc)) from exc
-        return cls(files[:max_images] if max_images else files, label=folder.name)
+        files = files[:max_images] if max_images else files
+        good = [f for f in files if _readable(f)]
+        ok = set(good)
+        _warn_skipped([f for f in files if f not in ok], folder.name)
+        if not good:
+            raise LibraryError(f"none of the {len(files)} image files in {folder} can be read")
+        return cls(good, label=folder.name)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -92,7 +98,55 @@ class ImageLibrary:
                 cache = FeatureCache()
             except OSError:
                 cache = None
-            feats = model.encode_images(self.images, cache=cache, progress=progress)
+            try:
+                feats = model.encode_images(self.images, cache=cache, progress=progress)
+            except NapariNRFError:  # an image that passed the header check fails to decode
+                if not self._drop_unreadable():
+                    raise
+                feats = model.encode_images(self.images, cache=cache, progress=progress)
             self._features[key] = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
                                    for k, v in feats.items()}
         return self._features[key]
+
+    def _drop_unreadable(self) -> bool:
+        """Decode every image; drop those that fail (with a warning). True if any was dropped."""
+        from napari_nrf.features import to_rgb_uint8
+
+        keep = []
+        for i in range(len(self.images)):
+            try:
+                to_rgb_uint8(self.images[i])
+                keep.append(i)
+            except NapariNRFError:
+                pass
+        if len(keep) == len(self.images):
+            return False
+        if not keep:
+            raise LibraryError(f"none of the {len(self.images)} images of {self.label} can be read")
+        bad = [self.names[i] for i in range(len(self.images)) if i not in set(keep)]
+        self.images = (self.images[keep] if isinstance(self.images, np.ndarray)
+                       else [self.images[i] for i in keep])
+        self.names = [self.names[i] for i in keep]
+        _warn_skipped(bad, self.label)
+        return True
+
+
+def _readable(path) -> bool:
+    """The file opens as an image (header, PIL's size guard, the format's own checks)
+    without decoding it whole."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:  # noqa: BLE001 - any failure of PIL on a file means "cannot read it"
+        return False
+
+
+def _warn_skipped(bad, label) -> None:
+    if bad:
+        import warnings
+
+        names = ", ".join(Path(str(b)).name for b in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        warnings.warn(f"{label}: skipped {len(bad)} unreadable image(s): {names}", stacklevel=3)

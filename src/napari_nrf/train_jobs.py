@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from napari_nrf.errors import choose_device
+from napari_nrf.errors import check_device
 from napari_nrf.finetune import FinetuneError, _load_set, finetune_ensemble, select_images
 from napari_nrf.settings import FINETUNE_FIT
 
@@ -89,16 +89,41 @@ def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwarg
     return {"out": str(out), "subject": sub.subject, "val_pearson": hist.best_score}
 
 
-def _checked_out(out) -> str:
-    """The absolute output path, checked now (not when the job ends)."""
+def _checked_out(out, inputs=(), overwrite: bool = False) -> str:
+    """The absolute output path, checked now (not when the job ends) by the one shared
+    output check (:func:`napari_nrf.errors.check_output`): a bundle path, never one of
+    ``inputs``, an existing file only with ``overwrite``."""
+    from napari_nrf.errors import OutputError, check_output
     from napari_nrf.models.bundle import BundleError, check_bundle_path
 
     out = str(Path(out).expanduser().resolve())
     try:
         check_bundle_path(out)
-    except BundleError as exc:
+        check_output(out, inputs, overwrite=overwrite, flag="output")
+    except (BundleError, OutputError) as exc:
         raise FinetuneError(str(exc)) from exc
     return out
+
+
+def _check_base(path) -> None:
+    """A finetune base must be a model bundle of a kind the training loop can adapt: an
+    ``.h5`` response set, an ensemble (fitted by least squares, not trained) or an unknown
+    kind is refused now, from the bundle's header alone (nothing is loaded)."""
+    from napari_nrf.models.base import discover_kinds
+    from napari_nrf.models.bundle import BundleError, read_metadata
+
+    if Path(path).suffix.lower() in (".h5", ".hdf5"):
+        raise FinetuneError(f"base {path} is a response set (.h5); a base is a trained model (.safetensors)")
+    try:
+        kind = read_metadata(path)["kind"]
+    except BundleError as exc:
+        raise FinetuneError(f"base {path}: {exc}") from exc
+    cls = discover_kinds().get(kind)
+    if cls is None:
+        raise FinetuneError(f"base {path} is a model of unknown kind {kind!r}; known: {', '.join(discover_kinds())}")
+    if cls.composite or not cls.supports_fit:
+        raise FinetuneError(f"base {path} is an {kind} model, which cannot be finetuned; give the models it "
+                            "was built from (its bases) instead")
 
 
 def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str = "demo",
@@ -160,7 +185,7 @@ def submit_train(manager, data, out, *, device: str | None = None, overwrite: bo
     for d in data:
         if not Path(d).exists():
             raise FinetuneError(f"response set not found: {d}")
-    out = _checked_out(out)
+    out = _checked_out(out, data, overwrite)
     from napari_nrf.features import BACKBONES
     from napari_nrf.models.nrf import PRESETS
 
@@ -169,7 +194,7 @@ def submit_train(manager, data, out, *, device: str | None = None, overwrite: bo
     if kwargs.get("preset", "demo") not in PRESETS:
         raise FinetuneError(f"unknown preset {kwargs['preset']!r}; available: {', '.join(PRESETS)}")
     check_fit_settings(kwargs)
-    device = choose_device(device)
+    device = check_device(device)
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
     subjects = "1 subject" if len(data) == 1 else f"{len(data)} subjects"
@@ -186,17 +211,20 @@ def submit_finetune(manager, bases, data, out, *, device: str | None = None, ove
     Paths are made absolute (the child may start elsewhere); the bases are protected inputs.
     """
     bases = [str(Path(b).expanduser().resolve()) for b in bases]
+    if not bases:
+        raise FinetuneError("add at least one base model")
     for b in bases:
         if not Path(b).exists():
             raise FinetuneError(f"base model not found: {b}")
+        _check_base(b)
     data = str(Path(data).expanduser().resolve())
     if not Path(data).exists():
         raise FinetuneError(f"response set not found: {data}")
-    out = _checked_out(out)
+    out = _checked_out(out, [*bases, data], overwrite)
     from napari_nrf.train import check_fit_settings
 
     check_fit_settings(kwargs, FINETUNE_FIT)
-    device = choose_device(device)
+    device = check_device(device)
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
     name = f"finetune {Path(out).stem} ({len(bases)} bases, {kwargs.get('n_images') or 'all'} images)"

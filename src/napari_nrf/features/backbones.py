@@ -33,12 +33,15 @@ import torch
 from torch import nn
 
 from napari_nrf._compat import ensure_torchvision
+from napari_nrf.errors import NapariNRFError
 
 BACKBONES: dict[str, type] = {}
 
 
-class BackboneError(RuntimeError):
-    """A backbone cannot be built (weights missing, unknown name...)."""
+class BackboneError(NapariNRFError, RuntimeError):
+    """A backbone cannot be built (weights missing, unknown name...). A
+    :class:`~napari_nrf.errors.NapariNRFError` (the CLI prints it as one line); still a
+    RuntimeError for callers written before."""
 
 
 def register_backbone(cls):

@@ -55,11 +55,34 @@ class FeatureCache:
                 try:
                     with h5py.File(p, "r") as f:
                         if "hash" in f:
-                            idx = {h.decode(): i for i, h in enumerate(f["hash"][:])}
-                except OSError:  # locked by a writer in another process: empty for now, retry later
-                    return {}
+                            # Rows past the shortest dataset were being appended when a run
+                            # died: not cached (a later put writes them again).
+                            n = min(f[k].shape[0] for k in f)
+                            idx = {h.decode(): i for i, h in enumerate(f["hash"][:n])}
+                except OSError as exc:
+                    if _busy(exc):  # locked by a writer in another process: empty for now, retry later
+                        return {}
+                    self._move_aside(key, exc)
+                    idx = {}
             self._index[key] = idx
         return self._index[key]
+
+    def _move_aside(self, key: str, exc) -> None:
+        """A cache file HDF5 cannot read (truncated, overwritten): renamed to
+        ``<name>.corrupt-<time>`` with a warning, so the cache is rebuilt from scratch
+        instead of failing (or being "busy") on every run."""
+        import time
+        import warnings
+
+        p = self.path(key)
+        dst = p.with_name(f"{p.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(p, dst)
+        except OSError:
+            return
+        self._index.pop(key, None)
+        warnings.warn(f"feature cache {p.name} is unreadable ({type(exc).__name__}: {exc}); moved to {dst.name}, "
+                      "features are computed again", stacklevel=3)
 
     def __contains__(self, item) -> bool:
         key, h = item
@@ -87,7 +110,9 @@ class FeatureCache:
                     if name == "hash":
                         continue
                     out[name] = f[name][uniq][inv].astype(np.float32)
-        except OSError:  # another process is writing the file (HDF5 lock): compute instead
+        except OSError as exc:  # another process is writing the file (HDF5 lock): compute instead
+            if not _busy(exc):
+                self._move_aside(key, exc)
             return {}, np.zeros(len(hashes), bool)
         return out, found
 
@@ -101,7 +126,15 @@ class FeatureCache:
             if not new:
                 return
             try:
-                f = h5py.File(self.path(key), "a")
+                try:
+                    f = h5py.File(self.path(key), "a")
+                except OSError as exc:
+                    if _busy(exc):
+                        raise
+                    self._move_aside(key, exc)
+                    idx = self._load_index(key)
+                    new = [i for i, h in enumerate(hashes) if h not in idx]
+                    f = h5py.File(self.path(key), "a")
             except OSError as exc:
                 # Another process holds the HDF5 write lock: skip caching this batch rather
                 # than fail the caller's work; it will be cached on a later run.
@@ -125,6 +158,13 @@ class FeatureCache:
                     f[name][n0:n1] = v
             for j, i in enumerate(new):
                 idx[hashes[i]] = n0 + j
+
+
+def _busy(exc) -> bool:
+    """True when an h5py OSError means "another process holds the file lock" (retry
+    later), not "this file is not readable HDF5"."""
+    text = str(exc).lower()
+    return "lock" in text or "resource temporarily unavailable" in text or getattr(exc, "errno", None) == 11
 
 
 def _n_images(images) -> int | None:

@@ -113,6 +113,11 @@ def load_image_file(path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             return _pil_to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        # PIL's guard (Image.MAX_IMAGE_PIXELS, about 179 million pixels at twice the limit)
+        # refused it before decoding: a crafted or absurdly large file.
+        raise ImageError(f"{path.name} is too large to read safely ({exc}); a stimulus is at most "
+                         f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read {path.name} as an image ({exc.__class__.__name__}: {exc})") from exc
 
