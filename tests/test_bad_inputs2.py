@@ -179,3 +179,145 @@ def test_backbone_errors_are_napari_nrf_errors():
     from napari_nrf.features import BackboneError
 
     assert issubclass(BackboneError, NapariNRFError) and issubclass(BackboneError, RuntimeError)
+
+
+# ---- response sets: NaN / inf, impossible coordinates and splits, versions, sizes ------------
+def _edited_set(files, tmp_path, name, **datasets):
+    """A copy of the tiny set with some datasets replaced in the file (bypassing the checks
+    a ResponseSet applies, as a damaged or foreign file would)."""
+    import shutil
+
+    import h5py
+
+    p = tmp_path / name
+    shutil.copy(files / "sub-01.h5", p)
+    with h5py.File(p, "r+") as f:
+        for key, val in datasets.items():
+            if key.startswith("attr_"):
+                f.attrs[key[5:]] = val
+            else:
+                f[key][...] = val
+    return p
+
+
+def _responses(files):
+    from napari_nrf.data.responseset import ResponseSet
+
+    return ResponseSet.load(files / "sub-01.h5").responses
+
+
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_nan_or_inf_responses_name_rows_and_voxels(files, tmp_path, capsys, where):
+    y = _responses(files).copy()
+    row = 3 if where == "train" else 15  # rows 14..19 are validation
+    y[row, 5] = np.nan if where == "train" else np.inf
+    p = _edited_set(files, tmp_path, "nan.h5", responses=y)
+    before = _sha(p)
+    out = tmp_path / "m.safetensors"
+    assert main(["train", str(p), "--preset", "tiny", "--epochs", "1", "--out", str(out)]) == 2
+    line = _err_line(capsys)
+    assert "NaN or infinite" in line and f"rows {row}" in line and "voxels 5" in line and where in line, line
+    assert _sha(p) == before and not out.exists() and not (tmp_path / "m.safetensors.ckpt").exists()
+
+
+def test_evaluate_refuses_nan_test_responses(files):
+    from napari_nrf.data.responseset import ResponseSet, ResponseSetError
+    from napari_nrf.evaluate import evaluate
+    from napari_nrf.models import load_model
+
+    rs = ResponseSet.load(files / "sub-01.h5")
+    rs.responses[22, 7] = np.nan  # a test row
+    with pytest.raises(ResponseSetError, match="rows 22 and voxels 7"):
+        evaluate(load_model(files / "nrf.safetensors"), rs, features={k: np.zeros((24,) + s, np.float32)
+                                                                      for k, s in SHAPES.items()})
+
+
+@pytest.mark.parametrize("edit,expect", [
+    ("far", "more than 500 mm"), ("nan_coord", "coords of 1 voxel(s) are NaN"), ("split7", "split values"),
+    ("version", "version 99"), ("version_text", "version 'two'")])
+def test_impossible_sets_are_one_clear_error(files, tmp_path, capsys, edit, expect):
+    from napari_nrf.data.responseset import ResponseSet
+
+    rs = ResponseSet.load(files / "sub-01.h5")
+    c, split = rs.coords.copy(), rs.split.copy()
+    if edit == "far":
+        c[4] = [1e6, 0, 0]
+    elif edit == "nan_coord":
+        c[4, 1] = np.nan
+    elif edit == "split7":
+        split[2] = 7
+    over = {"far": {"coords": c}, "nan_coord": {"coords": c}, "split7": {"split": split},
+            "version": {"attr_version": 99}, "version_text": {"attr_version": "two"}}[edit]
+    p = _edited_set(files, tmp_path, "odd.h5", **over)
+    for argv in (["train", str(p), "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "m.safetensors")],
+                 ["evaluate", str(files / "nrf.safetensors"), str(p), "--json", str(tmp_path / "e.json")]):
+        assert main(argv) == 2
+        line = _err_line(capsys)
+        assert expect in line and "odd.h5" in line or expect in line, line
+    assert sorted(os.listdir(tmp_path)) == ["odd.h5"]
+
+
+def test_huge_declared_datasets_are_read_lazily_or_refused(tmp_path, files):
+    import resource
+
+    import h5py
+
+    from napari_nrf.data.responseset import ResponseSet, ResponseSetError
+
+    rs = ResponseSet.load(files / "sub-01.h5")
+    n, v = rs.n_images, rs.n_voxels
+    # 24 stimuli of 40000 x 4000 px declared (11.5 GB) in a file of a few KB: never read whole
+    p = tmp_path / "huge_images.h5"
+    rs.save(p)
+    with h5py.File(p, "r+") as f:
+        del f["images"]
+        f.create_dataset("images", shape=(n, 40000, 4000, 3), dtype=np.uint8, chunks=(1, 64, 64, 3))
+    assert p.stat().st_size < 1 << 20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    big = ResponseSet.load(p)
+    try:
+        assert isinstance(big.images, h5py.Dataset) and big.images.shape == (n, 40000, 4000, 3)
+        assert big.get_responses([1, 0]).shape == (2, v)
+    finally:
+        big.close()
+    # a per-voxel array declared at 10^11 voxels is refused before any allocation
+    q = tmp_path / "huge_coords.h5"
+    with h5py.File(q, "w") as f:
+        f.attrs.update(format="napari-nrf-responses", version=1)
+        f.create_dataset("responses", shape=(n, 10 ** 11), dtype=np.float32, chunks=(1, 4096))
+        f.create_dataset("coords", shape=(10 ** 11, 3), dtype=np.float32, chunks=(4096, 3))
+        f.create_dataset("split", data=rs.split)
+        f.create_dataset("images", data=np.zeros((n, 8, 8, 3), np.uint8))
+    with pytest.raises(ResponseSetError, match="huge_coords.h5: dataset '/coords' declares"):
+        ResponseSet.load(q)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mb < 300, grown_mb
+
+
+def test_nan_weights_are_refused(files, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(files / "nrf.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    name = next(k for k, t in tensors.items() if t.is_floating_point() and not k.startswith("subjects."))
+    tensors[name] = tensors[name].clone().fill_(float("nan"))
+    p = tmp_path / "nan.safetensors"
+    save_file(tensors, str(p), metadata=meta)
+    assert main(["query", str(p), str(files / "good.png"), "--out", str(tmp_path / "q")]) == 2
+    line = _err_line(capsys)
+    assert "nan.safetensors" in line and "NaN or infinite" in line and name in line
+    assert not (tmp_path / "q").exists()
+
+
+def test_empty_mask_is_refused(files):
+    from napari_nrf import space
+    from napari_nrf.models import load_model
+    from napari_nrf.query import QueryEngine, QueryError
+
+    eng = QueryEngine(load_model(files / "nrf.safetensors"))
+    feats = {k: np.zeros((1,) + s, np.float32) for k, s in SHAPES.items()}
+    g = space.Grid.from_extent(8.0)
+    with pytest.raises(QueryError, match="selects no point"):
+        eng.volume(feats, g, mask=np.zeros(g.shape, bool))

@@ -105,6 +105,9 @@ def test_fit_refuses_settings_that_cannot_train_and_stops_on_a_nan_loss(data, tm
     y = np.array(rs.responses, copy=True)
     y[:, 0] = np.nan  # one bad voxel in every image
     bad_rs = ResponseSet(responses=y, coords=rs.coords, split=rs.split, images=rs.images, subject=rs.subject)
-    with pytest.raises(TrainingError, match="loss became nan"):
+    # issue 21: refused before training, naming the voxel (it used to end in a NaN loss)
+    from napari_nrf.data.responseset import ResponseSetError
+
+    with pytest.raises(ResponseSetError, match="NaN or infinite.*voxels 0;"):
         fit(build_nrf("efficientnet-lite0", "tiny"), [bad_rs], features=[f], epochs=1,
             batch_voxels=rs.n_voxels, checkpoint_dir=tmp_path)

@@ -180,10 +180,13 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
     rows = rs.indices(split)
     if len(rows) < 2:
         raise EvaluationError(f"the response set {rs.subject!r} has {len(rows)} image(s) in split {split!r}")
+    from napari_nrf.data.responseset import check_finite
+
+    true = rs.get_responses(rows)
+    check_finite(true, f"responses of {rs.subject} ({split} rows)", rows)  # NaN would make every metric NaN
     if features is None:
         features = set_features(model, rs, cache=feature_cache)
     f_eval = {k: np.asarray(v)[rows] for k, v in features.items()}
-    true = rs.get_responses(rows)
     truth = rs.get_truth(rows)
     prec = "given"
     if predictions is None:

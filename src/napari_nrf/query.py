@@ -266,6 +266,10 @@ class QueryEngine:
         feats = self._features(features_or_images)
         b = next(iter(feats.values())).shape[0]
         m = coverage_mask(self.model, grid) if _is_data_spec(mask) else space.resolve_mask(mask, grid)
+        if m is not None and not m.any():  # an all-NaN volume is never what was asked for
+            what = mask if isinstance(mask, (str, Path)) else "the mask"
+            raise QueryError(f"{what} selects no point of the {grid.zooms[0]:g} mm grid: nothing to render "
+                             "(an empty mask, or one in another space)")
         out = np.full((b, grid.n_points), np.nan, np.float32)
         if self.model.continuous:
             flat = np.flatnonzero(m) if m is not None else None
@@ -290,6 +294,11 @@ class QueryEngine:
         vol = np.moveaxis(vol.reshape(grid.shape + (b,)), -1, 0)
         if m is not None:
             vol[:, ~m] = np.nan
+        if vol.size and not np.isfinite(vol).any():
+            import warnings
+
+            warnings.warn(f"no voxel of subject {subject} lies inside the mask on this grid: the volume is all NaN",
+                          stacklevel=2)
         return np.ascontiguousarray(vol, dtype=np.float32)
 
     def points(self, features_or_images, xyz, subject: str | None = None, progress=None, cancel=None) -> np.ndarray:

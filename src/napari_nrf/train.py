@@ -309,6 +309,22 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
     dev = model.device
     val_sets = list(train_sets) if val_sets is None else list(val_sets)
 
+    tr_rows = [rs.indices("train") for rs in train_sets]
+    if sum(len(r) for r in tr_rows) == 0:
+        raise TrainingError("no training images (split == train) in the response sets")
+    va_rows = [rs.indices("val") for rs in val_sets]
+    have_val = any(len(r) >= 3 for r in va_rows)
+    tr_y = [rs.get_responses(r) for rs, r in zip(train_sets, tr_rows)]
+    # NaN / inf responses would train a NaN model (or stop at a NaN loss): refused with
+    # the rows and voxels at fault, before any feature is computed.
+    from napari_nrf.data.responseset import check_finite
+
+    for rs, r, y in zip(train_sets, tr_rows, tr_y):
+        check_finite(y, f"responses of {rs.subject} (training rows)", r)
+    for rs, r in zip(val_sets, va_rows):
+        if len(r) >= 3:
+            check_finite(rs.get_responses(r), f"responses of {rs.subject} (validation rows)", r)
+
     # Features of every image, once (frozen backbone).
     def feats_for(sets, given, what):
         out = []
@@ -328,12 +344,6 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         va_feats = [tr_feats[[id(t) for t in train_sets].index(id(v))] for v in val_sets]
     else:
         va_feats = feats_for(val_sets, val_features, "validation")
-    tr_rows = [rs.indices("train") for rs in train_sets]
-    if sum(len(r) for r in tr_rows) == 0:
-        raise TrainingError("no training images (split == train) in the response sets")
-    va_rows = [rs.indices("val") for rs in val_sets]
-    have_val = any(len(r) >= 3 for r in va_rows)
-    tr_y = [rs.get_responses(r) for rs, r in zip(train_sets, tr_rows)]
     tr_coords = [torch.from_numpy(np.asarray(rs.coords, np.float32)).to(dev) for rs in train_sets]
     if model.continuous:
         for rs in train_sets:  # the bundle records whose voxels the field was fitted to

@@ -31,6 +31,10 @@ from napari_nrf.errors import NapariNRFError, atomic_write
 FORMAT = "napari-nrf-responses"
 VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
+# Coordinates are MNI mm: a brain fits in +-100 mm; beyond this a file is in voxel units or damaged.
+MAX_ABS_MM = 500.0
+# Stored stimuli: PIL's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS).
+MAX_IMAGE_PIXELS = 178_956_970
 
 
 class ResponseSetError(NapariNRFError):
@@ -81,6 +85,17 @@ class ResponseSet:
             raise ResponseSetError(f"{len(self.images)} images for {n} response rows")
         if self.image_paths is not None and len(self.image_paths) != n:
             raise ResponseSetError(f"{len(self.image_paths)} image paths for {n} response rows")
+        if not np.isfinite(self.coords).all():
+            bad = np.flatnonzero(~np.isfinite(self.coords).all(1))
+            raise ResponseSetError(f"coords of {bad.size} voxel(s) are NaN or infinite (voxels {_some(bad)})")
+        far = np.flatnonzero(np.abs(self.coords).max(1, initial=0) > MAX_ABS_MM) if v else np.zeros(0, int)
+        if far.size:
+            raise ResponseSetError(f"coords of {far.size} voxel(s) lie more than {MAX_ABS_MM:g} mm from the MNI origin "
+                                   f"(voxels {_some(far)}, e.g. {self.coords[far[0]].tolist()}); coordinates are MNI mm")
+        odd = np.flatnonzero(~np.isin(self.split, list(SPLITS.values())))
+        if odd.size:
+            raise ResponseSetError(f"split values must be 0 (train), 1 (val) or 2 (test); {odd.size} row(s) have "
+                                   f"{sorted(set(self.split[odd].tolist()))[:5]} (rows {_some(odd)})")
         self.image_ids = np.arange(n, dtype=np.int64) if self.image_ids is None else np.asarray(self.image_ids, np.int64)
         if self.roi is not None:
             self.roi = np.asarray(self.roi, dtype=np.int32)
@@ -195,18 +210,45 @@ class ResponseSet:
         if f.attrs.get("format") != FORMAT:
             f.close()
             raise ResponseSetError(f"{path} is not a napari-nrf response set (format attribute missing)")
-        if int(f.attrs.get("version", 0)) > VERSION:
+        raw = f.attrs.get("version", 0)  # (read before any close: h5py objects die with the file)
+        raw = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            version = int(raw)
+        except (TypeError, ValueError):
+            version = None
+        if version is None or version > VERSION or version < 0:
             f.close()
-            raise ResponseSetError(f"{path} has response-set version {f.attrs['version']}; this napari-nrf reads <= {VERSION}")
+            raw = raw.item() if hasattr(raw, "item") else raw
+            raise ResponseSetError(f"{path} has response-set version {raw!r}; this napari-nrf "
+                                   f"reads versions up to {VERSION} (a newer napari-nrf wrote it: update napari-nrf)")
         for key in ("responses", "coords", "split"):
-            if key not in f:
+            if key not in f or not hasattr(f[key], "shape"):
                 f.close()
                 raise ResponseSetError(f"{path} lacks the dataset '/{key}'")
+        budget = _memory_budget()
+        for key in ("coords", "split", "image_ids", "roi", "noise_ceiling", "image_paths"):
+            # small per-voxel / per-image arrays are always read: refuse absurd declared sizes
+            if key in f and _nbytes(f[key]) > budget:
+                size = _nbytes_text(f, key)
+                f.close()
+                raise ResponseSetError(f"{path}: dataset '/{key}' declares {size}, more than this "
+                                       "machine can hold; a damaged or crafted file")
+        if "images" in f and len(f["images"].shape) == 4:
+            h, w = f["images"].shape[1:3]
+            if h * w > MAX_IMAGE_PIXELS:
+                f.close()
+                raise ResponseSetError(f"{path}: dataset '/images' declares images of {h}x{w} pixels (at most "
+                                       f"{MAX_IMAGE_PIXELS:,}); a damaged or crafted file")
+        kept_open = [False]
 
         def big(key):
             if key not in f:
                 return None
-            return f[key] if lazy else f[key][()]
+            if lazy or _nbytes(f[key]) > budget:
+                # Read lazily (rows on demand) when asked or when it would not fit in memory.
+                kept_open[0] = True
+                return f[key]
+            return f[key][()]
 
         paths = None
         if "image_paths" in f:
@@ -225,7 +267,7 @@ class ResponseSet:
             subject=str(f.attrs.get("subject", path.stem)),
             meta=json.loads(f.attrs.get("meta", "{}")),
         )
-        if lazy:
+        if kept_open[0]:
             rs._h5 = f
         else:
             f.close()
@@ -235,6 +277,44 @@ class ResponseSet:
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
+
+
+def _some(idx, k: int = 8) -> str:
+    """The first ``k`` of the indices ``idx`` as text, for messages."""
+    idx = np.asarray(idx).tolist()
+    return ", ".join(map(str, idx[:k])) + (f", ... ({len(idx)} in all)" if len(idx) > k else "")
+
+
+def check_finite(values: np.ndarray, what: str, rows=None) -> None:
+    """Raise :class:`ResponseSetError` when ``values`` (n, V) hold NaN or infinite entries,
+    naming the rows (of ``rows``, the set's row numbers, when given) and voxels at fault."""
+    values = np.asarray(values)
+    ok = np.isfinite(values)
+    if ok.all():
+        return
+    bad_r, bad_v = np.flatnonzero(~ok.all(1)), np.flatnonzero(~ok.all(0))
+    rows = np.arange(values.shape[0]) if rows is None else np.asarray(rows)
+    raise ResponseSetError(f"{what}: {int((~ok).sum())} value(s) are NaN or infinite, in rows {_some(rows[bad_r])} "
+                           f"and voxels {_some(bad_v)}; drop those voxels or images (import-nifti drops "
+                           "non-finite voxels itself)")
+
+
+def _nbytes(ds) -> int:
+    return int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize) if ds.shape else 0
+
+
+def _nbytes_text(f, key) -> str:
+    return f"shape {tuple(f[key].shape)} ({_nbytes(f[key]) / 2 ** 30:.3g} GiB)"
+
+
+def _memory_budget() -> int:
+    """Bytes one dataset may take in memory when read whole: half the available memory."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
+    except (ValueError, OSError, AttributeError):  # not on Linux
+        return 8 << 30
 
 
 def _json_default(o):
