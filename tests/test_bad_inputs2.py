@@ -321,3 +321,18 @@ def test_empty_mask_is_refused(files):
     g = space.Grid.from_extent(8.0)
     with pytest.raises(QueryError, match="selects no point"):
         eng.volume(feats, g, mask=np.zeros(g.shape, bool))
+
+
+def test_cancelled_queued_job_leaves_the_queue_at_once(tmp_path):
+    from napari_nrf.jobs import JobError, JobManager
+
+    mgr = JobManager(tmp_path / "jobs")
+    job = mgr.submit("napari_nrf.jobs:demo_job", {"out": str(tmp_path / "w.safetensors")}, start=False)
+    mgr.cancel(job.id)
+    assert job.status == "cancelled" and job.state.get("ended")
+    JobManager(tmp_path / "jobs").poll()  # a later manager (napari, the CLI) never starts it
+    assert job.status == "cancelled" and job.state.get("pid") is None and job.state.get("attempt") == 0
+    with pytest.raises(JobError, match="already ended"):
+        mgr.cancel(job.id)
+    mgr.remove(job.id)  # and it can be removed (queued or running jobs cannot)
+    assert mgr.jobs() == []

@@ -204,3 +204,46 @@ def test_code0_headers_need_assume_mni(inputs, tmp_path, capsys):
     assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.parts").exists()
     assert main(argv + ["--assume-mni"]) == 0
     assert ResponseSet.load(tmp_path / "c.h5").n_voxels > 0
+
+
+# ---- bad inputs (issue 21) ------------------------------------------------------------------
+def test_store_images_limit_and_unreadable_images_refused_first(inputs, tmp_path, capsys):
+    import shutil
+
+    from napari_nrf.cli import main
+
+    d, *_ = inputs
+    base = ["import-nifti", str(d / "betas.nii.gz"), "--mask", str(d / "mask.nii.gz"), "--out", str(tmp_path / "x.h5")]
+    assert main(base + ["--events", str(d / "events.csv"), "--store-images", "100000"]) == 2
+    assert "--store-images 100000" in capsys.readouterr().err
+    # a copy of the inputs with one listed image broken: refused before any volume is read
+    e = tmp_path / "e"
+    shutil.copytree(d / "img", e / "img")
+    (e / "events.csv").write_text((d / "events.csv").read_text())
+    (e / "img" / "im3.png").write_bytes(b"\x89PNG truncated")
+    assert main(base + ["--events", str(e / "events.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "1 image file(s) listed in the events CSV cannot be read" in err and "im3.png" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # no output, no .parts
+
+
+@pytest.mark.parametrize("stop_at,kept", [(2, []), (20, ["session-000-a.json", "session-000-a.npy"])])
+def test_failed_import_leaves_only_finished_sessions(inputs, tmp_path, stop_at, kept):
+    d, *_ = inputs
+    out = tmp_path / "f.h5"
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, total):
+        if done >= stop_at:  # session a has 14 trials: 2 stops inside it, 20 inside session b
+            raise Stop
+
+    with pytest.raises(Stop):
+        import_nifti(d / "betas.nii.gz", d / "mask.nii.gz", d / "events.csv", out, chunk=2, progress=interrupt)
+    parts = tmp_path / "f.h5.parts"
+    assert sorted(p.name for p in parts.iterdir()) == kept if kept else not parts.exists()
+    assert not out.exists()
+    if kept:  # the rerun resumes from the finished session and cleans up
+        import_nifti(d / "betas.nii.gz", d / "mask.nii.gz", d / "events.csv", out, chunk=2)
+        assert out.exists() and not parts.exists()

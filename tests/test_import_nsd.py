@@ -161,6 +161,25 @@ def test_interrupted_import_resumes(tree, tmp_path, monkeypatch):
     np.testing.assert_allclose(rs.responses, mean, atol=1e-4)
 
 
+def test_failed_import_leaves_no_parts_folder(tree, tmp_path):
+    """issue 21: a failure (or Ctrl-C) before a session finished leaves no OUT.h5.parts/;
+    a header error found before any reading creates none."""
+    root, _ = tree
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, total):
+        if done == 1:  # inside session 1
+            raise Stop
+
+    with pytest.raises(Stop):
+        nsd.import_nsd_subject(root, "subj01", tmp_path / "s.h5", chunk=8, progress=interrupt)
+    with pytest.raises(nsd.NSDError):
+        nsd.import_nsd_subject(root, 1, tmp_path / "a.h5", sessions=[1, 4])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_clear_errors(tree, tmp_path):
     root, _ = tree
     # a session selection with a missing file

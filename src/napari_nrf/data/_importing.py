@@ -116,8 +116,7 @@ class PartialStore:
     """
 
     def __init__(self, folder):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(folder)  # created by the first save: a failed check leaves no folder
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.folder / f"session-{key}.npy", self.folder / f"session-{key}.json"
@@ -133,6 +132,7 @@ class PartialStore:
         return info.get("fingerprint") == fp
 
     def save(self, key: str, fp: str, z: np.ndarray, stim_ids: np.ndarray, invalid: np.ndarray, **extra) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         npy, js = self._paths(key)
         _atomic_save_npy(npy, np.ascontiguousarray(z, dtype=np.float32))
         info = {"fingerprint": fp, "stim_ids": np.asarray(stim_ids).tolist(),
@@ -144,6 +144,27 @@ class PartialStore:
         """(memory-mapped (T, V) float32, info dict)."""
         npy, js = self._paths(key)
         return np.load(npy, mmap_mode="r"), json.loads(js.read_text())
+
+    def clean_unfinished(self) -> int:
+        """After a failure or a cancel: remove what no later run can use (a session's
+        responses without its JSON, temporary files), then the folder when nothing is
+        left. Finished sessions stay (a rerun resumes from them). Returns the number of
+        finished sessions kept."""
+        if not self.folder.is_dir():
+            return 0
+        kept = 0
+        for p in list(self.folder.iterdir()):
+            if p.name.startswith(".") and ".tmp" in p.name:
+                p.unlink(missing_ok=True)
+            elif p.suffix == ".npy" and not p.with_suffix(".json").exists():
+                p.unlink(missing_ok=True)
+            elif p.suffix == ".json" and p.name.startswith("session-"):
+                kept += 1
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+        return kept
 
     def remove(self, keys: Sequence[str]) -> None:
         for key in keys:

@@ -152,6 +152,22 @@ def _session_key(label: str, k: int) -> str:
     return f"{k:03d}-{safe}"
 
 
+MIN_STORE_IMAGES, MAX_STORE_IMAGES = 1, 2048
+
+
+def _unreadable_image(path) -> str | None:
+    """Why PIL cannot read the image file ``path`` (header, size guard, format checks;
+    no full decode), or None when it can."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:  # noqa: BLE001 - any failure of PIL on the file means "cannot read it"
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+    return None
+
+
 def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mask: bool = False,
                  assume_mni: bool = False, test_images: Sequence[str] | None = None, test_fraction: float = 0.1,
                  val_fraction: float = 0.1, seed: int = 0, store_images: int | None = None, chunk: int = 50,
@@ -184,6 +200,9 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
     """
     from napari_nrf import space
 
+    if store_images is not None and not MIN_STORE_IMAGES <= int(store_images) <= MAX_STORE_IMAGES:
+        raise NiftiImportError(f"--store-images {store_images}: the stored image size must be "
+                               f"{MIN_STORE_IMAGES}..{MAX_STORE_IMAGES} px (NSD's stimuli are 425 px)")
     vols, img_paths, sess = read_events(events)
     src = _Volumes(betas, assume_mni)
     if vols.max() >= src.n:
@@ -214,6 +233,20 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
     if missing:
         raise NiftiImportError(f"{len(missing)} image file(s) listed in the events CSV do not exist, e.g. {missing[0]}")
     uniq_paths = sorted(set(img_paths))
+    unreadable = [(p, why) for p in uniq_paths for why in [_unreadable_image(p)] if why]
+    if unreadable:  # found now, not when training fails on them later
+        p, why = unreadable[0]
+        raise NiftiImportError(f"{len(unreadable)} image file(s) listed in the events CSV cannot be read as images, "
+                               f"e.g. {p} ({why})")
+    if store_images:
+        import shutil
+
+        need = len(uniq_paths) * int(store_images) ** 2 * 3
+        parent = next(q for q in Path(out).absolute().parents if q.exists())
+        free = shutil.disk_usage(parent).free
+        if need > free:
+            raise NiftiImportError(f"--store-images {store_images}: {len(uniq_paths)} images need {need / 2 ** 30:.1f} GiB, "
+                                   f"{parent} has {free / 2 ** 30:.1f} GiB free; choose a smaller size or store paths")
     path_id = {p: i for i, p in enumerate(uniq_paths)}
     stim = np.array([path_id[p] for p in img_paths], np.int64)
 
@@ -223,62 +256,66 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
     store = PartialStore(work_dir if work_dir is not None else out.with_name(out.name + ".parts"))
     settings = dict(betas=src.signature, mask=file_signature(mask), resample=resample_mask, n_mask=n_mask,
                     events=file_signature(events))
-    with Progress(progress, total=vols.size + 1, desc=f"{subject} volumes") as bar:
-        for label, key in zip(labels_order, keys):
-            rows = np.flatnonzero(np.asarray(sess) == label)
-            if rows.size < 2:
-                raise NiftiImportError(f"session {label!r} has {rows.size} trial; z-scoring needs at least 2")
-            fp = fingerprint(session=label, rows=rows.tolist(), **settings)
-            if store.is_done(key, fp):
-                bar.update(rows.size, desc=f"session {label} (done before)")
-                continue
-            b = src.read(vols[rows], m, chunk, lambda n: bar.update(n, desc=f"session {label}"))
-            z, invalid = zscore_session(b)
-            store.save(key, fp, z, stim[rows], invalid, session=label)
-            del b, z
+    try:
+        with Progress(progress, total=vols.size + 1, desc=f"{subject} volumes") as bar:
+            for label, key in zip(labels_order, keys):
+                rows = np.flatnonzero(np.asarray(sess) == label)
+                if rows.size < 2:
+                    raise NiftiImportError(f"session {label!r} has {rows.size} trial; z-scoring needs at least 2")
+                fp = fingerprint(session=label, rows=rows.tolist(), **settings)
+                if store.is_done(key, fp):
+                    bar.update(rows.size, desc=f"session {label} (done before)")
+                    continue
+                b = src.read(vols[rows], m, chunk, lambda n: bar.update(n, desc=f"session {label}"))
+                z, invalid = zscore_session(b)
+                store.save(key, fp, z, stim[rows], invalid, session=label)
+                del b, z
 
-        invalid_any = np.zeros(n_mask, bool)
-        for key in keys:
-            invalid_any[store.load(key)[1]["invalid"]] = True
-        if invalid_any.all():
-            raise NiftiImportError("every mask voxel is constant or non-finite in some session; nothing to import")
+            invalid_any = np.zeros(n_mask, bool)
+            for key in keys:
+                invalid_any[store.load(key)[1]["invalid"]] = True
+            if invalid_any.all():
+                raise NiftiImportError("every mask voxel is constant or non-finite in some session; nothing to import")
 
-        writer, stim_ids, counts, nc = assemble(store, keys, lambda n, v, c: ResponseSetWriter(out, n, v, subject, c),
-                                                ~invalid_any)
-        with writer:
-            paths = [uniq_paths[i] for i in stim_ids]
-            if store_images:
-                from napari_nrf.features.images import load_image_file
-                from PIL import Image
+            writer, stim_ids, counts, nc = assemble(store, keys, lambda n, v, c: ResponseSetWriter(out, n, v, subject, c),
+                                                    ~invalid_any)
+            with writer:
+                paths = [uniq_paths[i] for i in stim_ids]
+                if store_images:
+                    from napari_nrf.features.images import load_image_file
+                    from PIL import Image
 
-                s = int(store_images)
-                dst = writer.create_images((s, s, 3))
-                for k, p in enumerate(paths):
-                    dst[k] = np.asarray(Image.fromarray(load_image_file(p)).resize((s, s), Image.BICUBIC))
-            else:
-                writer.set_image_paths(paths)
-            test_ids = None
-            if test_images is not None:
-                wanted = {str(Path(t).resolve()) for t in test_images}
-                test_ids = [i for i, p in zip(stim_ids, paths) if str(Path(p).resolve()) in wanted]
-                if not test_ids:
-                    raise NiftiImportError("none of the test images appears in the events CSV")
-            split = assign_split(stim_ids, test_ids=test_ids, val_fraction=val_fraction, seed=seed,
-                                 test_fraction=0.0 if test_images is not None else test_fraction)
-            roi = labels[m][~invalid_any]
-            meta = {
-                "source": "nifti", "betas": [s["path"] for s in src.signature], "mask": str(mask),
-                "events": str(events), "sessions": labels_order, "n_trials": int(vols.size),
-                "n_mask_voxels": n_mask, "n_dropped_voxels": int(invalid_any.sum()),
-                "repeats": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))},
-                "grid": {"shape": list(grid.shape), "zooms": grid.zooms.tolist(), "origin": grid.origin.tolist()},
-                "image_ids": "index into the sorted unique image paths",
-                "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-            }
-            path = writer.finish(grid.coords(m)[~invalid_any], split, stim_ids, roi=roi,
-                                 roi_names={int(v): f"label-{int(v)}" for v in np.unique(roi)}, noise_ceiling=nc,
-                                 meta=meta, commit=True)
-        bar.update(1, desc=f"{subject} written")
+                    s = int(store_images)
+                    dst = writer.create_images((s, s, 3))
+                    for k, p in enumerate(paths):
+                        dst[k] = np.asarray(Image.fromarray(load_image_file(p)).resize((s, s), Image.BICUBIC))
+                else:
+                    writer.set_image_paths(paths)
+                test_ids = None
+                if test_images is not None:
+                    wanted = {str(Path(t).resolve()) for t in test_images}
+                    test_ids = [i for i, p in zip(stim_ids, paths) if str(Path(p).resolve()) in wanted]
+                    if not test_ids:
+                        raise NiftiImportError("none of the test images appears in the events CSV")
+                split = assign_split(stim_ids, test_ids=test_ids, val_fraction=val_fraction, seed=seed,
+                                     test_fraction=0.0 if test_images is not None else test_fraction)
+                roi = labels[m][~invalid_any]
+                meta = {
+                    "source": "nifti", "betas": [s["path"] for s in src.signature], "mask": str(mask),
+                    "events": str(events), "sessions": labels_order, "n_trials": int(vols.size),
+                    "n_mask_voxels": n_mask, "n_dropped_voxels": int(invalid_any.sum()),
+                    "repeats": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))},
+                    "grid": {"shape": list(grid.shape), "zooms": grid.zooms.tolist(), "origin": grid.origin.tolist()},
+                    "image_ids": "index into the sorted unique image paths",
+                    "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+                }
+                path = writer.finish(grid.coords(m)[~invalid_any], split, stim_ids, roi=roi,
+                                     roi_names={int(v): f"label-{int(v)}" for v in np.unique(roi)}, noise_ceiling=nc,
+                                     meta=meta, commit=True)
+            bar.update(1, desc=f"{subject} written")
+    except BaseException:  # a failure or Ctrl-C: keep finished sessions only (a rerun resumes)
+        store.clean_unfinished()
+        raise
     if not keep_work:
         store.remove(keys)
     return path

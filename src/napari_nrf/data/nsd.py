@@ -234,75 +234,79 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
                     scale=BETA_SCALE)
     keys = [f"{s:03d}" for s in sessions]
 
-    # Headers first: every session must be on the ROI's grid and have the same trial count,
-    # so a bad file fails in seconds, not after an hour of reading.
-    n_trials = None
-    for s in sessions:
-        vol = space.NiftiVolumes(found[s], assume_mni=True)
-        if vol.grid != mgrid:
-            raise NSDError(
-                f"{subj}: the ROI {rpath.name} is on another grid than betas_session{s:02d} "
-                f"({mgrid} vs {vol.grid}); "
-                "use the ROI of the same space and resolution (MNI 1 mm for NSD), or resample it first"
-            )
-        if n_trials is None:
-            n_trials = vol.n_volumes
-        elif vol.n_volumes != n_trials:
-            raise NSDError(f"{subj}: betas_session{s:02d} has {vol.n_volumes} trials, earlier sessions {n_trials}")
-        vol.close()
-    for s in sessions:  # validates masterordering coverage before any heavy work
-        design.session_stimuli(subj, s, n_trials)
-
-    n_chunks = -(-n_trials // chunk)
-    with Progress(progress, total=len(sessions) * n_chunks + 1, desc=f"{subj} sessions") as bar:
-        for s, key in zip(sessions, keys):
-            fp = fingerprint(session=file_signature(found[s]), **settings)
-            if store.is_done(key, fp):
-                bar.update(n_chunks, desc=f"{subj} session {s:02d} (done before)")
-                continue
+    try:
+        # Headers first: every session must be on the ROI's grid and have the same trial count,
+        # so a bad file fails in seconds, not after an hour of reading.
+        n_trials = None
+        for s in sessions:
             vol = space.NiftiVolumes(found[s], assume_mni=True)
-            b = np.empty((n_trials, n_mask), np.float32)
-            for start in range(0, n_trials, chunk):
-                stop = min(start + chunk, n_trials)
-                b[start:stop] = vol.read(start, stop, mask=mask)
-                bar.update(1, desc=f"{subj} session {s:02d}")
+            if vol.grid != mgrid:
+                raise NSDError(
+                    f"{subj}: the ROI {rpath.name} is on another grid than betas_session{s:02d} "
+                    f"({mgrid} vs {vol.grid}); "
+                    "use the ROI of the same space and resolution (MNI 1 mm for NSD), or resample it first"
+                )
+            if n_trials is None:
+                n_trials = vol.n_volumes
+            elif vol.n_volumes != n_trials:
+                raise NSDError(f"{subj}: betas_session{s:02d} has {vol.n_volumes} trials, earlier sessions {n_trials}")
             vol.close()
-            b /= BETA_SCALE  # int16 -> percent signal change (no effect on z, kept for clarity)
-            z, invalid = zscore_session(b)
-            store.save(key, fp, z, design.session_stimuli(subj, s, n_trials), invalid, session=s)
-            del b, z
+        for s in sessions:  # validates masterordering coverage before any heavy work
+            design.session_stimuli(subj, s, n_trials)
 
-        invalid_any = np.zeros(n_mask, bool)
-        for key in keys:
-            invalid_any[store.load(key)[1]["invalid"]] = True
-        if invalid_any.all():
-            raise NSDError(f"{subj}: every ROI voxel is constant or non-finite in some session; nothing to import")
-        coords = mgrid.coords(mask)[~invalid_any]
-        roi_lab = labels[mask][~invalid_any]
+        n_chunks = -(-n_trials // chunk)
+        with Progress(progress, total=len(sessions) * n_chunks + 1, desc=f"{subj} sessions") as bar:
+            for s, key in zip(sessions, keys):
+                fp = fingerprint(session=file_signature(found[s]), **settings)
+                if store.is_done(key, fp):
+                    bar.update(n_chunks, desc=f"{subj} session {s:02d} (done before)")
+                    continue
+                vol = space.NiftiVolumes(found[s], assume_mni=True)
+                b = np.empty((n_trials, n_mask), np.float32)
+                for start in range(0, n_trials, chunk):
+                    stop = min(start + chunk, n_trials)
+                    b[start:stop] = vol.read(start, stop, mask=mask)
+                    bar.update(1, desc=f"{subj} session {s:02d}")
+                vol.close()
+                b /= BETA_SCALE  # int16 -> percent signal change (no effect on z, kept for clarity)
+                z, invalid = zscore_session(b)
+                store.save(key, fp, z, design.session_stimuli(subj, s, n_trials), invalid, session=s)
+                del b, z
 
-        def writer_factory(n, v, chunk_v):
-            return ResponseSetWriter(out, n, v, subject=subj, chunk_voxels=chunk_v)
+            invalid_any = np.zeros(n_mask, bool)
+            for key in keys:
+                invalid_any[store.load(key)[1]["invalid"]] = True
+            if invalid_any.all():
+                raise NSDError(f"{subj}: every ROI voxel is constant or non-finite in some session; nothing to import")
+            coords = mgrid.coords(mask)[~invalid_any]
+            roi_lab = labels[mask][~invalid_any]
 
-        writer, stim_ids, counts, nc = assemble(store, keys, writer_factory, ~invalid_any)
-        with writer:
-            _copy_images(stim_path, stim_ids, writer, image_size)
-            split = assign_split(stim_ids, test_ids=design.sharedix, val_fraction=val_fraction, seed=seed)
-            rname = rpath.name.split(".")[0]
-            labs = [int(v) for v in np.unique(roi_lab)]
-            names = {1: rname} if labs == [1] else {v: f"{rname}-{v}" for v in labs}
-            meta = {
-                "source": "nsd", "nsd_root": str(root.resolve()), "betas": betas, "sessions": list(sessions),
-                "trials_per_session": int(n_trials), "beta_scale": BETA_SCALE, "roi_file": str(rpath),
-                "n_roi_voxels": n_mask, "n_dropped_voxels": int(invalid_any.sum()),
-                "repeats": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))},
-                "image_ids": "0-based NSD 73k ids", "grid": {"shape": list(mgrid.shape),
-                                                            "zooms": mgrid.zooms.tolist(),
-                                                            "origin": mgrid.origin.tolist()},
-                "val_fraction": val_fraction, "seed": seed,
-            }
-            path = writer.finish(coords, split, stim_ids, roi=roi_lab, roi_names=names, noise_ceiling=nc, meta=meta,
-                                 commit=True)
-        bar.update(1, desc=f"{subj} written")
+            def writer_factory(n, v, chunk_v):
+                return ResponseSetWriter(out, n, v, subject=subj, chunk_voxels=chunk_v)
+
+            writer, stim_ids, counts, nc = assemble(store, keys, writer_factory, ~invalid_any)
+            with writer:
+                _copy_images(stim_path, stim_ids, writer, image_size)
+                split = assign_split(stim_ids, test_ids=design.sharedix, val_fraction=val_fraction, seed=seed)
+                rname = rpath.name.split(".")[0]
+                labs = [int(v) for v in np.unique(roi_lab)]
+                names = {1: rname} if labs == [1] else {v: f"{rname}-{v}" for v in labs}
+                meta = {
+                    "source": "nsd", "nsd_root": str(root.resolve()), "betas": betas, "sessions": list(sessions),
+                    "trials_per_session": int(n_trials), "beta_scale": BETA_SCALE, "roi_file": str(rpath),
+                    "n_roi_voxels": n_mask, "n_dropped_voxels": int(invalid_any.sum()),
+                    "repeats": {str(k): int(v) for k, v in zip(*np.unique(counts, return_counts=True))},
+                    "image_ids": "0-based NSD 73k ids", "grid": {"shape": list(mgrid.shape),
+                                                                "zooms": mgrid.zooms.tolist(),
+                                                                "origin": mgrid.origin.tolist()},
+                    "val_fraction": val_fraction, "seed": seed,
+                }
+                path = writer.finish(coords, split, stim_ids, roi=roi_lab, roi_names=names, noise_ceiling=nc, meta=meta,
+                                     commit=True)
+            bar.update(1, desc=f"{subj} written")
+    except BaseException:  # a failure or Ctrl-C: keep finished sessions only (a rerun resumes)
+        store.clean_unfinished()
+        raise
     if not keep_work:
         store.remove(keys)
     return path
