@@ -80,7 +80,7 @@ def test_job_kill_resume_matches_uninterrupted(setup, tmp_path):
     mgr.resume(job.id)
     mgr.wait(job.id, timeout=150)
     assert job.status == "done", job.state
-    assert any(r.get("skipped") for r in job.progress())  # base 0 was not redone
+    assert any("done before" in (r.get("stage") or "") for r in job.progress())  # base 0 was not redone
     a, b = load_file(str(ref)), load_file(str(out))
     assert a.keys() == b.keys()
     for k in a:
@@ -97,7 +97,7 @@ def test_cancel_keeps_bases_and_writes_nothing(setup, tmp_path):
         submit_finetune(mgr, bases, data, bases[0], overwrite=True)
     job = submit_finetune(mgr, bases, data, out, feature_cache=str(tmp_path / "cache"), step_delay=0.1, threads=1, **TINY)
     t0 = time.time()
-    while not any(r.get("stage") == "finetune" for r in job.progress()):
+    while not any((r.get("stage") or "").startswith("finetune") for r in job.progress()):
         assert time.time() - t0 < 150, job.state
         time.sleep(0.05)
     mgr.cancel(job.id)
@@ -158,9 +158,15 @@ def test_universal_transfer_job_and_ensemble(setup, tmp_path):
     m = load_model(out)
     assert set(m.subjects) == {"sub-01", "sub-new"} and _digest(base) == before
     # The same base inside an ensemble: transfer per base, then the voxelwise fit.
+    calls, epochs = [], []
     ens, info = finetune_ensemble([base], data, n_images=8, epochs=1, batch_images=4, batch_voxels=30,
-                                  feature_cache=str(tmp_path / "cache"))
+                                  feature_cache=str(tmp_path / "cache"),
+                                  progress=lambda *a: calls.append(a), on_epoch=epochs.append)
     assert ens.weights.shape == (60, 1) and not ens.continuous
+    # issue 14: the shared progress shape progress(done, total, message) and fit's epoch records
+    assert all(len(c) == 3 and isinstance(c[0], int) and isinstance(c[2], str) for c in calls)
+    assert calls[-1] == (1000, 1000, "done") and [c[2] for c in calls][:2] == ["features", "finetune base 1/1"]
+    assert epochs and {"epoch", "train_loss", "base", "stage"} <= set(epochs[0]) and epochs[0]["base"] == 0
 
 
 def test_train_job_cancel_resume_equals_an_uninterrupted_run(setup, tmp_path):

@@ -15,9 +15,9 @@ atomic write, one device choice and one progress-callback shape.
 * progress callbacks are ``progress(done: int, total: int | None, message: str = "")``
   (:data:`Progress`): ``done`` of ``total`` units, the optional message naming what is
   counted (a stage, a subject). The query engine, fit (``progress`` and
-  ``feature_progress``), the simulator and the demo's training call this shape. The
-  adaptation pipeline's job reports (``finetune_ensemble(progress=)``) are richer
-  records (dicts) for the jobs' progress logs.
+  ``feature_progress``), the adaptation pipeline (``finetune_ensemble``), the simulator
+  and the demo's training call this shape; per-epoch records (loss, validation scores)
+  go to a separate ``on_epoch(record: dict)``, as in fit.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ from napari_nrf.errors import NapariNRFError, choose_device
 from napari_nrf.settings import FINETUNE_FIT
 
 
+# finetune_ensemble's progress counts thousandths of the whole adaptation (bases + ensemble).
+PROGRESS_UNITS = 1000
+
+
 class FinetuneError(NapariNRFError):
     """Bad input to new-subject adaptation (no base, too few images, output over a base)."""
 
@@ -84,7 +88,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
                       seed: int = FINETUNE_FIT.seed, ridge: float = 0.0,
                       steps_per_epoch: int | None = FINETUNE_FIT.steps_per_epoch,
                       feature_cache=None, features: dict | None = None, checkpoint_dir=None, resume: bool = True,
-                      device=None, progress=None, cancel=None, out=None, finetune: bool = True):
+                      device=None, progress=None, on_epoch=None, cancel=None, out=None, finetune: bool = True):
     """Adapt K base models to the subject of ``data`` and fit their voxelwise ensemble.
 
     Parameters
@@ -110,9 +114,15 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         Checkpoints for resuming (see the module doc).
     device : str or None
         Default: CUDA when available, else the CPU (:func:`napari_nrf.errors.choose_device`).
-    progress : callable(record: dict) or None
-        Records with ``stage``, ``base``, ``epoch``, ``step``, ``fraction`` (0..1),
-        ``loss`` and ``val_pearson`` (validation median voxel Pearson) when known.
+    progress : callable(done, total, message="") or None
+        The shared progress shape (:data:`napari_nrf.errors.Progress`): ``done`` of
+        ``total`` = :data:`PROGRESS_UNITS` thousandths of the whole adaptation, the
+        message naming the stage ("features", "finetune base 2/3", "base 1/3 done before",
+        "ensemble", "done").
+    on_epoch : callable(record: dict) or None
+        The training loop's epoch records (:func:`napari_nrf.train.fit`'s ``on_epoch``:
+        ``epoch``, ``train_loss``, ``val_median_pearson``, ...) with ``base`` (0-based)
+        and ``stage`` added.
     cancel : callable() -> bool or None
         Polled between steps; True raises :class:`napari_nrf.train.TrainingCancelled`.
     out : path or None
@@ -139,7 +149,9 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     rs = _load_set(data)
     sub, rows = select_images(rs, n_images, seed)
     n_tr = int((sub.split == 0).sum())
-    report = progress or (lambda rec: None)
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(int(round(PROGRESS_UNITS * fraction)), PROGRESS_UNITS, message)
     ck = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ck is not None:
         ck.mkdir(parents=True, exist_ok=True)
@@ -161,11 +173,11 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
             models.append(model)
             info["histories"].append(model.provenance.get("finetune_history"))
             info["val_pearson"].append(model.metrics.get("val_median_pearson"))
-            report({"stage": "finetune", "base": k, "fraction": 0.95 * (k + 1) / k_total, "skipped": True})
+            report(0.95 * (k + 1) / k_total, f"base {k + 1}/{k_total} done before")
             continue
         model = _as_model(base, device)
         if feats is None:
-            report({"stage": "features", "fraction": 0.0})
+            report(0.0, "features")
             if features is not None:
                 feats = {n: np.asarray(v)[rows] for n, v in features.items()}
             else:
@@ -174,20 +186,21 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         if finetune:
             last = [0.0]
 
-            def prog(done, total, k=k):
+            stage = f"finetune base {k + 1}/{k_total}"
+
+            def prog(done, total, message="", k=k, stage=stage):
                 if done == total or time.time() - last[0] > 0.5:  # a line per step is too many
                     last[0] = time.time()
-                    report({"stage": "finetune", "base": k, "step": int(done), "steps": int(total),
-                            "fraction": 0.95 * (k + done / max(total, 1)) / k_total})
+                    report(0.95 * (k + done / max(total, 1)) / k_total, stage)
 
-            def on_epoch(rec, k=k):
-                report({"stage": "finetune", "base": k, "epoch": rec["epoch"], "loss": rec.get("train_loss"),
-                        "val_pearson": rec.get("val_median_pearson")})
+            def epoch_rec(rec, k=k, stage=stage):
+                if on_epoch is not None:
+                    on_epoch({**rec, "base": k, "stage": stage})
 
             kw = dict(epochs=None if steps else epochs, steps=steps, batch_images=batch_images, batch_voxels=batch_voxels, alpha=alpha,
                       patience=patience, seed=seed, steps_per_epoch=steps_per_epoch, features=[feats],
                       checkpoint_dir=None if ck is None else ck / f"base-{k}", resume=resume, progress=prog,
-                      on_epoch=on_epoch, cancel=cancel, device=device)
+                      on_epoch=epoch_rec, cancel=cancel, device=device)
             if getattr(model, "kind", "") == "universal":
                 from napari_nrf.recipes import transfer_subject
 
@@ -212,7 +225,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     if feats is None:  # every base was finished in an earlier run
         feats = _round_features({n: np.asarray(v)[rows] for n, v in features.items()} if features is not None
                                 else set_features(models[0], sub, cache=cache))
-    report({"stage": "ensemble", "fraction": 0.96})
+    report(0.96, "ensemble")
     ens = EnsembleModel(models, sub.subject, sub.coords)
     ens.to(device)
     tr = np.flatnonzero(sub.split == 0)
@@ -232,7 +245,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     info["ensemble_val_pearson"] = metrics.get("val_median_pearson")
     if out is not None:
         ens.save(out)
-    report({"stage": "done", "fraction": 1.0, "val_pearson": metrics.get("val_median_pearson")})
+    report(1.0, "done")
     return ens, info
 
 

@@ -47,10 +47,16 @@ def finetune_job(ctx, bases, data, out, step_delay: float = 0.0, **kwargs) -> di
             time.sleep(step_delay)
         return ctx.cancelled()
 
+    def prog(done, total, message=""):
+        ctx.report(stage=message or None, fraction=done / max(total, 1))
+
+    def on_epoch(rec):
+        ctx.report(stage=rec.get("stage"), base=rec.get("base"), epoch=rec["epoch"], loss=rec.get("train_loss"),
+                   val_pearson=rec.get("val_median_pearson"))
+
     def run():
         return finetune_ensemble(bases, data, out=out, checkpoint_dir=ctx.checkpoint_dir, resume=True,
-                                 device=ctx.device, progress=lambda rec: ctx.report(**rec),
-                                 cancel=cancel, **kwargs)
+                                 device=ctx.device, progress=prog, on_epoch=on_epoch, cancel=cancel, **kwargs)
 
     _, info = _cancelled_to_job(run)
     return {"out": str(out), "subject": info["subject"], "n_train_images": info["n_train_images"],
