@@ -70,7 +70,12 @@ def test_widget_trains_a_new_nrf_in_the_background(make_napari_viewer, qtbot, tm
     out = tmp_path / "trained.safetensors"
     w.out.setText(str(out))
     w.preset.setCurrentText("tiny")
-    w.epochs.setValue(2)
+    # issue 14: a new NRF follows the NRF preset's step schedule ("auto"), not finetuning's epochs
+    from napari_nrf.settings import NRF_FIT
+
+    assert w.steps.isVisibleTo(w) and not w.epochs.isVisibleTo(w)
+    assert NRF_FIT.steps is None and w.steps.value() == 0 and w.steps.text() == "auto"
+    w.steps.setValue(6)  # 2 epochs of 3 steps
     w.device.setCurrentText("cpu")
     w.threads = 1
     w.extra_kwargs = {"batch_images": 4, "batch_voxels": 30, "steps_per_epoch": 3,

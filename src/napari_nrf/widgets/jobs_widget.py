@@ -158,14 +158,24 @@ class FinetuneJobsWidget(QWidget):
         self.backbone.addItems(sorted(BACKBONES))
         self.backbone.setCurrentText("efficientnet-lite0")
         form.addRow("backbone", self.backbone)
-        from napari_nrf.settings import FINETUNE_FIT, field_spec
+        from napari_nrf.settings import FINETUNE_FIT, NRF_FIT, field_spec
 
-        spec = field_spec("epochs", FINETUNE_FIT)  # the training settings' default, range and help
+        # Each mode shows its recipe's schedule, from the training settings (default, range,
+        # help): finetuning counts epochs (FINETUNE_FIT), a new NRF optimiser steps (NRF_FIT).
+        spec = field_spec("epochs", FINETUNE_FIT)
         self.epochs = QSpinBox()
         self.epochs.setRange(spec["min"], min(spec["max"], 1000))
         self.epochs.setValue(spec["default"])
         self.epochs.setToolTip(spec["help"])
         form.addRow("epochs", self.epochs)
+        spec = field_spec("steps", NRF_FIT)
+        self.steps = QSpinBox()
+        self.steps.setRange(0, min(spec["max"], 1_000_000))
+        self.steps.setSingleStep(100)
+        self.steps.setValue(spec["default"] or 0)
+        self.steps.setSpecialValueText("auto")  # 0: the NRF preset's schedule from the image count
+        self.steps.setToolTip(spec["help"])
+        form.addRow("steps", self.steps)
         self.device = QComboBox()
         self.device.addItems(available_devices())
         form.addRow("device", self.device)
@@ -212,7 +222,7 @@ class FinetuneJobsWidget(QWidget):
     def _mode_changed(self, *_):
         train = self.training
         for w, show in ((self.bases, not train), (self.bases_buttons, not train), (self.n_images, not train),
-                        (self.preset, train), (self.backbone, train)):
+                        (self.epochs, not train), (self.preset, train), (self.backbone, train), (self.steps, train)):
             label = self.form.labelForField(w)
             if label is not None:  # the buttons' row has none
                 label.setVisible(show)
@@ -264,7 +274,7 @@ class FinetuneJobsWidget(QWidget):
             if self.training:
                 if not self.data_paths() or not self.out.text():
                     raise ValueError("choose the response set(s) and an output file")
-                kw = {"epochs": self.epochs.value(), "preset": self.preset.currentText(),
+                kw = {"steps": self.steps.value() or None, "preset": self.preset.currentText(),
                       "backbone": self.backbone.currentText(), **self.extra_kwargs}
                 job = submit_train(self.manager, self.data_paths(), self.out.text(),
                                    device=self.device.currentText(), threads=self.threads, **kw)
