@@ -336,3 +336,36 @@ def test_cancelled_queued_job_leaves_the_queue_at_once(tmp_path):
         mgr.cancel(job.id)
     mgr.remove(job.id)  # and it can be removed (queued or running jobs cannot)
     assert mgr.jobs() == []
+
+
+# ---- the CLI: devices, flags naming folders, transfer over its own model ----------------------
+@pytest.mark.parametrize("cmd", [["query", "M", "I.png", "--out", "Q"], ["train", "D.h5", "--out", "m.safetensors"],
+                                 ["evaluate", "M", "D.h5"], ["train-universal", "D.h5", "--out", "u.safetensors"],
+                                 ["cluster", "M", "--out", "C"], ["transfer", "M", "D.h5", "--out", "t.safetensors"]])
+def test_every_command_checks_the_device_first(cmd, tmp_path, capsys):
+    import torch
+
+    for dev in ["banana", "cuda:7"] + ([] if torch.cuda.is_available() else ["cuda"]):
+        argv = [str(tmp_path / a) if a[0].isupper() or "." in a else a for a in cmd] + ["--device", dev]
+        assert main(argv) == 2
+        line = _err_line(capsys)
+        assert f"--device {dev}" in line, line
+    assert os.listdir(tmp_path) == []
+
+
+def test_folder_flags_and_own_model_as_output(files, tmp_path, capsys):
+    nrf, h5, img = files / "nrf.safetensors", files / "sub-01.h5", files / "good.png"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("a user's file")
+    for argv, expect in (
+            (["evaluate", nrf, h5, "--json", tmp_path / "e.json", "--cache", a_file], "--cache"),
+            (["train", h5, "--out", tmp_path / "m.safetensors", "--cache", a_file / "sub"], "is a file, not a folder"),
+            (["finetune", "--base", nrf, "--data", h5, "--out", tmp_path / "o.safetensors", "--jobs-dir", a_file],
+             "--jobs-dir"),
+            (["finetune", "--base", nrf, "--data", h5, "--out", tmp_path / "o.safetensors", "--images", "1",
+              "--jobs-dir", tmp_path / "jobs"], "at least 2 training images"),
+            (["transfer", nrf, h5, "--out", nrf], "also an input"),
+            (["demo", "--screenshot", a_file / "shot.png"], "--screenshot")):
+        assert main([str(a) for a in argv]) == 2, argv
+        assert expect in _err_line(capsys)
+    assert a_file.read_text() == "a user's file" and sorted(os.listdir(tmp_path)) == ["a_file"]

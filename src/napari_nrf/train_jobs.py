@@ -227,6 +227,9 @@ def submit_finetune(manager, bases, data, out, *, device: str | None = None, ove
     if not Path(data).exists():
         raise FinetuneError(f"response set not found: {data}")
     out = _checked_out(out, [*bases, data], overwrite)
+    n = kwargs.get("n_images")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
+        raise FinetuneError(f"images: need at least 2 training images of the new subject, got {n!r}")
     from napari_nrf.train import check_fit_settings
 
     check_fit_settings(kwargs, FINETUNE_FIT)

@@ -139,6 +139,15 @@ def check_outputs(args) -> list:
         folder(args.out, volume_file_names(images), [args.model, *images, *mask])
     elif cmd == "cluster":
         folder(args.out, [], [args.model, *(getattr(args, "library", None) or [])])
+    # Folders and files a command writes besides its outputs: a file where a folder is
+    # expected, a parent that is a file or not writable, refused now (one line naming the flag).
+    for name in ("cache", "jobs_dir"):
+        if getattr(args, name, None) and cmd != "jobs":  # `jobs` only reads its folder
+            check_output(getattr(args, name), overwrite=True, flag="--" + name.replace("_", "-"), folder=True)
+            if name == "jobs_dir" and not Path(args.jobs_dir).exists():
+                new_dirs.append(Path(args.jobs_dir))  # removed again if a failure leaves it empty
+    if getattr(args, "screenshot", None):
+        check_output(args.screenshot, overwrite=True, flag="--screenshot")
     return new_dirs
 
 
