@@ -83,6 +83,14 @@ def test_drop_renders_mni_volumes_contrast_and_export(docked, qtbot, tmp_path):
     qtbot.waitUntil(lambda: len(rendered) == 4, timeout=30000)
     assert sum(layer_kind(ly) == "template" for ly in viewer.layers) == 1
     # export: an MNI NIfTI whose peak is at the blob, NaN outside the brain
+    from napari_nrf.errors import OutputError
+
+    loaded = tmp_path / "model.safetensors"  # issue 21: an export never replaces the loaded model
+    loaded.write_bytes(b"the user's model")
+    vw.state.model_path = loaded
+    with pytest.raises(OutputError, match="also an input"):
+        vw.export(red, loaded)
+    assert loaded.read_bytes() == b"the user's model"
     out = vw.export(red, tmp_path / "reddish.nii.gz")
     vol, grid = space.load_nifti(out)
     i = np.unravel_index(np.nanargmax(vol), vol.shape)

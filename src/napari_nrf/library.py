@@ -132,16 +132,9 @@ class ImageLibrary:
 
 
 def _readable(path) -> bool:
-    """The file opens as an image (header, PIL's size guard, the format's own checks)
-    without decoding it whole."""
-    from PIL import Image
+    from napari_nrf.features.images import probe_image_file
 
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:  # noqa: BLE001 - any failure of PIL on a file means "cannot read it"
-        return False
+    return probe_image_file(path) is None
 
 
 def _warn_skipped(bad, label) -> None:

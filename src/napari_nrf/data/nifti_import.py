@@ -155,19 +155,6 @@ def _session_key(label: str, k: int) -> str:
 MIN_STORE_IMAGES, MAX_STORE_IMAGES = 1, 2048
 
 
-def _unreadable_image(path) -> str | None:
-    """Why PIL cannot read the image file ``path`` (header, size guard, format checks;
-    no full decode), or None when it can."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as exc:  # noqa: BLE001 - any failure of PIL on the file means "cannot read it"
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
-    return None
-
-
 def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mask: bool = False,
                  assume_mni: bool = False, test_images: Sequence[str] | None = None, test_fraction: float = 0.1,
                  val_fraction: float = 0.1, seed: int = 0, store_images: int | None = None, chunk: int = 50,
@@ -199,6 +186,7 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
     progress : None, True (tqdm bar) or callable(done, total)
     """
     from napari_nrf import space
+    from napari_nrf.features.images import probe_image_file
 
     if store_images is not None and not MIN_STORE_IMAGES <= int(store_images) <= MAX_STORE_IMAGES:
         raise NiftiImportError(f"--store-images {store_images}: the stored image size must be "
@@ -233,7 +221,7 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
     if missing:
         raise NiftiImportError(f"{len(missing)} image file(s) listed in the events CSV do not exist, e.g. {missing[0]}")
     uniq_paths = sorted(set(img_paths))
-    unreadable = [(p, why) for p in uniq_paths for why in [_unreadable_image(p)] if why]
+    unreadable = [(p, why) for p in uniq_paths for why in [probe_image_file(p)] if why]
     if unreadable:  # found now, not when training fails on them later
         p, why = unreadable[0]
         raise NiftiImportError(f"{len(unreadable)} image file(s) listed in the events CSV cannot be read as images, "

@@ -122,6 +122,20 @@ def load_image_file(path) -> np.ndarray:
         raise ImageError(f"cannot read {path.name} as an image ({exc.__class__.__name__}: {exc})") from exc
 
 
+def probe_image_file(path) -> str | None:
+    """Why PIL cannot read the image file ``path`` (its header, PIL's decompression-bomb
+    guard, the format's own checks; no full decode), or None when it can. A cheap check of
+    many files before long work (an import, an image library)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:  # noqa: BLE001 - any failure of PIL on the file means "cannot read it"
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+    return None
+
+
 def as_image_list(images) -> list:
     """A batch -> list of (H, W, 3) uint8 arrays. ``images`` may be one image, a path, a
     list of either, or a (B, H, W, 3|4) array."""

@@ -455,8 +455,12 @@ class ResponseVolumeWidget(QWidget):
         """Write a response/contrast layer as an MNI NIfTI file with its JSON sidecar
         (model file and SHA-256, image, units, mask, resolution); ``outside`` "NaN" or "0"
         (default: the widget's choice) fills the voxels outside the extent."""
+        from napari_nrf.errors import check_output
         from napari_nrf.nifti_layers import write_image
 
+        # The file dialog asked about replacing a file; the loaded model and ROI are never replaced.
+        check_output(path, [self.state.model_path, self.roi_path.text().strip() or None], overwrite=True,
+                     flag="export")
         md = dict((layer.metadata or {}).get(META) or {})
         md["outside"] = outside or self.outside.currentText()
         meta = {"metadata": {META: md}, "name": layer.name, "scale": layer.scale, "translate": layer.translate}
