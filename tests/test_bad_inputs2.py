@@ -369,3 +369,15 @@ def test_folder_flags_and_own_model_as_output(files, tmp_path, capsys):
         assert main([str(a) for a in argv]) == 2, argv
         assert expect in _err_line(capsys)
     assert a_file.read_text() == "a user's file" and sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+@pytest.mark.parametrize("over,expect", [({"width": 0}, "width"), ({"depth": 1.5}, "depth"),
+                                         ({"no_such": 1}, "no_such"), ({"depth": 1}, "depth")])
+def test_submit_train_checks_model_sizes_before_a_job(files, tmp_path, over, expect):
+    from napari_nrf.jobs import JobManager
+    from napari_nrf.train_jobs import submit_train
+
+    mgr = JobManager(tmp_path / "jobs")
+    with pytest.raises(NapariNRFError, match=expect):
+        submit_train(mgr, [files / "sub-01.h5"], tmp_path / "m.safetensors", model_overrides=over, start=False)
+    assert mgr.jobs() == []

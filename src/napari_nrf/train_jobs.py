@@ -177,6 +177,28 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
             "val_pearson": hist.best_score}
 
 
+def _check_model_overrides(backbone: str, preset: str, overrides) -> None:
+    """Sizes that make a model which cannot work (``width 0``) or arguments NRF does not
+    take, refused now: the model is built on torch's ``meta`` device (no memory)."""
+    import warnings
+
+    import torch
+
+    from napari_nrf.models.nrf import build_nrf
+
+    overrides = dict(overrides or {})
+    for k in ("width", "depth", "downsample_dim", "merged_dim", "n_fourier"):
+        v = overrides.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise FinetuneError(f"model size {k} must be a whole number >= 1, got {v!r}")
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_nrf(backbone, preset, **overrides)
+    except Exception as exc:  # noqa: BLE001 - any failure to build means the overrides are wrong
+        raise FinetuneError(f"model overrides {overrides}: {type(exc).__name__}: {exc}") from None
+
+
 def submit_train(manager, data, out, *, device: str | None = None, overwrite: bool = False, start: bool = True,
                  threads: int | None = None, **kwargs):
     """Queue a :func:`train_job` (a new NRF on the response sets ``data``) on ``manager``;
@@ -200,6 +222,8 @@ def submit_train(manager, data, out, *, device: str | None = None, overwrite: bo
     if kwargs.get("preset", "demo") not in PRESETS:
         raise FinetuneError(f"unknown preset {kwargs['preset']!r}; available: {', '.join(PRESETS)}")
     check_fit_settings(kwargs)
+    _check_model_overrides(kwargs.get("backbone", "efficientnet-lite0"), kwargs.get("preset", "demo"),
+                           kwargs.get("model_overrides"))
     device = check_device(device)
     if kwargs.get("feature_cache") is not None:
         kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
