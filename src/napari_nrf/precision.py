@@ -137,10 +137,9 @@ def probe(n: int = 2048, k: int = 1024, repeats: int = 3, use_cache: bool = True
     res = {"n": n, "k": k, "fp32_gflops": flop / t32 / 1e9, "bf16_gflops": flop / t16 / 1e9, "speedup": t32 / t16,
            "cpu": info, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(res))
-        os.replace(tmp, path)
+        from napari_nrf.errors import write_text_atomic
+
+        write_text_atomic(path, json.dumps(res))
     except OSError:
         pass
     return {**res, "cached": False}
