@@ -136,3 +136,53 @@ def test_labels_writer_round_trips_with_table(tmp_path):
     (d2, kw2, kind), = nifti_layers.read_nifti(written[0])
     assert kind == "labels" and np.array_equal(d2, data)
     assert list(kw2["features"]["name"]) == ["cluster 1", "cluster 3"]
+
+
+def _afni_xml(pairs):
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("AFNI_attributes", self_idcode="XYZ", ni_form="ni_group")
+    dtable = "<VALUE_LABEL_DTABLE\n  ni_type=\"2*String\"\n  ni_dimen=\"%d\" >\n" % len(pairs)
+    dtable += "".join(f' "{v}" "{n}"\n' for v, n in pairs) + "</VALUE_LABEL_DTABLE>\n"
+    atr = ET.SubElement(root, "AFNI_atr", ni_type="String", ni_dimen="1", atr_name="VALUE_LABEL_DTABLE")
+    atr.text = '"' + dtable + '~"'
+    ET.SubElement(root, "AFNI_atr", ni_type="String", ni_dimen="1", atr_name="HISTORY_NOTE").text = '"3dcalc~"'
+    return b"<?xml version='1.0' ?>\n" + ET.tostring(root)
+
+
+@pytest.mark.parametrize("style", ["afni", "cifti_xml", "comment"])
+def test_label_atlas_names_from_the_nifti_extension(tmp_path, style):
+    """No table beside the file: the region names come from the NIfTI's own extension,
+    through napari's reader path (get_reader -> read_nifti)."""
+    g = _grid()
+    lab = np.zeros(g.shape, np.int16)
+    lab[:5] = 1
+    lab[5:10] = 2
+    img = nib.load(str(space.save_nifti(lab, g, tmp_path / "plain.nii")))
+    p = tmp_path / "atlas.nii"  # a new file: "plain.nii" is memory-mapped
+    if style == "afni":
+        ext = nib.nifti1.Nifti1Extension(4, _afni_xml([(1, "Left V1"), (2, "Right-FFA")]))
+    elif style == "cifti_xml":
+        xml = (b'<CIFTI Version="2"><Matrix><LabelTable>'
+               b'<Label Key="0" Red="0" Green="0" Blue="0" Alpha="0">???</Label>'
+               b'<Label Key="1" Red="1" Green="0" Blue="0" Alpha="1">Left V1</Label>'
+               b'<Label Key="2" Red="0" Green="1" Blue="0" Alpha="1">Right-FFA</Label>'
+               b'</LabelTable></Matrix></CIFTI>')
+        ext = nib.nifti1.Nifti1Extension(32, xml)
+    else:
+        ext = nib.nifti1.Nifti1Extension(6, b"1\tLeft V1\n2\tRight-FFA\n")
+    img.header.extensions.append(ext)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), str(p))
+    assert nifti_layers.label_table_for(p) is None
+    reader = nifti_layers.get_reader(str(p))
+    (data, kw, kind), = reader(str(p))
+    assert kind == "labels"
+    assert list(kw["features"]["index"]) == [1, 2]
+    assert list(kw["features"]["name"]) == ["Left V1", "Right-FFA"]
+    assert kw["metadata"]["napari_nrf"]["table"] == "NIfTI extension"
+    if style == "cifti_xml":
+        assert np.allclose(kw["colormap"][2], (0, 1, 0, 1))
+    # a table beside the file wins over the extension
+    (tmp_path / "atlas.tsv").write_text("index\tname\n1\tV1 (sidecar)\n2\tFFA (sidecar)\n")
+    (_, kw2, _), = nifti_layers.read_nifti(str(p))
+    assert list(kw2["features"]["name"]) == ["V1 (sidecar)", "FFA (sidecar)"]

@@ -70,3 +70,17 @@ def test_every_imported_package_is_declared():
         if not names & declared:
             missing[mod] = sorted(names)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_repository_address_is_the_same_everywhere():
+    """One repository address in pyproject's [project.urls] (the napari hub's keys),
+    CITATION.cff and the README."""
+    urls = _project()["urls"]
+    repo = urls["Source Code"]
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo)
+    assert urls["Homepage"] == repo and urls["Bug Tracker"] == repo + "/issues"
+    assert urls["Documentation"].startswith(repo + "/blob/main/docs/")
+    assert (ROOT / urls["Documentation"].split("/blob/main/", 1)[1]).is_file()
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["repository-code"] == repo
+    assert repo in (ROOT / "README.md").read_text()

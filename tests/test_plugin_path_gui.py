@@ -55,6 +55,29 @@ def test_state_survives_the_proxy_being_dropped(make_napari_viewer):
     assert state_for(PublicOnlyProxy(viewer)) is st is state_for(viewer)
 
 
+def test_a_new_user_finds_the_demo_model_in_the_model_list(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    """Plugins > napari-nrf > Encoding model on a fresh machine: the list under Open model…
+    offers the demo NRF shipped in the package; choosing it loads it for every widget."""
+    from napari_nrf.demo import shipped_model_path
+    from napari_nrf.widgets.model_widget import DEMO_ITEM
+
+    if not shipped_model_path().is_file():
+        pytest.skip("no shipped demo model in this checkout")
+    monkeypatch.setenv("NAPARI_NRF_CACHE", str(tmp_path))  # no recent models yet
+    viewer = make_napari_viewer()
+    mw = _open(viewer, "Encoding model")
+    vw = _open(viewer, "Response volume")
+    idx = mw.recent.findText(DEMO_ITEM)
+    assert idx > 0 and mw.recent.itemText(0) == "recent models…"
+    mw.recent.setCurrentIndex(idx)
+    mw.recent.activated.emit(idx)                   # what the user's choice in the list emits
+    qtbot.waitUntil(lambda: vw.state.model is not None, timeout=60000)
+    assert vw.state.model.kind == "nrf" and vw.state.model_path == shipped_model_path()
+    assert "kind: nrf" in mw.card.text()
+    assert mw.recent.findText(DEMO_ITEM) == -1      # now listed under its file name, once
+    assert mw.recent.findText(shipped_model_path().name) > 0
+
+
 def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
     """``napari -w napari-nrf``: napari's command line docks the plugin's first widget
     contribution; that entry holds every widget of the plugin."""
@@ -69,7 +92,7 @@ def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
         assert len(docks) == 1
         (container,) = docks.values()
         names = {name for name, _ in widget_commands()}
-        assert set(container.widgets) == names and len(names) == 5
+        assert set(container.widgets) == names and len(names) >= 5
         model = BlobModel()
         container.widgets["Encoding model"].set_model(model)
         assert container.widgets["Response volume"].state.model is model

@@ -137,6 +137,13 @@ def test_response_layers_have_colorbar_units_and_mm_axes(make_napari_viewer, qtb
     vw.goto.returnPressed.emit()
     assert np.allclose(space.world_to_mni(viewer.dims.point), [40, -20, 12], atol=2.1)
     assert "axial z = 12.0 mm" in viewer.text_overlay.text
+    # the slider beside the canvas shows the slice in mm too (the dims model keeps "z")
+    slider = viewer.window._qt_viewer.dims.slider_widgets[0]
+    assert slider.axis_label.text() == "z 12.0 mm" and viewer.dims.axis_labels[0] == "z"
+    viewer.dims.set_point(0, -30.0)
+    assert slider.axis_label.text() == "z -30.0 mm"
+    viewer.dims.order = (2, 0, 1)                     # a sagittal slice: the x slider in mm
+    assert viewer.window._qt_viewer.dims.slider_widgets[2].axis_label.text().startswith("x ")
     with pytest.raises(ValueError):
         parse_mni("1, 2")
 

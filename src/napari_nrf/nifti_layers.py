@@ -11,11 +11,13 @@ Opening
 -------
 * a 3D volume -> an Image layer at its MNI mm place;
 * a 4D volume (X, Y, Z, T) -> an Image layer with a volume axis (napari's slider);
-* a label atlas (integer data, a label intent, or a label table beside it) -> a Labels
-  layer, with the region names in its ``features`` (shown in the status bar) when a
-  table sits beside it: ``<stem>.txt``/``.tsv``/``.csv``/``<stem>_labels.txt``/``.lut``
-  in nilearn, FSL or FreeSurfer style (``index name [r g b [a]]`` rows, a header with
-  ``index``/``name`` columns, or one name per line);
+* a label atlas (integer data, a label intent, or a label table) -> a Labels layer, with
+  the region names in its ``features`` (shown in the status bar) when a table sits beside
+  it: ``<stem>.txt``/``.tsv``/``.csv``/``<stem>_labels.txt``/``.lut`` in nilearn, FSL or
+  FreeSurfer style (``index name [r g b [a]]`` rows, a header with ``index``/``name``
+  columns, or one name per line); without one, the table in the NIfTI's own header
+  extension (AFNI's ``VALUE_LABEL_DTABLE``, a CIFTI-2 style ``<Label Key=...>`` XML, or a
+  comment extension holding a table);
 * a response volume written by napari-nrf (its JSON sidecar) -> the plugin's response
   layer (diverging colormap, units, NaN outside the mask kept for export).
 
@@ -130,7 +132,11 @@ def read_label_table(path, values=None) -> dict[int, dict]:
     ``value`` and ``name``/``label_name`` columns, or one name per line (index = line
     number, from 0 when the names cover 0..max of ``values`` else from 1).
     """
-    text = Path(path).read_text(errors="replace")
+    return parse_label_table(Path(path).read_text(errors="replace"), values)
+
+
+def parse_label_table(text: str, values=None) -> dict[int, dict]:
+    """:func:`read_label_table` of a table's text (a file's or a NIfTI extension's)."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         return {}
@@ -174,6 +180,77 @@ def read_label_table(path, values=None) -> dict[int, dict]:
     vmax = int(max(values)) if values is not None and len(values) else len(names) - 1
     start = 0 if len(names) == vmax + 1 or names[0].lower() in ("background", "unknown") else 1
     return {start + i: {"name": n, "color": None} for i, n in enumerate(names)}
+
+
+# NIfTI-1 extension codes that can carry a label table (nifti1.h): AFNI's XML attributes
+# (VALUE_LABEL_DTABLE), a plain-text comment, CIFTI-2's XML (<LabelTable><Label Key=...>).
+ECODE_AFNI, ECODE_COMMENT, ECODE_CIFTI = 4, 6, 32
+
+
+def _xml_root(text: str):
+    import xml.etree.ElementTree as ET
+
+    try:
+        return ET.fromstring(text.strip().strip("\x00"))
+    except ET.ParseError:
+        return None
+
+
+def _xml_label_table(root) -> dict[int, dict]:
+    """``<Label Key="1" Red="1" Green="0" Blue="0" Alpha="1">name</Label>`` elements (CIFTI-2,
+    GIFTI style; colours are floats in [0, 1]) anywhere under ``root``."""
+    out: dict[int, dict] = {}
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] != "Label" or _int(el.get("Key", "")) is None:
+            continue
+        try:
+            rgba = tuple(float(el.get(c)) for c in ("Red", "Green", "Blue", "Alpha"))
+        except (TypeError, ValueError):
+            rgba = None
+        out[_int(el.get("Key"))] = {"name": (el.text or "").strip(), "color": rgba}
+    return out
+
+
+def _afni_label_table(root) -> dict[int, dict]:
+    """AFNI's ``VALUE_LABEL_DTABLE`` attribute: ``"value" "name"`` string pairs."""
+    for el in root.iter("AFNI_atr"):
+        if el.get("atr_name") == "VALUE_LABEL_DTABLE":
+            # AFNI writes '~' for the end of a string and may escape the inner quotes.
+            text = (el.text or "").replace('\\"', '"').replace("~", " ")
+            return {int(v): {"name": n.strip(), "color": None}
+                    for v, n in re.findall(r'"\s*(-?\d+)\s*"\s+"([^"]*)"', text)}
+    return {}
+
+
+def extension_label_table(img, values=None) -> dict[int, dict]:
+    """The label table stored in a NIfTI image's own header extensions ({} when none):
+    AFNI (ecode 4, ``VALUE_LABEL_DTABLE``), CIFTI-2 / other XML (``<Label Key=...>``), or a
+    comment extension (ecode 6) holding a table in any style :func:`read_label_table` reads."""
+    exts = getattr(getattr(img, "header", None), "extensions", None) or []
+    for ext in exts:
+        try:
+            code = int(ext.get_code())
+            # The raw bytes (nibabel >= 5.3 ``content``): get_content() would parse a CIFTI
+            # extension into nibabel's object, which fails on partial CIFTI documents.
+            raw = ext.content if hasattr(ext, "content") else ext.get_content()
+            if not isinstance(raw, (bytes, bytearray)):
+                raw = raw.to_xml() if hasattr(raw, "to_xml") else str(raw).encode()
+        except Exception:  # noqa: BLE001 - a malformed extension is not a label table
+            continue
+        text = bytes(raw).decode("utf-8", "replace").strip("\x00").strip()
+        if not text:
+            continue
+        root = _xml_root(text) if text.startswith("<") else None
+        if root is not None:
+            table = _afni_label_table(root) if code == ECODE_AFNI else {}
+            table = table or _xml_label_table(root)
+        elif code == ECODE_COMMENT:
+            table = parse_label_table(text, values)
+        else:
+            table = {}
+        if table:
+            return table
+    return {}
 
 
 def labels_features(table: dict[int, dict], values) -> dict:
@@ -221,19 +298,23 @@ def read_nifti(path) -> list[tuple]:
     side = space.read_sidecar(path)
     md = {"grid": grid, "path": str(path), "sidecar": side}
     table_path = label_table_for(path)
+    ext_table = extension_label_table(img) if table_path is None else {}
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.ndim == 3 and (side.get("kind") == "clusters" or table_path is not None
+    if data.ndim == 3 and (side.get("kind") == "clusters" or table_path is not None or ext_table
                            or _is_label_image(img, data)):
         lab = np.asarray(data)
         if not np.issubdtype(lab.dtype, np.integer):
             lab = np.rint(lab).astype(np.int32)
         values = np.unique(lab)
-        table = read_label_table(table_path, values) if table_path is not None else {}
+        if table_path is not None:
+            table = read_label_table(table_path, values)
+        else:  # the file's own extension (re-read: a one-name-per-line table numbers from the values)
+            table = extension_label_table(img, values)
         ldata, kw = space.layer_data(lab, grid)
         md.update(kind="atlas" if side.get("kind") != "clusters" else "clusters", volume=lab,
                   label_names={int(v): table[v]["name"] for v in table},
-                  table=str(table_path) if table_path else None)
+                  table=str(table_path) if table_path else ("NIfTI extension" if table else None))
         kw.update(name=name, features=labels_features(table, values), opacity=0.6,
                   blending="translucent_no_depth", metadata={META: md})
         colors = {int(v): table[v]["color"] for v in table if table[v]["color"] is not None and int(v) != 0}

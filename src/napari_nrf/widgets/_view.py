@@ -3,9 +3,9 @@
 :func:`setup_mni_view` (idempotent, called by every widget and by the template) turns on
 napari's scale bar (mm, from the layers' units) and axes (labelled z, y, x), the
 neurological camera orientation of :data:`napari_nrf.space.NAPARI_CAMERA_ORIENTATION`, a
-colorbar on every response layer, and a text overlay with the orientation letters of the
-screen's edges (L/R, A/P, S/I, in 2D and 3D), the slice position in mm and the units of
-the selected response layer. :func:`go_to_mni` moves the view to an MNI point.
+colorbar on every response layer, the slice position in mm beside each slider, and a text
+overlay with the orientation letters of the screen's edges (L/R, A/P, S/I, in 2D and 3D),
+the slice position in mm and the units of the selected response layer. :func:`go_to_mni` moves the view to an MNI point.
 """
 
 from __future__ import annotations
@@ -110,6 +110,43 @@ def update_overlay(viewer) -> None:
     if u:
         lines.append(u)
     viewer.text_overlay.text = "\n".join(lines)
+    update_slider_labels(viewer)
+
+
+def slider_label(viewer, dim: int) -> str | None:
+    """The text of napari world dimension ``dim``'s slider: "z -2.0 mm" for an MNI axis,
+    None for a volume axis (napari's own label stays)."""
+    a = _mni_axis(viewer, dim)
+    if a is None:
+        return None
+    return f"{'xyz'[a]} {float(viewer.dims.point[dim]):.1f} mm"
+
+
+def update_slider_labels(viewer) -> None:
+    """Show the slice position in MNI mm beside each spatial slider (napari's slider counts
+    steps). Only the Qt label's text changes, with its signals blocked: the dims model keeps
+    its axis labels ("z", "y", "x"), which napari uses to align layers."""
+    from ._state import real_viewer
+
+    try:
+        qt_dims = real_viewer(viewer).window._qt_viewer.dims
+        sliders = qt_dims.slider_widgets
+    except AttributeError:  # no Qt window (or another napari): the overlay says the slice
+        return
+    changed = False
+    for dim, sw in enumerate(sliders):
+        text = slider_label(viewer, dim) if dim in viewer.dims.not_displayed else None
+        label = getattr(sw, "axis_label", None)
+        if label is None or text is None:
+            continue
+        if label.text() != text:
+            label.blockSignals(True)
+            label.setText(text)
+            label.setToolTip(f"slice position in MNI mm ({viewer.dims.axis_labels[dim]} axis)")
+            label.blockSignals(False)
+            changed = True
+    if changed and hasattr(qt_dims, "_resize_axis_labels"):
+        qt_dims._resize_axis_labels()
 
 
 def show_colorbar(layer) -> None:
@@ -162,6 +199,7 @@ def setup_mni_view(viewer) -> None:
     viewer.dims.events.ndisplay.connect(refresh)
     viewer.dims.events.order.connect(refresh)
     viewer.dims.events.point.connect(refresh)
+    viewer.dims.events.axis_labels.connect(refresh)  # napari resets the slider's text then
     viewer.camera.events.angles.connect(refresh)
     viewer.camera.events.orientation.connect(refresh)
     refresh()

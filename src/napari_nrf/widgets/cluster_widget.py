@@ -14,11 +14,12 @@ from napari_nrf.errors import Cancelled
 import threading
 
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
+                            QWidget)
 
 from napari_nrf import space
 
+from ._forms import cluster_settings_form
 from ._layout import scrolling_layout
 from ._progress import ProgressBar
 from ._render import META, start_worker
@@ -78,15 +79,11 @@ class VoxelClustersWidget(QWidget):
         self.subjects.setToolTip("Subjects clustered together: clusters are shared across the checked subjects")
         self.subjects.setMaximumHeight(120)
         form.addRow("subjects", self.subjects)
-        self.k = QSpinBox()
-        self.k.setRange(2, 500)
-        self.k.setValue(20)
-        form.addRow("clusters k", self.k)
-        self.resolution = QComboBox()
-        self.resolution.addItems(RESOLUTIONS)
-        self.resolution.setCurrentText("2")
-        form.addRow("grid (mm)", self.resolution)
         lay.addLayout(form)
+        self.settings = cluster_settings_form(RESOLUTIONS)  # magicgui: k, grid (mm)
+        lay.addWidget(self.settings.native)
+        self.k = self.settings.k.native  # the Qt widgets, as a user (or a test) drives them
+        self.resolution = self.settings.resolution.native
         row = QHBoxLayout()
         self.run_btn = QPushButton("Cluster")
         self.run_btn.clicked.connect(self.run)
@@ -151,8 +148,8 @@ class VoxelClustersWidget(QWidget):
             return None
         if self.worker is not None and self.worker.is_running:
             self.cancel()
-        k = int(self.k.value())
-        res = float(self.resolution.currentText())
+        k = int(self.settings.k.value)
+        res = float(self.settings.resolution.value)
         self._cancel = cancel = threading.Event()
         prog = self._progress
 

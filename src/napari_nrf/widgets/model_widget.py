@@ -12,6 +12,7 @@ from ._layout import scrolling_layout
 from ._state import state_for
 
 MAX_RECENT = 8
+DEMO_ITEM = "demo NRF model (shipped with the plugin)"
 
 
 def available_devices() -> list[str]:
@@ -134,10 +135,16 @@ class EncodingModelWidget(QWidget):
 
     def _fill_recent(self):
         self.recent.clear()
+        from napari_nrf.demo import shipped_model_path
+
         items = recent_models()
-        self.recent.addItem("recent models…" if items else "(no recent models)")
+        demo = shipped_model_path()
+        self.recent.addItem("recent models…" if items or demo.is_file() else "(no recent models)")
         for p in items:
             self.recent.addItem(Path(p).name, p)
+        # A new user's first model: the small demo NRF shipped in the package.
+        if demo.is_file() and str(demo.resolve()) not in items:
+            self.recent.addItem(DEMO_ITEM, str(demo))
 
     def _recent_chosen(self, index: int):
         path = self.recent.itemData(index)

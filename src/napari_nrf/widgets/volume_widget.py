@@ -12,13 +12,13 @@ import threading
 
 import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame,
-                            QHBoxLayout, QLabel, QLineEdit, QPushButton, QSlider,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout, QLabel,
+                            QLineEdit, QPushButton, QSlider, QWidget)
 
 from napari_nrf import space
 from napari_nrf.query import coverage_mask
 
+from ._forms import render_settings_form, set_choices
 from ._layout import scrolling_layout
 from ._progress import ProgressBar
 from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
@@ -116,42 +116,18 @@ class ResponseVolumeWidget(QWidget):
         row.addWidget(self.layer_btn)
         lay.addLayout(row)
 
-        form = QFormLayout()
-        self.resolution = QDoubleSpinBox()
-        self.resolution.setRange(0.5, 4.0)
-        self.resolution.setSingleStep(0.5)
-        self.resolution.setValue(2.0)
-        self.resolution.setSuffix(" mm")
-        form.addRow("resolution", self.resolution)
-        self.extent = QComboBox()
-        self.extent.addItems(EXTENTS)
-        self.extent.currentIndexChanged.connect(self._extent_changed)
-        self.extent.setToolTip("Where to compute the field. A model trained on part of the brain only "
-                               "extrapolates elsewhere: the default is where it has data.")
-        form.addRow("extent", self.extent)
-        self.roi_layer = QComboBox()
-        form.addRow("ROI layer", self.roi_layer)
-        nrow = QHBoxLayout()
-        self.roi_path = QLineEdit()
-        self.roi_path.setPlaceholderText("ROI NIfTI file (any MNI grid)")
-        nbtn = QPushButton("…")
-        nbtn.clicked.connect(self._choose_roi)
-        nrow.addWidget(self.roi_path)
-        nrow.addWidget(nbtn)
-        self._roi_path_row = QWidget()
-        self._roi_path_row.setLayout(nrow)
-        form.addRow("ROI file", self._roi_path_row)
-        self.box = QLineEdit("-70, -110, -30, 70, 0, 40")
-        self.box.setToolTip("xmin, ymin, zmin, xmax, ymax, zmax in MNI mm")
-        form.addRow("box (mm)", self.box)
-        self.subject = QComboBox()
-        form.addRow("subject", self.subject)
-        self.outside = QComboBox()
-        self.outside.addItems(OUTSIDE)
-        self.outside.setToolTip("What exported volumes hold outside the extent: NaN (not computed) or 0 "
-                                "(for tools that turn NaN regions into 0 anyway, like nilearn's maskers)")
-        form.addRow("outside the extent", self.outside)
-        lay.addLayout(form)
+        # The settings are a magicgui form (widgets/_forms.py); the attributes below are
+        # its Qt widgets, as a user (or a test) drives them.
+        self.settings = render_settings_form(EXTENTS, OUTSIDE)
+        lay.addWidget(self.settings.native)
+        self.resolution = self.settings.resolution.native
+        self.extent = self.settings.extent.native
+        self.roi_layer = self.settings.roi_layer.native
+        self.roi_path = self.settings.roi_file.line_edit.native
+        self.box = self.settings.box.native
+        self.subject = self.settings.subject.native
+        self.outside = self.settings.outside.native
+        self.settings.extent.changed.connect(self._extent_changed)
         self.contrast_check = QCheckBox("add a contrast volume (A − B) for two images")
         self.contrast_check.setChecked(True)
         lay.addWidget(self.contrast_check)
@@ -254,11 +230,6 @@ class ResponseVolumeWidget(QWidget):
         if paths:
             self.add_images(paths)
 
-    def _choose_roi(self):
-        path, _ = QFileDialog.getOpenFileName(self, "ROI NIfTI", "", "NIfTI (*.nii *.nii.gz)")
-        if path:
-            self.roi_path.setText(path)
-
     def add_images(self, paths):
         """Render the image files ``paths``; unreadable files give a notification.
 
@@ -295,11 +266,12 @@ class ResponseVolumeWidget(QWidget):
     # ---- settings -> grid, mask, subject ------------------------------------------------
     def region_spec(self):
         """(grid, mask) from the resolution and extent controls (raises ValueError)."""
-        res = float(self.resolution.value())
-        ext = self.extent.currentText()
+        form = self.settings
+        res = float(form.resolution.value)
+        ext = form.extent.value
         if ext == "box":
             try:
-                vals = [float(v) for v in self.box.text().replace(";", ",").split(",")]
+                vals = [float(v) for v in form.box.value.replace(";", ",").split(",")]
             except ValueError:
                 raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)") from None
             if len(vals) != 6:
@@ -318,12 +290,12 @@ class ResponseVolumeWidget(QWidget):
                 raise ValueError("the model's voxels do not fall inside the brain mask")
             return grid, mask
         if ext == "ROI from a NIfTI file":
-            path = self.roi_path.text().strip()
+            path = form.roi_file.line_edit.value.strip()  # text: an empty FileEdit is no file
             if not path:
                 raise ValueError("choose an ROI NIfTI file")
             return grid, space.roi_mask(grid, path)
-        name = self.roi_layer.currentText()
-        if name not in self.viewer.layers:
+        name = form.roi_layer.value
+        if not name or name not in self.viewer.layers:
             raise ValueError("choose a Labels layer as the ROI")
         vol, src = layer_volume(self.viewer.layers[name])
         mask = space.resample(np.asarray(vol), src, grid, order=0) != 0
@@ -332,7 +304,7 @@ class ResponseVolumeWidget(QWidget):
         return grid, mask
 
     def current_subject(self):
-        s = self.subject.currentText()
+        s = self.settings.subject.value
         return None if (not s or s == CONTINUOUS_SUBJECT) else s
 
     # ---- render ----------------------------------------------------------------------
@@ -447,9 +419,9 @@ class ResponseVolumeWidget(QWidget):
         from napari_nrf.volume_meta import response_units
 
         path = self.state.model_path
-        return {"units": response_units(model), "mask": EXTENT_MASK_NAMES.get(self.extent.currentText(), "ROI"),
+        return {"units": response_units(model), "mask": EXTENT_MASK_NAMES.get(self.settings.extent.value, "ROI"),
                 "model_path": str(path) if path else None, "model_kind": getattr(model, "kind", None),
-                "backbone": getattr(model, "backbone_name", None), "outside": self.outside.currentText()}
+                "backbone": getattr(model, "backbone_name", None), "outside": self.settings.outside.value}
 
     def export(self, layer, path, outside: str | None = None) -> Path:
         """Write a response/contrast layer as an MNI NIfTI file with its JSON sidecar
@@ -462,7 +434,7 @@ class ResponseVolumeWidget(QWidget):
         check_output(path, [self.state.model_path, self.roi_path.text().strip() or None], overwrite=True,
                      flag="export")
         md = dict((layer.metadata or {}).get(META) or {})
-        md["outside"] = outside or self.outside.currentText()
+        md["outside"] = outside or self.settings.outside.value
         meta = {"metadata": {META: md}, "name": layer.name, "scale": layer.scale, "translate": layer.translate}
         return Path(write_image(str(path), layer.data, meta)[0])
 
@@ -510,8 +482,8 @@ class ResponseVolumeWidget(QWidget):
                   and ly.ndim == 2]
         labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and ly.ndim == 3]
         volumes = [ly.name for ly in self.response_layers()]
-        for combo, items in ((self.layer_combo, images), (self.roi_layer, labels), (self.con_a, volumes),
-                             (self.con_b, volumes)):
+        set_choices(self.settings.roi_layer, labels)
+        for combo, items in ((self.layer_combo, images), (self.con_a, volumes), (self.con_b, volumes)):
             cur = combo.currentText()
             combo.blockSignals(True)
             combo.clear()
@@ -523,19 +495,22 @@ class ResponseVolumeWidget(QWidget):
             self.con_b.setCurrentIndex(1)
 
     def _extent_changed(self, *args):
-        ext = self.extent.currentText()
-        self.roi_layer.setEnabled(ext == "ROI from a Labels layer")
-        self._roi_path_row.setEnabled(ext == "ROI from a NIfTI file")
-        self.box.setEnabled(ext == "box")
+        form = self.settings
+        ext = form.extent.value
+        form.roi_layer.enabled = ext == "ROI from a Labels layer"
+        form.roi_file.enabled = ext == "ROI from a NIfTI file"
+        form.box.enabled = ext == "box"
 
     def _model_changed(self, model):
-        self.subject.clear()
+        form = self.settings
         # Honest default: where the model has data; the whole brain only for models
         # without training voxels (their field is all they offer).
-        if model is not None and self.extent.currentText() in (DATA, BRAIN):
-            self.extent.setCurrentText(DATA if model.subjects else BRAIN)
+        if model is not None and form.extent.value in (DATA, BRAIN):
+            form.extent.value = DATA if model.subjects else BRAIN
         if model is None:
+            form.subject.choices = []
             return
-        if getattr(model, "continuous", False):
-            self.subject.addItem(CONTINUOUS_SUBJECT)
-        self.subject.addItems(list(model.subjects))
+        subjects = ([CONTINUOUS_SUBJECT] if getattr(model, "continuous", False) else []) + list(model.subjects)
+        form.subject.choices = subjects
+        if subjects:
+            form.subject.value = subjects[0]
