@@ -79,11 +79,21 @@ def main(argv=None) -> int:
     ap.add_argument("--transfer-images", type=int, default=100)
     ap.add_argument("--finetune-sizes", default="20,200")
     ap.add_argument("--max-voxels", type=int, default=1000)
+    ap.add_argument("--universal-grid", help="lr:multiple pairs, e.g. 3e-3:1,1e-3:2 (default %s)"
+                    % ",".join(f"{lr:g}:{m:g}" for lr, m in UNIVERSAL_GRID))
+    ap.add_argument("--transfer-grid", help="lr:multiple pairs (default %s)"
+                    % ",".join(f"{lr:g}:{m:g}" for lr, m in TRANSFER_GRID))
+    ap.add_argument("--finetune-grid", help="lr:multiple-of-100-steps pairs (default %s)"
+                    % ",".join(f"{lr:g}:{m:g}" for lr, m in FINETUNE_GRID))
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args(argv)
+
+    def pairs(text, default):
+        return default if not text else tuple(tuple(float(v) for v in p.split(":")) for p in text.split(","))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = dict(FULL, max_voxels=args.max_voxels)
-    ugrid, tgrid, fgrid = UNIVERSAL_GRID, TRANSFER_GRID, FINETUNE_GRID
+    ugrid, tgrid, fgrid = (pairs(args.universal_grid, UNIVERSAL_GRID), pairs(args.transfer_grid, TRANSFER_GRID),
+                           pairs(args.finetune_grid, FINETUNE_GRID))
     sizes = [int(v) for v in args.finetune_sizes.split(",")]
     fast = {}
     if args.tiny:
