@@ -16,6 +16,12 @@ every fit) we compare, on subject 4's test images (the shared stimuli, never tra
 Metric: median voxel Pearson r over subject 4's voxels on its test images, against the
 measured (noisy) responses and against the simulator's noiseless truth.
 
+Schedules: every fit with its library defaults (``train.fit``'s step schedule for the bases
+and scratch; :data:`napari_nrf.settings.FINETUNE_FIT` for the finetuning: what the CLI runs
+with no flags); ``--old-schedule`` gives the first run's fixed schedules. Fair baselines on
+the same n images: the robust spatial ridge and fWRF (``napari_nrf.baselines``). Scores
+also in the data's units (median voxel R^2, calibration slope, MSE).
+
 CPU-sized on purpose (2 shared cores): the "demo" NRF preset on efficientnet-lite0
 features, 1 torch thread. Run (full, about 30-60 min on a busy machine; features are cached):
 
@@ -49,6 +55,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", type=int, nargs="+", help="new-subject training sizes (default 20 200 800)")
     ap.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-voxels", type=int, help="voxels per subject (default 2000)")
+    ap.add_argument("--old-schedule", action="store_true",
+                    help="the fixed schedules of the first run (bases 15 x 20 steps, finetune lr 3e-4, 10 x 20 "
+                         "steps); default: every fit with its library defaults (train.fit for bases and scratch, "
+                         "FINETUNE_FIT for the finetuning), as the CLI runs them")
+    ap.add_argument("--baselines", default="ridge,fwrf",
+                    help="comma-separated fair baselines fitted on the new subject's n images: ridge, fwrf "
+                         "(default both; 'none' skips)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -66,6 +80,10 @@ def main(argv=None) -> dict:
                    batch_images=32, batch_voxels=500, image_size=96)
     if args.sizes:
         cfg["sizes"] = list(args.sizes)
+    if args.max_voxels:
+        cfg["max_voxels"] = args.max_voxels
+    defaults = not args.old_schedule and not args.tiny
+    baselines = [] if args.baselines == "none" else args.baselines.split(",")
     preset = "tiny" if args.tiny else "demo"
     lr_scratch, lr_ft = 1e-3, 3e-4
     t_all = time.time()
@@ -94,8 +112,11 @@ def main(argv=None) -> dict:
     for k in range(3):
         t0 = time.time()
         m = build_nrf("efficientnet-lite0", preset, seed=args.seed * 10 + k)
-        h = fit(m, [sets[k]], features=[feats[k]], epochs=cfg["base_epochs"], lr=lr_scratch, seed=args.seed + k,
-                **fit_kw)
+        if defaults:
+            h = fit(m, [sets[k]], features=[feats[k]], seed=args.seed + k)
+        else:
+            h = fit(m, [sets[k]], features=[feats[k]], epochs=cfg["base_epochs"], lr=lr_scratch, seed=args.seed + k,
+                    **fit_kw)
         bases.append(m)
         log(f"base {sets[k].subject}: val median r {h.best_score:.3f} ({time.time() - t0:.0f} s)")
 
@@ -104,11 +125,15 @@ def main(argv=None) -> dict:
     y_te, truth_te = new.get_responses(te), new.get_truth(te)
     f_te = {k: v[te] for k, v in feats[3].items()}
 
-    def score(pred):
-        return {"r_median": float(np.nanmedian(voxel_pearson(pred, y_te))),
-                "truth_r_median": float(np.nanmedian(voxel_pearson(pred, truth_te)))}
+    from napari_nrf.evaluate import metrics
 
-    results = {"config": {**cfg, "preset": preset, "lr_scratch": lr_scratch, "lr_finetune": lr_ft,
+    def score(pred):
+        m = metrics(pred, y_te, truth=truth_te)
+        return {"r_median": m["pearson_median"], "truth_r_median": m["truth_pearson_median"], "r2": m["r2_median"],
+                "slope": m["calibration_slope"], "mse": m["mse"]}
+
+    results = {"config": {**cfg, "preset": preset, "schedule": "library defaults" if defaults else "fixed (old)",
+                          "lr_scratch": lr_scratch, "lr_finetune": lr_ft, "baselines": baselines,
                           "seed": args.seed, "new_subject": new.subject, "n_test_images": int(len(te)),
                           "n_voxels": new.n_voxels, "bases": [s.subject for s in sets[:3]]},
                "sizes": {}}
@@ -117,13 +142,30 @@ def main(argv=None) -> dict:
         t0 = time.time()
         sub, rows = select_images(new, n, seed=args.seed)
         scratch = build_nrf("efficientnet-lite0", preset, seed=args.seed + 100)
-        fit(scratch, [sub], features=[{k: v[rows] for k, v in feats[3].items()}], epochs=cfg["ft_epochs"],
-            lr=lr_scratch, seed=args.seed, **fit_kw)
+        f_sub = {k: v[rows] for k, v in feats[3].items()}
+        if defaults:
+            fit(scratch, [sub], features=[f_sub], seed=args.seed)
+        else:
+            fit(scratch, [sub], features=[f_sub], epochs=cfg["ft_epochs"], lr=lr_scratch, seed=args.seed, **fit_kw)
         row["scratch"] = score(predict_set(scratch, f_te, new))
+        tr_sub = sub.indices("train")
+        if "ridge" in baselines:  # the fair baselines on the same n images (napari_nrf.baselines)
+            from napari_nrf.baselines import RidgeBaseline
+
+            rb = RidgeBaseline().fit({k: v[tr_sub] for k, v in f_sub.items()}, sub.get_responses(tr_sub))
+            row["ridge"] = score(rb.predict(f_te))
+        if "fwrf" in baselines:
+            from napari_nrf.baselines import fit_fwrf
+
+            fw, _ = fit_fwrf(sub, f_sub, seed=args.seed, **({"steps": 6} if args.tiny else {}))
+            row["fwrf"] = score(predict_set(fw, f_te, new))
         ens0, _ = finetune_ensemble(bases, new, n_images=n, features=feats[3], finetune=False, seed=args.seed)
         row["ensemble_pretrained"] = score(predict_set(ens0, f_te, new))
-        ens, info = finetune_ensemble(bases, new, n_images=n, features=feats[3], epochs=cfg["ft_epochs"], lr=lr_ft,
-                                      seed=args.seed, **fit_kw)
+        if defaults:  # FINETUNE_FIT, what `napari-nrf finetune` runs with no flags
+            ens, info = finetune_ensemble(bases, new, n_images=n, features=feats[3], seed=args.seed)
+        else:
+            ens, info = finetune_ensemble(bases, new, n_images=n, features=feats[3], epochs=cfg["ft_epochs"], lr=lr_ft,
+                                          seed=args.seed, **fit_kw)
         with torch.no_grad():
             base_pred = ens.base_predictions({k: torch.as_tensor(v) for k, v in f_te.items()}).numpy()
         for k in range(len(bases)):
@@ -137,6 +179,8 @@ def main(argv=None) -> dict:
         row["seconds"] = round(time.time() - t0, 1)
         results["sizes"][str(n)] = row
         log(f"n={n}: " + ", ".join(f"{k} {v['r_median']:.3f}" for k, v in row.items() if isinstance(v, dict)))
+        if args.out:  # partial results after every size
+            Path(args.out).write_text(json.dumps(results, indent=1))
     results["seconds"] = round(time.time() - t_all, 1)
     results["command"] = "python benchmarks/finetune_science.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.out:

@@ -178,16 +178,20 @@ def one_size(rs, ft, size, s, cfg, shuffle: bool, log) -> dict:
     for suffix, data in variants:
         sub = with_train(data, rows)
         t = time.perf_counter()
-        model, info = fit_nrf([sub], [ft], cfg, seed=s, log=log, defaults=cfg.get("nrf_defaults", True))
-        rec["nrf" + suffix] = {**score(predict_set(model, sub_feats(ft, test), sub), sub, test), **info,
-                               "seconds": round(time.perf_counter() - t, 1)}
+        if not cfg.get("skip_nrf"):
+            model, info = fit_nrf([sub], [ft], cfg, seed=s, log=log, defaults=cfg.get("nrf_defaults", True))
+            rec["nrf" + suffix] = {**score(predict_set(model, sub_feats(ft, test), sub), sub, test), **info,
+                                   "seconds": round(time.perf_counter() - t, 1)}
         # Baselines (napari_nrf.baselines): the robust ridge with spatial (PCA) columns, the
         # pooled-only ridge (the old design, robustly standardised) and fWRF, trained by
         # train.fit with its defaults like the NRF.
         for name, spatial in (("ridge", True), ("ridge_pooled", False)):
             if name in cfg.get("baselines", ("ridge", "ridge_pooled", "fwrf")):
+                t = time.perf_counter()
                 rb = RidgeBaseline(spatial=spatial).fit(sub_feats(ft, rows), data.get_responses(rows))
-                rec[name + suffix] = score(rb.predict(sub_feats(ft, test)), data, test)
+                rec[name + suffix] = {**score(rb.predict(sub_feats(ft, test)), data, test),
+                                      "alpha_median": float(np.median(rb.alpha_)),
+                                      "seconds": round(time.perf_counter() - t, 1)}
         if "fwrf" in cfg.get("baselines", ("ridge", "ridge_pooled", "fwrf")):
             from napari_nrf.baselines import fit_fwrf
 
@@ -362,6 +366,20 @@ def summarise(runs: list) -> dict:
     return out
 
 
+def merge(paths) -> dict:
+    """Runs of several result files combined per (subject, n_train); a later file's model
+    entries replace an earlier one's (e.g. a baseline re-fitted after a fix, with the NRF
+    numbers of an earlier run whose code is unchanged)."""
+    runs = {}
+    for p in paths:
+        with open(p) as fh:
+            for r in json.load(fh)["runs"]:
+                runs.setdefault((r["subject"], r["n_train"]), {}).update(r)
+    res = {"merged_from": list(paths), "runs": [runs[k] for k in sorted(runs, key=lambda k: (k[1], k[0]))]}
+    res["summary"] = summarise(res["runs"])
+    return res
+
+
 def markdown(res: dict) -> str:
     """The summary as a markdown table (mean +- sd over subjects)."""
     def cell(row, key):
@@ -416,7 +434,16 @@ def main(argv=None) -> int:
                     "with its own upsampled 2 mm predictions (the sub-2 mm detail it adds)")
     ap.add_argument("--res-subjects", help="claim C: comma-separated 0-based subjects the multi-subject variant "
                     "pools (default 0,1,2; more simulates more subjects, 2.0 / 1.8 mm alternately)")
+    ap.add_argument("--skip-nrf", action="store_true", help="claims A/B: fit only the baselines (refresh them "
+                    "when the NRF code is unchanged; combine with --merge)")
+    ap.add_argument("--merge", help="comma-separated result files: combine their runs (later files win per model), "
+                    "write --out and print the table; nothing is fitted")
     args = ap.parse_args(argv)
+    if args.merge:
+        res = merge(args.merge.split(","))
+        write_json(res, args.out)
+        print(markdown(res))
+        return 0
     sizes = None
     if args.sizes:
         sizes = tuple(None if v == "all" else int(v) for v in args.sizes.split(",") if v != "none")
@@ -427,6 +454,8 @@ def main(argv=None) -> int:
         over["nrf_defaults"] = False
     if args.max_voxels:
         over["max_voxels"] = args.max_voxels
+    if args.skip_nrf:
+        over["skip_nrf"] = True
     if args.baselines:
         over["baselines"] = tuple(args.baselines.split(","))
     if args.shuffle_sizes:

@@ -134,8 +134,8 @@ def test_science_script_tiny(tmp_path):
     res = main(["--tiny", "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache")])
     assert set(res["sizes"]) == {"6", "12"}
     row = res["sizes"]["6"]
-    for k in ("scratch", "finetune_base1", "simple_average", "finetune_ensemble", "ensemble_pretrained"):
-        assert -1 <= row[k]["r_median"] <= 1
+    for k in ("scratch", "finetune_base1", "simple_average", "finetune_ensemble", "ensemble_pretrained", "ridge", "fwrf"):
+        assert -1 <= row[k]["r_median"] <= 1 and np.isfinite(row[k]["mse"])
     assert json.loads((tmp_path / "r.json").read_text())["config"]["new_subject"] == "sub-04"
 
 
