@@ -15,6 +15,10 @@ def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
     add_device_arg(p)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (re-launches through torchrun; with CUDA one "
+                        "GPU each, NCCL; on CPUs gloo); the same global batch, so the same model as one "
+                        "process within rounding (default: %(default)s; docs/scale.md)")
 
 
 def add_device_arg(p) -> None:
