@@ -76,6 +76,12 @@ def register(sub) -> None:
     p.add_argument("--subject", help="subject (voxel-indexed models with several subjects)")
     p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
     p.add_argument("--device", default=None)
+    p.add_argument("--devices", metavar="LIST",
+                   help="spread the images over these devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
+                        "(default: --device); the files are the same as from one device")
+    p.add_argument("--batch-images", type=int, default=4,
+                   help="images encoded and queried together (default: %(default)s)")
+    p.add_argument("--cache", help="feature cache folder (default: no cache for queries)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="inference precision (default: $NAPARI_NRF_PRECISION or auto: bf16 on CUDA and on CPUs "
                         "with fast bf16, AMX / AVX-512 BF16; fp32 elsewhere)")
@@ -228,7 +234,8 @@ def _query(args) -> int:
     from napari_nrf import space
     from napari_nrf.features import image_files, load_image_file
     from napari_nrf.models import load_model
-    from napari_nrf.query import QueryEngine, coverage_mask, volume_file_names
+    from napari_nrf.query import coverage_mask, volume_file_names
+    from napari_nrf.query_shard import ShardedQuery, parse_devices
 
     _set_precision(args)
     from napari_nrf.volume_meta import volume_sidecar, write_volume
@@ -244,8 +251,8 @@ def _query(args) -> int:
     for path in images:
         load_image_file(path)
     names = volume_file_names(images)
-    model = load_model(args.model, device=_device(args.device))
-    eng = QueryEngine(model, device=_device(args.device))
+    devices = parse_devices(args.devices or _device(args.device))
+    model = load_model(args.model, device=devices[0])
     if data_mask and args.mask is None and not model.subjects:
         import sys
 
@@ -269,19 +276,22 @@ def _query(args) -> int:
               "the same for every subject", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path, name in zip(images, names):
-        img = load_image_file(path)
-        with tqdm(total=None, unit="pt", unit_scale=True, desc=Path(path).name) as bar:
-            def progress(done, total):
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+    sq = ShardedQuery(model, devices, batch_images=args.batch_images,
+                      feature_cache=_cache(args.cache) if args.cache else None)
 
-            vol = eng.volume([img], grid, mask=mask, subject=args.subject, progress=progress)[0]
-        side = volume_sidecar("response", grid, model=model, model_path=args.model, image=str(path),
+    def write(i, vol):  # in the worker that made the volume
+        side = volume_sidecar("response", grid, model=model, model_path=args.model, image=str(images[i]),
                               mask=mask_spec if isinstance(mask_spec, str) else "none",
                               outside="0" if args.outside == "0" else "NaN")
-        dst = write_volume(out / name, vol, grid, side)
-        print(f"{path} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
+        dst = write_volume(out / names[i], vol, grid, side)
+        tqdm.write(f"{images[i]} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
+
+    with tqdm(total=len(images), unit="img", desc="query" + (f" on {len(devices)} devices" if len(devices) > 1
+                                                                else "")) as bar:
+        def progress(done, total):
+            bar.n = done
+            bar.refresh()
+
+        sq.volumes(images, grid, mask=mask, subject=args.subject, on_volume=write, progress=progress)
     return 0
 
