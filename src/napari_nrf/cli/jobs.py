@@ -101,7 +101,9 @@ def _jobs(args) -> int:
             last = job.last_progress()
             frac = last.get("fraction")
             pct = f"{100 * frac:5.1f}%" if frac is not None else "     -"
-            print(f"{job.id}  {job.status:<11} {pct}  {job.device:<7} {job.name}")
+            cs = job.cluster_state  # SLURM's own word (PENDING, RUNNING, TIMEOUT, ...) for cluster jobs
+            where = f"slurm:{cs}" if cs and job.state.get("backend") == "submitit" else job.device
+            print(f"{job.id}  {job.status:<11} {pct}  {where:<7} {job.name}")
         return 0
     if not args.job:
         raise JobError(f"'jobs {args.action}' needs a job id (see 'napari-nrf jobs list')")
