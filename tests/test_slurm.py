@@ -111,3 +111,19 @@ def test_jobs_list_shows_the_true_slurm_state_after_a_restart(tmp_path, monkeypa
     # a failed cluster job resumes from its checkpoints
     mgr.resume(jobs["9002"].id, start=False)
     assert jobs["9002"].status == "queued"
+
+
+def test_cli_train_on_the_local_executor(tmp_path, capsys):
+    """``napari-nrf train ... --cluster local`` (submitit's local executor standing in for
+    SLURM) queues the training job, follows it and writes the model."""
+    from napari_nrf.cli import main
+
+    data, _ = _train_kwargs(tmp_path)
+    out = tmp_path / "m.safetensors"
+    rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "1", "--batch-images", "8",
+               "--batch-voxels", "50", "--device", "cpu", "--cluster", "local", "--time", "5",
+               "--jobs-dir", str(tmp_path / "jobs")])
+    assert rc == 0 and out.exists()
+    assert "submitted to local" in capsys.readouterr().out
+    (job,) = JobManager(tmp_path / "jobs").jobs()
+    assert job.state["backend"] == "submitit" and job.status == "done"

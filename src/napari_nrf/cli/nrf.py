@@ -43,6 +43,12 @@ def register(sub) -> None:
     p.add_argument("--downsample-dim", type=int, help="per-token projection size d of the merger")
     p.add_argument("--merged-dim", type=int, help="output size of each token map's fuse layer")
     add_fit_args(p)
+    from napari_nrf.cluster import add_slurm_arguments
+
+    add_slurm_arguments(p)
+    p.add_argument("--jobs-dir", help="with --slurm: the jobs folder, on a file system the nodes share "
+                                      "(default: $NAPARI_NRF_JOBS or <cache>/jobs)")
+    p.add_argument("--no-wait", action="store_true", help="with --slurm: queue the job and return")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="voxelwise accuracy, retrieval and a ridge baseline of a model")
@@ -128,9 +134,13 @@ def _train(args) -> int:
 
     check_bundle_path(args.out)  # before minutes of training, not after
     bcfg = _backbone_config(args)
-    sets = [ResponseSet.load(p) for p in args.data]
     over = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("downsample_dim", args.downsample_dim),
                               ("merged_dim", args.merged_dim)) if v is not None}
+    from napari_nrf.cluster import params_from_args
+
+    if params_from_args(args) is not None:
+        return _train_on_cluster(args, over, bcfg)
+    sets = [ResponseSet.load(p) for p in args.data]
     out = Path(args.out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     bars = TrainingBars("training")
@@ -142,6 +152,30 @@ def _train(args) -> int:
     print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters); "
           + _best_text(hist))
     return 0
+
+
+def _train_on_cluster(args, over, bcfg) -> int:
+    """``train --slurm``: the same training as a job on the cluster (submitit), followed
+    here unless --no-wait; it requeues at its time limit and resumes from its last epoch."""
+    from napari_nrf.cli.jobs import _follow, manager_for
+    from napari_nrf.errors import NapariNRFError
+    from napari_nrf.settings import NRF_FIT, FitSettings
+    from napari_nrf.train_jobs import submit_train
+
+    if (args.nproc or 1) > 1:
+        raise NapariNRFError("--nproc runs ranks on this machine; on SLURM use the sbatch script of docs/scale.md")
+    kw = dict(FitSettings.from_args(args, NRF_FIT).to_kwargs(), backbone=args.backbone, preset=args.preset,
+              model_overrides=over or None, feature_cache=args.cache)
+    if bcfg:
+        kw["backbone_config"] = bcfg
+    mgr = manager_for(args)
+    job = submit_train(mgr, args.data, args.out, device=args.device, overwrite=getattr(args, "overwrite", False),
+                       **kw)
+    print(f"job {job.id} ({job.dir}) submitted to {mgr.submitit_params.get('cluster') or 'SLURM'}")
+    if args.no_wait:
+        print(f"follow it with: napari-nrf jobs list --jobs-dir {mgr.root}")
+        return 0
+    return _follow(mgr, job)
 
 
 class TrainingBars:
