@@ -24,7 +24,7 @@ def test_profile_and_flags(tmp_path):
     assert load_profile(prof)["partition"] == "gpu"
     p = submitit_params(prof, gpus=1, partition=None)  # a flag overrides, None keeps the profile's
     assert p == {"cluster": "slurm", "slurm_partition": "gpu", "timeout_min": 240, "gpus_per_node": 1,
-                 "mem_gb": 32, "slurm_account": "lab", "slurm_array_parallelism": 4, "slurm_constraint": "a100"}
+                 "mem_gb": 32.0, "slurm_account": "lab", "slurm_array_parallelism": 4, "slurm_constraint": "a100"}
     with pytest.raises(ClusterError, match="positive"):
         submitit_params(None, gpus=0)
     with pytest.raises(ClusterError, match="no such file"):

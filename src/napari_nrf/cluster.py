@@ -29,6 +29,7 @@ Flags given on the command line override the profile.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from napari_nrf.errors import NapariNRFError
@@ -99,7 +100,8 @@ def submitit_params(profile=None, **options) -> dict:
         if key in ("timeout_min", "gpus_per_node", "cpus_per_task", "slurm_array_parallelism", "mem_gb"):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ClusterError(f"SLURM option {k} = {v!r}: must be a positive number")
-            v = int(v) if key != "timeout_min" else v
+            # submitit's types: minutes, GPUs, CPUs, array size are int, memory a float
+            v = float(v) if key == "mem_gb" else int(math.ceil(v))
         out[key] = v
     cl = out.get("cluster")
     if cl not in (None, "slurm", "local", "debug"):
@@ -113,7 +115,7 @@ def add_slurm_arguments(p) -> None:
     g.add_argument("--slurm", action="store_true", help="run the job on a SLURM cluster through submitit")
     g.add_argument("--slurm-profile", metavar="TOML", help="a profile of SLURM options (implies --slurm)")
     g.add_argument("--partition", help="SLURM partition")
-    g.add_argument("--time", type=float, metavar="MIN",
+    g.add_argument("--time", type=int, metavar="MIN",
                    help="time limit in minutes; at the limit the job requeues and resumes from its last epoch")
     g.add_argument("--gpus", type=int, help="GPUs per node")
     g.add_argument("--mem", type=float, metavar="GB", help="memory per node in GB")
