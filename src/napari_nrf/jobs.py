@@ -423,7 +423,9 @@ class JobManager:
         d.mkdir(parents=True)
         spec = {"target": target, "kwargs": kwargs, "name": name or target.split(":")[-1], "device": device,
                 "outputs": outs, "protected": sorted(prot), "created": _now(), "threads": threads,
-                "group": group}
+                "group": group, "backend": self.backend}
+        if self.backend == "submitit":  # where the job runs is the job's: resume requeues it there
+            spec["submitit_params"] = self.submitit_params
         _write_json(d / "spec.json", spec)
         _write_json(d / "state.json", {"state": "queued", "attempt": 0, "resume": False})
         job = Job(d)
@@ -498,7 +500,8 @@ class JobManager:
                 if st.get("state") != "running":
                     continue
                 if self._is_alive(job, st):
-                    busy.append(job.device)
+                    if st.get("backend") != "submitit":
+                        busy.append(job.device)
                     continue
                 p = self._procs.pop(job.id, None)
                 if p is not None and hasattr(p, "join"):
@@ -527,21 +530,25 @@ class JobManager:
                 st = job.state
                 if st.get("state") != "queued":
                     continue
-                if sum(_same_device(job.device, b) for b in busy) >= self.max_per_device:
+                cluster_job = job.spec.get("backend") == "submitit"  # the cluster schedules it
+                if not cluster_job and sum(_same_device(job.device, b) for b in busy) >= self.max_per_device:
                     continue
                 self._start(job, bool(st.get("resume")))
-                busy.append(job.device)
+                if not cluster_job:
+                    busy.append(job.device)
         return self.jobs()
 
     def _start(self, job: Job, resume: bool) -> None:
+        backend = job.spec.get("backend") or self.backend
         st = job.state
-        st.update(state="running", backend=self.backend, host=socket.gethostname(), started=_now(), pid=None,
+        st.update(state="running", backend=backend, host=socket.gethostname(), started=_now(), pid=None,
                   attempt=int(st.get("attempt", 0)) + 1, error=None, result=None)
         _write_json(job.dir / "state.json", st)
-        if self.backend == "submitit":
-            import submitit
+        if backend == "submitit":
+            from napari_nrf.cluster import require_submitit
 
-            params = dict(self.submitit_params)
+            submitit = require_submitit()
+            params = dict(job.spec.get("submitit_params", self.submitit_params) or {})
             cluster = params.pop("cluster", None)
             folder = job.dir / "submitit"
             ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
