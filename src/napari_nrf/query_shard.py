@@ -35,9 +35,10 @@ class ShardError(NapariNRFError):
     """Bad device list for a sharded query."""
 
 
-def parse_devices(devices) -> list[str]:
+def parse_devices(devices, check: bool = True) -> list[str]:
     """``"cuda:0,cuda:1"`` / ``"cpu,cpu"`` / a list -> list of device names (one worker
-    each); None or "" -> the default device (CUDA when available, else the CPU)."""
+    each); None or "" -> the default device (CUDA when available, else the CPU).
+    ``check=False``: only the form (devices of a cluster node, named on a login node)."""
     from napari_nrf.errors import check_device, choose_device
 
     if devices is None or devices == "":
@@ -47,7 +48,13 @@ def parse_devices(devices) -> list[str]:
     if not out:
         raise ShardError(f"--devices {devices!r}: name at least one device (cpu, cuda:0, ...)")
     for d in out:
-        check_device(d)
+        if check:
+            check_device(d)
+        else:
+            try:
+                __import__("torch").device(d)
+            except (RuntimeError, ValueError):
+                raise ShardError(f"--devices: {d!r} is not a device (cpu, cuda:0, ...)") from None
     return out
 
 

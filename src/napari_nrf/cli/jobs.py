@@ -101,7 +101,7 @@ def _finetune(args) -> int:
     if args.devices:
         from napari_nrf.query_shard import parse_devices
 
-        kw["devices"] = parse_devices(args.devices)
+        kw["devices"] = parse_devices(args.devices, check=mgr.backend == "local")  # a node's GPUs: named here
     job = submit_finetune(mgr, args.base, args.data, args.out, device=args.device, overwrite=args.overwrite,
                           start=not args.inline, threads=args.threads, **kw)
     print(f"job {job.id} ({job.dir})")
