@@ -75,3 +75,28 @@ def ddp_sequence(tmp):
         shutil.copytree(tmp / "ck3", tmp / "ck4")
     barrier()
     fit_rank(tmp / "resumed2", tmp / "ck4")
+    universal_rank(tmp / "universal2")
+
+
+def universal_rank(out_dir):
+    """A tiny two-subject Universal encoder (dropout 0): a step of one subject leaves the
+    other's embeddings without a gradient, on every rank."""
+    import torch
+
+    from _nrf_data import synth_set
+    from napari_nrf.distributed import is_main
+    from napari_nrf.models.universal import UniversalEncoder
+    from napari_nrf.train import fit
+
+    torch.set_num_threads(1)
+    a, fa = synth_set(n=30, step=8.0, max_n=80, seed=0, subject="sub-01", n_val=6, n_test=2)
+    b, fb = synth_set(n=30, step=8.0, max_n=90, seed=1, subject="sub-02", n_val=6, n_test=2)
+    model = UniversalEncoder.example({k: v.shape[1:] for k, v in fa.items()},
+                                     {"sub-01": a.coords, "sub-02": b.coords}, seed=0)
+    hist = fit(model, [a, b], features=[fa, fb], epochs=2, batch_images=8, batch_voxels=40, lr=1e-3, seed=2,
+               val_every=1, patience=100, device="cpu")
+    if is_main():
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out / "model.safetensors")
+        (out / "history.json").write_text(json.dumps(hist.to_dict()))
