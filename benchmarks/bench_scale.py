@@ -117,7 +117,7 @@ def bench_query(args) -> list[dict]:
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(args.query_images)]
     model = build_nrf("efficientnet-lite0", "demo")
-    grid = Grid.mni(2.0)
+    grid = Grid.mni(args.resolution)
     confs = [("cpu", 1), ("cpu", 2), ("cpu,cpu", 1)]
     if args.cuda and torch.cuda.is_available():
         confs.append(("cuda:0", torch.get_num_threads()))
@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-voxels", type=int, default=2000)
     p.add_argument("--query-images", type=int, default=16)
     p.add_argument("--query-batch", type=int, default=4)
+    p.add_argument("--resolution", type=float, default=2.0, help="query grid in mm (default: %(default)s)")
     p.add_argument("--cuda", action="store_true", help="add the CUDA rows (query on cuda:0, all GPUs)")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--json", help="write the results here")
@@ -164,7 +165,7 @@ def main(argv=None) -> int:
             where = "" if r.get("device", "cpu") == "cpu" else f" on {r['device']}"
             print(f"| training (fit) | {r['ranks']} rank(s){where} | {r['threads']} | {r['steps_per_s']:.2f} steps/s |")
         else:
-            print(f"| query (2 mm brain) | {r['devices']} | {r['threads']} | {r['images_per_s']:.2f} images/s |")
+            print(f"| query ({args.resolution:g} mm brain) | {r['devices']} | {r['threads']} | {r['images_per_s']:.2f} images/s |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=1))

@@ -75,3 +75,26 @@ def test_cli_query_devices_cpu_cpu_same_files(tiny_model, images, tmp_path):
             assert gzip.decompress(a) == gzip.decompress(b), name
         else:
             assert json.loads(a) == json.loads(b), name
+
+
+def test_bench_scale_tiny(tmp_path, monkeypatch):
+    """benchmarks/bench_scale.py end to end at tiny sizes: every row, 2 gloo ranks included."""
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))  # the spawned ranks import the script's module too
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    import bench_scale
+
+    out = tmp_path / "scale.json"
+    assert bench_scale.main(["--images", "16", "--voxels", "200", "--steps", "5", "--batch-images", "8",
+                             "--batch-voxels", "100", "--query-images", "2", "--query-batch", "1",
+                             "--resolution", "8", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["what"], r.get("ranks"), r.get("devices")) for r in rows] == [
+        ("training", 1, None), ("training", 1, None), ("training", 2, None),
+        ("query", None, "cpu"), ("query", None, "cpu"), ("query", None, "cpu,cpu")]
+    assert all((r.get("steps_per_s") or r.get("images_per_s")) > 0 for r in rows)
+    sys.modules.pop("bench_scale", None)
