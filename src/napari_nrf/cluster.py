@@ -73,11 +73,9 @@ def load_profile(path) -> dict:
         raise ClusterError(f"--slurm-profile {path}: no such file")
     try:
         import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise ClusterError("reading a TOML profile on Python 3.10 needs the tomli package") from None
+    except ImportError:  # Python 3.10: give the options as flags instead
+        raise ClusterError("--slurm-profile needs Python 3.11 or later (tomllib); on 3.10 give the "
+                           "options as flags (--partition, --time, ...)") from None
     try:
         with open(p, "rb") as f:
             data = tomllib.load(f)
