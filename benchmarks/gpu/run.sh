@@ -4,6 +4,7 @@
 # tqdm; no network):
 #     benchmarks/gpu/run.sh [--compile] [--cuda-graphs]        # JSON under $OUT (default ./gpu-out)
 #     benchmarks/gpu/run.sh --dry-run                           # the CPU check, tiny sizes
+#     benchmarks/gpu/run.sh --scale                             # + bench_scale.py's single-GPU rows (issue 18)
 # 1. installs the packages it lacks (nibabel, nilearn, open_clip, pytest, ...) from the
 #    wheels in benchmarks/gpu/wheels/ (fetch_wheels.sh downloads them; git-ignored), into a
 #    private folder put on PYTHONPATH (nothing of the machine's own environment changes);
@@ -15,10 +16,11 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 py="${PYTHON:-python3}"
-dry=0; extras=()
+dry=0; extras=(); scale=0
 for a in "$@"; do
   case "$a" in
     --dry-run) dry=1 ;;
+    --scale) scale=1 ;;
     --compile|--cuda-graphs) extras+=("$a") ;;
     *) echo "unknown option $a" >&2; exit 2 ;;
   esac
@@ -120,6 +122,21 @@ if [ "${#extras[@]}" -gt 0 ]; then
     log "extras rc $?"
   else
     log "extras skipped: $left s left"
+  fi
+fi
+# ---- 5. opt-in (--scale, issue 18): the single-GPU rows of benchmarks/bench_scale.py ---------------
+if [ "$scale" = 1 ]; then
+  left=$(( 345 - ($(date +%s) - t_start) ))
+  if [ "$left" -gt 30 ]; then
+    if [ "$dry" = 1 ]; then
+      timeout "$left" "$py" benchmarks/bench_scale.py --cuda --images 32 --voxels 500 --steps 6 --batch-voxels 200 \
+        --query-images 4 --query-batch 2 --json "$out/scale.json"
+    else
+      timeout "$left" "$py" benchmarks/bench_scale.py --cuda --json "$out/scale.json"
+    fi
+    log "bench_scale rc $?"
+  else
+    log "bench_scale skipped: $left s left"
   fi
 fi
 log "done; results in $out"

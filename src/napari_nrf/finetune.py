@@ -26,6 +26,7 @@ NRF) live in :mod:`napari_nrf.train_jobs`.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from pathlib import Path
 
@@ -73,6 +74,18 @@ def _round_features(feats: dict) -> dict:
     return {k: np.asarray(v, np.float32).astype(np.float16).astype(np.float32) for k, v in feats.items()}
 
 
+def _kind_of(base) -> str:
+    """The kind of a base (a bundle path's metadata, or a model's attribute)."""
+    if isinstance(base, (str, Path)):
+        from napari_nrf.models.bundle import read_metadata
+
+        try:
+            return read_metadata(base).get("kind", "")
+        except Exception:  # noqa: BLE001 - unreadable: _as_model reports it
+            return ""
+    return getattr(base, "kind", "")
+
+
 def _as_model(base, device):
     from napari_nrf.models import load_model
 
@@ -88,7 +101,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
                       seed: int = FINETUNE_FIT.seed, ridge: float = 0.0,
                       steps_per_epoch: int | None = FINETUNE_FIT.steps_per_epoch,
                       feature_cache=None, features: dict | None = None, checkpoint_dir=None, resume: bool = True,
-                      device=None, progress=None, on_epoch=None, cancel=None, out=None, finetune: bool = True):
+                      device=None, progress=None, on_epoch=None, cancel=None, out=None, finetune: bool = True,
+                      devices=None):
     """Adapt K base models to the subject of ``data`` and fit their voxelwise ensemble.
 
     Parameters
@@ -118,7 +132,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         The shared progress shape (:data:`napari_nrf.errors.Progress`): ``done`` of
         ``total`` = :data:`PROGRESS_UNITS` thousandths of the whole adaptation, the
         message naming the stage ("features", "finetune base 2/3", "base 1/3 done before",
-        "ensemble", "done").
+        "ensemble", "done"). With several devices, bases report concurrently.
     on_epoch : callable(record: dict) or None
         The training loop's epoch records (:func:`napari_nrf.train.fit`'s ``on_epoch``:
         ``epoch``, ``train_loss``, ``val_median_pearson``, ...) with ``base`` (0-based)
@@ -129,6 +143,11 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         Save the ensemble bundle here (atomically); refused when it is a base's file.
     finetune : bool
         False skips step 2 (an ensemble of the pretrained bases as they are).
+    devices : list of str or None
+        Adapt the bases concurrently, one per device (``["cuda:0", "cuda:1"]``; a worker
+        thread per device takes the next base), each exactly as one after another would
+        (fits are seeded per epoch); the ensemble is fitted on ``device``. Universal
+        bases (dropout from torch's global generator) still go one after another.
 
     Returns
     -------
@@ -149,9 +168,12 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     rs = _load_set(data)
     sub, rows = select_images(rs, n_images, seed)
     n_tr = int((sub.split == 0).sum())
+    lock = threading.Lock()
+
     def report(fraction: float, message: str) -> None:
         if progress is not None:
-            progress(int(round(PROGRESS_UNITS * fraction)), PROGRESS_UNITS, message)
+            with lock:  # bases adapted in threads report through one lock
+                progress(int(round(PROGRESS_UNITS * fraction)), PROGRESS_UNITS, message)
     ck = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ck is not None:
         ck.mkdir(parents=True, exist_ok=True)
@@ -159,30 +181,16 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
 
     k_total = len(bases)
     t_start = time.time()
-    models = []
     feats = None
     info = {"subject": sub.subject, "n_train_images": n_tr, "n_val_images": int((sub.split == 1).sum()),
             "bases": [str(b) if isinstance(b, (str, Path)) else getattr(b, "kind", "model") for b in bases],
-            "histories": [], "val_pearson": []}
-    for k, base in enumerate(bases):
-        done_path = ck / f"finetuned-{k}.safetensors" if ck is not None else None
-        if resume and done_path is not None and done_path.exists():
-            from napari_nrf.models import load_model
+            "histories": [None] * k_total, "val_pearson": [None] * k_total}
+    models: list = [None] * k_total
 
-            model = load_model(done_path, device=device)
-            models.append(model)
-            info["histories"].append(model.provenance.get("finetune_history"))
-            info["val_pearson"].append(model.metrics.get("val_median_pearson"))
-            report(0.95 * (k + 1) / k_total, f"base {k + 1}/{k_total} done before")
-            continue
-        model = _as_model(base, device)
-        if feats is None:
-            report(0.0, "features")
-            if features is not None:
-                feats = {n: np.asarray(v)[rows] for n, v in features.items()}
-            else:
-                feats = set_features(model, sub, cache=cache)
-            feats = _round_features(feats)
+    def adapt(k, base, dev):
+        """Base ``k`` adapted on ``dev`` (the module doc's step 2); saved when checkpointing."""
+        done_path = ck / f"finetuned-{k}.safetensors" if ck is not None else None
+        model = _as_model(base, dev)
         if finetune:
             last = [0.0]
 
@@ -195,12 +203,13 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
 
             def epoch_rec(rec, k=k, stage=stage):
                 if on_epoch is not None:
-                    on_epoch({**rec, "base": k, "stage": stage})
+                    with lock:
+                        on_epoch({**rec, "base": k, "stage": stage})
 
             kw = dict(epochs=None if steps else epochs, steps=steps, batch_images=batch_images, batch_voxels=batch_voxels, alpha=alpha,
                       patience=patience, seed=seed, steps_per_epoch=steps_per_epoch, features=[feats],
                       checkpoint_dir=None if ck is None else ck / f"base-{k}", resume=resume, progress=prog,
-                      on_epoch=epoch_rec, cancel=cancel, device=device)
+                      on_epoch=epoch_rec, cancel=cancel, device=dev)
             if getattr(model, "kind", "") == "universal":
                 from napari_nrf.recipes import transfer_subject
 
@@ -213,15 +222,71 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
                 # of a same-named subject; these are the ones the ensemble uses).
                 model.subjects[sub.subject] = np.asarray(sub.coords, np.float32)
             h = hist.to_dict()
-            info["histories"].append(h)
-            info["val_pearson"].append(h.get("best_score"))
+            info["histories"][k] = h
+            info["val_pearson"][k] = h.get("best_score")
             model.provenance = dict(model.provenance or {})
             model.provenance["finetune_history"] = h
         elif getattr(model, "kind", "") == "universal":
             raise FinetuneError("a universal base needs the new subject's embeddings: use finetune=True")
         if done_path is not None:
             model.save(done_path)
-        models.append(model.eval())
+        models[k] = model.to(device).eval()
+
+    todo = []
+    for k, base in enumerate(bases):
+        done_path = ck / f"finetuned-{k}.safetensors" if ck is not None else None
+        if resume and done_path is not None and done_path.exists():
+            from napari_nrf.models import load_model
+
+            model = load_model(done_path, device=device)
+            models[k] = model
+            info["histories"][k] = model.provenance.get("finetune_history")
+            info["val_pearson"][k] = model.metrics.get("val_median_pearson")
+            report(0.95 * (k + 1) / k_total, f"base {k + 1}/{k_total} done before")
+            continue
+        todo.append(k)
+    if todo:
+        report(0.0, "features")
+        if features is not None:
+            feats = {n: np.asarray(v)[rows] for n, v in features.items()}
+        else:
+            feats = set_features(_as_model(bases[todo[0]], device), sub, cache=cache)
+        feats = _round_features(feats)
+    devs = [str(d) for d in (devices or [])]
+    # Universal bases draw dropout masks from torch's global generator: concurrent fits
+    # would share it, so they (and single-device runs) go one after another.
+    concurrent = len(devs) > 1 and len(todo) > 1 and finetune and not any(
+        _kind_of(bases[k]) == "universal" for k in todo)
+    if not concurrent:
+        for k in todo:
+            adapt(k, bases[k], device)
+    else:
+        import queue
+
+        jobs: queue.Queue = queue.Queue()
+        for k in todo:
+            jobs.put(k)
+        errors: list = []
+
+        def worker(dev):
+            while not errors:
+                try:
+                    k = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    adapt(k, bases[k], dev)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(d,), name=f"napari-nrf-finetune-{d}", daemon=True)
+                   for d in devs[:len(todo)]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
     if feats is None:  # every base was finished in an earlier run
         feats = _round_features({n: np.asarray(v)[rows] for n, v in features.items()} if features is not None
                                 else set_features(models[0], sub, cache=cache))

@@ -216,7 +216,7 @@ def _child_main(job_dir: str, resume: bool = False) -> dict:
     log = open(jd / "log.txt", "a", buffering=1)
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         if state.get("backend") == "submitit":  # no parent of ours knows the pid
-            state.update(pid=os.getpid(), host=socket.gethostname())
+            state.update(pid=os.getpid(), host=socket.gethostname(), runs=int(state.get("runs", 0)) + 1)
             _write_json(jd / "state.json", state)
         if spec.get("threads"):
             import torch
@@ -231,6 +231,13 @@ def _child_main(job_dir: str, resume: bool = False) -> dict:
             state.update(state="done", result=result if isinstance(result, dict) else {"value": result})
         except JobCancelled:
             state.update(state="cancelled")
+        except SystemExit:
+            if state.get("backend") == "submitit":
+                # submitit requeues a job at its time limit or on preemption by exiting from
+                # its signal handler (after SubmititRunner.checkpoint): the job goes on.
+                raise
+            traceback.print_exc()
+            state.update(state="failed", error="the job exited (sys.exit)")
         except BaseException as exc:  # noqa: BLE001 - report every failure in the job's state
             traceback.print_exc()
             state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
@@ -245,6 +252,32 @@ def _child_main(job_dir: str, resume: bool = False) -> dict:
         state = final
     log.close()
     return state
+
+
+class SubmititRunner:
+    """What submitit runs: :func:`_child_main` of a job folder, checkpointable.
+
+    At its time limit or on preemption SLURM signals the job (USR2); submitit then calls
+    :meth:`checkpoint`, which asks for the same job folder to run again with
+    ``resume=True``, and requeues it. The targets checkpoint every epoch in the job
+    folder (``fit`` writes model, optimiser and history), so the requeued run continues
+    from the last finished epoch and ends with the weights of an uninterrupted run.
+    """
+
+    def __call__(self, job_dir: str, resume: bool = False) -> dict:
+        return _child_main(job_dir, resume)
+
+    def checkpoint(self, job_dir: str, resume: bool = False):
+        from submitit.helpers import DelayedSubmission
+
+        jd = Path(job_dir)
+        st = _read_json(jd / "state.json", {})
+        st["requeues"] = int(st.get("requeues", 0)) + 1
+        _write_json(jd / "state.json", st)
+        with contextlib.suppress(OSError):
+            with open(jd / "progress.jsonl", "a") as fh:
+                fh.write(json.dumps({"time": time.time(), "stage": "requeued (time limit or preemption)"}) + "\n")
+        return DelayedSubmission(SubmititRunner(), str(jd), True)
 
 
 # ---- the parent's view ------------------------------------------------------------------
@@ -310,6 +343,12 @@ class Job:
     def last_progress(self) -> dict:
         recs = self.progress()
         return recs[-1] if recs else {}
+
+    @property
+    def cluster_state(self) -> str | None:
+        """The cluster's last word on a submitit job (PENDING, RUNNING, TIMEOUT, ...;
+        updated by :meth:`JobManager.poll`), None for local jobs."""
+        return (_read_json(self.dir / "cluster.json", {}) or {}).get("state")
 
 
 class JobManager:
@@ -387,7 +426,9 @@ class JobManager:
         d.mkdir(parents=True)
         spec = {"target": target, "kwargs": kwargs, "name": name or target.split(":")[-1], "device": device,
                 "outputs": outs, "protected": sorted(prot), "created": _now(), "threads": threads,
-                "group": group}
+                "group": group, "backend": self.backend}
+        if self.backend == "submitit":  # where the job runs is the job's: resume requeues it there
+            spec["submitit_params"] = self.submitit_params
         _write_json(d / "spec.json", spec)
         _write_json(d / "state.json", {"state": "queued", "attempt": 0, "resume": False})
         job = Job(d)
@@ -424,12 +465,19 @@ class JobManager:
 
     def _is_alive(self, job: Job, st: dict) -> bool:
         p = self._procs.get(job.id)
-        if p is not None:
-            if hasattr(p, "is_alive"):
-                return p.is_alive()
-            return not p.done()  # a submitit job
+        if p is not None and hasattr(p, "is_alive"):
+            return p.is_alive()
         if st.get("backend") == "submitit":
-            return True  # submitted by another manager: trust its state file
+            # Ask the cluster (sacct through submitit), also for jobs submitted by an earlier
+            # napari session: a job the cluster killed is not running any more.
+            from napari_nrf import cluster
+
+            cs = cluster.cluster_state({**st, **_read_json(job.dir / "submitit.json", {})})
+            if cs is not None:
+                _write_json(job.dir / "cluster.json", {"state": cs, "checked": _now()})
+            if p is not None and cs in (None, "UNKNOWN"):
+                return not p.done()
+            return cluster.is_alive(cs)
         if st.get("host") not in (None, socket.gethostname()):
             return True  # running elsewhere (shared file system)
         if st.get("pid") is None:  # being started by another manager right now
@@ -455,13 +503,24 @@ class JobManager:
                 if st.get("state") != "running":
                     continue
                 if self._is_alive(job, st):
-                    busy.append(job.device)
+                    if st.get("backend") != "submitit":
+                        busy.append(job.device)
                     continue
                 p = self._procs.pop(job.id, None)
                 if p is not None and hasattr(p, "join"):
                     p.join(timeout=1)
                 st = job.state  # the child may have written its final state meanwhile
-                if st.get("state") == "running":
+                if st.get("state") == "running" and st.get("backend") == "submitit":
+                    # The cluster ended the job without its final word: killed (scancel, a
+                    # node failure, out of memory) or out of requeues. resume() continues
+                    # from its checkpoints.
+                    cs = job.cluster_state or "UNKNOWN"
+                    sid = _read_json(job.dir / "submitit.json", {}).get("submitit_id")
+                    st.update(state="cancelled" if (job.dir / "cancel").exists() else "failed", pid=None,
+                              ended=_now(), error=st.get("error") or
+                              f"the cluster job {sid} ended ({cs}) before the job finished")
+                    _write_json(job.dir / "state.json", st)
+                elif st.get("state") == "running":
                     # The process died without a final word: killed, crashed or its parent
                     # (napari) exited. Its checkpoints stay; resume() continues from them.
                     code = getattr(p, "exitcode", None)
@@ -474,30 +533,37 @@ class JobManager:
                 st = job.state
                 if st.get("state") != "queued":
                     continue
-                if sum(_same_device(job.device, b) for b in busy) >= self.max_per_device:
+                cluster_job = job.spec.get("backend") == "submitit"  # the cluster schedules it
+                if not cluster_job and sum(_same_device(job.device, b) for b in busy) >= self.max_per_device:
                     continue
                 self._start(job, bool(st.get("resume")))
-                busy.append(job.device)
+                if not cluster_job:
+                    busy.append(job.device)
         return self.jobs()
 
     def _start(self, job: Job, resume: bool) -> None:
+        backend = job.spec.get("backend") or self.backend
         st = job.state
-        st.update(state="running", backend=self.backend, host=socket.gethostname(), started=_now(), pid=None,
+        st.update(state="running", backend=backend, host=socket.gethostname(), started=_now(), pid=None,
                   attempt=int(st.get("attempt", 0)) + 1, error=None, result=None)
         st.pop("exitcode", None)  # an earlier attempt's (a kill's -9): not this run's
         st.pop("ended", None)
         _write_json(job.dir / "state.json", st)
-        if self.backend == "submitit":
-            import submitit
+        if backend == "submitit":
+            from napari_nrf.cluster import require_submitit
 
-            params = dict(self.submitit_params)
+            submitit = require_submitit()
+            params = dict(job.spec.get("submitit_params", self.submitit_params) or {})
             cluster = params.pop("cluster", None)
-            ex = submitit.AutoExecutor(folder=str(job.dir / "submitit"), cluster=cluster)
+            folder = job.dir / "submitit"
+            ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
             if params:
                 ex.update_parameters(**params)
-            sj = ex.submit(_child_main, str(job.dir), resume)
-            st["submitit_id"] = str(sj.job_id)
-            _write_json(job.dir / "state.json", st)
+            sj = ex.submit(SubmititRunner(), str(job.dir), resume)
+            # In a file of its own: the job may be running already and writing state.json.
+            _write_json(job.dir / "submitit.json", {"submitit_id": str(sj.job_id), "cluster": ex.cluster,
+                                                    "submitit_folder": str(folder),
+                                                    "submit_host": socket.gethostname()})
             self._procs[job.id] = sj
             return
         import multiprocessing as mp

@@ -11,6 +11,7 @@ Their default settings are the presets of :mod:`napari_nrf.settings`.
 
 from __future__ import annotations
 
+from napari_nrf.distributed import is_main
 from napari_nrf.models.universal import UniversalEncoder, UniversalModelError, build_universal
 from napari_nrf.settings import UNIVERSAL_FIT
 from napari_nrf.train import fit, train_nrf
@@ -36,7 +37,7 @@ def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=Non
                             **(model_config or {}))
     hist = fit(model, sets, **kw)
     model.provenance.setdefault("training", {})["mode"] = "joint"
-    if out is not None:
+    if out is not None and is_main():  # data-parallel: rank 0 writes
         model.save(out)
     return model, hist
 
@@ -67,6 +68,6 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     tr = model.provenance.setdefault("transfer", {})
     tr[rs.subject] = {"n_train_images": int((rs.split == 0).sum()), "best_epoch": hist.best_epoch,
                       "val_median_pearson": hist.best_score}
-    if out is not None:
+    if out is not None and is_main():  # data-parallel: rank 0 writes
         model.save(out)
     return model, hist

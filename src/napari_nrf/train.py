@@ -304,9 +304,18 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         raise TrainingError(f"training sets need distinct subject names, got {names}")
     if not model.supports_fit:
         raise model.unsupported("training with fit", "fit its base models, then the model's own fit")
-    if device is not None:
+    from napari_nrf import distributed
+
+    if distributed.env()[1] > 1:  # started by torchrun: one device per rank, join the group
+        model.to(distributed.rank_device(device if device is not None else model.device))
+        distributed.setup(model.device)
+    elif device is not None:
         model.to(device)
     dev = model.device
+    world = distributed.world_size()
+    main = distributed.is_main()
+    if not main:  # rank 0 reports; the others train silently
+        progress = on_epoch = feature_progress = None
     val_sets = list(train_sets) if val_sets is None else list(val_sets)
 
     tr_rows = [rs.indices("train") for rs in train_sets]
@@ -334,7 +343,8 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
             else:
                 prog = None if feature_progress is None else (
                     lambda d, t, _s=rs.subject: feature_progress(d, t, _s))
-                f = set_features(model, rs, cache=feature_cache, progress=prog)
+                f = (set_features(model, rs, cache=feature_cache, progress=prog) if world == 1
+                     else _shared_features(model, rs, feature_cache, prog))
             out.append(_check_features({k: np.asarray(v, np.float32) for k, v in f.items()}, rs.n_images,
                                        f"{what} set {rs.subject}"))
         return out
@@ -406,6 +416,10 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
 
     total = n_steps * epochs
     best_r = float("nan")
+    if world > 1:  # every rank starts from rank 0's weights (a random init of new embeddings)
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                torch.distributed.broadcast(t, src=0)
     model.train()
     try:
         for epoch in range(start_epoch, epochs):
@@ -417,6 +431,15 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
             plan = _plan(rng, tr_rows, sizes, batch_images, n_steps)
             losses = []
             for step, (si, rows_local) in enumerate(plan):
+                if world > 1:
+                    v = train_sets[si].n_voxels
+                    vox = np.sort(rng.choice(v, size=min(batch_voxels, v), replace=False))
+                    losses.append(_distributed_step(model, opt, params, tr_feats[si], tr_rows[si], tr_y[si],
+                                                    rows_local, vox, train_sets[si].subject, tr_coords[si],
+                                                    alpha, cancel, epoch, step, lr))
+                    if progress is not None:
+                        progress(epoch * n_steps + step + 1, total)
+                    continue
                 if cancel is not None and cancel():
                     raise TrainingCancelled(f"training cancelled in epoch {epoch}")
                 rows = tr_rows[si][rows_local]
@@ -445,6 +468,15 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
                 for rs, f, r in zip(val_sets, va_feats, va_rows):
                     if len(r) < 3:
                         continue
+                    if world > 1:  # each rank predicts its share; the per-voxel sums are added
+                        r_own = r[distributed.share(len(r))]
+                        pred = predict_set(model, {k: a[r_own] for k, a in f.items()}, rs)
+                        sums = distributed.allreduce_numpy(
+                            distributed.voxel_sums(pred, rs.get_responses(r_own)), dev)
+                        vr, vr2 = distributed.sums_scores(sums)
+                        meds.append(float(np.nanmedian(vr)))
+                        r2s.append(float(np.nanmedian(vr2)))
+                        continue
                     pred = predict_set(model, {k: a[r] for k, a in f.items()}, rs)
                     yv = rs.get_responses(r)
                     meds.append(float(np.nanmedian(voxel_pearson(pred, yv))))
@@ -458,7 +490,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
                 if not hist.best_r2 == hist.best_r2 or r2 > hist.best_r2:  # NaN check: first validation
                     hist.best_r2, hist.best_score, hist.best_epoch, improved = r2, score, epoch, True
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    if ckdir is not None:
+                    if ckdir is not None and main:
                         model.save(ckdir / BEST)
                 if not best_r == best_r or score > best_r:
                     best_r, improved = score, True
@@ -469,7 +501,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
                     if bad >= patience:
                         hist.stopped_early = True
             hist.records.append(rec)
-            if ckdir is not None:
+            if ckdir is not None and main:  # every rank holds the same state; one writes it
                 _save_checkpoint(ckdir / CHECKPOINT, model, opt, params,
                                  {"epoch": epoch, "bad": bad, "best_r": best_r, "fingerprint": fp,
                                   "history": hist.to_dict(), "hp": hp})
@@ -491,7 +523,10 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
     model.provenance["training"] = {**{k: v for k, v in hp.items() if k != "trainable"},
                                     "subjects": names, "n_train_images": [int(s) for s in sizes],
                                     "best_epoch": hist.best_epoch, "epochs_run": len(hist.records)}
-    if ckdir is not None:
+    if world > 1:
+        model.provenance["training"]["ranks"] = world
+        distributed.barrier()  # no rank still reads the checkpoint when rank 0 removes it
+    if ckdir is not None and main:
         # A finished run's checkpoint is removed: resuming it would skip training.
         for f in (ckdir / CHECKPOINT, ckdir / BEST):
             f.unlink(missing_ok=True)
@@ -514,6 +549,76 @@ def check_fit_settings(kwargs: dict, defaults: FitSettings = NRF_FIT) -> None:
 def _check_schedule(**hp) -> None:
     """Refuse settings that cannot train (a zero batch gives a NaN loss, 0 epochs no model)."""
     check_fit_settings(hp)
+
+
+def _distributed_step(model, opt, params, feats, rows_set, y_set, rows_local, vox, subject, coords, alpha,
+                      cancel, epoch, step, lr) -> float:
+    """One data-parallel optimiser step: this rank's share of the batch ``rows_local``,
+    gradients (and the loss, the cancel flags) summed over the ranks in one all-reduce.
+
+    Each share's loss is weighted by its fraction of the batch, so the summed gradient is
+    the gradient of the whole batch's loss (a mean over images, as the loop's loss and
+    a kind's own ``loss`` are). Returns the batch's loss."""
+    from napari_nrf import distributed
+
+    dev = model.device
+    n_batch = len(rows_local)
+    own = rows_local[distributed.share(n_batch)]
+    opt.zero_grad(set_to_none=True)
+    loss_val = torch.zeros((), device=dev)
+    if len(own):
+        rows = rows_set[own]
+        fb = {k: torch.from_numpy(a[rows]).to(dev) for k, a in feats.items()}
+        y = torch.from_numpy(y_set[own][:, vox]).to(dev)
+        vt = torch.from_numpy(vox).to(dev)
+        pred = model_predict(model, fb, subject, vt, coords[vt])
+        loss = (model.loss or loss_fn)(pred, y, alpha) * (len(own) / n_batch)
+        loss.backward()
+        loss_val = loss.detach()
+    ps = [p for _, p in params]
+    # A parameter without a gradient on every rank (another subject's embeddings) stays
+    # without one: AdamW then leaves it (and its moments) alone, as on one process.
+    has = torch.tensor([0.0 if p.grad is None else 1.0 for p in ps], device=dev)
+    for p in ps:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    stop = 1.0 if (cancel is not None and cancel()) else 0.0
+    tail = torch.cat([has, loss_val.reshape(1).float(), torch.tensor([stop], device=dev)])
+    distributed.allreduce_([p.grad for p in ps] + [tail])
+    if tail[-1].item() > 0:
+        raise TrainingCancelled(f"training cancelled in epoch {epoch}")
+    total = float(tail[-2].item())
+    if not math.isfinite(total):
+        raise TrainingError(
+            f"the loss became {total} at epoch {epoch}, step {step}: lower the learning rate "
+            f"(now {lr:g}) or check the responses and features for NaN/inf values")
+    for p, h in zip(ps, tail[:len(ps)].tolist()):
+        if h == 0:
+            p.grad = None
+    opt.step()
+    return total
+
+
+def _shared_features(model, rs, cache, progress=None) -> dict:
+    """Features of every image of ``rs`` when training data-parallel: each rank encodes
+    its share of the images; with a feature cache the shares go through it (its writes are
+    locked, see :class:`napari_nrf.features.FeatureCache`) and every rank then reads all,
+    without one the shares are gathered. Shares are whole batches of 32 images."""
+    from napari_nrf import distributed
+
+    # Whole extraction batches per rank: a batch's numbers (then rounded to the cache's
+    # float16) are those of a one-process run only when the batch holds the same images.
+    bs = 32
+    batches = distributed.share(math.ceil(rs.n_images / bs))
+    own = np.arange(batches.start * bs, min(batches.stop * bs, rs.n_images))
+    mine = set_features(model, rs, cache=cache, rows=own, batch_size=bs, progress=progress) if len(own) else {}
+    if cache is not None:
+        distributed.barrier()
+        return set_features(model, rs, cache=cache)
+    parts = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(parts, {k: np.asarray(v, np.float32) for k, v in mine.items()})
+    parts = [p for p in parts if p]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _plan(rng, tr_rows, sizes, batch_images: int, n_steps: int) -> list:
@@ -545,6 +650,8 @@ def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str =
     model = build_nrf(backbone, preset, backbone_config=backbone_config, seed=fit_kwargs.get("seed", 0),
                       **(model_overrides or {}))
     hist = fit(model, list(train_sets), **fit_kwargs)
-    if out is not None:
+    from napari_nrf.distributed import is_main
+
+    if out is not None and is_main():  # data-parallel: rank 0 writes the bundle
         model.save(out)
     return model, hist

@@ -155,7 +155,7 @@ def check_outputs(args) -> list:
 # cannot work (a --width 0 model cannot be queried), so they are refused up front.
 POSITIVE = ("width", "depth", "downsample_dim", "merged_dim", "embed_dim", "channels", "images", "epochs",
             "chunk", "candidates", "store_images", "subjects", "image_size", "max_voxels", "k", "top",
-            "batch_images", "batch_voxels", "steps_per_epoch", "reps", "n_images", "threads", "workers")
+            "batch_images", "batch_voxels", "steps_per_epoch", "reps", "n_images", "threads", "workers", "nproc")
 
 
 def check_values(args) -> None:
@@ -210,6 +210,24 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from napari_nrf import distributed
+
+    if (getattr(args, "nproc", 1) or 1) > 1 and distributed.env()[1] == 1:
+        # Not yet under torchrun: start N ranks of this command.
+        return distributed.launch_torchrun(args.nproc, list(sys.argv[1:] if argv is None else argv))
+    if distributed.env()[0] > 0:  # a rank > 0 under torchrun: rank 0 prints; errors still show
+        import os
+
+        sys.stdout = open(os.devnull, "w")
+    try:
+        return _run(args)
+    finally:
+        from napari_nrf.distributed import teardown
+
+        teardown()
+
+
+def _run(args) -> int:
     new_dirs = []
     try:
         if hasattr(args, "device"):

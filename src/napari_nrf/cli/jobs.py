@@ -23,6 +23,12 @@ def register(sub) -> None:
     p.add_argument("--jobs-dir", help="jobs folder (default: $NAPARI_NRF_JOBS or <cache>/jobs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--inline", action="store_true", help="run in this process instead of a child process")
+    p.add_argument("--devices", metavar="LIST",
+                   help="finetune the bases concurrently, one per device: cuda:0,cuda:1 (default: one after "
+                        "another on --device)")
+    from napari_nrf.cluster import add_slurm_arguments
+
+    add_slurm_arguments(p)
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("jobs", help="background jobs: list, resume, cancel")
@@ -71,14 +77,31 @@ def _summary(job) -> int:
     return 1
 
 
+def manager_for(args):
+    """The JobManager of a command that queues a job: SLURM through submitit when the
+    SLURM flags ask for it (napari_nrf.cluster), else child processes of this machine."""
+    from napari_nrf.cluster import params_from_args
+    from napari_nrf.jobs import JobError, JobManager
+
+    params = params_from_args(args)
+    if params is not None and getattr(args, "inline", False):
+        raise JobError("--inline runs here; it cannot be combined with --slurm")
+    if params is None:
+        return JobManager(args.jobs_dir)
+    return JobManager(args.jobs_dir, backend="submitit", submitit_params=params)
+
+
 def _finetune(args) -> int:
     from napari_nrf.train_jobs import submit_finetune
-    from napari_nrf.jobs import JobManager
 
-    mgr = JobManager(args.jobs_dir)
+    mgr = manager_for(args)
     settings = FitSettings.from_args(args, FINETUNE_FIT).to_kwargs()
     settings.pop("val_every")
     kw = dict(n_images=args.images, **settings, finetune=not args.no_finetune, feature_cache=args.cache)
+    if args.devices:
+        from napari_nrf.query_shard import parse_devices
+
+        kw["devices"] = parse_devices(args.devices, check=mgr.backend == "local")  # a node's GPUs: named here
     job = submit_finetune(mgr, args.base, args.data, args.out, device=args.device, overwrite=args.overwrite,
                           start=not args.inline, threads=args.threads, **kw)
     print(f"job {job.id} ({job.dir})")
@@ -101,7 +124,9 @@ def _jobs(args) -> int:
             last = job.last_progress()
             frac = last.get("fraction")
             pct = f"{100 * frac:5.1f}%" if frac is not None else "     -"
-            print(f"{job.id}  {job.status:<11} {pct}  {job.device:<7} {job.name}")
+            cs = job.cluster_state  # SLURM's own word (PENDING, RUNNING, TIMEOUT, ...) for cluster jobs
+            where = f"slurm:{cs}" if cs and job.state.get("backend") == "submitit" else job.device
+            print(f"{job.id}  {job.status:<11} {pct}  {where:<7} {job.name}")
         return 0
     if not args.job:
         raise JobError(f"'jobs {args.action}' needs a job id (see 'napari-nrf jobs list')")

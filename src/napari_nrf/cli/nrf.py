@@ -15,6 +15,10 @@ def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     p.add_argument("--cache", help="feature cache folder (default: $NAPARI_NRF_CACHE or ~/.cache/napari-nrf)")
     add_device_arg(p)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (re-launches through torchrun; with CUDA one "
+                        "GPU each, NCCL; on CPUs gloo); the same global batch, so the same model as one "
+                        "process within rounding (default: %(default)s; docs/scale.md)")
 
 
 def add_device_arg(p) -> None:
@@ -39,6 +43,12 @@ def register(sub) -> None:
     p.add_argument("--downsample-dim", type=int, help="per-token projection size d of the merger")
     p.add_argument("--merged-dim", type=int, help="output size of each token map's fuse layer")
     add_fit_args(p)
+    from napari_nrf.cluster import add_slurm_arguments
+
+    add_slurm_arguments(p)
+    p.add_argument("--jobs-dir", help="with --slurm: the jobs folder, on a file system the nodes share "
+                                      "(default: $NAPARI_NRF_JOBS or <cache>/jobs)")
+    p.add_argument("--no-wait", action="store_true", help="with --slurm: queue the job and return")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="voxelwise accuracy, retrieval and a ridge baseline of a model")
@@ -72,6 +82,12 @@ def register(sub) -> None:
     p.add_argument("--subject", help="subject (voxel-indexed models with several subjects)")
     p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
     p.add_argument("--device", default=None)
+    p.add_argument("--devices", metavar="LIST",
+                   help="spread the images over these devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
+                        "(default: --device); the files are the same as from one device")
+    p.add_argument("--batch-images", type=int, default=4,
+                   help="images encoded and queried together (default: %(default)s)")
+    p.add_argument("--cache", help="feature cache folder (default: no cache for queries)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="inference precision (default: $NAPARI_NRF_PRECISION or auto: bf16 on CUDA and on CPUs "
                         "with fast bf16, AMX / AVX-512 BF16; fp32 elsewhere)")
@@ -118,9 +134,13 @@ def _train(args) -> int:
 
     check_bundle_path(args.out)  # before minutes of training, not after
     bcfg = _backbone_config(args)
-    sets = [ResponseSet.load(p) for p in args.data]
     over = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("downsample_dim", args.downsample_dim),
                               ("merged_dim", args.merged_dim)) if v is not None}
+    from napari_nrf.cluster import params_from_args
+
+    if params_from_args(args) is not None:
+        return _train_on_cluster(args, over, bcfg)
+    sets = [ResponseSet.load(p) for p in args.data]
     out = Path(args.out)
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     bars = TrainingBars("training")
@@ -132,6 +152,30 @@ def _train(args) -> int:
     print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters); "
           + _best_text(hist))
     return 0
+
+
+def _train_on_cluster(args, over, bcfg) -> int:
+    """``train --slurm``: the same training as a job on the cluster (submitit), followed
+    here unless --no-wait; it requeues at its time limit and resumes from its last epoch."""
+    from napari_nrf.cli.jobs import _follow, manager_for
+    from napari_nrf.errors import NapariNRFError
+    from napari_nrf.settings import NRF_FIT, FitSettings
+    from napari_nrf.train_jobs import submit_train
+
+    if (args.nproc or 1) > 1:
+        raise NapariNRFError("--nproc runs ranks on this machine; on SLURM use the sbatch script of docs/scale.md")
+    kw = dict(FitSettings.from_args(args, NRF_FIT).to_kwargs(), backbone=args.backbone, preset=args.preset,
+              model_overrides=over or None, feature_cache=args.cache)
+    if bcfg:
+        kw["backbone_config"] = bcfg
+    mgr = manager_for(args)
+    job = submit_train(mgr, args.data, args.out, device=args.device, overwrite=getattr(args, "overwrite", False),
+                       **kw)
+    print(f"job {job.id} ({job.dir}) submitted to {mgr.submitit_params.get('cluster') or 'SLURM'}")
+    if args.no_wait:
+        print(f"follow it with: napari-nrf jobs list --jobs-dir {mgr.root}")
+        return 0
+    return _follow(mgr, job)
 
 
 class TrainingBars:
@@ -224,7 +268,8 @@ def _query(args) -> int:
     from napari_nrf import space
     from napari_nrf.features import image_files, load_image_file
     from napari_nrf.models import load_model
-    from napari_nrf.query import QueryEngine, coverage_mask, volume_file_names
+    from napari_nrf.query import coverage_mask, volume_file_names
+    from napari_nrf.query_shard import ShardedQuery, parse_devices
 
     _set_precision(args)
     from napari_nrf.volume_meta import volume_sidecar, write_volume
@@ -240,8 +285,8 @@ def _query(args) -> int:
     for path in images:
         load_image_file(path)
     names = volume_file_names(images)
-    model = load_model(args.model, device=_device(args.device))
-    eng = QueryEngine(model, device=_device(args.device))
+    devices = parse_devices(args.devices or _device(args.device))
+    model = load_model(args.model, device=devices[0])
     if data_mask and args.mask is None and not model.subjects:
         import sys
 
@@ -265,19 +310,22 @@ def _query(args) -> int:
               "the same for every subject", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path, name in zip(images, names):
-        img = load_image_file(path)
-        with tqdm(total=None, unit="pt", unit_scale=True, desc=Path(path).name) as bar:
-            def progress(done, total):
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+    sq = ShardedQuery(model, devices, batch_images=args.batch_images,
+                      feature_cache=_cache(args.cache) if args.cache else None)
 
-            vol = eng.volume([img], grid, mask=mask, subject=args.subject, progress=progress)[0]
-        side = volume_sidecar("response", grid, model=model, model_path=args.model, image=str(path),
+    def write(i, vol):  # in the worker that made the volume
+        side = volume_sidecar("response", grid, model=model, model_path=args.model, image=str(images[i]),
                               mask=mask_spec if isinstance(mask_spec, str) else "none",
                               outside="0" if args.outside == "0" else "NaN")
-        dst = write_volume(out / name, vol, grid, side)
-        print(f"{path} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
+        dst = write_volume(out / names[i], vol, grid, side)
+        tqdm.write(f"{images[i]} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
+
+    with tqdm(total=len(images), unit="img", desc="query" + (f" on {len(devices)} devices" if len(devices) > 1
+                                                                else "")) as bar:
+        def progress(done, total):
+            bar.n = done
+            bar.refresh()
+
+        sq.volumes(images, grid, mask=mask, subject=args.subject, on_volume=write, progress=progress)
     return 0
 

@@ -8,6 +8,7 @@ so an image library is encoded once, across runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -29,6 +30,12 @@ class FeatureCache:
     float32; :func:`extract_features` with a cache returns freshly computed features
     rounded the same way, so a result never depends on whether the cache was warm.
 
+    Several processes may share a cache (data-parallel ranks, jobs, napari and the CLI):
+    writes take an exclusive POSIX lock on ``features-<key>.h5.lock`` (``fcntl.lockf``,
+    which also holds across NFS clients) and re-read the file's index under it, reads
+    take a shared lock and reload the index when the file changed since it was read, so
+    no writer appends over another's rows and every reader sees complete rows.
+
     Parameters
     ----------
     root : path or None
@@ -39,18 +46,44 @@ class FeatureCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self._index: dict[str, dict[str, int]] = {}
+        self._stamp: dict[str, tuple] = {}  # key -> (mtime_ns, size) of the file when its index was read
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
         return self.root / f"features-{safe}.h5"
 
-    def _load_index(self, key: str) -> dict[str, int]:
+    @contextlib.contextmanager
+    def _file_lock(self, key: str, exclusive: bool):
+        """The cross-process lock of one cache file (no-op where fcntl is missing)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: one process per cache
+            yield
+            return
+        with open(str(self.path(key)) + ".lock", "a+") as fh:
+            fcntl.lockf(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fh, fcntl.LOCK_UN)
+
+    def _file_stamp(self, key: str):
+        try:
+            st = self.path(key).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _load_index(self, key: str, fresh: bool = False) -> dict[str, int]:
+        if key in self._index and (fresh or self._stamp.get(key) != self._file_stamp(key)):
+            del self._index[key]  # another process (or handle) appended since: read it again
         if key not in self._index:
             import h5py
 
             idx = {}
             p = self.path(key)
+            self._stamp[key] = self._file_stamp(key)
             if p.exists():
                 try:
                     with h5py.File(p, "r") as f:
@@ -93,6 +126,10 @@ class FeatureCache:
 
     def get(self, key: str, hashes: list[str]) -> tuple[dict, np.ndarray]:
         """Features of the cached ``hashes``: (dict name -> (K, ...) float32, found mask (len(hashes),))."""
+        with self._file_lock(key, exclusive=False):
+            return self._get(key, hashes)
+
+    def _get(self, key: str, hashes: list[str]) -> tuple[dict, np.ndarray]:
         import h5py
 
         idx = self._load_index(key)
@@ -110,7 +147,7 @@ class FeatureCache:
                     if name == "hash":
                         continue
                     out[name] = f[name][uniq][inv].astype(np.float32)
-        except OSError as exc:  # another process is writing the file (HDF5 lock): compute instead
+        except OSError as exc:  # a writer without our lock, or HDF5's own lock: compute instead
             if not _busy(exc):
                 self._move_aside(key, exc)
             return {}, np.zeros(len(hashes), bool)
@@ -120,8 +157,8 @@ class FeatureCache:
         """Append features (dict name -> (K, ...)) of images with ``hashes``."""
         import h5py
 
-        with self._lock:
-            idx = self._load_index(key)
+        with self._lock, self._file_lock(key, exclusive=True):
+            idx = self._load_index(key, fresh=True)  # what other processes appended counts
             new = [i for i, h in enumerate(hashes) if h not in idx]
             if not new:
                 return
@@ -158,6 +195,7 @@ class FeatureCache:
                     f[name][n0:n1] = v
             for j, i in enumerate(new):
                 idx[hashes[i]] = n0 + j
+            self._stamp[key] = self._file_stamp(key)
 
 
 def _busy(exc) -> bool:

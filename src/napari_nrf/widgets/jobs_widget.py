@@ -60,6 +60,7 @@ class CurveView(QWidget):
 
 
 MODES = ("Finetune pretrained models to a new subject", "Train a new NRF")
+RUN_ON = ("this machine", "SLURM cluster (submitit)", "submitit local executor (test)")
 
 
 class FinetuneJobsWidget(QWidget):
@@ -179,6 +180,22 @@ class FinetuneJobsWidget(QWidget):
         self.device = QComboBox()
         self.device.addItems(available_devices())
         form.addRow("device", self.device)
+        self.run_on = QComboBox()
+        self.run_on.addItems(RUN_ON)
+        self.run_on.setToolTip("where the job runs: a child process here, or a SLURM cluster through submitit "
+                               "(the jobs folder must be on a file system the nodes share; docs/scale.md)")
+        form.addRow("run on", self.run_on)
+        self.profile = QLineEdit()
+        self.profile.setPlaceholderText("SLURM profile (.toml): partition, time, gpus, mem, account")
+        prow = QHBoxLayout()
+        prow.addWidget(self.profile)
+        b = QPushButton("…")
+        b.clicked.connect(self._choose_profile)
+        prow.addWidget(b)
+        self.profile_row = _wrap(prow)
+        form.addRow("SLURM profile", self.profile_row)
+        self.run_on.currentIndexChanged.connect(self._run_on_changed)
+        self._run_on_changed()
         lay.addLayout(form)
         self.start_btn = QPushButton("Start finetune job")
         self.start_btn.clicked.connect(self.start)
@@ -232,6 +249,29 @@ class FinetuneJobsWidget(QWidget):
                                      else "new subject's response set (.h5)")
         self.start_btn.setText("Start training job" if train else "Start finetune job")
 
+    def _run_on_changed(self, *_):
+        show = self.run_on.currentIndex() == 1
+        self.form.labelForField(self.profile_row).setVisible(show)
+        self.profile_row.setVisible(show)
+
+    def _choose_profile(self):
+        path, _ = QFileDialog.getOpenFileName(self, "SLURM profile", "", "TOML profiles (*.toml)")
+        if path:
+            self.profile.setText(path)
+
+    def job_manager(self):
+        """The manager that queues the next job: this machine's, or a submitit one (SLURM
+        with the profile's options, or submitit's local executor) on the same jobs folder,
+        so that cluster jobs are listed, followed, cancelled and resumed like local ones."""
+        i = self.run_on.currentIndex()
+        if i == 0:
+            return self.manager
+        from napari_nrf.cluster import submitit_params
+        from napari_nrf.jobs import JobManager
+
+        params = submitit_params(self.profile.text().strip() or None, cluster="slurm" if i == 1 else "local")
+        return JobManager(self.manager.root, backend="submitit", submitit_params=params)
+
     def data_paths(self) -> list[str]:
         """The response sets in the data field (several separated by ';')."""
         return [p.strip() for p in self.data.text().split(";") if p.strip()]
@@ -271,12 +311,13 @@ class FinetuneJobsWidget(QWidget):
 
         bases = [self.bases.item(i).text() for i in range(self.bases.count())]
         try:
+            manager = self.job_manager()
             if self.training:
                 if not self.data_paths() or not self.out.text():
                     raise ValueError("choose the response set(s) and an output file")
                 kw = {"steps": self.steps.value() or None, "preset": self.preset.currentText(),
                       "backbone": self.backbone.currentText(), **self.extra_kwargs}
-                job = submit_train(self.manager, self.data_paths(), self.out.text(),
+                job = submit_train(manager, self.data_paths(), self.out.text(),
                                    device=self.device.currentText(), threads=self.threads, **kw)
             elif not bases:
                 raise ValueError("add at least one base model")
@@ -284,7 +325,7 @@ class FinetuneJobsWidget(QWidget):
                 if len(self.data_paths()) != 1 or not self.out.text():
                     raise ValueError("choose the new subject's response set (one file) and an output file")
                 kw = {"n_images": self.n_images.value() or None, "epochs": self.epochs.value(), **self.extra_kwargs}
-                job = submit_finetune(self.manager, bases, self.data_paths()[0], self.out.text(),
+                job = submit_finetune(manager, bases, self.data_paths()[0], self.out.text(),
                                       device=self.device.currentText(), threads=self.threads, **kw)
         except ValueError as exc:
             self._error(f"Could not start the job: {exc}")
@@ -357,7 +398,9 @@ class FinetuneJobsWidget(QWidget):
             item.setToolTip(str(job.dir))
             self.table.setItem(r, 0, item)
             status = job.status
-            self.table.setItem(r, 1, QTableWidgetItem(status))
+            cs = job.cluster_state if job.state.get("backend") == "submitit" else None
+            self.table.setItem(r, 1, QTableWidgetItem(f"{status} (SLURM {cs})" if cs and cs != "UNKNOWN" and
+                                                      status == "running" else status))
             bar = self.table.cellWidget(r, 2)
             if not isinstance(bar, QProgressBar):
                 bar = QProgressBar()
