@@ -92,8 +92,12 @@ def rsa(pred: np.ndarray, true: np.ndarray) -> float:
     """Pearson r of the upper triangles of the correlation-distance RDMs (n x n) of the
     predicted and the true maps (n, P) (the paper's RSA over all test samples)."""
     iu = np.triu_indices(len(pred), 1)
+    if (np.std(pred, 1) == 0).any() or (np.std(true, 1) == 0).any():
+        return float("nan")  # a constant map (the "Resting" ablation repeats one map) has no RDM row
     rp = 1 - np.corrcoef(pred)[iu]
     rt = 1 - np.corrcoef(true)[iu]
+    if rp.std() == 0 or rt.std() == 0:
+        return float("nan")  # identical maps: every distance is 0
     return float(np.corrcoef(rp, rt)[0, 1])
 
 
