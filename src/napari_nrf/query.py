@@ -221,7 +221,8 @@ class QueryEngine:
 
     def _conditioned_subject(self, subject):
         """The subject a conditioned model answers for (None: the model's default)."""
-        subs = getattr(self.model, "subjects", {}) or {}
+        subs = {**(getattr(self.model, "subjects", {}) or {}),
+                **dict.fromkeys(getattr(self.model, "pseudo_subjects", ()))}
         if subject is not None and subject not in subs:
             raise QueryError(f"unknown subject {subject!r}; the model has {sorted(subs)}")
         return subject

@@ -42,6 +42,11 @@ from napari_nrf.errors import NapariNRFError
 from .base import EncodingModel, register
 
 
+#: The pseudo-subject whose rest map is the mean of the model's subjects' maps: the model's
+#: stimulus-only reference (what it predicts for a person with the population's connectivity).
+POPULATION = "population (mean rest map)"
+
+
 class Rest2VisualError(NapariNRFError):
     """Bad input to a Rest2Visual model (unknown subject, rest map on no grid, ...)."""
 
@@ -104,6 +109,7 @@ class Rest2Visual(EncodingModel):
     kind = "rest2visual"
     continuous = True
     conditioned = True
+    pseudo_subjects = (POPULATION,)  # answers for these too (the stimulus-only reference)
 
     def __init__(self, grid_shape, grid_origin, grid_zooms, embed_dim: int = 1280, feature: str = "embedding",
                  channels=(8, 16, 32), cond_dim: int = 64, groups: int = 4, ablate: str = "none"):
@@ -169,6 +175,8 @@ class Rest2Visual(EncodingModel):
         self._enc_cache.clear()
 
     def _subject(self, subject) -> str:
+        if subject == POPULATION and self.rest_maps:
+            return subject
         if subject is None:
             if not self.rest_maps:
                 raise Rest2VisualError("this Rest2Visual model has no subject: add one with add_subject(name, rest_map, grid)")
@@ -181,8 +189,11 @@ class Rest2Visual(EncodingModel):
     def rest_input(self, subject: str, session: int | None = None) -> torch.Tensor:
         """(1, 1, X, Y, Z) rest map of ``subject`` on the model grid: its mean over sessions,
         or one ``session``; noise for the ns-fmri ablation."""
-        m = self.rest_maps[subject]
-        m = m.mean(0) if session is None else m[int(session) % len(m)]
+        if subject == POPULATION:
+            m = torch.stack([v.mean(0) for v in self.rest_maps.values()]).mean(0)
+        else:
+            m = self.rest_maps[subject]
+            m = m.mean(0) if session is None else m[int(session) % len(m)]
         m = m.to(self.device)[None, None]
         if self.ablate == "rest":
             m = torch.randn_like(m)
@@ -253,7 +264,7 @@ class Rest2Visual(EncodingModel):
     def predict(self, features, coords=None, voxels=None, subject=None):
         s = self._subject(subject)
         if coords is None:
-            xyz = self.subjects.get(s)
+            xyz = self.subjects.get(s) if s != POPULATION else None
             if xyz is None or len(xyz) == 0:
                 raise self.unsupported(f"voxel indices of subject {s!r}, who has no measured voxels",
                                        "ask at MNI points (predict(coords=)) or for a volume")
