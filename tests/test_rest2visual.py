@@ -112,6 +112,23 @@ def test_cli_rest_map_writes_atomically_and_fails_without_partial_files(run6, tm
     assert not bad.exists()
 
 
+def test_cli_attach_rest_from_bids_bold_runs(run6, tmp_path):
+    from napari_nrf.cli import main
+    from napari_nrf.data.responseset import ResponseSet
+
+    from _nrf_data import synth_set
+
+    rs, _ = synth_set(n=8, max_n=20, n_val=2, n_test=2)
+    data = rs.save(tmp_path / "sub-01.h5")
+    runs = [_write_run(tmp_path / f"sub-01_ses-{s}_task-rest_bold.nii.gz", run6[..., k * 10:], G6)
+            for k, s in enumerate(("a1", "b2"))]
+    assert main(["attach-rest", str(data), *map(str, runs)]) == 0
+    back = ResponseSet.load(data)
+    assert back.rest_sessions == ["ses-a1", "ses-b2"] and back.rest_maps.shape == (2,) + G6.shape
+    assert np.corrcoef(back.rest_maps[0].ravel(), back.rest_maps[1].ravel())[0, 1] > 0.8
+    assert main(["attach-rest", str(data), str(runs[0]), "--sessions", "x", "y"]) == 2
+
+
 # ---- virtual subjects with resting state -------------------------------------------------
 def test_rest_maps_carry_each_subjects_layout_and_controls_do_not():
     g = space.Grid.mni(6.0)

@@ -36,10 +36,15 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output rest map (.nii.gz)")
     p.set_defaults(func=_rest_map)
 
-    p = sub.add_parser("attach-rest", help="store per-session rest maps in a response set (.h5)")
+    p = sub.add_parser("attach-rest", help="store per-session rest maps in a response set (.h5), from rest maps "
+                                           "or straight from resting BOLD runs (BIDS-like *_task-rest_bold.nii.gz)")
     p.add_argument("data", help="response set (.h5), rewritten with the maps")
-    p.add_argument("maps", nargs="+", help="rest map NIfTI files, one per session (same grid)")
-    p.add_argument("--sessions", nargs="+", help="session labels (default: ses-01 ...)")
+    p.add_argument("maps", nargs="+", help="per session: a rest map NIfTI (3D) or a resting BOLD run (4D: its map "
+                                           "is made as by rest-map, with --tr/--seed/--band)")
+    p.add_argument("--sessions", nargs="+", help="session labels (default: ses-XX from BIDS names, else ses-01 ...)")
+    p.add_argument("--tr", type=float, default=None, help="for BOLD runs: repetition time in s (default: header)")
+    p.add_argument("--seed", default="pcc", help="for BOLD runs: the seed (default: %(default)s)")
+    p.add_argument("--band", default="0.01,0.1", help="for BOLD runs: band-pass in Hz (default: %(default)s)")
     p.set_defaults(func=_attach)
 
     p = sub.add_parser("simulate-rest", help="virtual subjects with resting-state runs and their rest maps")
@@ -113,15 +118,29 @@ def _attach(args) -> int:
     from napari_nrf.data.responseset import ResponseSet, ResponseSetError
     from napari_nrf.restmap import load_rest_map
 
-    vols, grid = [], None
-    for m in args.maps:
-        v, g = load_rest_map(m, grid)
+    import re
+
+    import nibabel as nib
+
+    from napari_nrf import space
+    from napari_nrf.restmap import rest_map
+
+    rs = ResponseSet.load(args.data)  # before minutes of rest maps: a bad file fails now
+    if args.sessions is not None and len(args.sessions) != len(args.maps):
+        raise ResponseSetError(f"--sessions: {len(args.sessions)} labels for {len(args.maps)} files")
+    vols, grid, labels = [], None, []
+    for k, m in enumerate(args.maps):
+        if len(nib.load(str(m)).shape) == 4:  # a resting BOLD run: its seed map first
+            r = rest_map(m, args.tr, seed=args.seed, band=_band(args.band))
+            v = r.volume if grid is None else space.resample(r.volume, r.grid, grid)
+            g = r.grid if grid is None else grid
+        else:
+            v, g = load_rest_map(m, grid)
         grid = g
         vols.append(v)
-    rs = ResponseSet.load(args.data)
-    if args.sessions is not None and len(args.sessions) != len(vols):
-        raise ResponseSetError(f"--sessions: {len(args.sessions)} labels for {len(vols)} maps")
-    rs.set_rest_maps(np.stack(vols), grid, args.sessions)
+        hit = re.search(r"ses-([A-Za-z0-9]+)", Path(m).name)
+        labels.append(f"ses-{hit.group(1)}" if hit else f"ses-{k + 1:02d}")
+    rs.set_rest_maps(np.stack(vols), grid, args.sessions or labels)
     rs.save(args.data)
     print(f"{args.data}: {len(vols)} rest map(s) on {grid}")
     return 0
