@@ -93,38 +93,62 @@ def bench_predict(repeats: int = 5) -> dict:
         t = time.perf_counter()
         eng.volume([im], grid, mask="brain", subject="s")
         tb.append(time.perf_counter() - t)
-    return {"predict_2mm_s_median": float(np.median(ts)), "predict_2mm_cpu_s_median": float(np.median(cs)), "predict_2mm_s_all": [round(x, 3) for x in ts],
+    return {"predict_2mm_s_median": float(np.median(ts)), "predict_2mm_cpu_s_median": float(np.median(cs)),
+            "predict_2mm_s_all": [round(x, 3) for x in ts],
             "with_backbone_s_median": float(np.median(tb)), "n_points": int(np.isfinite(vol).sum()),
             "parameters": int(sum(p.numel() for p in model.parameters())), "model_grid": str(model.grid),
             "threads": torch.get_num_threads()}
 
 
+def bench_rest_map(rep: dict, volumes: int, folder=None, skip_gz: bool = False) -> None:
+    """``napari-nrf rest-map`` on a 2 mm run of ``volumes`` volumes, as .nii and .nii.gz."""
+    import nibabel as nib
+
+    with tempfile.TemporaryDirectory(dir=folder) as d:
+        d = Path(d)
+        t = time.perf_counter()
+        run = make_run(d / "bold.nii", volumes)
+        rep["make_run_s"] = time.perf_counter() - t
+        wall, rss, cpu = time_cli(["rest-map", str(run), "--out", str(d / "map.nii.gz")])
+        rep["rest_map_nii"] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_gb": rss, "file_gb": run.stat().st_size / 1e9}
+        print("rest-map .nii:", rep["rest_map_nii"], flush=True)
+        if skip_gz:
+            return
+        gz = d / "bold.nii.gz"
+        nib.save(nib.load(str(run)), str(gz))
+        run.unlink()
+        wall, rss, cpu = time_cli(["rest-map", str(gz), "--out", str(d / "map2.nii.gz")])
+        rep["rest_map_nii_gz"] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_gb": rss, "file_gb": gz.stat().st_size / 1e9}
+        print("rest-map .nii.gz:", rep["rest_map_nii_gz"], flush=True)
+
+
+def demo_bundle(path) -> Path:
+    """A demo-size Rest2Visual bundle with one subject (random weights: timing only), for
+    ``benchmarks/bench_gui.py --only drop --model PATH``."""
+    from napari_nrf import space
+    from napari_nrf.models.rest2visual import build_rest2visual
+
+    model = build_rest2visual("efficientnet-lite0", "demo")
+    g4 = space.Grid.mni(4.0)
+    model.add_subject("sub-01", np.random.default_rng(0).standard_normal(g4.shape).astype(np.float32), g4)
+    return model.save(path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
+    ap.add_argument("--demo-bundle", metavar="PATH", help="only write a demo-size bundle for bench_gui.py and exit")
+    ap.add_argument("--skip-rest-map", action="store_true")
     ap.add_argument("--volumes", type=int, default=1000)
     ap.add_argument("--dir", default=None, help="where the test runs are written (default: a temporary folder)")
     ap.add_argument("--skip-gz", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
+    if a.demo_bundle:
+        print(demo_bundle(a.demo_bundle))
+        return {}
     rep = {"cpu": _cpu(), "volumes": a.volumes}
-    with tempfile.TemporaryDirectory(dir=a.dir) as d:
-        d = Path(d)
-        t = time.perf_counter()
-        run = make_run(d / "bold.nii", a.volumes)
-        rep["make_run_s"] = time.perf_counter() - t
-        wall, rss, cpu = time_cli(["rest-map", str(run), "--out", str(d / "map.nii.gz")])
-        rep["rest_map_nii"] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_gb": rss, "file_gb": run.stat().st_size / 1e9}
-        print("rest-map .nii:", rep["rest_map_nii"], flush=True)
-        if not a.skip_gz:
-            import nibabel as nib
-
-            gz = d / "bold.nii.gz"
-            nib.save(nib.load(str(run)), str(gz))
-            run.unlink()
-            wall, rss, cpu = time_cli(["rest-map", str(gz), "--out", str(d / "map2.nii.gz")])
-            rep["rest_map_nii_gz"] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_gb": rss,
-                                      "file_gb": gz.stat().st_size / 1e9}
-            print("rest-map .nii.gz:", rep["rest_map_nii_gz"], flush=True)
+    if not a.skip_rest_map:
+        bench_rest_map(rep, a.volumes, a.dir, a.skip_gz)
     rep["predict"] = bench_predict()
     print("predict:", rep["predict"], flush=True)
     if a.json:

@@ -81,3 +81,18 @@ def test_science_benchmark_small_version(capsys):
         assert "unseen" in r
     assert abs(res["Random"]["seen"]["whole"]["pearson"]) < 0.1
     assert "| Rest2Visual |" in capsys.readouterr().out
+
+
+def test_speed_benchmark_small_version(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_rest2visual as bench
+    finally:
+        sys.path.pop(0)
+    from napari_nrf.models import load_model
+
+    rep = {}
+    bench.bench_rest_map(rep, 30, tmp_path, skip_gz=True)
+    assert rep["rest_map_nii"]["peak_rss_gb"] > 0 and rep["rest_map_nii"]["wall_s"] > 0
+    p = bench.demo_bundle(tmp_path / "demo.safetensors")
+    assert load_model(p).kind == "rest2visual"
