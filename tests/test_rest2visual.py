@@ -242,3 +242,30 @@ def test_map_metrics():
     pred = np.stack([true + 0.5 * rng.standard_normal(true.shape) for _ in range(3)])
     idt = mm.identification(pred, np.stack([true, rng.standard_normal(true.shape), rng.standard_normal(true.shape)]))
     assert idt["chance"] == pytest.approx(1 / 3) and 0 <= idt["accuracy"] <= 1
+
+
+def test_encoder_cache_never_outlives_the_weights(two_subjects):
+    from napari_nrf.models.rest2visual import Rest2Visual
+
+    from _nrf_data import SHAPES
+
+    sets, feats = two_subjects
+    model = Rest2Visual.example(SHAPES, {"sub-01": sets[0].coords}, seed=0).eval()
+    f = {k: torch.from_numpy(v[:2]) for k, v in feats[0].items()}
+    with torch.no_grad():
+        a = model.predict(f, coords=sets[0].coords[:10], subject="sub-01")
+    model.train()
+    with torch.no_grad():
+        for p in model.enc.parameters():
+            p.add_(0.5)
+    model.eval()
+    with torch.no_grad():
+        b = model.predict(f, coords=sets[0].coords[:10], subject="sub-01")
+    assert not torch.allclose(a, b)
+    # fit keeps its best epoch with load_state_dict: the cached features must go with the old weights
+    state = {k: (v + 0.5 if k.startswith("enc.") and v.is_floating_point() else v.clone())
+             for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    with torch.no_grad():
+        c = model.predict(f, coords=sets[0].coords[:10], subject="sub-01")
+    assert not torch.allclose(b, c)

@@ -153,6 +153,16 @@ class Rest2Visual(EncodingModel):
                 "feature": self.feature, "channels": list(self.channels), "cond_dim": self.cond_dim,
                 "groups": self.groups, "ablate": self.ablate}
 
+    # The encoder features of the last subject are cached for inference only: any change
+    # of mode or weights drops them (fit validates in eval mode between training steps).
+    def train(self, mode: bool = True):
+        self._enc_cache = {}
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._enc_cache = {}
+        return super().load_state_dict(*args, **kwargs)
+
     def query_bytes_per_point(self, n_images: int) -> int:
         return 4 * max(1, n_images)
 
