@@ -202,10 +202,13 @@ class QueryEngine:
             total -= points_nbytes(old)
         return state
 
-    def _continuous(self, feats, n, xyz_fn, key, out_fn, progress, cancel):
+    def _continuous(self, feats, n, xyz_fn, key, out_fn, progress, cancel, subject=None):
         model = self.model
         with self._precision():
-            state = model.query_images(feats)
+            if getattr(model, "conditioned", False):  # a field per subject (Rest2Visual's rest map)
+                state = model.query_images(feats, subject=self._conditioned_subject(subject))
+            else:
+                state = model.query_images(feats)
             b = next(iter(feats.values())).shape[0]
             chunk = self._chunk_points(b)
             cached = self._points_cached(key, xyz_fn, n, chunk)
@@ -215,6 +218,14 @@ class QueryEngine:
                 out_fn(s, e, model.query_predict(state, pts))
 
             self._stream(n, chunk, run, progress, cancel)
+
+    def _conditioned_subject(self, subject):
+        """The subject a conditioned model answers for (None: the model's default)."""
+        subs = {**(getattr(self.model, "subjects", {}) or {}),
+                **dict.fromkeys(getattr(self.model, "pseudo_subjects", ()))}
+        if subject is not None and subject not in subs:
+            raise QueryError(f"unknown subject {subject!r}; the model has {sorted(subs)}")
+        return subject
 
     # ---- voxel-indexed models -------------------------------------------------------------
     def _subject(self, subject):
@@ -255,7 +266,9 @@ class QueryEngine:
             Points outside stay NaN and are not computed. None computes every grid point;
             "data" keeps the brain points near the model's training voxels (:func:`coverage_mask`).
         subject : str or None
-            For voxel-indexed models: whose voxels to place on the grid.
+            For voxel-indexed models: whose voxels to place on the grid; for conditioned
+            models (``model.conditioned``, e.g. Rest2Visual): whose prediction (default:
+            the model's first subject).
         progress : callable(done, total) or None
             Called after each chunk (points for continuous models, voxels otherwise).
         cancel : callable() -> bool or None
@@ -286,7 +299,7 @@ class QueryEngine:
                 out[:, dst] = vals.float().cpu().numpy()
 
             key = (hash(grid), grid.shape, _mask_key(mask, m))
-            self._continuous(feats, n, xyz_fn, key, out_fn, progress, cancel)
+            self._continuous(feats, n, xyz_fn, key, out_fn, progress, cancel, subject=subject)
             return out.reshape((b,) + grid.shape)
         subject = self._subject(subject)
         vals = self._voxels(feats, subject, progress, cancel)
@@ -320,7 +333,7 @@ class QueryEngine:
             def out_fn(s, e, vals):
                 out[:, s:e] = vals.float().cpu().numpy()
 
-            self._continuous(feats, len(xyz), xyz_fn, None, out_fn, progress, cancel)
+            self._continuous(feats, len(xyz), xyz_fn, None, out_fn, progress, cancel, subject=subject)
             return out
         if not self.model.supports_points:
             raise self.model.unsupported("predictions at MNI points",

@@ -71,3 +71,36 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     if out is not None and is_main():  # data-parallel: rank 0 writes
         model.save(out)
     return model, hist
+
+
+# ---- Rest2Visual (issue 16) ---------------------------------------------------------------
+def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
+                      model_config: dict | None = None, extent=None, feature_shapes: dict | None = None,
+                      model=None, **fit_kwargs):
+    """Train one Rest2Visual model over the subjects of ``train_sets`` (ResponseSets that
+    carry per-session rest maps, :meth:`ResponseSet.set_rest_maps`) with :func:`fit`.
+
+    ``preset`` "tiny" / "demo" / "paper" (:data:`napari_nrf.models.rest2visual.PRESETS`),
+    ``model_config`` overrides (``resolution``, ``channels``, ``ablate``...), ``extent``
+    the model grid's MNI box; ``fit_kwargs`` go to ``fit`` (defaults:
+    :data:`napari_nrf.settings.REST2VISUAL_FIT`). Returns (model, history).
+    """
+    from napari_nrf.models.rest2visual import Rest2VisualError, build_rest2visual
+    from napari_nrf.settings import REST2VISUAL_FIT
+
+    sets = list(train_sets)
+    for rs in sets:
+        if getattr(rs, "rest_maps", None) is None:
+            raise Rest2VisualError(f"response set {rs.subject!r} has no rest maps: make them with napari-nrf rest-map "
+                                   "and attach them (napari-nrf attach-rest), or simulate with --rest")
+    kw = REST2VISUAL_FIT.merged(fit_kwargs)
+    if model is None:
+        model = build_rest2visual(backbone, preset, feature_shapes=feature_shapes, extent=extent,
+                                  seed=kw.get("seed", 0), **(model_config or {}))
+    for rs in sets:
+        model.add_subject(rs.subject, rs.rest_maps, rs.rest_grid, coords=rs.coords)
+    hist = fit(model, sets, **kw)
+    model.provenance.setdefault("training", {})["mode"] = "joint over subjects (rest map + image)"
+    if out is not None:
+        model.save(out)
+    return model, hist

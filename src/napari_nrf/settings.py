@@ -149,3 +149,7 @@ def add_fit_arguments(parser, defaults: FitSettings = NRF_FIT, skip=(), help: di
         if d is not None:
             text += " (default: %(default)s)"
         parser.add_argument("--" + f.name.replace("_", "-"), type=typ, default=d, help=text)
+# Rest2Visual (issue 16): a volume is decoded per image, so fewer images per step and every
+# sampled voxel of the subject in the MSE (the paper's loss is over all brain voxels).
+REST2VISUAL_FIT = FitSettings(batch_images=8, batch_voxels=100_000, lr=1e-3, weight_decay=0.0, alpha=0.0,
+                              patience=6)

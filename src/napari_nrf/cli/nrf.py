@@ -79,7 +79,10 @@ def register(sub) -> None:
                         "outside the training voxels), none, or a mask/label NIfTI")
     p.add_argument("--outside", default="nan", choices=["nan", "0"],
                    help="value written outside the mask (default: NaN; 0 for tools that need it)")
-    p.add_argument("--subject", help="subject (voxel-indexed models with several subjects)")
+    p.add_argument("--subject", help="subject (voxel-indexed models with several subjects; Rest2Visual: whose "
+                                      "rest map)")
+    p.add_argument("--rest-map", metavar="FILE",
+                   help="Rest2Visual: a new person's rest map NIfTI (napari-nrf rest-map); predicts for them")
     p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
     p.add_argument("--device", default=None)
     p.add_argument("--devices", metavar="LIST",
@@ -303,7 +306,11 @@ def _query(args) -> int:
 
         print(f"note: --mask {mask_spec or 'none'} extends past the model's training voxels: the volume "
               "there is extrapolation (--mask data keeps where the model has data)", file=sys.stderr)
-    if args.subject and getattr(model, "continuous", False):
+    if getattr(args, "rest_map", None):
+        from napari_nrf.models.rest2visual import subject_from_rest_map
+
+        args.subject = subject_from_rest_map(model, args.rest_map)
+    if args.subject and getattr(model, "continuous", False) and not getattr(model, "conditioned", False):
         import sys
 
         print(f"note: --subject {args.subject} is ignored: this model is one field over MNI space, "

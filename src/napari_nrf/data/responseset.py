@@ -11,6 +11,8 @@ On disk a response set is one HDF5 file per subject::
     /roi           (V,) int32              optional ROI label per voxel (0 = none)
     /noise_ceiling (V,) float32            optional, in percent of explainable variance (NSD)
     /truth         (N, V) float32          optional noiseless response (virtual subjects only)
+    /rest/maps     (S, X, Y, Z) float32    optional seed-based rest maps, one per session (Rest2Visual)
+    /rest/sessions (S,) str                their session labels; attrs origin, zooms: the maps' MNI grid
     attrs: format ("napari-nrf-responses"), version, subject, roi_names (JSON {label: name}),
            source, and any JSON-able metadata.
 
@@ -55,6 +57,9 @@ class ResponseSet:
     roi : (V,) int32 or None
     noise_ceiling : (V,) float32 or None, percent (0-100) of variance explainable
     truth : (N, V) float32 or None, noiseless responses (simulated subjects)
+    rest_maps : (S, X, Y, Z) float32 or None, seed-based rest maps per session (Rest2Visual,
+        :mod:`napari_nrf.restmap`) on ``rest_grid`` (a :class:`napari_nrf.space.Grid`);
+        ``rest_sessions`` their labels. Files without them read as before.
     """
 
     responses: object
@@ -69,6 +74,9 @@ class ResponseSet:
     truth: object = None
     subject: str = "sub-01"
     meta: dict = field(default_factory=dict)
+    rest_maps: np.ndarray | None = None
+    rest_grid: object = None
+    rest_sessions: list | None = None
     _h5: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -101,6 +109,27 @@ class ResponseSet:
             self.roi = np.asarray(self.roi, dtype=np.int32)
         if self.noise_ceiling is not None:
             self.noise_ceiling = np.asarray(self.noise_ceiling, dtype=np.float32)
+
+        if self.rest_maps is not None:
+            self.set_rest_maps(self.rest_maps, self.rest_grid, self.rest_sessions)
+
+    def set_rest_maps(self, maps, grid, sessions=None) -> None:
+        """Attach per-session rest maps (S, X, Y, Z) (or one (X, Y, Z)) on MNI ``grid``."""
+        from napari_nrf.space import Grid
+
+        maps = np.asarray(maps, np.float32)
+        if maps.ndim == 3:
+            maps = maps[None]
+        if not isinstance(grid, Grid):
+            raise ResponseSetError("rest maps need their grid (napari_nrf.space.Grid)")
+        if maps.ndim != 4 or maps.shape[1:] != tuple(grid.shape) or len(maps) == 0:
+            raise ResponseSetError(f"rest maps must be (sessions, *grid.shape) = (S, {grid.shape}), got {maps.shape}")
+        if not np.isfinite(maps).all():
+            raise ResponseSetError("rest maps hold NaN or inf values")
+        sessions = [f"ses-{i + 1:02d}" for i in range(len(maps))] if sessions is None else [str(x) for x in sessions]
+        if len(sessions) != len(maps):
+            raise ResponseSetError(f"{len(sessions)} session labels for {len(maps)} rest maps")
+        self.rest_maps, self.rest_grid, self.rest_sessions = maps, grid, sessions
 
     # ---- sizes and splits -------------------------------------------------------------
     @property
@@ -162,6 +191,9 @@ class ResponseSet:
             truth=None if truth is None else truth[:, voxels],
             subject=self.subject,
             meta=dict(self.meta),
+            rest_maps=self.rest_maps,
+            rest_grid=self.rest_grid,
+            rest_sessions=None if self.rest_sessions is None else list(self.rest_sessions),
         )
 
     # ---- I/O --------------------------------------------------------------------------
@@ -193,6 +225,13 @@ class ResponseSet:
                     f.create_dataset("noise_ceiling", data=self.noise_ceiling)
                 if self.truth is not None:
                     f.create_dataset("truth", data=np.asarray(self.truth, np.float32), chunks=True)
+                if self.rest_maps is not None:
+                    g = f.create_group("rest")
+                    g.create_dataset("maps", data=self.rest_maps, compression="gzip", compression_opts=1)
+                    g.create_dataset("sessions", data=np.array(self.rest_sessions, dtype=object),
+                                     dtype=h5py.string_dtype())
+                    g.attrs["origin"] = np.asarray(self.rest_grid.origin, np.float64)
+                    g.attrs["zooms"] = np.asarray(self.rest_grid.zooms, np.float64)
         return path
 
     @classmethod
@@ -267,6 +306,17 @@ class ResponseSet:
             subject=str(f.attrs.get("subject", path.stem)),
             meta=json.loads(f.attrs.get("meta", "{}")),
         )
+        if "rest" in f and "maps" in f["rest"]:
+            from napari_nrf.space import Grid
+
+            g = f["rest"]
+            maps = g["maps"][()]
+            sess = [x.decode() if isinstance(x, bytes) else str(x) for x in g["sessions"][()]] if "sessions" in g else None
+            try:
+                rs.set_rest_maps(maps, Grid(maps.shape[1:], g.attrs["origin"], g.attrs["zooms"]), sess)
+            except (KeyError, ValueError) as exc:
+                f.close()
+                raise ResponseSetError(f"{path}: its rest maps are malformed ({exc})") from None
         if kept_open[0]:
             rs._h5 = f
         else:

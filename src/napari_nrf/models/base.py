@@ -37,6 +37,10 @@ Capabilities (class attributes or properties; the defaults are those of a voxel 
     :func:`napari_nrf.train.fit` may train it (an ensemble is fitted by least squares).
 ``composite`` (False)
     Built from base models of other kinds (``example(..., bases=[...])``).
+``conditioned`` (False)
+    A continuous kind whose field depends on the subject (Rest2Visual: each subject's
+    rest map): ``predict(coords=, subject=)`` and ``query_images(features, subject=)``
+    take the subject (None: the model's first), and the query engine passes it on.
 
 Optional hooks with working defaults:
 
@@ -182,6 +186,7 @@ class EncodingModel(nn.Module):
     continuous = False
     supports_fit = True
     composite = False
+    conditioned = False  # continuous, but the field depends on the subject (query_images(subject=))
     loss = None  # or a method loss(pred (B, n), true (B, n), alpha) -> scalar tensor
 
     def __init__(self):

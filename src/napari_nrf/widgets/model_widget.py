@@ -29,8 +29,12 @@ def model_card(model) -> str:
     n_par = sum(p.numel() for p in model.parameters())
     lines.append(f"parameters: {n_par / 1e6:.2f} M")
     total = 0
+    rest = getattr(model, "rest_maps", None) or {}
     for s, xyz in model.subjects.items():
-        lines.append(f"subject {s}: {len(xyz)} voxels")
+        if s in rest:  # Rest2Visual: a subject is a rest map (with or without measured voxels)
+            lines.append(f"subject {s}: rest map ({len(rest[s])} session(s)), {len(xyz)} voxels")
+        else:
+            lines.append(f"subject {s}: {len(xyz)} voxels")
         total += len(xyz)
     if len(model.subjects) > 1:
         lines.append(f"voxels (all subjects): {total}")
@@ -127,6 +131,12 @@ class EncodingModelWidget(QWidget):
         self._fill_recent()
         self.recent.activated.connect(self._recent_chosen)
         lay.addWidget(self.recent)
+        self.rest_btn = QPushButton("Rest map from a NIfTI…")
+        self.rest_btn.setToolTip("Rest2Visual: add a new person from their rest map (napari-nrf rest-map), "
+                                 "no training; shown as a layer and chosen in the Response volume widget")
+        self.rest_btn.clicked.connect(self._choose_rest_map)
+        self.rest_btn.setVisible(False)
+        lay.addWidget(self.rest_btn)
         self.card = QLabel("no model loaded")
         self.card.setWordWrap(True)
         lay.addWidget(self.card)
@@ -177,8 +187,34 @@ class EncodingModelWidget(QWidget):
         self._fill_recent()
         self.set_model(model, path)
 
+    def _choose_rest_map(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Rest map of a new person", "", "NIfTI (*.nii *.nii.gz)")
+        if path:
+            self.add_rest_map(path)
+
+    def add_rest_map(self, path):
+        """Add the person of rest map NIfTI ``path`` to the Rest2Visual model, show the map
+        as a layer; the other widgets see the new subject. Returns the subject name."""
+        from napari.utils.notifications import show_error
+
+        from napari_nrf import space
+        from napari_nrf.models.rest2visual import subject_from_rest_map
+        from napari_nrf.restmap import load_rest_map
+
+        try:
+            name = subject_from_rest_map(self.model, path)
+            vol, grid = load_rest_map(path)
+        except (ValueError, OSError) as exc:
+            show_error(f"napari-nrf: {exc}")
+            return None
+        data, kw = space.layer_data(vol, grid)
+        self.viewer.add_image(data, name=name, colormap="twilight_shifted", blending="additive", visible=False, **kw)
+        self.state.set_model(self.model, self.path)  # refresh every widget's subject list
+        return name
+
     def _model_changed(self, model):
         self.model, self.path = model, self.state.model_path
+        self.rest_btn.setVisible(bool(getattr(model, "conditioned", False)))
         if model is None:
             self.card.setText("no model loaded")
             return

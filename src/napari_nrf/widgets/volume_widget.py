@@ -7,6 +7,7 @@ thread worker (progress bar, Cancel); layers are built on the main thread only w
 worker returns, so a cancelled render leaves nothing behind.
 """
 
+import functools
 from pathlib import Path
 import threading
 
@@ -60,8 +61,9 @@ def _read_images(paths):
     return images, names, errors
 
 
-def _render_job(model, images, grid, mask, subject, progress, *, cancel):
-    """Worker body: features of the images, then their volumes (B, *grid.shape)."""
+def _render_job(model, images, grid, mask, subject, progress, *, cancel, reference=None):
+    """Worker body: features of the images, then their volumes (B, *grid.shape); with a
+    ``reference`` subject (Rest2Visual's stimulus-only one) also its volumes: a pair."""
     import torch
 
     from napari_nrf.features import FeatureCache
@@ -74,7 +76,11 @@ def _render_job(model, images, grid, mask, subject, progress, *, cancel):
         except OSError:  # unwritable cache folder: just compute
             cache = None
         feats = model.encode_images(images, cache=cache)
-        return compute_volumes(model, feats, grid, mask=mask, subject=subject, progress=progress, cancel=cancel)
+        vols = compute_volumes(model, feats, grid, mask=mask, subject=subject, progress=progress, cancel=cancel)
+        if reference is None:
+            return vols
+        return vols, compute_volumes(model, feats, grid, mask=mask, subject=reference, progress=progress,
+                                     cancel=cancel)
 
 
 class ResponseVolumeWidget(QWidget):
@@ -131,6 +137,12 @@ class ResponseVolumeWidget(QWidget):
         self.contrast_check = QCheckBox("add a contrast volume (A − B) for two images")
         self.contrast_check.setChecked(True)
         lay.addWidget(self.contrast_check)
+        self.vs_stimulus = QCheckBox("add the stimulus-only prediction and subject-specific minus stimulus-only")
+        self.vs_stimulus.setToolTip("Rest2Visual: the same image for a person with the population's mean rest map, "
+                                    "and the difference this subject's rest map makes")
+        self.vs_stimulus.setChecked(True)
+        self.vs_stimulus.setVisible(False)
+        lay.addWidget(self.vs_stimulus)
 
         prow = QHBoxLayout()
         self.progress_bar = ProgressBar()
@@ -334,9 +346,15 @@ class ResponseVolumeWidget(QWidget):
         def progress(done, total):
             prog.changed.emit(int(done), int(total or 0))
 
+        reference = None
+        if getattr(model, "conditioned", False) and self.vs_stimulus.isChecked():
+            from napari_nrf.models.rest2visual import POPULATION
+
+            reference = POPULATION if subject != POPULATION else None
         meta = {"names": list(names), "grid": grid, "subject": subject, "cancel": cancel,
-                "layer_meta": self._volume_meta(model)}
-        self.worker = start_worker(_render_job, model, list(images), grid, mask, subject, progress,
+                "layer_meta": self._volume_meta(model), "reference": reference}
+        job = _render_job if reference is None else functools.partial(_render_job, reference=reference)
+        self.worker = start_worker(job, model, list(images), grid, mask, subject, progress,
                                    on_result=lambda vols: self._rendered(vols, meta),
                                    on_error=lambda exc: self._failed(exc, meta), on_finished=self._finished,
                                    cancel_event=cancel)
@@ -371,13 +389,25 @@ class ResponseVolumeWidget(QWidget):
         ensure_template(self.viewer)
         grid = meta["grid"]
         thr = self.threshold.value() / 100
+        refs = None
+        if meta.get("reference") is not None:
+            vols, refs = vols
         new = []
         for vol, name in zip(vols, meta["names"]):
-            data, kw, _ = volume_layer_data(vol, grid, name, threshold=thr, image=name, subject=meta["subject"],
+            label = name if refs is None else f"{name} ({meta['subject'] or 'default subject'})"
+            data, kw, _ = volume_layer_data(vol, grid, label, threshold=thr, image=name, subject=meta["subject"],
                                             **meta["layer_meta"])
             kw["opacity"] = self.opacity.value() / 100
             new.append(self.viewer.add_image(data, **kw))
-        if self.contrast_check.isChecked() and len(new) == 2:
+        if refs is not None:  # Rest2Visual: stimulus-only next to the person, and their difference
+            for k, (vol, name) in enumerate(zip(refs, meta["names"])):
+                data, kw, _ = volume_layer_data(vol, grid, f"{name} (stimulus-only)", threshold=thr, image=name,
+                                                subject=meta["reference"], **meta["layer_meta"])
+                kw["opacity"] = self.opacity.value() / 100
+                kw["visible"] = False
+                ref_layer = self.viewer.add_image(data, **kw)
+                new.append(self.contrast(new[k], ref_layer))
+        elif self.contrast_check.isChecked() and len(new) == 2:
             new.append(self.contrast(new[0], new[1]))
         self.status.setText(f"rendered {len(vols)} volume(s) at {grid.resolution:g} mm")
         if new:
@@ -507,10 +537,13 @@ class ResponseVolumeWidget(QWidget):
         # without training voxels (their field is all they offer).
         if model is not None and form.extent.value in (DATA, BRAIN):
             form.extent.value = DATA if model.subjects else BRAIN
+        conditioned = getattr(model, "conditioned", False)
+        self.vs_stimulus.setVisible(bool(conditioned))
         if model is None:
             form.subject.choices = []
             return
-        subjects = ([CONTINUOUS_SUBJECT] if getattr(model, "continuous", False) else []) + list(model.subjects)
+        subjects = ([CONTINUOUS_SUBJECT] if getattr(model, "continuous", False) and not conditioned else []) \
+            + list(model.subjects)
         form.subject.choices = subjects
         if subjects:
             form.subject.value = subjects[0]

@@ -1,0 +1,208 @@
+"""Rest2Visual subcommands: ``rest-map``, ``attach-rest``, ``simulate-rest``,
+``train-rest2visual`` and ``evaluate-rest2visual`` (``query --rest-map`` is in ``nrf``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _band(text: str):
+    from napari_nrf.errors import NapariNRFError
+
+    if text.strip().lower() in ("none", ""):
+        return None
+    try:
+        lo, hi = (float(v) if v.strip().lower() not in ("none", "") else None for v in text.split(","))
+    except ValueError:
+        raise NapariNRFError(f"--band {text!r}: give HIGHPASS,LOWPASS in Hz, e.g. 0.01,0.1") from None
+    if lo is not None and hi is not None and not lo < hi:
+        raise NapariNRFError(f"--band {text}: the high-pass ({lo} Hz) must be below the low-pass ({hi} Hz)")
+    return lo, hi
+
+
+def register(sub) -> None:
+    from napari_nrf.cli.nrf import add_fit_args
+    from napari_nrf.settings import REST2VISUAL_FIT
+
+    p = sub.add_parser("rest-map", help="a seed-based rest map (Rest2Visual's input) from a 4D resting BOLD NIfTI")
+    p.add_argument("bold", help="4D resting-state BOLD NIfTI in MNI space (any axis-aligned grid)")
+    p.add_argument("--tr", type=float, default=None, help="repetition time in s (default: the header's)")
+    p.add_argument("--seed", default="pcc",
+                   help="pcc (8 mm sphere at MNI 0,-52,18, nilearn's default-mode seed) or a seed mask NIfTI")
+    p.add_argument("--band", default="0.01,0.1", help="band-pass HIGHPASS,LOWPASS in Hz, or none (default: %(default)s)")
+    p.add_argument("--confounds", help="confounds TSV/CSV with a header row (fMRIPrep style), one row per volume")
+    p.add_argument("--hrf", choices=["none", "spm", "glover"], default="none",
+                   help="also convolve the seed series with the canonical HRF (the paper's step; default: none)")
+    p.add_argument("--out", required=True, help="output rest map (.nii.gz)")
+    p.set_defaults(func=_rest_map)
+
+    p = sub.add_parser("attach-rest", help="store per-session rest maps in a response set (.h5), from rest maps "
+                                           "or straight from resting BOLD runs (BIDS-like *_task-rest_bold.nii.gz)")
+    p.add_argument("data", help="response set (.h5), rewritten with the maps")
+    p.add_argument("maps", nargs="+", help="per session: a rest map NIfTI (3D) or a resting BOLD run (4D: its map "
+                                           "is made as by rest-map, with --tr/--seed/--band)")
+    p.add_argument("--sessions", nargs="+", help="session labels (default: ses-XX from BIDS names, else ses-01 ...)")
+    p.add_argument("--tr", type=float, default=None, help="for BOLD runs: repetition time in s (default: header)")
+    p.add_argument("--seed", default="pcc", help="for BOLD runs: the seed (default: %(default)s)")
+    p.add_argument("--band", default="0.01,0.1", help="for BOLD runs: band-pass in Hz (default: %(default)s)")
+    p.set_defaults(func=_attach)
+
+    p = sub.add_parser("simulate-rest", help="virtual subjects with resting-state runs and their rest maps")
+    p.add_argument("--subjects", type=int, default=6)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--max-voxels", type=int, default=4000)
+    p.add_argument("--sessions", type=int, default=2, help="resting runs per subject (default: %(default)s)")
+    p.add_argument("--volumes", type=int, default=300, help="volumes per run (default: %(default)s)")
+    p.add_argument("--displacement", type=float, default=5.0,
+                   help="sd of each subject's area displacement in mm (default %(default)s; the simulator's own 2.5 "
+                        "gives a weak individual signal)")
+    p.add_argument("--control", action="store_true", help="control population: rest runs from the template layout")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (sub-01.h5 ...)")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("train-rest2visual", help="train one Rest2Visual model over subjects with rest maps")
+    p.add_argument("data", nargs="+", help="response sets (.h5) with rest maps, one per subject")
+    p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
+    p.add_argument("--backbone", default="efficientnet-lite0")
+    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "paper"], help="model size (default: %(default)s)")
+    p.add_argument("--resolution", type=float, help="model grid in mm (overrides the preset)")
+    p.add_argument("--ablate", choices=["none", "stimulus", "rest"], default="none",
+                   help="the paper's ablations: Gaussian noise for the stimulus (ns-stim) or the rest map (ns-fmri)")
+    add_fit_args(p, REST2VISUAL_FIT)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate-rest2visual",
+                       help="map metrics (spatial Pearson, MAE, SSIM, RSA; whole set and V1-V5) and identification")
+    p.add_argument("model", help="Rest2Visual bundle (.safetensors)")
+    p.add_argument("data", nargs="+", help="response sets with rest maps (subjects new to the model are added "
+                                           "from their rest maps)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--ssim-window", type=int, default=7, help="SSIM cube in voxels (default: %(default)s)")
+    p.add_argument("--ssim-range", type=float, default=None,
+                   help="SSIM data range L (default: each true map's range after z-scoring)")
+    p.add_argument("--json", dest="json_out", help="report (default: <model>.maps.json)")
+    p.add_argument("--cache", help="feature cache folder")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_evaluate)
+
+
+def _rest_map(args) -> int:
+    from tqdm import tqdm
+
+    from napari_nrf.errors import check_output
+    from napari_nrf.restmap import rest_map
+
+    out = check_output(args.out, [args.bold, args.confounds, args.seed], overwrite=args.overwrite)
+    band = _band(args.band)
+    bar = tqdm(total=None, desc="rest map")
+
+    def progress(done, total, msg=""):
+        bar.total, bar.n = total, done
+        bar.set_postfix_str(msg)
+        bar.refresh()
+
+    rm = rest_map(args.bold, args.tr, seed=args.seed, band=band, confounds=args.confounds,
+                  hrf=args.hrf != "none", hrf_model="spm" if args.hrf == "none" else args.hrf, progress=progress)
+    bar.close()
+    rm.save(out)
+    print(f"{out}: rest map on {rm.grid} ({rm.info['n_brain_voxels']} brain voxels, seed "
+          f"{rm.info['n_seed_voxels']} voxels, TR {rm.info['t_r']:g} s, {rm.info['n_volumes']} volumes)")
+    return 0
+
+
+def _attach(args) -> int:
+    import numpy as np
+
+    from napari_nrf.data.responseset import ResponseSet, ResponseSetError
+    from napari_nrf.restmap import load_rest_map
+
+    import re
+
+    import nibabel as nib
+
+    from napari_nrf import space
+    from napari_nrf.restmap import rest_map
+
+    rs = ResponseSet.load(args.data)  # before minutes of rest maps: a bad file fails now
+    if args.sessions is not None and len(args.sessions) != len(args.maps):
+        raise ResponseSetError(f"--sessions: {len(args.sessions)} labels for {len(args.maps)} files")
+    vols, grid, labels = [], None, []
+    for k, m in enumerate(args.maps):
+        if len(nib.load(str(m)).shape) == 4:  # a resting BOLD run: its seed map first
+            r = rest_map(m, args.tr, seed=args.seed, band=_band(args.band))
+            v = r.volume if grid is None else space.resample(r.volume, r.grid, grid)
+            g = r.grid if grid is None else grid
+        else:
+            v, g = load_rest_map(m, grid)
+        grid = g
+        vols.append(v)
+        hit = re.search(r"ses-([A-Za-z0-9]+)", Path(m).name)
+        labels.append(f"ses-{hit.group(1)}" if hit else f"ses-{k + 1:02d}")
+    rs.set_rest_maps(np.stack(vols), grid, args.sessions or labels)
+    rs.save(args.data)
+    print(f"{args.data}: {len(vols)} rest map(s) on {grid}")
+    return 0
+
+
+def _simulate(args) -> int:
+    from napari_nrf.errors import check_outputs_in
+    from napari_nrf.simulate.rest import simulate_with_rest
+
+    out = check_outputs_in(Path(args.out), [f"sub-{i + 1:02d}.h5" for i in range(args.subjects)], [],
+                           overwrite=args.overwrite)
+    sets = simulate_with_rest(n_subjects=args.subjects, n_images=args.images, seed=args.seed,
+                              max_voxels=args.max_voxels, image_size=args.image_size, n_sessions=args.sessions,
+                              n_volumes=args.volumes, displacement_mm=args.displacement, control=args.control)
+    for rs in sets:
+        p = rs.save(out / f"{rs.subject}.h5")
+        print(f"{p}: {rs.n_images} images x {rs.n_voxels} voxels, {len(rs.rest_maps)} rest maps")
+    return 0
+
+
+def _train(args) -> int:
+    from napari_nrf.cli.nrf import TrainingBars, _best_text, _cache, _device
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.errors import check_output
+    from napari_nrf.models.bundle import check_bundle_path
+    from napari_nrf.recipes import train_rest2visual
+    from napari_nrf.settings import REST2VISUAL_FIT, FitSettings
+
+    out = check_output(args.out, args.data, overwrite=args.overwrite)
+    check_bundle_path(out)
+    sets = [ResponseSet.load(p) for p in args.data]
+    cfg = {"ablate": args.ablate}
+    if args.resolution is not None:
+        cfg["resolution"] = args.resolution
+    ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
+    bars = TrainingBars("training")
+    model, hist = train_rest2visual(sets, backbone=args.backbone, preset=args.preset, out=out, model_config=cfg,
+                                    **FitSettings.from_args(args, REST2VISUAL_FIT).to_kwargs(), checkpoint_dir=ck,
+                                    resume=not args.no_resume, feature_cache=_cache(args.cache),
+                                    device=_device(args.device), **bars.callbacks())
+    bars.close()
+    print(f"saved {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, subjects "
+          f"{', '.join(model.rest_maps)}); " + _best_text(hist))
+    return 0
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from napari_nrf.cli.nrf import _cache, _device
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.errors import check_output, is_json_file, write_text_atomic
+    from napari_nrf.models import load_model
+    from napari_nrf.rest2visual_eval import evaluate_maps, format_report
+
+    out = check_output(args.json_out or Path(args.model).with_suffix(".maps.json"), [args.model, *args.data],
+                       overwrite=args.overwrite, flag="--json", replaceable=is_json_file)
+    model = load_model(args.model, device=_device(args.device), kind="rest2visual")
+    sets = [ResponseSet.load(p) for p in args.data]
+    rep = evaluate_maps(model, sets, split=args.split, feature_cache=_cache(args.cache), window=args.ssim_window,
+                        data_range=args.ssim_range)
+    print(format_report(rep))
+    write_text_atomic(out, json.dumps({"model": str(args.model), **rep}, indent=2, default=float))
+    print(f"report: {out}")
+    return 0

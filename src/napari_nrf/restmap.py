@@ -1,0 +1,353 @@
+"""Seed-based rest maps from resting-state BOLD (Rest2Visual's rest input; Qt-free).
+
+Rest2Visual (seed 004, arXiv 2509.13612, section 3.1) conditions its prediction on one
+seed-based map per (subject, session): the mean time series of a posterior-cingulate
+seed, band-passed (and, in the paper, convolved with the canonical HRF), a voxelwise GLM
+``x(t, v) = beta(v) r(t) + e(t, v)`` and ``beta`` z-scored over the MNI152 brain mask.
+The paper gives neither the seed, the band nor the HRF; our defaults:
+
+* seed: a sphere of radius 8 mm at MNI (0, -52, 18) mm in the posterior cingulate, the
+  default-mode seed of nilearn's seed-to-voxel correlation example
+  (``plot_seed_to_voxel_correlation``, "one seed sphere in the Posterior Cingulate
+  Cortex, considered part of the Default Mode Network"); any label/mask NIfTI instead;
+* band 0.01-0.1 Hz (linear detrend, 5th-order zero-phase Butterworth as nilearn designs
+  it, applied to all voxels at once), then :func:`nilearn.signal.clean` regresses out the
+  optional confounds (band-passed the same way) and z-scores over time;
+* the extra convolution of the seed series with the canonical HRF
+  (:func:`nilearn.glm.first_level.spm_hrf` or ``glover_hrf``) is a switch, off by
+  default: the BOLD is already haemodynamic, and on the virtual subjects the extra
+  convolution weakens the map (docs/rest2visual.md).
+
+Memory: the masked run is held once, in its on-disk type when that is int16/uint8 or
+float32 (T x V: 0.47 GB for 1,000 int16 volumes of a 2 mm brain, 0.94 GB in float32); volumes are read a chunk at a time (:class:`napari_nrf.space.NiftiVolumes`,
+so a ``.nii.gz`` is decompressed once) and voxels are cleaned and regressed a chunk at a
+time (float64 only per chunk). Outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_nrf import space
+from napari_nrf.errors import NapariNRFError, Cancelled
+
+#: The default seed: MNI mm centre and radius of the PCC sphere (see the module doc).
+PCC_SEED_MNI = (0.0, -52.0, 18.0)
+PCC_RADIUS_MM = 8.0
+PCC_SOURCE = ("posterior cingulate sphere, radius 8 mm at MNI (0, -52, 18) mm: the default-mode seed of "
+              "nilearn's seed-to-voxel correlation example")
+DEFAULT_BAND = (0.01, 0.1)
+#: Fewest volumes accepted: a 0.01 Hz high-pass needs a run several times 100 s long.
+MIN_VOLUMES = 30
+#: Fewest in-brain voxels in the seed.
+MIN_SEED_VOXELS = 1
+
+
+class RestMapError(NapariNRFError):
+    """Bad resting-state input (3D file, too few volumes, no TR, a seed outside the brain...)."""
+
+
+@dataclass
+class RestMap:
+    """A seed-based rest map.
+
+    Attributes
+    ----------
+    volume : (X, Y, Z) float32 on ``grid``: beta z-scored over ``mask``, 0 outside
+    grid : the run's (canonical RAS+) MNI grid
+    mask : (X, Y, Z) bool: brain voxels with signal (where the map is defined)
+    info : dict: t_r (s), n_volumes, band (Hz), seed (description), n_seed_voxels, hrf, ...
+    """
+
+    volume: np.ndarray
+    grid: space.Grid
+    mask: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def save(self, path, overwrite: bool = True) -> Path:
+        """Write the map as a NIfTI (MNI sform/qform) atomically, with a JSON sidecar."""
+        from napari_nrf.errors import check_output
+
+        p = check_output(path, overwrite=overwrite)
+        space.save_nifti(self.volume.astype(np.float32), self.grid, p,
+                         description="napari-nrf rest map (seed beta, z over brain)",
+                         sidecar={"kind": "rest-map", "units": "z (beta z-scored over the brain mask)",
+                                  **{k: v for k, v in self.info.items()}})
+        return p
+
+
+def _tr_from_header(path) -> float | None:
+    import nibabel as nib
+
+    try:
+        hdr = nib.load(str(path)).header
+    except Exception:  # noqa: BLE001 - read errors are raised by NiftiVolumes
+        return None
+    zooms = hdr.get_zooms()
+    if len(zooms) < 4 or not zooms[3] or not np.isfinite(zooms[3]) or zooms[3] <= 0:
+        return None
+    unit = hdr.get_xyzt_units()[1] if hasattr(hdr, "get_xyzt_units") else "sec"
+    tr = float(zooms[3])
+    if unit == "msec":
+        tr /= 1000.0
+    elif unit == "usec":
+        tr /= 1e6
+    elif unit not in ("sec", "unknown"):
+        return None
+    if unit == "unknown" and tr > 20:  # an unlabelled 2000 is milliseconds
+        tr /= 1000.0
+    return tr
+
+
+def read_confounds(confounds, n_volumes: int) -> np.ndarray | None:
+    """Confounds (T, K) float64 from a TSV/CSV with a header row (fMRIPrep style; ``n/a``
+    becomes the column mean) or an array; None passes through."""
+    if confounds is None:
+        return None
+    if isinstance(confounds, (str, Path)):
+        p = Path(confounds)
+        if not p.exists():
+            raise FileNotFoundError(f"confounds file not found: {p}")
+        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+        sep = "\t" if "\t" in lines[0] else ","
+        rows = []
+        for i, ln in enumerate(lines[1:], start=2):
+            vals = []
+            for v in ln.split(sep):
+                v = v.strip()
+                try:
+                    vals.append(float("nan") if v.lower() in ("n/a", "na", "nan", "") else float(v))
+                except ValueError:
+                    raise RestMapError(f"{p.name} line {i}: {v!r} is not a number") from None
+            rows.append(vals)
+        try:
+            arr = np.array(rows, np.float64)
+        except ValueError:
+            raise RestMapError(f"{p.name}: rows of different lengths") from None
+        name = p.name
+    else:
+        arr, name = np.asarray(confounds, np.float64), "confounds"
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or len(arr) != n_volumes:
+        raise RestMapError(f"{name}: {arr.shape[0] if arr.ndim else 0} rows of confounds for {n_volumes} volumes")
+    col_mean = np.nanmean(np.where(np.isfinite(arr), arr, np.nan), axis=0)
+    col_mean = np.where(np.isfinite(col_mean), col_mean, 0.0)
+    arr = np.where(np.isfinite(arr), arr, col_mean[None])
+    keep = arr.std(0) > 0
+    return arr[:, keep] if keep.any() else None
+
+
+def seed_mask(seed, grid: space.Grid) -> tuple[np.ndarray, str]:
+    """The seed on ``grid``: "pcc" (default sphere), ("sphere", (x, y, z), r) in MNI mm,
+    or a label/mask NIfTI path (non-zero voxels, nearest-neighbour resampled)."""
+    if seed is None or (isinstance(seed, str) and seed.lower() == "pcc"):
+        return space.sphere_mask(grid, PCC_SEED_MNI, PCC_RADIUS_MM), PCC_SOURCE
+    if isinstance(seed, (tuple, list)) and len(seed) == 3 and seed[0] == "sphere":
+        c, r = np.asarray(seed[1], float), float(seed[2])
+        return space.sphere_mask(grid, c, r), f"sphere, radius {r:g} mm at MNI {tuple(np.round(c, 1))} mm"
+    p = Path(seed)
+    if not p.exists():
+        raise RestMapError(f"seed {str(seed)!r}: use 'pcc' or the path of a seed mask NIfTI (file not found)")
+    return space.roi_mask(grid, p), f"mask file {p.name}"
+
+
+def _bandpass(t_r: float, band):
+    """Second-order sections of the 5th-order Butterworth band (nilearn's filter design), or None."""
+    from scipy.signal import butter
+
+    lo, hi = band
+    fs = 1.0 / t_r
+    if lo and hi:
+        return butter(5, [lo, hi], btype="bandpass", fs=fs, output="sos")
+    if hi:
+        return butter(5, hi, btype="lowpass", fs=fs, output="sos")
+    if lo:
+        return butter(5, lo, btype="highpass", fs=fs, output="sos")
+    return None
+
+
+def _filter(x: np.ndarray, sos) -> np.ndarray:
+    """Linear detrend and zero-phase band-pass along time (axis 0), float64, all columns at once."""
+    from scipy.signal import detrend, sosfiltfilt
+
+    x = detrend(np.asarray(x, np.float64), axis=0, type="linear")
+    if sos is not None:
+        # scipy's default edge padding (3 x the filter length) exceeds a short run: cap it
+        x = sosfiltfilt(sos, x, axis=0, padlen=min(3 * (2 * len(sos) + 1), len(x) - 1))
+    return x
+
+
+def _clean(x: np.ndarray, sos, t_r: float, confounds) -> np.ndarray:
+    """Detrended, band-passed, confound-regressed and z-scored series (T, n) float64.
+
+    The regression and z-scoring are :func:`nilearn.signal.clean`'s (confounds filtered
+    with the same band first, so the two steps commute); the detrending and the
+    Butterworth band-pass are applied here to every column at once with scipy, because
+    nilearn's Butterworth filters one voxel at a time (about 100x slower on a brain).
+    """
+    from nilearn import signal
+
+    x = _filter(x, sos)
+    return signal.clean(x, detrend=False, standardize="zscore_sample", confounds=confounds,
+                        standardize_confounds=True, filter=False, t_r=t_r)
+
+
+def hrf_kernel(t_r: float, model: str = "spm") -> np.ndarray:
+    """The canonical HRF sampled at the TR (nilearn's ``spm_hrf`` or ``glover_hrf``), unit sum."""
+    from nilearn.glm.first_level import glover_hrf, spm_hrf
+
+    fn = {"spm": spm_hrf, "glover": glover_hrf}.get(model)
+    if fn is None:
+        raise RestMapError(f"HRF model {model!r}: use 'spm' or 'glover'")
+    h = np.asarray(fn(t_r, oversampling=1), np.float64)
+    return h / h.sum()
+
+
+def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, seed="pcc",
+             band=DEFAULT_BAND, confounds=None, hrf: bool = False, hrf_model: str = "spm",
+             mask=None, chunk_volumes: int = 64, chunk_voxels: int = 8192, progress=None,
+             cancel=None) -> RestMap:
+    """The seed-based rest map of a resting BOLD run.
+
+    Parameters
+    ----------
+    bold : path of a 4D NIfTI in MNI space (any axis-aligned grid), or a (X, Y, Z, T)
+        array with ``grid``
+    t_r : repetition time in s (default: the header's, when it has one)
+    seed : "pcc", ("sphere", centre MNI mm, radius mm), or a seed mask NIfTI path
+    band : (high-pass, low-pass) Hz; None for either end skips it
+    confounds : TSV/CSV path or (T, K) array, regressed out with the band-pass
+    hrf : convolve the cleaned seed series with the canonical HRF (``hrf_model``)
+    mask : brain mask on the run's grid (default: the MNI152 brain mask)
+    chunk_volumes, chunk_voxels : streaming sizes (memory)
+    progress : callable(done, total, message); cancel : callable() -> bool
+
+    Returns
+    -------
+    RestMap (volume float32 on the run's grid, z over the brain voxels with signal)
+    """
+    reader = None
+    if isinstance(bold, (str, Path)):
+        try:
+            reader = space.NiftiVolumes(bold)
+        except space.SpaceError as exc:
+            raise RestMapError(str(exc)) from None
+        g = reader.grid
+        n_t = reader.n_volumes
+        if len(reader._img.shape) == 3 or n_t == 1:
+            raise RestMapError(f"{Path(bold).name} is a 3D image: rest-map needs a 4D resting-state BOLD run "
+                               "(x, y, z, time)")
+        if t_r is None:
+            t_r = _tr_from_header(bold)
+        name = Path(bold).name
+    else:
+        arr = np.asarray(bold)
+        if arr.ndim != 4:
+            raise RestMapError(f"a resting BOLD run must be 4D (x, y, z, time), got shape {arr.shape}")
+        if grid is None or tuple(grid.shape) != arr.shape[:3]:
+            raise RestMapError("an array run needs its grid (space.Grid of its first three axes)")
+        g, n_t, name = grid, arr.shape[3], "the run"
+    if t_r is None:
+        raise RestMapError(f"{name}: no repetition time in the header; give it (--tr SECONDS)")
+    t_r = float(t_r)
+    if not (np.isfinite(t_r) and 0.05 <= t_r <= 20):
+        raise RestMapError(f"repetition time {t_r} s: must be between 0.05 and 20 s")
+    if n_t < MIN_VOLUMES:
+        raise RestMapError(f"{name} has {n_t} volumes; a rest map needs at least {MIN_VOLUMES}")
+    lo, hi = (None, None) if band is None else band
+    nyq = 0.5 / t_r
+    if hi is not None and hi >= nyq:
+        hi = None  # the low-pass is above Nyquist: nothing to remove
+    if lo is not None and hi is not None and not lo < hi:
+        raise RestMapError(f"band {band}: the high-pass must be below the low-pass (Hz)")
+    conf = read_confounds(confounds, n_t)
+
+    brain = space.brain_mask(g) if mask is None else g._check_mask(np.asarray(mask, bool))
+    if not brain.any():
+        raise RestMapError(f"{name}: the grid {g} does not cover the MNI152 brain")
+    n_v = int(brain.sum())
+    # Pass 1: read the masked run a chunk of volumes at a time (T x V, the on-disk dtype
+    # when it is int16/uint8 or float32: an int16 run stays 2 bytes a value).
+    data = None
+    total = n_t + n_v
+    for s in range(0, n_t, chunk_volumes):
+        if cancel is not None and cancel():
+            raise Cancelled("rest map cancelled")
+        e = min(n_t, s + chunk_volumes)
+        block = reader.read(s, e, brain) if reader is not None else arr[..., s:e][brain].T
+        if data is None:
+            keep = block.dtype if block.dtype in (np.int16, np.uint16, np.int8, np.uint8, np.float32) else np.float32
+            data = np.empty((n_t, n_v), keep)
+        data[s:e] = block
+        if progress is not None:
+            progress(e, total, "reading")
+    if reader is not None:
+        reader.close()
+    # Voxels with signal (finite, not constant), a chunk of voxels at a time (no full copies).
+    sd = np.zeros(n_v)
+    for c in range(0, n_v, chunk_voxels):
+        x = np.asarray(data[:, c:c + chunk_voxels], np.float64)
+        fin = np.isfinite(x).all(0)
+        sd[c:c + chunk_voxels] = np.where(fin, np.nan_to_num(x).std(0), 0.0)
+    valid = sd > 1e-6 * max(1.0, float(sd.max()) if sd.size else 1.0)
+    if valid.sum() < 10:
+        raise RestMapError(f"{name}: fewer than 10 brain voxels carry signal")
+    smask, sdesc = seed_mask(seed, g)
+    seed_sel = smask[brain] & valid
+    if seed_sel.sum() < MIN_SEED_VOXELS:
+        raise RestMapError(f"the seed ({sdesc}) has no voxel inside the brain with signal on this grid; "
+                           "check the seed mask's space and the run's field of view")
+    sos = _bandpass(t_r, (lo, hi))
+    if conf is not None:
+        conf = _filter(conf, sos)
+        conf = conf[:, conf.std(0) > 1e-12] if (conf.std(0) > 1e-12).any() else None
+    r = _clean(data[:, seed_sel].mean(1, dtype=np.float64)[:, None], sos, t_r, conf)[:, 0]
+    if hrf:
+        k = hrf_kernel(t_r, hrf_model)
+        r = np.convolve(r, k)[:n_t]
+        r = (r - r.mean()) / (r.std() + 1e-12)
+    rr = float(r @ r)
+    if not rr > 0:
+        raise RestMapError("the seed's time series is constant after filtering")
+    beta = np.zeros(n_v, np.float64)
+    idx = np.flatnonzero(valid)
+    for s in range(0, idx.size, chunk_voxels):
+        if cancel is not None and cancel():
+            raise Cancelled("rest map cancelled")
+        cols = idx[s:s + chunk_voxels]
+        x = _clean(data[:, cols], sos, t_r, conf)  # zero-mean: the GLM intercept is implicit
+        beta[cols] = (r @ x) / rr
+        if progress is not None:
+            progress(n_t + min(idx.size, s + chunk_voxels), n_t + idx.size, "regressing")
+    del data
+    b = beta[valid]
+    z = (beta - b.mean()) / (b.std() + 1e-12)
+    vol = np.zeros(g.shape, np.float32)
+    full_valid = np.zeros(g.shape, bool)
+    full_valid[brain] = valid
+    vol[full_valid] = z[valid].astype(np.float32)
+    info = {"t_r": t_r, "n_volumes": int(n_t), "band": [lo, hi], "seed": sdesc, "n_seed_voxels": int(seed_sel.sum()),
+            "hrf": hrf_model if hrf else None, "n_confounds": 0 if conf is None else int(conf.shape[1]),
+            "n_brain_voxels": int(valid.sum()), "source": name}
+    return RestMap(vol, g, full_valid, info)
+
+
+def load_rest_map(path, grid: space.Grid | None = None) -> tuple[np.ndarray, space.Grid]:
+    """A rest map NIfTI as ``(volume float32, grid)``; with ``grid``, resampled onto it
+    (trilinear, 0 outside). A 4D file is refused (it is a BOLD run: make its map first)."""
+    vol, g = space.load_nifti(path)
+    vol = np.asarray(vol, np.float32)
+    if vol.ndim == 4 and vol.shape[3] == 1:
+        vol = vol[..., 0]
+    if vol.ndim != 3:
+        raise RestMapError(f"{Path(path).name}: a rest map is a 3D volume, got shape {vol.shape} "
+                           "(a BOLD run? make its map with napari-nrf rest-map)")
+    vol = np.nan_to_num(vol, nan=0.0, posinf=0.0, neginf=0.0)
+    if grid is not None and g != grid:
+        vol = space.resample(vol, g, grid, order=1, cval=0.0).astype(np.float32)
+        g = grid
+    return vol, g
