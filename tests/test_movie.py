@@ -279,3 +279,50 @@ def test_cli_simulate_train_evaluate_query(tmp_path):
     assert main(["query-movie", str(m), str(bad), "--out", str(tmp_path / "x.nii.gz")]) != 0
     assert not (tmp_path / "x.nii.gz").exists()
     assert main(["train-movie", str(sim / "sub-01.h5"), "--out", str(tmp_path / "y.safetensors"), "--w", "2"]) == 2
+
+
+# ---- import-movie from NIfTI runs --------------------------------------------------------------
+def _runs(tmp_path, n_subjects=3, T=30, seed=0):
+    """BOLD runs on a 6 mm grid over the occipital lobe: 20 voxels share a signal, the rest noise."""
+    from napari_nrf import space
+
+    grid = space.Grid.from_extent(6.0, [-30, -100, -20], [30, -60, 20])
+    rng = np.random.default_rng(seed)
+    sig = rng.standard_normal(T)
+    mask = np.zeros(grid.shape, bool)
+    mask.reshape(-1)[:20] = True
+    paths = []
+    for s in range(n_subjects):
+        y = 100 + rng.standard_normal(grid.shape + (T,))
+        y[mask] += 2 * sig[None]
+        p = tmp_path / f"sub-{s + 1:02d}_bold.nii.gz"
+        space.save_nifti(y.astype(np.float32), grid, p)
+        paths.append(p)
+    return grid, mask, paths
+
+
+def test_import_movie_group_average_snr_selection_and_bad_inputs(tmp_path):
+    from napari_nrf.cli import main
+    from napari_nrf.simulate.movies import make_film
+
+    grid, mask, runs = _runs(tmp_path)
+    film = write_video(tmp_path / "film.mp4", make_film(32, tr=1.0, frames_per_tr=4, size=32, seed=1).frames, fps=4)
+    out = tmp_path / "m.h5"
+    assert main(["import-movie", str(film), "--bold", *map(str, runs), "--tr", "1.0", "--frames-per-tr", "4",
+                 "--size", "32", "--mask", "none", "--snr-top", "0.03", "--out", str(out)]) == 0
+    ds = MovieDataset.load(out)
+    try:
+        assert ds.subject == "group" and ds.n_trs(ds.film_names[0]) == 30 and ds.frames_per_tr == 4
+        want = grid.coords(mask)
+        kept = {tuple(c) for c in np.round(ds.coords, 3)}
+        assert ds.n_voxels == round(0.03 * grid.n_points) and kept <= {tuple(c) for c in np.round(want, 3)}
+        np.testing.assert_allclose(ds.films[ds.film_names[0]]["responses"].std(0), 1, atol=1e-3)
+    finally:
+        ds.close()
+    # a film shorter than the runs, a single run with --snr-top: refused, nothing written
+    short = write_video(tmp_path / "short.mp4", make_film(8, tr=1.0, frames_per_tr=4, size=32).frames, fps=4)
+    assert main(["import-movie", str(short), "--bold", str(runs[0]), "--tr", "1.0", "--mask", "none",
+                 "--out", str(tmp_path / "s.h5")]) == 2
+    assert main(["import-movie", str(film), "--bold", str(runs[0]), "--tr", "1.0", "--snr-top", "0.3",
+                 "--out", str(tmp_path / "t.h5")]) == 2
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "t.h5").exists()
