@@ -176,27 +176,13 @@ def _train(args) -> int:
     return 0
 
 
-def voxels_of(model, ds):
-    """Indices of the data set's voxels the model predicts (matched by MNI coordinates)."""
-    import numpy as np
-
-    from napari_nrf.movie.video import MovieError
-
-    xyz = np.asarray(next(iter(model.subjects.values())), np.float32)
-    key = {tuple(np.round(c, 3)): i for i, c in enumerate(ds.coords)}
-    idx = [key.get(tuple(np.round(c, 3))) for c in xyz]
-    if any(i is None for i in idx):
-        missing = sum(i is None for i in idx)
-        raise MovieError(f"{missing} of the model's {len(xyz)} voxels are not in the data set (another grid?)")
-    return np.asarray(idx)
-
-
 def _evaluate(args) -> int:
     import json
 
     from napari_nrf.errors import check_output, is_json_file, write_text_atomic
     from napari_nrf.models import load_model
     from napari_nrf.movie import MovieDataset
+    from napari_nrf.movie.dataset import model_voxels
     from napari_nrf.movie.evaluate import evaluate_movie, fir_ridge
 
     out = Path(args.json_out or Path(args.model).with_suffix(".movie-eval.json"))
@@ -204,7 +190,7 @@ def _evaluate(args) -> int:
     model = load_model(args.model, device=_device(args.device), kind="movie")
     ds = MovieDataset.load(args.data)
     try:
-        vox = voxels_of(model, ds)
+        vox = model_voxels(model, ds)
         rep = {"model": evaluate_movie(model, ds, split=args.split, n_perm=args.perm, voxels=vox)}
         if args.ridge != "none":
             rep["fir_ridge"] = fir_ridge(ds, features=args.ridge, voxels=vox, split=args.split, n_perm=args.perm)

@@ -95,6 +95,18 @@ def snr_selection(subject_responses: np.ndarray, top: float = 0.3) -> tuple[np.n
     return snr, keep
 
 
+def model_voxels(model, ds) -> np.ndarray:
+    """Indices of data set ``ds``'s voxels that ``model`` predicts, in the model's order
+    (matched by MNI coordinates to 1 um); a model voxel not in the data set is an error."""
+    xyz = np.asarray(next(iter(model.subjects.values())), np.float32)
+    key = {tuple(np.round(c, 3)): i for i, c in enumerate(ds.coords)}
+    idx = [key.get(tuple(np.round(c, 3))) for c in xyz]
+    missing = sum(i is None for i in idx)
+    if missing:
+        raise MovieError(f"{missing} of the model's {len(xyz)} voxels are not in the data set (another grid?)")
+    return np.asarray(idx, np.int64)
+
+
 class ChunkView:
     """Lazy (N, F, S, S, 3) uint8 rows drawn from per-film chunk arrays (h5py datasets or
     arrays). Indexing with a slice or an index array gives another view; ``np.asarray``

@@ -64,11 +64,13 @@ def film_volumes(model, chunks, batch: int = 16, progress=None, cancel=None) -> 
 
 
 def predict_film(model, source, *, tr: float | None = None, onset: float = 0.0, n_trs: int | None = None,
-                 fps: float | None = None, batch: int = 16, progress=None, cancel=None) -> np.ndarray:
+                 fps: float | None = None, batch: int = 16, progress=None, cancel=None,
+                 middle_frames: list | None = None) -> np.ndarray:
     """Predicted responses per volume (T, V) of a film (a video file or a folder of frames)
     streamed from disk: frames are decoded ``batch`` TRs at a time, so memory is one batch
     of chunks plus the (T, V) output, whatever the film's length. Volume j is predicted
-    from the chunk of TR j - delay (the first ``delay`` volumes are NaN)."""
+    from the chunk of TR j - delay (the first ``delay`` volumes are NaN). ``middle_frames``
+    (a list) receives each TR's middle frame (S, S, 3) uint8, for display."""
     from .video import film_info, iter_chunks, n_chunks
 
     tr = float(tr or model.tr)
@@ -78,6 +80,8 @@ def predict_film(model, source, *, tr: float | None = None, onset: float = 0.0, 
     parts, buf, done = [], [], 0
     for chunk in it:
         buf.append(chunk)
+        if middle_frames is not None:
+            middle_frames.append(chunk[len(chunk) // 2].copy())
         if len(buf) == batch:
             parts.append(predict_chunks(model, np.stack(buf), batch, cancel=cancel))
             done += len(buf)

@@ -1,6 +1,7 @@
 """Virtual movies and the BOLD they evoke in virtual subjects (design-new-kinds.md, B).
 
-A film (:func:`make_film`) is a run of shots of 2-6 s with hard cuts. Each shot has a
+A film (:func:`make_film`) is a run of shots of 2-6 s with hard cuts, in the film's own
+style (its mix of foreground and background kinds and its pace). Each shot has a
 background (a simulator scene or texture at twice the frame size, seen through a slowly
 panning window) and a face, body or object patch moving across it. The per-frame neural
 drive of a subject at MNI point x is
@@ -73,6 +74,10 @@ def make_film(n_trs: int, *, tr: float = 1.3, frames_per_tr: int = 8, size: int 
         raise MovieSimulationError(f"need n_trs >= 1, frames_per_tr >= 2, size >= 16; got "
                                    f"{n_trs}, {frames_per_tr}, {size}")
     rng = np.random.default_rng([int(seed), 31])
+    # Each film has its own style: its mix of foregrounds and backgrounds and its pace, so
+    # a held-out film is a little out of the training films' distribution (as real films).
+    fg_p, bg_p = rng.dirichlet(np.ones(len(FOREGROUND))), rng.dirichlet(np.ones(len(BACKGROUND)))
+    motion = motion * float(rng.uniform(0.5, 1.5))
     fps = frames_per_tr / tr
     n = int(n_trs) * int(frames_per_tr)
     frames = np.empty((n, size, size, 3), np.uint8)
@@ -83,11 +88,11 @@ def make_film(n_trs: int, *, tr: float = 1.3, frames_per_tr: int = 8, size: int 
     while f0 < n:
         dur = int(round(rng.uniform(2.0, 6.0) * fps))
         f1 = min(n, f0 + max(2, dur))
-        bg_cat = BACKGROUND[rng.integers(len(BACKGROUND))]
+        bg_cat = BACKGROUND[rng.choice(len(BACKGROUND), p=bg_p)]
         bg, bg_c = make_stimulus(int(seed * 100000 + 2 * k), seed=7, size=2 * size, category=bg_cat,
                                  return_content=True)
         bg = bg.astype(np.float32) / 255.0
-        fg_cat = FOREGROUND[rng.integers(len(FOREGROUND))]
+        fg_cat = FOREGROUND[rng.choice(len(FOREGROUND), p=fg_p)]
         ps = int(size * rng.uniform(0.35, 0.6))
         fg, fg_c = make_stimulus(int(seed * 100000 + 2 * k + 1), seed=7, size=ps, category=fg_cat,
                                  return_content=True)
