@@ -23,6 +23,7 @@ from .dataset import MovieDataset, movie_splits, write_movie_dataset, zscore
 from .video import MovieError, film_info, iter_chunks, n_chunks
 
 BLOCK = 32  # volumes read at a time
+VOXEL_BLOCK = 8192  # voxels cleaned at a time (float64 temporaries of T x 8192)
 
 
 def _read_run(nv: space.NiftiVolumes, mask: np.ndarray, progress=None) -> np.ndarray:
@@ -77,19 +78,22 @@ def import_movie(film, bold, *, tr: float, out=None, onset: float = 0.0, fps: fl
                 labels = lab[m].astype(np.int32)
         coords = grid.coords(m)
         total = sum(nv.n_volumes for nv in vols)
-        s_sum = np.zeros((n, len(coords)), np.float64)
-        s_sq = np.zeros((n, len(coords)), np.float64) if len(runs) > 1 else None
+        # float32 accumulators; each run is z-scored in place a block of voxels at a time, so
+        # the peak is about three (T, V) float32 arrays (2 mm whole brain, 600 TR: ~0.4 GB each)
+        s_sum = np.zeros((n, len(coords)), np.float32)
+        s_sq = np.zeros((n, len(coords)), np.float32) if len(runs) > 1 else None
         done = 0
         for r, nv in zip(runs, vols):
             y = _read_run(nv, m)
             if not np.isfinite(y).all():
                 raise MovieError(f"{Path(r).name}: NaN or inf inside the mask")
-            z, _ = zscore(y, tr)
-            del y
-            s_sum += z
+            for c in range(0, y.shape[1], VOXEL_BLOCK):
+                y[:, c:c + VOXEL_BLOCK] = zscore(y[:, c:c + VOXEL_BLOCK], tr)[0]
+            s_sum += y
             if s_sq is not None:
-                s_sq += z.astype(np.float64) ** 2
-            del z
+                np.square(y, out=y)
+                s_sq += y
+            del y
             done += nv.n_volumes
             if progress is not None:
                 progress(done, total, Path(r).name)
@@ -97,20 +101,24 @@ def import_movie(film, bold, *, tr: float, out=None, onset: float = 0.0, fps: fl
         for nv in vols:
             nv.close()
     k = len(runs)
-    mean = s_sum / k
+    mean = s_sum
+    mean /= k
     snr = None
     keep = np.ones(len(coords), bool)
     if s_sq is not None:
-        var_s = np.maximum(s_sq / k - mean ** 2, 0) * k / (k - 1)
-        snr = (mean.var(0) / np.maximum(var_s.mean(0), 1e-12)).astype(np.float32)
+        s_sq /= k
+        s_sq -= mean * mean  # across-subject variance (biased), then the unbiased factor
+        np.maximum(s_sq, 0, out=s_sq)
+        snr = (mean.var(0) / np.maximum(s_sq.mean(0) * k / (k - 1), 1e-12)).astype(np.float32)
         if snr_top is not None:
             kk = max(1, int(round(snr_top * len(snr))))
             keep[:] = False
             keep[np.argsort(-snr, kind="stable")[:kk]] = True
-        del s_sq, var_s
-    del s_sum
-    resp = mean[:, keep]
-    resp = ((resp - resp.mean(0)) / np.where(resp.std(0) > 0, resp.std(0), 1)).astype(np.float32)
+        del s_sq
+    resp = mean[:, keep] if not keep.all() else mean
+    resp -= resp.mean(0)
+    sd = resp.std(0)
+    resp /= np.where(sd > 0, sd, 1)
     name = name or Path(film).stem
     split = movie_splits({name: n}, held_out=name if held_out else None)[name]
     roi = None if labels is None else labels[keep]
