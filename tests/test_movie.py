@@ -326,3 +326,25 @@ def test_import_movie_group_average_snr_selection_and_bad_inputs(tmp_path):
     assert main(["import-movie", str(film), "--bold", str(runs[0]), "--tr", "1.0", "--snr-top", "0.3",
                  "--out", str(tmp_path / "t.h5")]) == 2
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "t.h5").exists()
+
+
+def test_movie_layers_import_one_way():
+    """movie.video / movie.dataset sit with data (models may import them); nothing in
+    movie/ imports the CLI, the widgets or Qt."""
+    import ast
+    from pathlib import Path
+
+    import napari_nrf
+
+    src = Path(napari_nrf.__file__).parent / "movie"
+    for p in src.glob("*.py"):
+        mods = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods.add(("." * node.level) + node.module)
+            elif isinstance(node, ast.Import):
+                mods.update(a.name for a in node.names)
+        bad = {m for m in mods if m.startswith(("napari_nrf.cli", "napari_nrf.widgets", "qtpy", "napari."))}
+        if p.stem in ("video", "dataset"):
+            bad |= {m for m in mods if m.startswith(("napari_nrf.train", "napari_nrf.models", "napari_nrf.recipes"))}
+        assert not bad, f"movie/{p.name} imports {sorted(bad)}"

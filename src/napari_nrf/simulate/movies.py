@@ -242,7 +242,12 @@ def simulate_movies(out_dir=None, *, n_subjects: int = 3, n_films: int = 3, n_tr
         raise MovieSimulationError("need at least one subject and one film")
     lengths = list(np.resize(np.atleast_1d(n_trs), n_films).astype(int))
     subs = make_subjects(n_subjects, seed=seed)
-    xyz = subs[0].voxel_coords(max_voxels)
+    # A random sample of the visual voxels (not the most central ones): edge voxels carry
+    # little signal, as many of a visual parcellation's voxels do, so SNR selection matters.
+    xyz = subs[0].voxel_coords()
+    if max_voxels is not None and len(xyz) > max_voxels:
+        pick = np.random.default_rng([int(seed), 41]).choice(len(xyz), int(max_voxels), replace=False)
+        xyz = xyz[np.sort(pick)]
     roi = subs[0].roi_labels(xyz)
     films = [make_film(lengths[i], tr=tr, frames_per_tr=frames_per_tr, size=size, seed=seed * 100 + i,
                        name=f"film-{i + 1:02d}", motion=motion) for i in range(n_films)]
