@@ -61,11 +61,12 @@ def make_film_file(path: Path, n_trs: int, tr: float = 1.3, fps_frames: int = 32
 
     if path.exists():
         return path
-    frames = []
-    for s in range(0, n_trs, 50):  # 50-TR pieces keep the generator's memory small
-        f = make_film(min(50, n_trs - s), tr=tr, frames_per_tr=fps_frames, size=size, seed=s)
-        frames.append(f.frames)
-    write_video(path, np.concatenate(frames), fps=fps_frames / tr)
+
+    def frames():  # 25-TR pieces keep the generator's memory small (the film is streamed)
+        for s in range(0, n_trs, 25):
+            yield from make_film(min(25, n_trs - s), tr=tr, frames_per_tr=fps_frames, size=size, seed=s).frames
+
+    write_video(path, frames(), fps=fps_frames / tr)
     return path
 
 

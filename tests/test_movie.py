@@ -243,6 +243,11 @@ def test_train_movie_lazy_batches_and_evaluation(sim, monkeypatch):
         rep = evaluate_movie(model, g, n_perm=10)
         assert rep["held_out_film"]["n_trs"] == 36 - 4 and rep["segments"]["n_trs"] > 0
         assert 0 <= rep["ssim_predicted"] <= 1 and "fraction_p05" in rep["pooled"]
+        from napari_nrf.movie.evaluate import decoder_saliency
+
+        sal = decoder_saliency(model, g)
+        assert sal["per_voxel"].shape == (g.n_voxels,) and (sal["per_voxel"] >= 0).all()
+        assert abs(sum(sal["by_roi"].values()) - 1) < 1e-6 and set(sal["by_roi"]) <= set(g.roi_names.values()) | {"none"}
         fr = fir_ridge(g, features="pixels")
         assert fr["delays"] == [1, 2, 3, 4] and np.isfinite(fr["pooled"]["median_r"])
     finally:

@@ -289,3 +289,46 @@ def fir_ridge(ds: MovieDataset, delays=(1, 2, 3, 4), features: str = "efficientn
     out["held_out_film"] = _summary(P[Ht], Yt[Ht], n_perm, seed)[0] if Ht.sum() >= 3 else None
     out["segments"] = _summary(P[~Ht], Yt[~Ht], n_perm, seed)[0] if (~Ht).sum() >= 3 else None
     return out
+
+
+def decoder_saliency(model, ds: MovieDataset, split: str = "test", voxels=None, top: float = 0.2,
+                     batch: int = 32) -> dict:
+    """The decoder's saliency by region (the paper's Table II): the absolute gradient of the
+    reconstruction's SSIM (from the measured voxels, against each TR's middle frame) with
+    respect to each voxel's input, averaged over the ``split`` TRs; returns {"per_voxel": (V,),
+    "by_roi": {region: share of the top ``top`` fraction of voxels}} (regions from the data
+    set's ROI labels; 0 = "none")."""
+    from napari_nrf.data.responseset import SPLITS
+    from napari_nrf.models.movie import ssim
+
+    if not getattr(model, "has_decoder", False):
+        raise MovieError("saliency needs a decoder (an encoder-decoder model, w < 1)")
+    d = int(model.delay)
+    rs = ds.training_set(d, voxels=voxels)
+    rows = np.flatnonzero(rs.split == SPLITS[split])
+    if len(rows) == 0:
+        raise MovieError(f"no {split} TRs")
+    was = model.training
+    model.eval()
+    sal = np.zeros(rs.n_voxels, np.float64)
+    try:
+        for s in range(0, len(rows), batch):
+            r = rows[s:s + batch]
+            y = torch.as_tensor(rs.get_responses(r), device=model.device).requires_grad_(True)
+            mid = model.middle_frames(np.asarray(rs.images[r]))
+            for i in range(len(r)):  # one SSIM per TR, its gradient on that TR's voxels
+                val = ssim(model.decode(y[i:i + 1]), mid[i:i + 1])
+                (g,) = torch.autograd.grad(val, y)
+                sal += np.abs(g[i].cpu().numpy())
+    finally:
+        model.train(was)
+    sal /= len(rows)
+    k = max(1, int(round(top * len(sal))))
+    best = np.argsort(-sal, kind="stable")[:k]
+    names = {0: "none", **{int(a): str(b) for a, b in rs.roi_names.items()}}
+    lab = np.asarray(rs.roi)[best]
+    by = {}
+    for v in lab:
+        n = names.get(int(v), str(int(v)))
+        by[n] = by.get(n, 0) + 1
+    return {"per_voxel": sal.astype(np.float32), "by_roi": {n: c / k for n, c in sorted(by.items(), key=lambda x: -x[1])}}

@@ -223,28 +223,39 @@ def read_film(source, **kw) -> np.ndarray:
     return np.stack(list(iter_chunks(source, **kw)))
 
 
-def write_video(path, frames: np.ndarray, fps: float, times=None) -> Path:
-    """Write frames (N, H, W, 3) uint8 as an MPEG-4 video (PyAV), for tests and examples;
-    ``times`` (N,) seconds give each frame's own timestamp (a variable-rate file)."""
+def write_video(path, frames, fps: float, times=None) -> Path:
+    """Write frames ((N, H, W, 3) uint8, or an iterable of (H, W, 3) uint8 frames, streamed)
+    as an MPEG-4 video (PyAV), for tests, examples and benchmarks; ``times`` (N,) seconds
+    give each frame's own timestamp (a variable-rate file)."""
     import av
     from fractions import Fraction
 
     path = Path(path)
-    frames = np.asarray(frames, np.uint8)
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise MovieError("write_video needs at least one frame")
     with av.open(str(path), "w") as out:
         st = out.add_stream("mpeg4", rate=Fraction(fps).limit_denominator(1000))
-        st.width, st.height = frames.shape[2], frames.shape[1]
+        st.width, st.height = first.shape[1], first.shape[0]
         st.pix_fmt = "yuv420p"
         st.bit_rate = 4_000_000
         if times is not None:
             st.codec_context.time_base = Fraction(1, 1000)
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+        i = 0
+        for f in _chain(first, it):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f, dtype=np.uint8), format="rgb24")
             if times is not None:
                 vf.pts = int(round(times[i] * 1000))
                 vf.time_base = Fraction(1, 1000)
             for pkt in st.encode(vf):
                 out.mux(pkt)
+            i += 1
         for pkt in st.encode():
             out.mux(pkt)
     return path
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
