@@ -8,7 +8,7 @@ B. SNR-selected voxels (top 30 %, the paper's selection) are predicted better th
    (each model trained on its voxels; median r over its voxels);
 C. the held-out film is predicted worse than the held-out final segments of the other films;
 D. in the motion area (hMT) the chunk model beats a middle-frame model (the same network fed
-   each TR's middle frame 8 times), since the simulation has a motion drive there;
+   each TR's middle frame 4 times), since the simulation has a motion drive there;
 E. encoder-decoder (w 0.5) vs encoder alone (w 1) over 3 seeds (the paper: 0.202 vs 0.139);
 F. both against FIR ridge on TR-averaged frame features (efficientnet-lite0 embedding of 4
    frames per TR + 4 x 4 motion energy) with delays 1-4 TR, and FIR ridge on the group
@@ -18,11 +18,11 @@ Scores: voxelwise Pearson r over the test TRs (median over voxels), pooled over 
 "segments" = the last 20 % of the training films, "held-out film" = every TR of the last.
 
 CPU settings (2 shared cores; the paper's in brackets): model size ``tiny`` (channels 4, 8,
-4, 8, decoder 8) [paper], 8 frames per TR of 32 x 32 px [32 of 112 x 112], 300 voxels
-[4,609], Adam lr 1e-3 for 12 epochs [1e-4, 11], no perceptual term (``perceptual="none"``,
+4, 8, decoder 8) [paper], 4 frames per TR of 32 x 32 px [32 of 112 x 112], 300 voxels
+[4,609], Adam lr 1e-3 for 8 epochs [1e-4, 11], no perceptual term (``perceptual="none"``,
 so D = 0.35 (1 - SSIM) + 0.30 TV) [VGG16 blocks].
 
-Run (about 20 min on 2 shared cores):
+Run (about 25 min on 2 cores shared with a loaded machine):
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/movie_science.py --out benchmarks/results/movie_science.json
 Tiny (tests): NRF_EXAMPLE_TINY=1 or --tiny.
 """
@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-FULL = dict(n_subjects=3, n_films=3, n_trs=100, frames_per_tr=8, size=32, max_voxels=300, epochs=12,
+FULL = dict(n_subjects=3, n_films=3, n_trs=100, frames_per_tr=4, size=32, max_voxels=300, epochs=8,
             delays=(2, 3, 4, 5, 6), seeds=(0, 1, 2), ridge="efficientnet-lite0")
 TINY = dict(n_subjects=2, n_films=2, n_trs=30, frames_per_tr=4, size=32, max_voxels=60, epochs=1,
             delays=(3, 4), seeds=(0,), ridge="pixels")
@@ -94,6 +94,11 @@ def run(tiny: bool = False, out_dir=None, log=print) -> dict:
     # C. held-out film vs held-out segments (the delay-4 encoder-decoder)
     res["C_heldout"] = {"held_out_film": _med(rep4, "held_out_film"), "segments": _med(rep4, "segments")}
     log(f"C {res['C_heldout']}")
+    from napari_nrf.movie.evaluate import decoder_saliency
+
+    sal = decoder_saliency(m4, g)["by_roi"]
+    res["saliency_by_roi_top20"] = {k_: round(float(v), 3) for k_, v in list(sal.items())[:6]}
+    log(f"saliency {res['saliency_by_roi_top20']}")
 
     # D. chunk vs middle-frame model in hMT
     mst, _ = train(delay=d0, still=True)

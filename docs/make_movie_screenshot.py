@@ -39,7 +39,7 @@ def main():
     from napari_nrf.simulate.movies import simulate_movies
 
     work = Path(tempfile.mkdtemp(prefix="movie_shot_"))
-    sims = simulate_movies(work, n_subjects=3, n_films=3, n_trs=100, frames_per_tr=8, size=32, max_voxels=300)
+    sims = simulate_movies(work, n_subjects=3, n_films=3, n_trs=100, frames_per_tr=4, size=32, max_voxels=3000)
     g = sims["group"]
     model, _ = train_movie(g, size="tiny", epochs=12, lr=1e-3, out=work / "movie.safetensors")
     OUT.mkdir(parents=True, exist_ok=True)

@@ -267,9 +267,9 @@ def test_cli_simulate_train_evaluate_query(tmp_path):
     assert main(["train-movie", str(sim / "group.h5"), "--out", str(m), "--size", "tiny", "--epochs", "1",
                  "--snr-top", "0.5", "--device", "cpu"]) == 0
     assert main(["evaluate-movie", str(m), str(sim / "group.h5"), "--ridge", "pixels", "--perm", "5",
-                 "--json", str(tmp_path / "e.json"), "--device", "cpu"]) == 0
+                 "--json", str(tmp_path / "e.json"), "--device", "cpu", "--saliency"]) == 0
     rep = json.loads((tmp_path / "e.json").read_text())
-    assert {"model", "fir_ridge"} <= set(rep) and rep["model"]["delay"] == 4
+    assert {"model", "fir_ridge", "saliency_by_roi"} <= set(rep) and rep["model"]["delay"] == 4
     film = write_video(tmp_path / "f.mp4", make_film(8, tr=1.3, frames_per_tr=4, size=32, seed=5).frames, fps=4 / 1.3)
     pred = tmp_path / "pred.nii.gz"
     assert main(["query-movie", str(m), str(film), "--out", str(pred), "--device", "cpu"]) == 0

@@ -79,6 +79,8 @@ def register(sub) -> None:
     p.add_argument("--perm", type=int, default=100, help="permutations per voxel (default %(default)s; 0: none)")
     p.add_argument("--ridge", default="efficientnet-lite0", choices=["efficientnet-lite0", "pixels", "none"],
                    help="FIR ridge baseline features (default %(default)s)")
+    p.add_argument("--saliency", action="store_true",
+                   help="also the decoder's saliency by ROI (share of the top 20 %% voxels; one backward pass per TR)")
     p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.movie-eval.json)")
     add_device_arg(p)
     p.set_defaults(func=_evaluate)
@@ -194,6 +196,10 @@ def _evaluate(args) -> int:
         rep = {"model": evaluate_movie(model, ds, split=args.split, n_perm=args.perm, voxels=vox)}
         if args.ridge != "none":
             rep["fir_ridge"] = fir_ridge(ds, features=args.ridge, voxels=vox, split=args.split, n_perm=args.perm)
+        if args.saliency:
+            from napari_nrf.movie.evaluate import decoder_saliency
+
+            rep["saliency_by_roi"] = decoder_saliency(model, ds, split=args.split, voxels=vox)["by_roi"]
     finally:
         ds.close()
     write_text_atomic(out, json.dumps(rep, indent=2))
@@ -207,6 +213,9 @@ def _evaluate(args) -> int:
         if "ssim_predicted" in r:
             line += f", SSIM {r['ssim_predicted']:.3f} (from measured voxels {r['ssim_measured']:.3f})"
         print(line)
+    if "saliency_by_roi" in rep:
+        top = list(rep["saliency_by_roi"].items())[:4]
+        print("decoder saliency (top 20 % voxels): " + ", ".join(f"{k} {v:.0%}" for k, v in top))
     print(f"report: {out}")
     return 0
 

@@ -75,9 +75,9 @@ def frames_placement(grid: space.Grid, size: int, tr: float, slot: int = 0, dela
     frames, reconstructions), spanning every z (the data is broadcast over z); time in
     seconds on axis 0, shifted by ``delay_s``."""
     lo, hi = grid.extent
-    side = float(hi[1] - lo[1])
+    side = max(80.0, float(hi[1] - lo[1]))
     px = side / size
-    x0 = float(hi[0]) + 10.0 + slot * (side + 10.0)
+    x0 = max(float(hi[0]), float(space.MNI_BOX_MAX[0])) + 10.0 + slot * (side + 10.0)  # right of the brain
     return {"scale": (float(tr), float(grid.zooms[2]), px, px),
             "translate": (float(delay_s), float(grid.origin[2]), float(lo[1]), x0)}
 

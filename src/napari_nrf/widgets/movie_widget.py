@@ -316,11 +316,12 @@ class MovieResponseWidget(QWidget):
             data, name="movie prediction", colormap="twilight_shifted", contrast_limits=(-lim, lim),
             metadata={META: {"kind": "movie", "tr": view.tr, "delay": view.delay}}, **kw)}
         nz = view.grid.shape[2]
+        same = {"axis_labels": kw["axis_labels"], "units": kw["units"]}  # one set of axes for every layer
         self.layers["movie frames"] = self.viewer.add_image(broadcast_frames(view.frames, nz), name="movie frames",
-                                                            rgb=True)
+                                                            rgb=True, **same)
         if view.recon is not None:
             self.layers["movie reconstruction"] = self.viewer.add_image(
-                broadcast_frames(view.recon, nz), name="movie reconstruction", rgb=True)
+                broadcast_frames(view.recon, nz), name="movie reconstruction", rgb=True, **same)
         self._place_frames()
         self.viewer.dims.set_current_step(0, min(view.n_volumes - 1, view.delay))
         self.export_btn.setEnabled(True)
