@@ -105,6 +105,7 @@ def _iter_timed(source, fps: float | None, size: int):
     container = _open_video(source)
     try:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # FFmpeg's own decoding threads
         k = 0
         last = -math.inf
         try:
@@ -120,7 +121,9 @@ def _iter_timed(source, fps: float | None, size: int):
                     t = last + 1e-6
                 last = t
                 k += 1
-                yield t, _resize(frame.to_ndarray(format="rgb24"), size)
+                # FFmpeg's scaler resizes while converting to RGB (bilinear, as PIL's path)
+                yield t, frame.reformat(width=size, height=size, format="rgb24",
+                                        interpolation="BILINEAR").to_ndarray()
         except MovieError:
             raise
         except Exception as exc:  # noqa: BLE001 - decoding errors inside a damaged file
