@@ -23,6 +23,7 @@ from napari_nrf.models.base import EncodingModel
 from napari_nrf.query import QueryEngine
 from napari_nrf.train import fit
 
+from _movie_data import synth_movie_set
 from _nrf_data import SHAPES, synth_set
 
 KINDS_DIR = Path(__file__).parent / "kinds"
@@ -68,10 +69,22 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def data():
+def image_data():
     """A 24-image response set on 60 brain voxels (8 mm apart) and its features."""
     rs, feats = synth_set(n=24, step=8.0, max_n=60, n_val=6, n_test=4, seed=2)
     return rs, feats
+
+
+@pytest.fixture(scope="module")
+def movie_data(image_data):
+    """The same voxels seen through 24 TRs of film chunks (4 frames of 16 x 16 px each),
+    for kinds that read frames (``inputs == "frames"``: the movie encoder-decoder)."""
+    rs, _ = image_data
+    return synth_movie_set(rs.coords, n=24, frames=4, size=16, seed=2, subject=rs.subject)
+
+
+def _inputs(kind, base=None) -> str:
+    return getattr(MODEL_KINDS[base or kind], "inputs", "images")
 
 
 def _build(case, rs, seed=0):
@@ -90,9 +103,16 @@ def _feats(feats, rows):
 
 
 @pytest.fixture(params=CASES, ids=IDS)
-def case(request, data):
-    rs, _ = data
+def case(request, image_data):
+    rs, _ = image_data
     return request.param, _build(request.param, rs)
+
+
+@pytest.fixture
+def data(case, image_data, movie_data):
+    """The case's data: image features, or film chunks for a kind that reads frames."""
+    (kind, base), _ = case
+    return movie_data if _inputs(kind, base) == "frames" else image_data
 
 
 def test_the_battery_covers_every_kind():

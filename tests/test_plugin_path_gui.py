@@ -92,7 +92,7 @@ def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
         assert len(docks) == 1
         (container,) = docks.values()
         names = {name for name, _ in widget_commands()}
-        assert set(container.widgets) == names and len(names) >= 5
+        assert set(container.widgets) == names and len(names) >= 6
         model = BlobModel()
         container.widgets["Encoding model"].set_model(model)
         assert container.widgets["Response volume"].state.model is model

@@ -16,7 +16,7 @@ from napari_nrf.models.universal import UniversalEncoder, UniversalModelError, b
 from napari_nrf.settings import UNIVERSAL_FIT
 from napari_nrf.train import fit, train_nrf
 
-__all__ = ["train_nrf", "train_universal", "transfer_subject"]
+__all__ = ["train_movie", "train_nrf", "train_universal", "transfer_subject"]
 
 
 def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=None, model_config: dict | None = None,
@@ -101,6 +101,42 @@ def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", prese
         model.add_subject(rs.subject, rs.rest_maps, rs.rest_grid, coords=rs.coords)
     hist = fit(model, sets, **kw)
     model.provenance.setdefault("training", {})["mode"] = "joint over subjects (rest map + image)"
+    if out is not None:
+        model.save(out)
+    return model, hist
+
+
+def train_movie(dataset, *, size: str = "demo", delay: int = 4, w: float = 0.5, out=None, voxels=None,
+                still: bool = False, perceptual: str | None = None, **fit_kwargs):
+    """Train the movie encoder-decoder (:mod:`napari_nrf.models.movie`) on a
+    :class:`~napari_nrf.movie.MovieDataset` with :func:`napari_nrf.train.fit`.
+
+    ``delay`` (TR) pairs each TR's chunk with the response ``delay`` TRs later; ``w`` the
+    encoder's weight in the loss (1: encoder alone); ``voxels`` restricts the voxels (e.g.
+    the SNR selection); ``still``: train on each chunk's middle frame only (the
+    middle-frame baseline); ``perceptual`` (default: the backbone for sizes demo/paper,
+    none for tiny). ``fit_kwargs`` go to ``fit`` (defaults :data:`napari_nrf.settings.MOVIE_FIT`).
+    Returns (model, history).
+    """
+    from napari_nrf.models.movie import MovieEncoderDecoder
+    from napari_nrf.settings import MOVIE_FIT
+
+    rs = dataset.training_set(delay=delay, voxels=voxels, still=still)
+    kw = MOVIE_FIT.merged(fit_kwargs)
+    if perceptual is None:
+        perceptual = "none" if size == "tiny" else "efficientnet-lite0"
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(kw.get("seed", 0)))
+        model = MovieEncoderDecoder(rs.n_voxels, subject=rs.subject, frames_per_tr=dataset.frames_per_tr,
+                                    frame_size=dataset.frame_size, size=size, delay=delay, w=w,
+                                    perceptual=perceptual, tr=dataset.tr)
+    model.subjects = {rs.subject: rs.coords}
+    model.backbone_name = "efficientnet-lite0"  # the perceptual term's stages
+    hist = fit(model, [rs], **kw)
+    model.provenance.setdefault("training", {}).update(
+        {"mode": "movie", "films": dataset.film_names, "still": bool(still), "delay": int(delay), "w": float(w)})
     if out is not None:
         model.save(out)
     return model, hist

@@ -13,6 +13,7 @@ preset             epochs  batch_images  batch_voxels  lr     weight_decay  pati
 ``UNIVERSAL_FIT``  20      32            5000          1e-3   0             5
 ``TRANSFER_FIT``   30      32            5000          1e-3   0             5
 ``FINETUNE_FIT``   10      32            2000          1e-4   0.015         3
+``MOVIE_FIT``      11      16 (TRs)      all           1e-4   0             4
 =================  ======  ============  ============  =====  ============  ========
 
 ``NRF_FIT``'s schedule is in optimiser steps (``steps`` None: :func:`napari_nrf.train.default_steps`
@@ -127,6 +128,10 @@ NRF_FIT = FitSettings()
 UNIVERSAL_FIT = FitSettings(epochs=20, lr=1e-3, weight_decay=0.0, batch_voxels=5000, patience=5, val_every=1)
 TRANSFER_FIT = UNIVERSAL_FIT.replace(epochs=30)
 FINETUNE_FIT = FitSettings(epochs=10, lr=1e-4, patience=3, val_every=1)
+# The movie encoder-decoder (seed 003): Adam lr 1e-4, 11 epochs, batch 16 TRs, every voxel
+# in every step (its decoder reads all of them); alpha is unused (the kind's own loss).
+MOVIE_FIT = FitSettings(epochs=11, lr=1e-4, weight_decay=0.0, batch_images=16, batch_voxels=10_000_000,
+                        patience=4, val_every=1)
 
 
 def field_spec(name: str, defaults: FitSettings = NRF_FIT) -> dict:

@@ -80,9 +80,27 @@ def set_features(model, rs, cache=None, rows=None, batch_size: int = 32, progres
     from napari_nrf.features import extract_features
 
     rows = np.arange(rs.n_images) if rows is None else np.asarray(rows)
+    own = model.features_of_set(rs, cache=cache, progress=progress)
+    if own is not None:  # a kind that reads its own inputs (film chunks), not backbone features
+        return own if len(rows) == rs.n_images and np.array_equal(rows, np.arange(rs.n_images)) else \
+            {k: v[rows] for k, v in own.items()}
     bb = model.backbone(device="cpu" if model.device.type == "cpu" else model.device)
     return extract_features(bb, rs.get_images(rows), batch_size=batch_size, cache=cache,
                             device=model.device, progress=progress)
+
+
+def _as_rows(v):
+    """Features kept for the loop: lazy row arrays (``lazy_rows``) and integer arrays (uint8
+    frames) as they are, read per batch; anything else as float32."""
+    if getattr(v, "lazy_rows", False):
+        return v
+    a = np.asarray(v)
+    return a if a.dtype.kind in "ui" else a.astype(np.float32, copy=False)
+
+
+def _batch(a, rows, dev) -> torch.Tensor:
+    """Rows ``rows`` (sorted) of a feature array as a float32 tensor on ``dev``."""
+    return torch.as_tensor(np.asarray(a[rows])).to(dev, torch.float32)
 
 
 def _check_features(feats: dict, n: int, what: str) -> dict:
@@ -157,7 +175,7 @@ def predict_set(model, feats: dict, rs, rows=None, batch_images: int = 64, chunk
     dev = model.device
     coords = torch.from_numpy(np.asarray(rs.coords, np.float32)).to(dev)
     for s in range(0, n, batch_images):
-        fb = {k: torch.as_tensor(a[s:s + batch_images]).to(dev, torch.float32) for k, a in feats.items()}
+        fb = {k: _batch(a, slice(s, s + batch_images), dev) for k, a in feats.items()}
         for c in range(0, v, chunk_voxels):
             idx = torch.arange(c, min(c + chunk_voxels, v), device=dev)
             out[s:s + batch_images, c:c + chunk_voxels] = model_predict(
@@ -345,7 +363,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
                     lambda d, t, _s=rs.subject: feature_progress(d, t, _s))
                 f = (set_features(model, rs, cache=feature_cache, progress=prog) if world == 1
                      else _shared_features(model, rs, feature_cache, prog))
-            out.append(_check_features({k: np.asarray(v, np.float32) for k, v in f.items()}, rs.n_images,
+            out.append(_check_features({k: _as_rows(v) for k, v in f.items()}, rs.n_images,
                                        f"{what} set {rs.subject}"))
         return out
 
@@ -445,11 +463,14 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
                 rows = tr_rows[si][rows_local]
                 v = train_sets[si].n_voxels
                 vox = np.sort(rng.choice(v, size=min(batch_voxels, v), replace=False))
-                fb = {k: torch.from_numpy(a[rows]).to(dev) for k, a in tr_feats[si].items()}
+                fb = {k: _batch(a, rows, dev) for k, a in tr_feats[si].items()}
                 y = torch.from_numpy(tr_y[si][rows_local][:, vox]).to(dev)
                 vt = torch.from_numpy(vox).to(dev)
-                pred = model_predict(model, fb, train_sets[si].subject, vt, tr_coords[si][vt])
-                loss = (model.loss or loss_fn)(pred, y, alpha)
+                if model.batch_loss is not None:  # a kind with its own loss over the whole batch
+                    loss = model.batch_loss(fb, y, train_sets[si].subject, vt, tr_coords[si][vt], alpha)
+                else:
+                    pred = model_predict(model, fb, train_sets[si].subject, vt, tr_coords[si][vt])
+                    loss = (model.loss or loss_fn)(pred, y, alpha)
                 if not torch.isfinite(loss):
                     # Stop before the optimiser spreads NaN into every weight; the last
                     # epoch's checkpoint stays valid.

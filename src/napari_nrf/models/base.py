@@ -54,6 +54,18 @@ Optional hooks with working defaults:
 ``loss``
     None (the loop's ``(1 - alpha) MSE - alpha cos``), or a method
     ``loss(pred, true, alpha) -> scalar tensor`` for a kind that needs its own.
+``batch_loss``
+    None, or a method ``batch_loss(features, true, subject, voxels, coords, alpha) ->
+    scalar tensor`` for a kind whose loss needs more than its predictions at the sampled
+    voxels (the movie encoder-decoder: a reconstruction of the input's middle frame from
+    every predicted voxel); it replaces ``train_predict`` + ``loss`` in the loop.
+``inputs`` / ``features_of_set(rs, cache=, progress=)``
+    What the model reads: ``"images"`` (default: backbone features of each image) or
+    ``"frames"`` (chunks of film frames per TR, ``features["frames"]`` (B, F, S, S, 3)
+    grey levels). ``features_of_set`` gives a response set's features for the loop:
+    None (default) means the backbone's; a kind may return its own arrays, and an array
+    with ``lazy_rows = True`` (a :class:`napari_nrf.movie.dataset.ChunkView`) is read a
+    batch at a time and never converted whole to float32.
 ``bundle_tensors`` / ``bundle_metadata`` / ``from_bundle`` / ``save``
     safetensors bundles of the state dict, the subjects' voxel coordinates and the metadata.
 The fast query of a continuous kind (:class:`napari_nrf.query.QueryEngine`)
@@ -188,6 +200,8 @@ class EncodingModel(nn.Module):
     composite = False
     conditioned = False  # continuous, but the field depends on the subject (query_images(subject=))
     loss = None  # or a method loss(pred (B, n), true (B, n), alpha) -> scalar tensor
+    batch_loss = None  # or a method batch_loss(features, true, subject, voxels, coords, alpha) -> scalar
+    inputs = "images"  # "images" (backbone features) or "frames" (film chunks per TR)
 
     def __init__(self):
         super().__init__()
@@ -268,6 +282,12 @@ class EncodingModel(nn.Module):
         if self.continuous:
             return self.predict(features, coords=coords)
         return self.predict(features, voxels=voxels, subject=subject)
+
+    def features_of_set(self, rs, cache=None, progress=None) -> dict | None:
+        """Features of every row of response set ``rs`` for :func:`napari_nrf.train.fit`
+        (name -> (n, ...) array-like; lazy arrays allowed), or None: the backbone's
+        features of ``rs``'s images (the default)."""
+        return None
 
     def lr_scale(self, param_name: str) -> float:
         """Learning-rate multiplier of parameter ``param_name`` (default 1)."""

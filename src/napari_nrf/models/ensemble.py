@@ -126,6 +126,9 @@ class EnsembleModel(EncodingModel):
         names = {b.backbone_name for b in bases}
         if len(names) != 1:
             raise EnsembleError(f"the base models use different backbones: {sorted(names)}")
+        ins = {getattr(b, "inputs", "images") for b in bases}
+        if len(ins) != 1:
+            raise EnsembleError(f"the base models read different inputs: {sorted(ins)}")
         xyz = np.asarray(coords, np.float32)
         if xyz.ndim != 2 or xyz.shape[1] != 3:
             raise EnsembleError(f"coords must be (V, 3) MNI mm, got shape {xyz.shape}")
@@ -144,7 +147,15 @@ class EnsembleModel(EncodingModel):
         self.continuous = all(getattr(m, "continuous", False) for m in bases)
         self.backbone_name = bases[0].backbone_name
         self.backbone_config = dict(bases[0].backbone_config)
+        self.inputs = getattr(bases[0], "inputs", "images")
         self._tree = None
+
+    def encode_images(self, images, batch_size: int = 16, cache=None, progress=None) -> dict:
+        """The bases' inputs: backbone features, or their own (film chunks) for bases that
+        read frames (model contract ``inputs``)."""
+        if self.inputs != "images":
+            return self.bases[0].encode_images(images, batch_size=batch_size, cache=cache, progress=progress)
+        return super().encode_images(images, batch_size=batch_size, cache=cache, progress=progress)
 
     @property
     def supports_points(self) -> bool:

@@ -1,0 +1,245 @@
+"""Subcommands for films: ``simulate-movie``, ``import-movie``, ``train-movie``,
+``evaluate-movie`` and ``query-movie`` (the movie encoder-decoder, seed 003)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _bar(desc):
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=desc, unit="step")
+
+    def progress(done, total, msg=""):
+        bar.total = total
+        bar.n = done
+        if msg:
+            bar.set_postfix_str(str(msg))
+        bar.refresh()
+
+    return bar, progress
+
+
+def register(sub) -> None:
+    from napari_nrf.settings import MOVIE_FIT
+
+    from .nrf import add_device_arg
+
+    p = sub.add_parser("simulate-movie", help="virtual films and the BOLD of virtual subjects (group + each subject)")
+    p.add_argument("--out", required=True, help="output folder (group.h5, sub-01.h5, ...)")
+    p.add_argument("--subjects", type=int, default=3, help="virtual subjects (default %(default)s)")
+    p.add_argument("--films", type=int, default=3, help="films; the last is held out (default %(default)s)")
+    p.add_argument("--trs", type=int, default=120, help="TRs per film (default %(default)s)")
+    p.add_argument("--tr", type=float, default=1.3, help="repetition time in s (default %(default)s)")
+    p.add_argument("--frames-per-tr", type=int, default=8, help="frames per TR (default %(default)s; the paper 32)")
+    p.add_argument("--size", type=int, default=112, help="frame size in px (default %(default)s)")
+    p.add_argument("--max-voxels", type=int, default=1500, help="voxels (default %(default)s)")
+    p.add_argument("--motion", type=float, default=1.0, help="speed of pans and moving patches (0: still shots)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("import-movie", help="a movie data set from BOLD NIfTI runs + the film they watched")
+    p.add_argument("film", help="the film: a video file, or a folder of frames (with --fps)")
+    p.add_argument("--bold", nargs="+", required=True,
+                   help="4D BOLD NIfTI runs in MNI space, one per subject (several: the group average + SNR)")
+    p.add_argument("--tr", type=float, required=True, help="repetition time in s")
+    p.add_argument("--onset", type=float, default=0.0, help="seconds of film before the first volume (default 0)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a folder of frames")
+    p.add_argument("--mask", default=None, help="mask or atlas NIfTI (nonzero voxels kept; default: grey matter)")
+    p.add_argument("--snr-top", type=float, default=None,
+                   help="keep the top fraction of voxels by SNR (the paper: 0.3; needs >= 2 runs)")
+    p.add_argument("--frames-per-tr", type=int, default=32, help="frames per TR (default %(default)s)")
+    p.add_argument("--size", type=int, default=112, help="frame size in px (default %(default)s)")
+    p.add_argument("--name", default=None, help="film name (default: the file's stem)")
+    p.add_argument("--held-out", action="store_true", help="hold this film out whole (all its TRs test)")
+    p.add_argument("--assume-mni", action="store_true", help="trust the runs to be in MNI space whatever the header")
+    p.add_argument("--out", required=True, help="output movie data set (.h5)")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("train-movie", help="train the movie encoder-decoder on a movie data set (.h5)")
+    p.add_argument("data", help="movie data set (.h5)")
+    p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
+    p.add_argument("--size", default="demo", choices=["tiny", "demo", "paper"], help="model size (default %(default)s)")
+    p.add_argument("--delay", type=int, default=4, help="haemodynamic delay in TR (default %(default)s)")
+    p.add_argument("--w", type=float, default=0.5, help="encoder weight of the loss w E + (1 - w) D; 1: encoder alone")
+    p.add_argument("--snr-top", type=float, default=None,
+                   help="train on the top fraction of voxels by the data set's SNR (e.g. 0.3, the paper's)")
+    p.add_argument("--still", action="store_true", help="middle frame only (the middle-frame baseline)")
+    from napari_nrf.settings import add_fit_arguments
+
+    add_fit_arguments(p, MOVIE_FIT, skip=("val_every", "alpha", "batch_voxels"))
+    add_device_arg(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate-movie", help="voxelwise r over TRs, permutation tests, SSIM and FIR ridge")
+    p.add_argument("model", help="movie model bundle (.safetensors)")
+    p.add_argument("data", help="movie data set (.h5)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--perm", type=int, default=100, help="permutations per voxel (default %(default)s; 0: none)")
+    p.add_argument("--ridge", default="efficientnet-lite0", choices=["efficientnet-lite0", "pixels", "none"],
+                   help="FIR ridge baseline features (default %(default)s)")
+    p.add_argument("--saliency", action="store_true",
+                   help="also the decoder's saliency by ROI (share of the top 20 %% voxels; one backward pass per TR)")
+    p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.movie-eval.json)")
+    add_device_arg(p)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("query-movie", help="the predicted 4D response (MNI x time) of a film, one NIfTI")
+    p.add_argument("model", help="movie model bundle (.safetensors)")
+    p.add_argument("film", help="a video file, or a folder of frames (with --fps)")
+    p.add_argument("--out", required=True, help="output 4D NIfTI (.nii.gz), TR in the header")
+    p.add_argument("--onset", type=float, default=0.0, help="seconds of film before the first volume")
+    p.add_argument("--tr", type=float, default=None, help="TR in s (default: the model's)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of a folder of frames")
+    p.add_argument("--trs", type=int, default=None, help="volumes to predict (default: the whole film)")
+    p.add_argument("--resolution", type=float, default=None, help="grid spacing in mm (default: the voxels')")
+    p.add_argument("--batch", type=int, default=16, help="chunks per batch (default %(default)s)")
+    add_device_arg(p)
+    p.set_defaults(func=_query)
+
+
+def _device(name):
+    from napari_nrf.errors import choose_device
+
+    return choose_device(name)
+
+
+def _simulate(args) -> int:
+    from napari_nrf.errors import check_outputs_in
+    from napari_nrf.simulate.movies import simulate_movies
+
+    names = ["group.h5"] + [f"sub-{i + 1:02d}.h5" for i in range(max(0, args.subjects))]
+    check_outputs_in(args.out, names, overwrite=args.overwrite)
+    bar, progress = _bar("simulate-movie")
+    out = simulate_movies(args.out, n_subjects=args.subjects, n_films=args.films, n_trs=args.trs, tr=args.tr,
+                          frames_per_tr=args.frames_per_tr, size=args.size, max_voxels=args.max_voxels,
+                          seed=args.seed, motion=args.motion, progress=progress)
+    bar.close()
+    for name, ds in out.items():
+        print(f"{Path(args.out) / (name + '.h5')}: {len(ds.film_names)} films x "
+              f"{[ds.n_trs(f) for f in ds.film_names]} TR, {ds.n_voxels} voxels, held out {ds.held_out}")
+    return 0
+
+
+def _import(args) -> int:
+    from napari_nrf.errors import check_output
+    from napari_nrf.movie.importer import import_movie
+
+    check_output(args.out, [args.film, *args.bold, args.mask], overwrite=args.overwrite)
+    bar, progress = _bar("import-movie")
+    ds = import_movie(args.film, args.bold, tr=args.tr, out=args.out, onset=args.onset, fps=args.fps,
+                      mask=args.mask, snr_top=args.snr_top, frames_per_tr=args.frames_per_tr, size=args.size,
+                      name=args.name, held_out=args.held_out, assume_mni=args.assume_mni, progress=progress)
+    bar.close()
+    print(f"{args.out}: film {ds.film_names[0]!r}, {ds.n_trs(ds.film_names[0])} TR x {ds.n_voxels} voxels "
+          f"({ds.subject})")
+    return 0
+
+
+def _snr_voxels(ds, top):
+    import numpy as np
+
+    from napari_nrf.movie.video import MovieError
+
+    if top is None:
+        return None
+    if not 0 < top <= 1:
+        raise MovieError(f"--snr-top {top}: must be a fraction in (0, 1]")
+    if ds.snr is None:
+        raise MovieError("the data set has no SNR (it needs several subjects); leave out --snr-top")
+    k = max(1, int(round(top * ds.n_voxels)))
+    return np.sort(np.argsort(-ds.snr, kind="stable")[:k])
+
+
+def _train(args) -> int:
+    from napari_nrf.errors import check_output
+    from napari_nrf.movie import MovieDataset
+    from napari_nrf.recipes import train_movie
+    from napari_nrf.settings import MOVIE_FIT, FitSettings
+
+    check_output(args.out, [args.data], overwrite=args.overwrite)
+    if not 0 <= args.w <= 1:
+        from napari_nrf.errors import NapariNRFError
+
+        raise NapariNRFError(f"--w {args.w}: must be in [0, 1]")
+    ds = MovieDataset.load(args.data)
+    try:
+        settings = FitSettings.from_args(args, MOVIE_FIT)
+        bar, progress = _bar("train-movie")
+        model, hist = train_movie(ds, size=args.size, delay=args.delay, w=args.w, out=args.out,
+                                  voxels=_snr_voxels(ds, args.snr_top), still=args.still, progress=progress,
+                                  device=_device(args.device), **settings.to_kwargs())
+        bar.close()
+    finally:
+        ds.close()
+    print(f"{args.out}: {model.n_voxels} voxels, delay {model.delay} TR, w {model.w}; best epoch {hist.best_epoch}, "
+          f"validation median r {hist.best_score:.3f}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from napari_nrf.errors import check_output, is_json_file, write_text_atomic
+    from napari_nrf.models import load_model
+    from napari_nrf.movie import MovieDataset
+    from napari_nrf.movie.dataset import model_voxels
+    from napari_nrf.movie.evaluate import evaluate_movie, fir_ridge
+
+    out = Path(args.json_out or Path(args.model).with_suffix(".movie-eval.json"))
+    check_output(out, [args.model, args.data], overwrite=args.overwrite, flag="--json", replaceable=is_json_file)
+    model = load_model(args.model, device=_device(args.device), kind="movie")
+    ds = MovieDataset.load(args.data)
+    try:
+        vox = model_voxels(model, ds)
+        rep = {"model": evaluate_movie(model, ds, split=args.split, n_perm=args.perm, voxels=vox)}
+        if args.ridge != "none":
+            rep["fir_ridge"] = fir_ridge(ds, features=args.ridge, voxels=vox, split=args.split, n_perm=args.perm)
+        if args.saliency:
+            from napari_nrf.movie.evaluate import decoder_saliency
+
+            rep["saliency_by_roi"] = decoder_saliency(model, ds, split=args.split, voxels=vox)["by_roi"]
+    finally:
+        ds.close()
+    write_text_atomic(out, json.dumps(rep, indent=2))
+    for name, r in (("model", rep["model"]), ("FIR ridge", rep.get("fir_ridge"))):
+        if r is None:
+            continue
+        line = f"{name}: pooled median r {r['pooled']['median_r']:.3f}"
+        for part in ("segments", "held_out_film"):
+            if r.get(part):
+                line += f", {part.replace('_', ' ')} {r[part]['median_r']:.3f}"
+        if "ssim_predicted" in r:
+            line += f", SSIM {r['ssim_predicted']:.3f} (from measured voxels {r['ssim_measured']:.3f})"
+        print(line)
+    if "saliency_by_roi" in rep:
+        top = list(rep["saliency_by_roi"].items())[:4]
+        print("decoder saliency (top 20 % voxels): " + ", ".join(f"{k} {v:.0%}" for k, v in top))
+    print(f"report: {out}")
+    return 0
+
+
+def _query(args) -> int:
+    from napari_nrf.errors import NapariNRFError, check_output
+    from napari_nrf.models import load_model
+    from napari_nrf.movie.evaluate import predict_film
+    from napari_nrf.movie.volumes import save_4d
+
+    check_output(args.out, [args.model, args.film], overwrite=args.overwrite)
+    if not str(args.out).endswith((".nii", ".nii.gz")):
+        raise NapariNRFError(f"--out {args.out}: give a .nii.gz (or .nii) file")
+    model = load_model(args.model, device=_device(args.device), kind="movie")
+    tr = args.tr or model.tr
+    bar, progress = _bar("query-movie")
+    pred = predict_film(model, args.film, tr=tr, onset=args.onset, n_trs=args.trs, fps=args.fps, batch=args.batch,
+                        progress=progress)
+    bar.close()
+    coords = next(iter(model.subjects.values()))
+    save_4d(args.out, pred, coords, tr, args.resolution,
+            sidecar={"kind": "movie-prediction", "film": str(args.film), "tr": tr, "onset": args.onset,
+                     "delay_tr": model.delay, "units": "z-scored BOLD (per film)",
+                     "note": f"volume j is predicted from the chunk of TR j - {model.delay}; the first "
+                             f"{model.delay} volumes are NaN"})
+    print(f"{args.out}: {len(pred)} volumes x {pred.shape[1]} voxels, TR {tr:g} s, delay {model.delay} TR")
+    return 0
