@@ -407,6 +407,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
     hist = History()
     start_epoch, bad = 0, 0
     best_state = None
+    best_r = float("nan")  # best validation median r so far (restored on resume)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None:
         ckdir.mkdir(parents=True, exist_ok=True)
@@ -433,7 +434,6 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
                                   if not k.startswith("subjects.")}
 
     total = n_steps * epochs
-    best_r = float("nan")
     if world > 1:  # every rank starts from rank 0's weights (a random init of new embeddings)
         with torch.no_grad():
             for t in model.state_dict().values():
