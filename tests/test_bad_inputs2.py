@@ -381,3 +381,16 @@ def test_submit_train_checks_model_sizes_before_a_job(files, tmp_path, over, exp
     with pytest.raises(NapariNRFError, match=expect):
         submit_train(mgr, [files / "sub-01.h5"], tmp_path / "m.safetensors", model_overrides=over, start=False)
     assert mgr.jobs() == []
+
+
+@pytest.mark.parametrize("argv,flag", [(["import-nsd", "R", "--out", "O", "--chunk", "0"], "--chunk 0"),
+                                       (["train", "D.h5", "--out", "m.safetensors", "--downsample-dim", "0"],
+                                        "--downsample-dim 0"),
+                                       (["simulate", "--out", "O", "--snr", "inf"], "--snr inf"),
+                                       (["import-nifti", "B.nii", "--mask", "M.nii", "--events", "E.csv",
+                                         "--out", "o.h5", "--store-images", "0"], "--store-images 0")])
+def test_zero_and_infinite_options_are_usage_errors(argv, flag, tmp_path, capsys):
+    argv = [str(tmp_path / a) if a[0].isupper() or a.endswith((".h5", ".safetensors")) else a for a in argv]
+    assert main(argv) == 2
+    assert flag in _err_line(capsys)
+    assert os.listdir(tmp_path) == []

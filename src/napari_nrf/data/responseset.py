@@ -7,7 +7,7 @@ On disk a response set is one HDF5 file per subject::
     /image_ids     (N,) int64              stimulus ids (shared across subjects that saw the same image)
     /responses     (N, V) float32          z-scored per session, repeats averaged
     /coords        (V, 3) float32          voxel centres, MNI mm (RAS+)
-    /split         (N,) uint8              0 train, 1 val, 2 test
+    /split         (N,) uint8              0 train, 1 val, 2 test (3: in no split)
     /roi           (V,) int32              optional ROI label per voxel (0 = none)
     /noise_ceiling (V,) float32            optional, in percent of explainable variance (NSD)
     /truth         (N, V) float32          optional noiseless response (virtual subjects only)
@@ -33,6 +33,7 @@ from napari_nrf.errors import NapariNRFError, atomic_write
 FORMAT = "napari-nrf-responses"
 VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
+UNUSED = 3  # a row in no split (a subset experiment's left-out images); any other value is refused
 # Coordinates are MNI mm: a brain fits in +-100 mm; beyond this a file is in voxel units or damaged.
 MAX_ABS_MM = 500.0
 # Stored stimuli: PIL's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS).
@@ -100,9 +101,9 @@ class ResponseSet:
         if far.size:
             raise ResponseSetError(f"coords of {far.size} voxel(s) lie more than {MAX_ABS_MM:g} mm from the MNI origin "
                                    f"(voxels {_some(far)}, e.g. {self.coords[far[0]].tolist()}); coordinates are MNI mm")
-        odd = np.flatnonzero(~np.isin(self.split, list(SPLITS.values())))
+        odd = np.flatnonzero(~np.isin(self.split, [*SPLITS.values(), UNUSED]))
         if odd.size:
-            raise ResponseSetError(f"split values must be 0 (train), 1 (val) or 2 (test); {odd.size} row(s) have "
+            raise ResponseSetError(f"split values must be 0 (train), 1 (val), 2 (test) or 3 (unused); {odd.size} row(s) have "
                                    f"{sorted(set(self.split[odd].tolist()))[:5]} (rows {_some(odd)})")
         self.image_ids = np.arange(n, dtype=np.int64) if self.image_ids is None else np.asarray(self.image_ids, np.int64)
         if self.roi is not None:
