@@ -119,7 +119,9 @@ def add_slurm_arguments(p) -> None:
     g.add_argument("--mem", type=float, metavar="GB", help="memory per node in GB")
     g.add_argument("--account", help="SLURM account")
     g.add_argument("--cpus", type=int, help="CPUs per task")
-    g.add_argument("--array-parallelism", type=int, metavar="N", help="array jobs running at once")
+    g.add_argument("--array-parallelism", type=int, metavar="N",
+                   help="submitit's slurm_array_parallelism (array jobs at once); passed on, but napari-nrf's "
+                        "jobs are single SLURM jobs so far (K bases: --gpus K --devices on one node)")
     g.add_argument("--cluster", choices=["slurm", "local", "debug"],
                    help="submitit executor (default: slurm when sbatch exists, else local)")
 
