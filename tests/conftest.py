@@ -38,11 +38,12 @@ def tiny_model():
 
 
 # ---- a clean exit ---------------------------------------------------------------------------
-# After the whole suite has passed, CPython's finalisation sometimes aborts inside a C
-# extension ("Fatal Python error: none_dealloc" while garbage-collecting Qt/napari objects
-# of the full-viewer tests), which turns a green run into exit code 134. The results are
-# final by then, so the session ends with pytest's own exit status and skips finalisation.
-# NAPARI_NRF_TEST_CLEAN_EXIT=0 keeps the normal interpreter shutdown (to debug the abort).
+# The "Fatal Python error: none_dealloc" that once turned green runs into exit 134 was
+# PySide6 6.12.0 losing a reference to None/True per signal emit (tests/test_qt_refcount.py;
+# constraints.txt keeps 6.12 out). As a belt and braces, the session still ends with
+# pytest's own exit status and skips interpreter finalisation, where any other C
+# extension's late abort would hide the result.
+# NAPARI_NRF_TEST_CLEAN_EXIT=0 keeps the normal interpreter shutdown (for debugging).
 _SESSION = {}
 
 
