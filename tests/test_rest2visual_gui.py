@@ -40,3 +40,10 @@ def test_rest_map_person_and_subject_minus_stimulus_only(effnet, make_napari_vie
     assert "probe (stimulus-only)" in viewer.layers
     diff = np.asarray(rendered[1].data)
     assert np.isfinite(diff).sum() > 0 and np.nanmax(np.abs(diff)) > 0
+    # a model whose only subjects are rest maps (no measured voxels): the extent is the brain
+    from napari_nrf.widgets.volume_widget import BRAIN
+
+    bare = Rest2Visual.example(SHAPES, {}, seed=1)
+    bare.add_subject("person", np.zeros(g.shape, np.float32), g)
+    mw.set_model(bare)
+    assert vw.extent.currentText() == BRAIN and vw.subject.currentText() == "person"

@@ -536,7 +536,8 @@ class ResponseVolumeWidget(QWidget):
         # Honest default: where the model has data; the whole brain only for models
         # without training voxels (their field is all they offer).
         if model is not None and form.extent.value in (DATA, BRAIN):
-            form.extent.value = DATA if model.subjects else BRAIN
+            has_voxels = any(len(v) for v in model.subjects.values())  # rest-map-only subjects have none
+            form.extent.value = DATA if has_voxels else BRAIN
         conditioned = getattr(model, "conditioned", False)
         self.vs_stimulus.setVisible(bool(conditioned))
         if model is None:
