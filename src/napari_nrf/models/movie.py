@@ -38,7 +38,7 @@ from .base import EncodingModel, register
 
 SIZES = {
     "tiny": {"c1": 4, "c2": 8, "c3": 4, "c4": 8, "d": 8},
-    "demo": {"c1": 8, "c2": 32, "c3": 16, "c4": 32, "d": 24},
+    "demo": {"c1": 4, "c2": 16, "c3": 16, "c4": 32, "d": 24},
     "paper": {"c1": 32, "c2": 256, "c3": 128, "c4": 64, "d": 48},
 }
 PERCEPTUAL_BLOCKS = (1, 2, 3, 4, 6)

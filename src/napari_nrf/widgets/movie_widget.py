@@ -192,6 +192,19 @@ class MovieResponseWidget(QWidget):
         self._model_changed(self.state.model)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self.viewer.mouse_move_callbacks.append(self._on_mouse)
+        viewer, step_cb, mouse_cb = self.viewer, self._on_step, self._on_mouse
+
+        def _disconnect(*_):  # the viewer may outlive this dock: leave no callback to a deleted widget
+            try:
+                viewer.dims.events.current_step.disconnect(step_cb)
+            except Exception:  # noqa: BLE001 - already gone with the viewer
+                pass
+            try:
+                viewer.mouse_move_callbacks.remove(mouse_cb)
+            except (ValueError, AttributeError):
+                pass
+
+        self.destroyed.connect(_disconnect)
 
     # ---- inputs --------------------------------------------------------------------------
     def _model_changed(self, model):
