@@ -33,7 +33,7 @@ def test_widget_runs_a_training_job_through_submitit(make_napari_viewer, qtbot, 
     w.data.setText(str(data))
     w.out.setText(str(out))
     w.preset.setCurrentText("tiny")
-    w.epochs.setValue(2)
+    w.steps.setValue(6)  # 2 epochs of 3 steps (the NRF mode schedules in steps)
     w.device.setCurrentText("cpu")
     w.threads = 1
     w.extra_kwargs = {"batch_images": 4, "batch_voxels": 30, "steps_per_epoch": 3}
