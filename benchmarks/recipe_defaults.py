@@ -85,6 +85,7 @@ def main(argv=None) -> int:
                     % ",".join(f"{lr:g}:{m:g}" for lr, m in TRANSFER_GRID))
     ap.add_argument("--finetune-grid", help="lr:multiple-of-100-steps pairs (default %s)"
                     % ",".join(f"{lr:g}:{m:g}" for lr, m in FINETUNE_GRID))
+    ap.add_argument("--only-default", action="store_true", help="run each part's default only (no grid)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args(argv)
 
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
     cfg = dict(FULL, max_voxels=args.max_voxels)
     ugrid, tgrid, fgrid = (pairs(args.universal_grid, UNIVERSAL_GRID), pairs(args.transfer_grid, TRANSFER_GRID),
                            pairs(args.finetune_grid, FINETUNE_GRID))
+    if args.only_default:
+        ugrid, tgrid, fgrid = (), (), ()
     sizes = [int(v) for v in args.finetune_sizes.split(",")]
     fast = {}
     if args.tiny:

@@ -14,7 +14,7 @@ from napari_nrf.query import QueryEngine
 
 from _adapt_data import make_adaptation_files
 
-TINY = dict(n_images=8, epochs=1, batch_images=4, batch_voxels=30, patience=2, seed=0)
+TINY = dict(n_images=8, epochs=1, batch_images=4, batch_voxels=30, patience=2, seed=0, steps_per_epoch=2)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from napari_nrf.models import load_model
 
 from _adapt_data import make_adaptation_files
 
-TINY = dict(n_images=12, epochs=3, batch_images=4, batch_voxels=40, patience=5, seed=1)
+# steps_per_epoch 3: one pass over the 12 images (FINETUNE_FIT's 20-step epochs are for real data)
+TINY = dict(n_images=12, epochs=3, batch_images=4, batch_voxels=40, patience=5, seed=1, steps_per_epoch=3)
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,7 @@ def test_widget_runs_a_job_and_opens_the_model(make_napari_viewer, qtbot, tmp_pa
     w.epochs.setValue(2)
     w.device.setCurrentText("cpu")
     w.threads = 1
-    w.extra_kwargs = {"batch_images": 4, "batch_voxels": 30, "step_delay": 0.15,
+    w.extra_kwargs = {"batch_images": 4, "batch_voxels": 30, "step_delay": 0.15, "steps_per_epoch": 2,
                       "feature_cache": str(tmp_path / "cache")}
     with qtbot.waitSignal(w.job_finished, timeout=180_000) as blocker:
         job = w.start()
