@@ -279,12 +279,10 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
                 except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller
                     errors.append(exc)
 
-        threads = [threading.Thread(target=worker, args=(d,), name=f"napari-nrf-finetune-{d}", daemon=True)
-                   for d in devs[:len(todo)]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(devs[:len(todo)]), thread_name_prefix="napari-nrf-finetune") as pool:
+            list(pool.map(worker, devs[:len(todo)]))
         if errors:
             raise errors[0]
     if feats is None:  # every base was finished in an earlier run

@@ -150,12 +150,10 @@ class ShardedQuery:
         if len(self.engines) == 1:
             work(self.engines[0])
         else:
-            threads = [threading.Thread(target=work, args=(e,), name=f"napari-nrf-query-{d}", daemon=True)
-                       for e, d in zip(self.engines, self.devices)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(self.engines), thread_name_prefix="napari-nrf-query") as pool:
+                list(pool.map(work, self.engines))  # work() keeps its errors for the raise below
         if errors:
             raise errors[0]
         if cancel is not None and done[0] < n:
