@@ -40,6 +40,25 @@ MAX_ABS_MM = 500.0
 MAX_IMAGE_PIXELS = 178_956_970
 
 
+
+def open_h5(path: Path, fmt: str, what: str, error: type):
+    """Open a napari-nrf HDF5 file of format ``fmt`` for reading (an ``h5py.File``).
+
+    Missing file: FileNotFoundError; not HDF5 or another format: ``error`` naming ``what``
+    ("response set", "movie data set")."""
+    import h5py
+
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise error(f"{path} is not a readable HDF5 file: {exc}") from None
+    if f.attrs.get("format") != fmt:
+        f.close()
+        raise error(f"{path} is not a napari-nrf {what} (format attribute missing)")
+    return f
+
 class ResponseSetError(NapariNRFError):
     """Raised for a malformed response set."""
 
@@ -238,18 +257,8 @@ class ResponseSet:
     @classmethod
     def load(cls, path, lazy: bool = False) -> "ResponseSet":
         """Read a response set. ``lazy=True`` keeps images/responses/truth on disk (h5py)."""
-        import h5py
-
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"response set not found: {path}")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise ResponseSetError(f"{path} is not a readable HDF5 file: {exc}") from exc
-        if f.attrs.get("format") != FORMAT:
-            f.close()
-            raise ResponseSetError(f"{path} is not a napari-nrf response set (format attribute missing)")
+        f = open_h5(path, FORMAT, "response set", ResponseSetError)
         raw = f.attrs.get("version", 0)  # (read before any close: h5py objects die with the file)
         raw = raw.decode() if isinstance(raw, bytes) else raw
         try:

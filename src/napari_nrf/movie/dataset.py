@@ -269,18 +269,10 @@ class MovieDataset:
     @classmethod
     def load(cls, path, lazy: bool = True) -> "MovieDataset":
         """Read a movie data set; ``lazy`` keeps the frames on disk (responses are read)."""
-        import h5py
+        from napari_nrf.data.responseset import open_h5
 
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"movie data set not found: {path}")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise MovieError(f"{path} is not a readable HDF5 file: {exc}") from None
-        if f.attrs.get("format") != FORMAT:
-            f.close()
-            raise MovieError(f"{path} is not a napari-nrf movie data set (format attribute missing)")
+        f = open_h5(path, FORMAT, "movie data set", MovieError)
         films = {}
         for name in json.loads(f.attrs["film_order"]):
             g = f["films"][name]
