@@ -157,13 +157,10 @@ def main(argv=None):
 
 
 def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return "unknown"
+    """The CPU model (napari_nrf.precision.cpu_info, the one /proc/cpuinfo reader)."""
+    from napari_nrf.precision import cpu_info
+
+    return cpu_info()["model"] + f", {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,13 +36,10 @@ import torch
 
 
 def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU model (napari_nrf.precision.cpu_info, the one /proc/cpuinfo reader)."""
+    from napari_nrf.precision import cpu_info
+
+    return cpu_info()["model"]
 
 
 def make_data(n_images: int, n_voxels: int, seed: int = 0):
