@@ -87,3 +87,31 @@ def test_widget_trains_a_new_nrf_in_the_background(make_napari_viewer, qtbot, tm
     assert w.table.item(0, 1).text() == "done" and w.table.cellWidget(0, 2).value() == 1000
     qtbot.waitUntil(lambda: mw.model is not None and mw.model.kind == "nrf", timeout=60_000)
     assert mw.path.name == "trained.safetensors" and len(w.curve.loss) == 2
+
+
+def test_an_existing_output_is_refused_in_the_widgets_words(make_napari_viewer, qtbot, tmp_path):
+    """The form names its own checkbox, not the CLI's --overwrite; ticking it lets the job start."""
+    _, data = make_adaptation_files(tmp_path)
+    mw, w = _docks(make_napari_viewer(), tmp_path)
+    w.mode.setCurrentIndex(1)
+    out = tmp_path / "taken.safetensors"
+    out.write_bytes(b"someone's model")
+    w.data.setText(str(data))
+    w.out.setText(str(out))
+    w.device.setCurrentText("cpu")
+    w.extra_kwargs = {"feature_cache": str(tmp_path / "cache")}
+    assert w.start() is None
+    msg = w.status.text()
+    assert "already exists" in msg and "replace an existing output file" in msg and "--overwrite" not in msg
+    assert out.read_bytes() == b"someone's model" and not [p for p in (tmp_path / "jobs").glob("*") if p.is_dir()]  # no job folder
+    w.preset.setCurrentText("tiny")
+    w.steps.setValue(2)
+    w.threads = 1
+    w.replace.setChecked(True)
+    w.extra_kwargs = {"batch_images": 4, "batch_voxels": 30, "steps_per_epoch": 2,
+                      "feature_cache": str(tmp_path / "cache")}
+    with qtbot.waitSignal(w.job_finished, timeout=180_000) as blocker:
+        assert w.start() is not None
+    assert blocker.args[0].status == "done", blocker.args[0].state
+    assert out.read_bytes() != b"someone's model"
+    qtbot.waitUntil(lambda: mw.model is not None and mw.model.kind == "nrf", timeout=60_000)  # the job opens it

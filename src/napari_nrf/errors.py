@@ -90,7 +90,14 @@ def choose_device(name=None) -> str:
 
 class OutputError(NapariNRFError):
     """An output path that would destroy something: one of the command's inputs, or an
-    existing model / data set / file the command did not create (without ``overwrite``)."""
+    existing model / data set / file the command did not create (without ``overwrite``).
+
+    ``existing``: the path that already exists when that is the only reason (so a GUI can
+    word its own remedy instead of the CLI's ``--overwrite``); None otherwise."""
+
+    def __init__(self, message: str, existing: Path | None = None):
+        super().__init__(message)
+        self.existing = existing
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -129,7 +136,7 @@ def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--out", 
         elif p.is_dir():
             raise OutputError(f"{flag} {p} is a folder; give a file path")
         elif not overwrite and not (replaceable is not None and replaceable(p)):
-            raise OutputError(f"{flag} {p} already exists; pass --overwrite to replace it")
+            raise OutputError(f"{flag} {p} already exists; pass --overwrite to replace it", existing=p)
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

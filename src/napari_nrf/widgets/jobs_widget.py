@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtGui import QColor, QPainter, QPen
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                             QProgressBar, QPushButton, QSpinBox, QTableWidget, QVBoxLayout, QWidget)
 
 from napari_nrf.train_jobs import GROUP
@@ -140,6 +140,9 @@ class FinetuneJobsWidget(QWidget):
         b.clicked.connect(self._choose_out)
         orow.addWidget(b)
         form.addRow("output", _wrap(orow))
+        self.replace = QCheckBox("replace an existing output file")
+        self.replace.setToolTip("without it, a job refuses to write over a model that already exists")
+        form.addRow("", self.replace)
         self.n_images = QSpinBox()
         self.n_images.setRange(0, 1_000_000)
         self.n_images.setValue(200)
@@ -302,7 +305,11 @@ class FinetuneJobsWidget(QWidget):
     def _choose_out(self):
         path, _ = QFileDialog.getSaveFileName(self, "Output model", "", "Model bundles (*.safetensors)")
         if path:
-            self.out.setText(path if path.endswith(".safetensors") else path + ".safetensors")
+            path = path if path.endswith(".safetensors") else path + ".safetensors"
+            self.out.setText(path)
+            # Qt's save dialog has already asked whether to replace an existing file.
+            if Path(path).exists():
+                self.replace.setChecked(True)
 
     # ---- jobs -----------------------------------------------------------------------------
     def start(self):
@@ -318,7 +325,8 @@ class FinetuneJobsWidget(QWidget):
                 kw = {"steps": self.steps.value() or None, "preset": self.preset.currentText(),
                       "backbone": self.backbone.currentText(), **self.extra_kwargs}
                 job = submit_train(manager, self.data_paths(), self.out.text(),
-                                   device=self.device.currentText(), threads=self.threads, **kw)
+                                   device=self.device.currentText(), threads=self.threads,
+                                   overwrite=self.replace.isChecked(), **kw)
             elif not bases:
                 raise ValueError("add at least one base model")
             else:
@@ -326,8 +334,12 @@ class FinetuneJobsWidget(QWidget):
                     raise ValueError("choose the new subject's response set (one file) and an output file")
                 kw = {"n_images": self.n_images.value() or None, "epochs": self.epochs.value(), **self.extra_kwargs}
                 job = submit_finetune(manager, bases, self.data_paths()[0], self.out.text(),
-                                      device=self.device.currentText(), threads=self.threads, **kw)
+                                      device=self.device.currentText(), threads=self.threads,
+                                      overwrite=self.replace.isChecked(), **kw)
         except ValueError as exc:
+            existing = getattr(exc, "existing", None) or getattr(exc.__cause__, "existing", None)
+            if existing is not None:  # the CLI's "--overwrite" means nothing in a form
+                exc = f"{existing} already exists; tick 'replace an existing output file' or choose another output"
             self._error(f"Could not start the job: {exc}")
             return None
         self._started.add(job.id)
