@@ -254,6 +254,52 @@ def test_train_movie_lazy_batches_and_evaluation(sim, monkeypatch):
         g.close()
 
 
+def test_static_baselines_on_middle_frames_read_lazily_and_score_like_the_movie_model(sim, monkeypatch):
+    from napari_nrf.movie.baselines import FrameView, evaluate_static, middle_frame_set, train_static
+    from napari_nrf.movie.evaluate import evaluate_movie
+
+    out, ds = sim
+    g = MovieDataset.load(out / "group.h5")
+    subs = [MovieDataset.load(out / f"sub-0{i}.h5") for i in (1, 2)]
+    try:
+        rs = middle_frame_set(g, delay=4)
+        assert isinstance(rs.images, FrameView) and rs.images.shape == (2 * (36 - 4), 32, 32, 3)
+        row = 36 - 4 + 7  # film-02, TR 7: its middle frame, paired with the response of TR 11
+        np.testing.assert_array_equal(rs.get_images([row])[0], ds["group"].films["film-02"]["frames"][7][2])
+        np.testing.assert_array_equal(rs.get_responses([row])[0], g.films["film-02"]["responses"][11])
+        np.testing.assert_array_equal(rs.split, g.training_set(4).split)
+        monkeypatch.setattr(ChunkView, "__array__", lambda *a, **k: pytest.fail("read whole chunks"))
+        nrf, hist = train_static(g, "nrf", delay=4, steps=4, preset="tiny")
+        assert nrf.kind == "nrf" and nrf.provenance["training"]["movie_baseline"]["delay_tr"] == 4
+        rep = evaluate_static(nrf, g, delay=4, n_perm=5)
+        monkeypatch.undo()
+        ref = evaluate_movie(_tiny_movie(g), g, n_perm=0)
+        for part in ("pooled", "held_out_film", "segments"):
+            assert rep[part]["n_trs"] == ref[part]["n_trs"]
+            assert {"median_r", "mean_r", "median_r2", "calibration_slope", "spatial_r_mean"} <= set(rep[part])
+        assert np.isfinite(rep["pooled"]["median_r"]) and "fraction_p05" in rep["pooled"]
+        # the Universal encoder jointly over the single subjects (each its own voxel embeddings)
+        uni, _ = train_static(subs, "universal", delay=4, epochs=1, model_config=dict(embed_dim=8, channels=8))
+        assert set(uni.voxel_embeddings) == {"sub-01", "sub-02"}
+        r1 = evaluate_static(uni, subs[0], delay=4)
+        assert r1["kind"] == "universal" and np.isfinite(r1["pooled"]["median_r"])
+        with pytest.raises(MovieError, match="kind"):
+            train_static(g, "ridge")
+    finally:
+        g.close()
+        for s_ in subs:
+            s_.close()
+
+
+def _tiny_movie(g, delay=4):
+    from napari_nrf.models.movie import MovieEncoderDecoder
+
+    m = MovieEncoderDecoder(g.n_voxels, frames_per_tr=4, frame_size=32, size="tiny", delay=delay, w=1.0,
+                            perceptual="none")
+    m.subjects = {"group": g.coords}
+    return m
+
+
 def test_cli_simulate_train_evaluate_query(tmp_path):
     import nibabel as nib
 
@@ -267,9 +313,15 @@ def test_cli_simulate_train_evaluate_query(tmp_path):
     assert main(["train-movie", str(sim / "group.h5"), "--out", str(m), "--size", "tiny", "--epochs", "1",
                  "--snr-top", "0.5", "--device", "cpu"]) == 0
     assert main(["evaluate-movie", str(m), str(sim / "group.h5"), "--ridge", "pixels", "--perm", "5",
-                 "--json", str(tmp_path / "e.json"), "--device", "cpu", "--saliency"]) == 0
+                 "--json", str(tmp_path / "e.json"), "--device", "cpu", "--saliency", "--baselines", "fir,nrf",
+                 "--baseline-steps", "3"]) == 0
     rep = json.loads((tmp_path / "e.json").read_text())
-    assert {"model", "fir_ridge", "saliency_by_roi"} <= set(rep) and rep["model"]["delay"] == 4
+    assert {"model", "fir_ridge", "saliency_by_roi", "static_nrf"} <= set(rep) and rep["model"]["delay"] == 4
+    # the static baseline is scored on the same test TRs and voxels as the movie model
+    assert rep["static_nrf"]["pooled"]["n_trs"] == rep["model"]["pooled"]["n_trs"]
+    assert rep["static_nrf"]["delay"] == 4 and "calibration_slope" in rep["static_nrf"]["pooled"]
+    assert main(["evaluate-movie", str(m), str(sim / "group.h5"), "--baselines", "fir,svm",
+                 "--json", str(tmp_path / "e2.json")]) != 0
     film = write_video(tmp_path / "f.mp4", make_film(8, tr=1.3, frames_per_tr=4, size=32, seed=5).frames, fps=4 / 1.3)
     pred = tmp_path / "pred.nii.gz"
     assert main(["query-movie", str(m), str(film), "--out", str(pred), "--device", "cpu"]) == 0
