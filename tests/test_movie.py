@@ -84,6 +84,15 @@ def test_video_constant_rate_resized(tmp_path):
     assert c.shape == (4, 4, 32, 32, 3)
     big = read_film(p, tr=0.4, frames_per_tr=4, size=64)
     assert [_bar_of(f) for f in big.reshape(-1, 64, 64, 3)] == list(range(16))
+    # the one reused scaler gives exactly what FFmpeg's per-frame reformat gives
+    import av
+
+    from napari_nrf.movie.video import minmax_uint8
+
+    with av.open(str(p)) as cont:
+        ref = [minmax_uint8(f.reformat(width=32, height=32, format="rgb24", interpolation="BILINEAR").to_ndarray())
+               for f in cont.decode(video=0)]
+    np.testing.assert_array_equal(c.reshape(-1, 32, 32, 3), np.stack(ref))
 
 
 def test_bad_films_get_clear_errors(tmp_path):
@@ -192,6 +201,43 @@ def test_paper_size_has_the_papers_parameter_counts():
     with torch.device("meta"):
         e = MovieEncoderDecoder(4609, size="paper", w=1.0)
     assert not e.has_decoder and not any(n.startswith("dec") for n, _ in e.named_parameters())
+
+
+@pytest.mark.parametrize("size", ["tiny", "demo"])
+def test_fast_encoder_path_equals_the_reference_layers(size):
+    """encode (channels-last 2D convs, strided max, one grouped conv) == encode_reference
+    (the paper's Conv3d / MaxPool3d / AvgPool3d / per-slice Conv2d), in eval and in
+    training (same outputs, gradients and BatchNorm running statistics)."""
+    from napari_nrf.models.movie import MovieEncoderDecoder
+
+    torch.manual_seed(0)
+    m = MovieEncoderDecoder(37, frames_per_tr=6, frame_size=32, size=size, w=1.0, perceptual="none")
+    for mod in m.modules():  # BatchNorm statistics away from the identity
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.01, 0.1)
+    x = torch.randint(0, 256, (3, 6, 32, 32, 3), dtype=torch.uint8)
+    m.eval()
+    with torch.inference_mode():
+        ref, fast = m.encode_reference(x), m.encode(x)
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    m.train()
+    m2 = MovieEncoderDecoder(37, frames_per_tr=6, frame_size=32, size=size, w=1.0, perceptual="none")
+    m2.load_state_dict(m.state_dict())
+    m2.train()
+    outs = []
+    for net, f in ((m, m.encode_reference), (m2, m2.encode)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)  # the same dropout mask
+            y = f(x)
+        y.square().mean().backward()
+        outs.append((y.detach(), net.conv1.weight.grad.clone(), net.slices[2][0].weight.grad.clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+    for k, v in m.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(m2.state_dict()[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_combined_loss_and_perceptual_term(effnet):

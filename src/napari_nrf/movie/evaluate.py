@@ -25,7 +25,7 @@ def voxel_pearson(pred, true) -> np.ndarray:
     return vp(pred, true)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_chunks(model, chunks, batch: int = 16, progress=None, cancel=None) -> np.ndarray:
     """Responses (T, V) float32 of ``model`` to ``chunks`` (T, F, S, S, 3) (an array, an
     h5py dataset or a lazy view), ``batch`` chunks at a time (never the whole film in
