@@ -300,10 +300,12 @@ def test_train_movie_lazy_batches_and_evaluation(sim, monkeypatch):
         g.close()
 
 
-def test_static_baselines_on_middle_frames_read_lazily_and_score_like_the_movie_model(sim, monkeypatch):
+def test_static_baselines_on_middle_frames_read_lazily_and_score_like_the_movie_model(sim, monkeypatch, tmp_path):
+    from napari_nrf.features import FeatureCache
     from napari_nrf.movie.baselines import FrameView, evaluate_static, middle_frame_set, train_static
     from napari_nrf.movie.evaluate import evaluate_movie
 
+    cache = FeatureCache(tmp_path / "cache")  # the films' middle frames are encoded once
     out, ds = sim
     g = MovieDataset.load(out / "group.h5")
     subs = [MovieDataset.load(out / f"sub-0{i}.h5") for i in (1, 2)]
@@ -315,9 +317,9 @@ def test_static_baselines_on_middle_frames_read_lazily_and_score_like_the_movie_
         np.testing.assert_array_equal(rs.get_responses([row])[0], g.films["film-02"]["responses"][11])
         np.testing.assert_array_equal(rs.split, g.training_set(4).split)
         monkeypatch.setattr(ChunkView, "__array__", lambda *a, **k: pytest.fail("read whole chunks"))
-        nrf, hist = train_static(g, "nrf", delay=4, steps=4, preset="tiny")
+        nrf, hist = train_static(g, "nrf", delay=4, steps=4, preset="tiny", feature_cache=cache)
         assert nrf.kind == "nrf" and nrf.provenance["training"]["movie_baseline"]["delay_tr"] == 4
-        rep = evaluate_static(nrf, g, delay=4, n_perm=5)
+        rep = evaluate_static(nrf, g, delay=4, n_perm=5, feature_cache=cache)
         monkeypatch.undo()
         ref = evaluate_movie(_tiny_movie(g), g, n_perm=0)
         for part in ("pooled", "held_out_film", "segments"):
@@ -325,9 +327,10 @@ def test_static_baselines_on_middle_frames_read_lazily_and_score_like_the_movie_
             assert {"median_r", "mean_r", "median_r2", "calibration_slope", "spatial_r_mean"} <= set(rep[part])
         assert np.isfinite(rep["pooled"]["median_r"]) and "fraction_p05" in rep["pooled"]
         # the Universal encoder jointly over the single subjects (each its own voxel embeddings)
-        uni, _ = train_static(subs, "universal", delay=4, epochs=1, model_config=dict(embed_dim=8, channels=8))
+        uni, _ = train_static(subs, "universal", delay=4, epochs=1, model_config=dict(embed_dim=8, channels=8),
+                              feature_cache=cache)
         assert set(uni.voxel_embeddings) == {"sub-01", "sub-02"}
-        r1 = evaluate_static(uni, subs[0], delay=4)
+        r1 = evaluate_static(uni, subs[0], delay=4, feature_cache=cache)
         assert r1["kind"] == "universal" and np.isfinite(r1["pooled"]["median_r"])
         with pytest.raises(MovieError, match="kind"):
             train_static(g, "ridge")
