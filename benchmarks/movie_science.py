@@ -12,7 +12,11 @@ D. in the motion area (hMT) the chunk model beats a middle-frame model (the same
 E. encoder-decoder (w 0.5) vs encoder alone (w 1) over 3 seeds (the paper: 0.202 vs 0.139);
 F. both against FIR ridge on TR-averaged frame features (efficientnet-lite0 embedding of 4
    frames per TR + 4 x 4 motion energy) with delays 1-4 TR, and FIR ridge on the group
-   average vs a single subject.
+   average vs a single subject;
+G. static image kinds on each TR's middle frame with the delay (4 TR): the NRF and the
+   Universal encoder on the group average, and the Universal encoder jointly over the single
+   subjects (scored on sub-01, next to F's single-subject ridge); their recipes' default
+   settings, their backbone efficientnet-lite0 (:mod:`napari_nrf.movie.baselines`).
 
 Scores: voxelwise Pearson r over the test TRs (median over voxels), pooled over films;
 "segments" = the last 20 % of the training films, "held-out film" = every TR of the last.
@@ -24,6 +28,7 @@ so D = 0.35 (1 - SSIM) + 0.30 TV) [VGG16 blocks].
 
 Run (about 25 min on 2 cores shared with a loaded machine):
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/movie_science.py --out benchmarks/results/movie_science.json
+One part alone (the simulation is the same, seed 0): --only G (or a list: --only A,F).
 Tiny (tests): NRF_EXAMPLE_TINY=1 or --tiny.
 """
 
@@ -37,9 +42,10 @@ import time
 import numpy as np
 
 FULL = dict(n_subjects=3, n_films=3, n_trs=100, frames_per_tr=4, size=32, max_voxels=300, epochs=8,
-            delays=(2, 3, 4, 5, 6), seeds=(0, 1, 2), ridge="efficientnet-lite0")
+            delays=(2, 3, 4, 5, 6), seeds=(0, 1, 2), ridge="efficientnet-lite0", static_steps=None)
 TINY = dict(n_subjects=2, n_films=2, n_trs=30, frames_per_tr=4, size=32, max_voxels=60, epochs=1,
-            delays=(3, 4), seeds=(0,), ridge="pixels")
+            delays=(3, 4), seeds=(0,), ridge="pixels", static_steps=3)
+PARTS = "ABCDEFG"
 
 
 def _med(rep, part="pooled"):
@@ -47,13 +53,17 @@ def _med(rep, part="pooled"):
     return None if p is None else round(float(p["median_r"]), 4)
 
 
-def run(tiny: bool = False, out_dir=None, log=print) -> dict:
+def run(tiny: bool = False, out_dir=None, log=print, only=None) -> dict:
+    """The claims of the module doc; ``only``: the parts to run (letters, default all; B-E
+    need A's models, so A runs with them)."""
     import torch
 
-    from napari_nrf.movie.evaluate import evaluate_movie, fir_ridge
     from napari_nrf.recipes import train_movie
     from napari_nrf.simulate.movies import simulate_movies
 
+    parts = set(PARTS if only is None else str(only).upper().replace(",", ""))
+    if parts - set(PARTS):
+        raise ValueError(f"unknown parts {sorted(parts - set(PARTS))}; choose from {PARTS}")
     cfg = TINY if tiny else FULL
     t0 = time.perf_counter()
     sims = simulate_movies(out_dir, n_subjects=cfg["n_subjects"], n_films=cfg["n_films"], n_trs=cfg["n_trs"],
@@ -69,6 +79,55 @@ def run(tiny: bool = False, out_dir=None, log=print) -> dict:
         m, h = train_movie(g, size="tiny", epochs=cfg["epochs"], lr=1e-3, seed=seed, **kw)
         return m, time.perf_counter() - t
 
+    if parts & set("ABCDEF"):
+        res.update(_movie_parts(cfg, g, sims, parts, train, log))
+    if "G" in parts:
+        res["G_static"] = _static_part(cfg, g, sims, log)
+    res["parts"] = "".join(sorted(parts))
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def _static_part(cfg, g, sims, log) -> dict:
+    """G: the NRF and the Universal encoder on each TR's middle frame, delay 4 TR."""
+    from napari_nrf.features import FeatureCache
+    from napari_nrf.movie.baselines import static_baseline
+
+    d = 4
+    cache = FeatureCache()
+    kw = {} if cfg["static_steps"] is None else {"steps": cfg["static_steps"]}
+    out = {"delay_tr": d, "settings": "the recipes' defaults" if not kw else kw}
+    for kind in ("nrf", "universal"):
+        rep = static_baseline(g, kind, d, feature_cache=cache, **kw)
+        out[f"{kind}_group"] = {p: _med(rep, p) for p in ("pooled", "segments", "held_out_film")}
+        out[f"{kind}_group"].update({"pooled_median_r2": round(rep["pooled"]["median_r2"], 4),
+                                     "pooled_calibration_slope": round(rep["pooled"]["calibration_slope"], 3),
+                                     "best_epoch": rep["best_epoch"], "seconds": rep["seconds"]})
+        log(f"G static {kind} (group): {out[f'{kind}_group']}")
+    subs = [sims[k] for k in sorted(sims) if k.startswith("sub-")]
+    rep = static_baseline(subs, "universal", d, feature_cache=cache, **kw)
+    out["universal_joint_subjects_on_sub01"] = {p: _med(rep, p) for p in ("pooled", "segments", "held_out_film")}
+    out["universal_joint_subjects_on_sub01"].update({"n_subjects": len(subs), "seconds": rep["seconds"],
+                                                     "pooled_calibration_slope":
+                                                         round(rep["pooled"]["calibration_slope"], 3)})
+    log(f"G static universal (joint over {len(subs)} subjects, on sub-01): {out['universal_joint_subjects_on_sub01']}")
+    return out
+
+
+def _movie_parts(cfg, g, sims, parts, train, log) -> dict:
+    """Parts A-F (A-E together: A's models serve B-E)."""
+    res = {}
+    if parts & set("ABCDE"):
+        res.update(_parts_a_to_e(cfg, g, train, log))
+    if "F" in parts:
+        res["F_fir_ridge"] = _fir_part(cfg, g, sims, log)
+    return res
+
+
+def _parts_a_to_e(cfg, g, train, log) -> dict:
+    from napari_nrf.movie.evaluate import evaluate_movie
+
+    res = {}
     # A. delay sweep (encoder-decoder, seed 0)
     sweep, models = {}, {}
     for d in cfg["delays"]:
@@ -125,26 +184,31 @@ def run(tiny: bool = False, out_dir=None, log=print) -> dict:
                               "ssim_predicted": round(float(rep4.get("ssim_predicted", float("nan"))), 4),
                               "ssim_measured": round(float(rep4.get("ssim_measured", float("nan"))), 4)}
 
-    # F. FIR ridge baseline (group and a single subject)
+    return res
+
+
+def _fir_part(cfg, g, sims, log) -> dict:
+    """F. FIR ridge baseline (group and a single subject)."""
+    from napari_nrf.movie.evaluate import fir_ridge
+
     cache = {}
     fr = fir_ridge(g, features=cfg["ridge"], feature_cache=cache)
     sub = sims["sub-01"]
     fr1 = fir_ridge(sub, features=cfg["ridge"], feature_cache=cache)
-    res["F_fir_ridge"] = {"features": cfg["ridge"], "group": {p: _med(fr, p) for p in ("pooled", "segments",
-                                                                                      "held_out_film")},
-                          "single_subject": {p: _med(fr1, p) for p in ("pooled", "segments", "held_out_film")}}
-    log(f"F {res['F_fir_ridge']}")
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    return res
+    out = {"features": cfg["ridge"], "group": {p: _med(fr, p) for p in ("pooled", "segments", "held_out_film")},
+           "single_subject": {p: _med(fr1, p) for p in ("pooled", "segments", "held_out_film")}}
+    log(f"F {out}")
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="JSON report")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--only", default=None, help=f"parts to run, letters of {PARTS} (default all), e.g. G or A,F")
     args = ap.parse_args(argv)
     tiny = args.tiny or os.environ.get("NRF_EXAMPLE_TINY") == "1"
-    res = run(tiny=tiny)
+    res = run(tiny=tiny, only=args.only)
     text = json.dumps(res, indent=2)
     if args.out:
         from pathlib import Path

@@ -84,6 +84,15 @@ def test_video_constant_rate_resized(tmp_path):
     assert c.shape == (4, 4, 32, 32, 3)
     big = read_film(p, tr=0.4, frames_per_tr=4, size=64)
     assert [_bar_of(f) for f in big.reshape(-1, 64, 64, 3)] == list(range(16))
+    # the one reused scaler gives exactly what FFmpeg's per-frame reformat gives
+    import av
+
+    from napari_nrf.movie.video import minmax_uint8
+
+    with av.open(str(p)) as cont:
+        ref = [minmax_uint8(f.reformat(width=32, height=32, format="rgb24", interpolation="BILINEAR").to_ndarray())
+               for f in cont.decode(video=0)]
+    np.testing.assert_array_equal(c.reshape(-1, 32, 32, 3), np.stack(ref))
 
 
 def test_bad_films_get_clear_errors(tmp_path):
@@ -194,6 +203,43 @@ def test_paper_size_has_the_papers_parameter_counts():
     assert not e.has_decoder and not any(n.startswith("dec") for n, _ in e.named_parameters())
 
 
+@pytest.mark.parametrize("size", ["tiny", "demo"])
+def test_fast_encoder_path_equals_the_reference_layers(size):
+    """encode (channels-last 2D convs, strided max, one grouped conv) == encode_reference
+    (the paper's Conv3d / MaxPool3d / AvgPool3d / per-slice Conv2d), in eval and in
+    training (same outputs, gradients and BatchNorm running statistics)."""
+    from napari_nrf.models.movie import MovieEncoderDecoder
+
+    torch.manual_seed(0)
+    m = MovieEncoderDecoder(37, frames_per_tr=6, frame_size=32, size=size, w=1.0, perceptual="none")
+    for mod in m.modules():  # BatchNorm statistics away from the identity
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.01, 0.1)
+    x = torch.randint(0, 256, (3, 6, 32, 32, 3), dtype=torch.uint8)
+    m.eval()
+    with torch.inference_mode():
+        ref, fast = m.encode_reference(x), m.encode(x)
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    m.train()
+    m2 = MovieEncoderDecoder(37, frames_per_tr=6, frame_size=32, size=size, w=1.0, perceptual="none")
+    m2.load_state_dict(m.state_dict())
+    m2.train()
+    outs = []
+    for net, f in ((m, m.encode_reference), (m2, m2.encode)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)  # the same dropout mask
+            y = f(x)
+        y.square().mean().backward()
+        outs.append((y.detach(), net.conv1.weight.grad.clone(), net.slices[2][0].weight.grad.clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+    for k, v in m.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(m2.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
 def test_combined_loss_and_perceptual_term(effnet):
     from napari_nrf.models.movie import MovieEncoderDecoder
 
@@ -254,6 +300,55 @@ def test_train_movie_lazy_batches_and_evaluation(sim, monkeypatch):
         g.close()
 
 
+def test_static_baselines_on_middle_frames_read_lazily_and_score_like_the_movie_model(sim, monkeypatch, tmp_path):
+    from napari_nrf.features import FeatureCache
+    from napari_nrf.movie.baselines import FrameView, evaluate_static, middle_frame_set, train_static
+    from napari_nrf.movie.evaluate import evaluate_movie
+
+    cache = FeatureCache(tmp_path / "cache")  # the films' middle frames are encoded once
+    out, ds = sim
+    g = MovieDataset.load(out / "group.h5")
+    subs = [MovieDataset.load(out / f"sub-0{i}.h5") for i in (1, 2)]
+    try:
+        rs = middle_frame_set(g, delay=4)
+        assert isinstance(rs.images, FrameView) and rs.images.shape == (2 * (36 - 4), 32, 32, 3)
+        row = 36 - 4 + 7  # film-02, TR 7: its middle frame, paired with the response of TR 11
+        np.testing.assert_array_equal(rs.get_images([row])[0], ds["group"].films["film-02"]["frames"][7][2])
+        np.testing.assert_array_equal(rs.get_responses([row])[0], g.films["film-02"]["responses"][11])
+        np.testing.assert_array_equal(rs.split, g.training_set(4).split)
+        monkeypatch.setattr(ChunkView, "__array__", lambda *a, **k: pytest.fail("read whole chunks"))
+        nrf, hist = train_static(g, "nrf", delay=4, steps=4, preset="tiny", feature_cache=cache)
+        assert nrf.kind == "nrf" and nrf.provenance["training"]["movie_baseline"]["delay_tr"] == 4
+        rep = evaluate_static(nrf, g, delay=4, n_perm=5, feature_cache=cache)
+        monkeypatch.undo()
+        ref = evaluate_movie(_tiny_movie(g), g, n_perm=0)
+        for part in ("pooled", "held_out_film", "segments"):
+            assert rep[part]["n_trs"] == ref[part]["n_trs"]
+            assert {"median_r", "mean_r", "median_r2", "calibration_slope", "spatial_r_mean"} <= set(rep[part])
+        assert np.isfinite(rep["pooled"]["median_r"]) and "fraction_p05" in rep["pooled"]
+        # the Universal encoder jointly over the single subjects (each its own voxel embeddings)
+        uni, _ = train_static(subs, "universal", delay=4, epochs=1, model_config=dict(embed_dim=8, channels=8),
+                              feature_cache=cache)
+        assert set(uni.voxel_embeddings) == {"sub-01", "sub-02"}
+        r1 = evaluate_static(uni, subs[0], delay=4, feature_cache=cache)
+        assert r1["kind"] == "universal" and np.isfinite(r1["pooled"]["median_r"])
+        with pytest.raises(MovieError, match="kind"):
+            train_static(g, "ridge")
+    finally:
+        g.close()
+        for s_ in subs:
+            s_.close()
+
+
+def _tiny_movie(g, delay=4):
+    from napari_nrf.models.movie import MovieEncoderDecoder
+
+    m = MovieEncoderDecoder(g.n_voxels, frames_per_tr=4, frame_size=32, size="tiny", delay=delay, w=1.0,
+                            perceptual="none")
+    m.subjects = {"group": g.coords}
+    return m
+
+
 def test_cli_simulate_train_evaluate_query(tmp_path):
     import nibabel as nib
 
@@ -267,9 +362,15 @@ def test_cli_simulate_train_evaluate_query(tmp_path):
     assert main(["train-movie", str(sim / "group.h5"), "--out", str(m), "--size", "tiny", "--epochs", "1",
                  "--snr-top", "0.5", "--device", "cpu"]) == 0
     assert main(["evaluate-movie", str(m), str(sim / "group.h5"), "--ridge", "pixels", "--perm", "5",
-                 "--json", str(tmp_path / "e.json"), "--device", "cpu", "--saliency"]) == 0
+                 "--json", str(tmp_path / "e.json"), "--device", "cpu", "--saliency", "--baselines", "fir,nrf",
+                 "--baseline-steps", "3"]) == 0
     rep = json.loads((tmp_path / "e.json").read_text())
-    assert {"model", "fir_ridge", "saliency_by_roi"} <= set(rep) and rep["model"]["delay"] == 4
+    assert {"model", "fir_ridge", "saliency_by_roi", "static_nrf"} <= set(rep) and rep["model"]["delay"] == 4
+    # the static baseline is scored on the same test TRs and voxels as the movie model
+    assert rep["static_nrf"]["pooled"]["n_trs"] == rep["model"]["pooled"]["n_trs"]
+    assert rep["static_nrf"]["delay"] == 4 and "calibration_slope" in rep["static_nrf"]["pooled"]
+    assert main(["evaluate-movie", str(m), str(sim / "group.h5"), "--baselines", "fir,svm",
+                 "--json", str(tmp_path / "e2.json")]) != 0
     film = write_video(tmp_path / "f.mp4", make_film(8, tr=1.3, frames_per_tr=4, size=32, seed=5).frames, fps=4 / 1.3)
     pred = tmp_path / "pred.nii.gz"
     assert main(["query-movie", str(m), str(film), "--out", str(pred), "--device", "cpu"]) == 0

@@ -20,6 +20,13 @@ def test_science_script_runs_tiny():
     assert {"selected_top30", "all"} <= set(res["B_snr"]) and {"held_out_film", "segments"} <= set(res["C_heldout"])
     assert "chunk_hMT" in res["D_motion"] and len(res["E_encdec_vs_enc"]["encoder_decoder"]) == 1
     assert {"group", "single_subject"} <= set(res["F_fir_ridge"])
+    g = res["G_static"]
+    assert g["delay_tr"] == 4 and {"nrf_group", "universal_group", "universal_joint_subjects_on_sub01"} <= set(g)
+    assert all(np.isfinite(g[k]["pooled"]) for k in ("nrf_group", "universal_group"))
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown parts"):
+        mod.run(tiny=True, only="Z")
 
 
 def test_ridge_delay_sweep_peaks_at_the_hrf_delay():

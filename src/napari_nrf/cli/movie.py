@@ -79,6 +79,12 @@ def register(sub) -> None:
     p.add_argument("--perm", type=int, default=100, help="permutations per voxel (default %(default)s; 0: none)")
     p.add_argument("--ridge", default="efficientnet-lite0", choices=["efficientnet-lite0", "pixels", "none"],
                    help="FIR ridge baseline features (default %(default)s)")
+    p.add_argument("--baselines", default="fir",
+                   help="comma-separated baselines: fir (FIR ridge), nrf, universal (the image kinds trained "
+                        "here on each TR's middle frame at the model's delay, their default settings); "
+                        "default %(default)s")
+    p.add_argument("--baseline-steps", type=int, default=None,
+                   help="optimiser steps of the nrf / universal baselines (default: their kinds' default schedules)")
     p.add_argument("--saliency", action="store_true",
                    help="also the decoder's saliency by ROI (share of the top 20 %% voxels; one backward pass per TR)")
     p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.movie-eval.json)")
@@ -187,6 +193,12 @@ def _evaluate(args) -> int:
     from napari_nrf.movie.dataset import model_voxels
     from napari_nrf.movie.evaluate import evaluate_movie, fir_ridge
 
+    from napari_nrf.errors import NapariNRFError
+
+    base = [b.strip() for b in str(args.baselines).split(",") if b.strip()]
+    bad = sorted(set(base) - {"fir", "nrf", "universal", "none"})
+    if bad:
+        raise NapariNRFError(f"--baselines: unknown {', '.join(bad)}; choose from fir, nrf, universal")
     out = Path(args.json_out or Path(args.model).with_suffix(".movie-eval.json"))
     check_output(out, [args.model, args.data], overwrite=args.overwrite, flag="--json", replaceable=is_json_file)
     model = load_model(args.model, device=_device(args.device), kind="movie")
@@ -194,8 +206,18 @@ def _evaluate(args) -> int:
     try:
         vox = model_voxels(model, ds)
         rep = {"model": evaluate_movie(model, ds, split=args.split, n_perm=args.perm, voxels=vox)}
-        if args.ridge != "none":
+        if args.ridge != "none" and "fir" in base:
             rep["fir_ridge"] = fir_ridge(ds, features=args.ridge, voxels=vox, split=args.split, n_perm=args.perm)
+        for kind in ("nrf", "universal"):
+            if kind in base:
+                from napari_nrf.features import FeatureCache
+                from napari_nrf.movie.baselines import static_baseline
+
+                print(f"training the static {kind} baseline on the middle frames (delay {model.delay} TR)...")
+                r = static_baseline(ds, kind, int(model.delay), voxels=vox, split=args.split, n_perm=args.perm,
+                                    feature_cache=FeatureCache(),
+                                    **({} if args.baseline_steps is None else {"steps": args.baseline_steps}))
+                rep[f"static_{kind}"] = r
         if args.saliency:
             from napari_nrf.movie.evaluate import decoder_saliency
 
@@ -203,7 +225,9 @@ def _evaluate(args) -> int:
     finally:
         ds.close()
     write_text_atomic(out, json.dumps(rep, indent=2))
-    for name, r in (("model", rep["model"]), ("FIR ridge", rep.get("fir_ridge"))):
+    for name, r in (("model", rep["model"]), ("FIR ridge", rep.get("fir_ridge")),
+                    ("static NRF, middle frame", rep.get("static_nrf")),
+                    ("static Universal, middle frame", rep.get("static_universal"))):
         if r is None:
             continue
         line = f"{name}: pooled median r {r['pooled']['median_r']:.3f}"

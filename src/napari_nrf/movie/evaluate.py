@@ -25,7 +25,7 @@ def voxel_pearson(pred, true) -> np.ndarray:
     return vp(pred, true)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_chunks(model, chunks, batch: int = 16, progress=None, cancel=None) -> np.ndarray:
     """Responses (T, V) float32 of ``model`` to ``chunks`` (T, F, S, S, 3) (an array, an
     h5py dataset or a lazy view), ``batch`` chunks at a time (never the whole film in
@@ -143,8 +143,11 @@ def _summary(pred, true, n_perm, seed):
     from napari_nrf.train import voxel_r2
 
     p, r = permutation_p(pred, true, n_perm, seed) if n_perm else (None, voxel_pearson(pred, true))
+    from napari_nrf.evaluate import calibration_slope
+
     out = {"n_trs": int(len(pred)), "median_r": float(np.nanmedian(r)), "mean_r": float(np.nanmean(r)),
-           "median_r2": float(np.nanmedian(voxel_r2(pred, true)))}
+           "median_r2": float(np.nanmedian(voxel_r2(pred, true))),
+           "calibration_slope": calibration_slope(pred, true)}
     pc = pred - pred.mean(1, keepdims=True)
     tc = true - true.mean(1, keepdims=True)
     sr = (pc * tc).sum(1) / np.sqrt((pc * pc).sum(1) * (tc * tc).sum(1) + 1e-12)
@@ -169,7 +172,7 @@ def evaluate_movie(model, ds: MovieDataset, split: str = "test", n_perm: int = 1
         raise MovieError(f"evaluate_movie needs a model that reads frames, got kind {model.kind!r}")
     d = int(model.delay)
     want = SPLITS[split]
-    per, preds, trues, mids, which = {}, [], [], [], []
+    pairs, mids = {}, []
     for name in ds.film_names:
         rs = ds.training_set(d, films=[name], voxels=voxels, still=still)
         rows = np.flatnonzero(rs.split == want)
@@ -179,24 +182,38 @@ def evaluate_movie(model, ds: MovieDataset, split: str = "test", n_perm: int = 1
         true = rs.get_responses(rows)
         if pred.shape[1] != true.shape[1]:
             raise MovieError(f"the model predicts {pred.shape[1]} voxels, the data set has {true.shape[1]}")
-        per[name], _ = _summary(pred, true, n_perm, seed)
-        preds.append(pred)
-        trues.append(true)
-        which.append(np.full(len(rows), name == ds.held_out))
+        pairs[name] = (pred, true)
         if getattr(model, "has_decoder", False):
-            mid = np.asarray(rs.images[rows])[:, ds.frames_per_tr // 2]
-            mids.append(mid)
-    if not preds:
+            mids.append(np.asarray(rs.images[rows])[:, ds.frames_per_tr // 2])
+    if not pairs:
         raise MovieError(f"no film of the data set has {split} TRs after the {d}-TR delay")
-    P, Y, H = np.concatenate(preds), np.concatenate(trues), np.concatenate(which)
-    out = {"films": per, "delay": d, "split": split}
-    out["pooled"], r = _summary(P, Y, n_perm, seed)
-    out["held_out_film"] = _summary(P[H], Y[H], n_perm, seed)[0] if H.sum() >= 3 else None
-    out["segments"] = _summary(P[~H], Y[~H], n_perm, seed)[0] if (~H).sum() >= 3 else None
+    out = score_films(ds, pairs, n_perm, seed, return_r=return_r)
+    out.update({"delay": d, "split": split})
+    P = np.concatenate([p for p, _ in pairs.values()])
+    Y = np.concatenate([y for _, y in pairs.values()])
     if mids:
         M = np.concatenate(mids)
         out["ssim_predicted"] = ssim_frames(reconstruct(model, P), M)
         out["ssim_measured"] = ssim_frames(reconstruct(model, Y), M)
+    return out
+
+
+def score_films(ds: MovieDataset, pairs: dict, n_perm: int = 0, seed: int = 0, return_r: bool = False) -> dict:
+    """The movie report from per-film (predicted, measured) (T_f, V) pairs of ``ds``'s
+    films: {"films": {name: summary}, "pooled": all films' rows, "held_out_film": the
+    held-out film's rows (or None), "segments": the other films' rows (or None)}; a summary
+    has n_trs, median/mean r over voxels (Pearson over TRs), median R^2, the calibration
+    slope (pooled over voxels, 1 = the data's units), mean spatial r per TR and, with
+    ``n_perm``, the fraction of voxels with permutation p < 0.05. ``return_r`` adds the
+    per-voxel r of the pooled rows. The one scoring of movie models and their baselines."""
+    per = {name: _summary(p, y, n_perm, seed)[0] for name, (p, y) in pairs.items()}
+    P = np.concatenate([p for p, _ in pairs.values()])
+    Y = np.concatenate([y for _, y in pairs.values()])
+    H = np.concatenate([np.full(len(p), name == ds.held_out) for name, (p, _) in pairs.items()])
+    out = {"films": per}
+    out["pooled"], r = _summary(P, Y, n_perm, seed)
+    out["held_out_film"] = _summary(P[H], Y[H], n_perm, seed)[0] if H.sum() >= 3 else None
+    out["segments"] = _summary(P[~H], Y[~H], n_perm, seed)[0] if (~H).sum() >= 3 else None
     if return_r:
         out["r"] = r
     return out
