@@ -26,6 +26,7 @@ time (float64 only per chunk). Outputs are written atomically.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,15 +171,37 @@ def _bandpass(t_r: float, band):
     return None
 
 
-def _filter(x: np.ndarray, sos) -> np.ndarray:
-    """Linear detrend and zero-phase band-pass along time (axis 0), float64, all columns at once."""
-    from scipy.signal import detrend, sosfiltfilt
+def _detrend_rows(x: np.ndarray) -> np.ndarray:
+    """Remove each row's least-squares line (in place; ``x`` (n, T) float64).
 
-    x = detrend(np.asarray(x, np.float64), axis=0, type="linear")
+    The closed form of scipy's ``detrend(type="linear")`` (the same projection onto
+    [1, t]): a mean and one dot product per row instead of a least-squares solve."""
+    n_t = x.shape[1]
+    t = np.arange(n_t, dtype=np.float64) - (n_t - 1) / 2.0
+    x -= x.mean(1, keepdims=True)
+    tt = float(t @ t)
+    if tt > 0:
+        x -= np.outer(x @ (t / tt), t)
+    return x
+
+
+def _filter_rows(x: np.ndarray, sos) -> np.ndarray:
+    """Linear detrend and zero-phase band-pass along the last axis: (n, T) -> (n, T) float64.
+
+    Rows are contiguous in time, which is the layout scipy's ``sosfiltfilt`` filters
+    without copying to another axis order."""
+    from scipy.signal import sosfiltfilt
+
+    x = _detrend_rows(np.array(x, np.float64, order="C", copy=True))
     if sos is not None:
         # scipy's default edge padding (3 x the filter length) exceeds a short run: cap it
-        x = sosfiltfilt(sos, x, axis=0, padlen=min(3 * (2 * len(sos) + 1), len(x) - 1))
+        x = sosfiltfilt(sos, x, axis=-1, padlen=min(3 * (2 * len(sos) + 1), x.shape[1] - 1))
     return x
+
+
+def _filter(x: np.ndarray, sos) -> np.ndarray:
+    """Linear detrend and zero-phase band-pass along time (axis 0): (T, n) -> (T, n) float64."""
+    return _filter_rows(np.asarray(x).T, sos).T
 
 
 def _clean(x: np.ndarray, sos, t_r: float, confounds) -> np.ndarray:
@@ -196,6 +219,22 @@ def _clean(x: np.ndarray, sos, t_r: float, confounds) -> np.ndarray:
                         standardize_confounds=True, filter=False, t_r=t_r)
 
 
+def _betas(x: np.ndarray, r: np.ndarray, rr: float, sos, t_r: float, conf) -> np.ndarray:
+    """GLM slopes ``beta = r . z(v) / r . r`` of a chunk of voxels, ``x`` (T, n) raw.
+
+    Without confounds the z-scoring of :func:`nilearn.signal.clean` (``zscore_sample``:
+    mean 0, sd with ddof 1) is folded into the slope, ``beta = r . y / (sd(y) r . r)``
+    with ``y`` the filtered series (``r`` has mean 0), so no z-scored copy is made; with
+    confounds the chunk goes through :func:`_clean`. (n,) float64."""
+    if conf is not None:
+        return (r @ _clean(x, sos, t_r, conf)) / rr
+    y = _filter_rows(np.asarray(x).T, sos)  # (n, T)
+    y -= y.mean(1, keepdims=True)
+    sd = np.sqrt(np.einsum("ij,ij->i", y, y) / max(1, y.shape[1] - 1))
+    sd[sd < np.finfo(np.float64).eps] = 1.0  # nilearn's guard for constant series
+    return (y @ r) / (sd * rr)
+
+
 def hrf_kernel(t_r: float, model: str = "spm") -> np.ndarray:
     """The canonical HRF sampled at the TR (nilearn's ``spm_hrf`` or ``glover_hrf``), unit sum."""
     from nilearn.glm.first_level import glover_hrf, spm_hrf
@@ -207,10 +246,20 @@ def hrf_kernel(t_r: float, model: str = "spm") -> np.ndarray:
     return h / h.sum()
 
 
+def _masked(vols: np.ndarray, brain_f: np.ndarray) -> np.ndarray:
+    """(X, Y, Z, n) volumes -> (n, V) brain voxels in the C order of ``np.argwhere(mask)``.
+
+    ``brain_f`` are the voxels' Fortran-order flat indices: a NIfTI block is Fortran
+    ordered, so its transpose is a C-ordered (n, Z * Y * X) view and one ``take`` per row
+    gathers the voxels (2.5x less CPU than boolean indexing of the 4D block)."""
+    n = vols.shape[3]
+    return np.take(vols.transpose(3, 2, 1, 0).reshape(n, -1), brain_f, axis=1)
+
+
 def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, seed="pcc",
              band=DEFAULT_BAND, confounds=None, hrf: bool = False, hrf_model: str = "spm",
-             mask=None, chunk_volumes: int = 64, chunk_voxels: int = 8192, progress=None,
-             cancel=None) -> RestMap:
+             mask=None, chunk_volumes: int = 64, chunk_voxels: int = 4096, workers: int | None = None,
+             progress=None, cancel=None) -> RestMap:
     """The seed-based rest map of a resting BOLD run.
 
     Parameters
@@ -224,6 +273,7 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
     hrf : convolve the cleaned seed series with the canonical HRF (``hrf_model``)
     mask : brain mask on the run's grid (default: the MNI152 brain mask)
     chunk_volumes, chunk_voxels : streaming sizes (memory)
+    workers : threads for the voxel chunks (default: the CPU count, at most 4)
     progress : callable(done, total, message); cancel : callable() -> bool
 
     Returns
@@ -270,29 +320,43 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
     if not brain.any():
         raise RestMapError(f"{name}: the grid {g} does not cover the MNI152 brain")
     n_v = int(brain.sum())
+    # the brain voxels' indices in the volume's Fortran order, listed in C order (as Grid.coords)
+    brain_f = np.ravel_multi_index(np.nonzero(brain), g.shape, order="F")
     # Pass 1: read the masked run a chunk of volumes at a time (T x V, the on-disk dtype
-    # when it is int16/uint8 or float32: an int16 run stays 2 bytes a value).
+    # when it is int16/uint8 or float32: an int16 run stays 2 bytes a value), and
+    # accumulate each voxel's moments (shifted by its first value: no cancellation) for
+    # the "voxels with signal" test, so the run is not read a second time for it.
     data = None
     total = n_t + n_v
+    s1 = np.zeros(n_v)
+    s2 = np.zeros(n_v)
+    fin = np.ones(n_v, bool)
+    x0 = None
     for s in range(0, n_t, chunk_volumes):
         if cancel is not None and cancel():
             raise Cancelled("rest map cancelled")
         e = min(n_t, s + chunk_volumes)
-        block = reader.read(s, e, brain) if reader is not None else arr[..., s:e][brain].T
+        block = _masked(reader.read(s, e) if reader is not None else arr[..., s:e], brain_f)
         if data is None:
             keep = block.dtype if block.dtype in (np.int16, np.uint16, np.int8, np.uint8, np.float32) else np.float32
             data = np.empty((n_t, n_v), keep)
         data[s:e] = block
+        b = np.asarray(block, np.float64)
+        if block.dtype.kind == "f":
+            ok = np.isfinite(b)
+            fin &= ok.all(0)
+            b = np.where(ok, b, 0.0)
+        if x0 is None:
+            x0 = b[0].copy()
+        b -= x0
+        s1 += b.sum(0)
+        s2 += np.einsum("ij,ij->j", b, b)
         if progress is not None:
             progress(e, total, "reading")
     if reader is not None:
         reader.close()
-    # Voxels with signal (finite, not constant), a chunk of voxels at a time (no full copies).
-    sd = np.zeros(n_v)
-    for c in range(0, n_v, chunk_voxels):
-        x = np.asarray(data[:, c:c + chunk_voxels], np.float64)
-        fin = np.isfinite(x).all(0)
-        sd[c:c + chunk_voxels] = np.where(fin, np.nan_to_num(x).std(0), 0.0)
+    m1 = s1 / n_t
+    sd = np.where(fin, np.sqrt(np.maximum(s2 / n_t - m1 * m1, 0.0)), 0.0)
     valid = sd > 1e-6 * max(1.0, float(sd.max()) if sd.size else 1.0)
     if valid.sum() < 10:
         raise RestMapError(f"{name}: fewer than 10 brain voxels carry signal")
@@ -313,16 +377,38 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
     rr = float(r @ r)
     if not rr > 0:
         raise RestMapError("the seed's time series is constant after filtering")
+    # Pass 2: slopes a contiguous chunk of voxels at a time (a column slice of the run,
+    # no fancy-index copy); voxels without signal are zeroed after (their NaNs first, so
+    # the filter stays finite). Chunks run on a small thread pool: scipy's sosfiltfilt
+    # and NumPy's products release the GIL.
+    from concurrent.futures import ThreadPoolExecutor
+
     beta = np.zeros(n_v, np.float64)
-    idx = np.flatnonzero(valid)
-    for s in range(0, idx.size, chunk_voxels):
+    has_nan = not fin.all()
+    starts = list(range(0, n_v, chunk_voxels))
+
+    def work(s):
         if cancel is not None and cancel():
             raise Cancelled("rest map cancelled")
-        cols = idx[s:s + chunk_voxels]
-        x = _clean(data[:, cols], sos, t_r, conf)  # zero-mean: the GLM intercept is implicit
-        beta[cols] = (r @ x) / rr
-        if progress is not None:
-            progress(n_t + min(idx.size, s + chunk_voxels), n_t + idx.size, "regressing")
+        x = data[:, s:s + chunk_voxels]
+        if has_nan and not fin[s:s + chunk_voxels].all():
+            x = np.where(fin[None, s:s + chunk_voxels], x, 0)
+        beta[s:s + chunk_voxels] = _betas(x, r, rr, sos, t_r, conf)
+        return min(n_v, s + chunk_voxels)
+
+    n_workers = max(1, min(int(workers) if workers else (os.cpu_count() or 1), 4, len(starts)))
+    with ThreadPoolExecutor(n_workers) as pool:
+        futures = [pool.submit(work, s) for s in starts]
+        try:
+            for f in futures:
+                done = f.result()
+                if progress is not None:
+                    progress(n_t + done, total, "regressing")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    beta[~valid] = 0.0
     del data
     b = beta[valid]
     z = (beta - b.mean()) / (b.std() + 1e-12)
