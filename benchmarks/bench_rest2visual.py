@@ -138,6 +138,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--demo-bundle", metavar="PATH", help="only write a demo-size bundle for bench_gui.py and exit")
     ap.add_argument("--skip-rest-map", action="store_true")
+    ap.add_argument("--skip-predict", action="store_true")
     ap.add_argument("--volumes", type=int, default=1000)
     ap.add_argument("--dir", default=None, help="where the test runs are written (default: a temporary folder)")
     ap.add_argument("--skip-gz", action="store_true")
@@ -149,8 +150,9 @@ def main(argv=None):
     rep = {"cpu": _cpu(), "volumes": a.volumes}
     if not a.skip_rest_map:
         bench_rest_map(rep, a.volumes, a.dir, a.skip_gz)
-    rep["predict"] = bench_predict()
-    print("predict:", rep["predict"], flush=True)
+    if not a.skip_predict:
+        rep["predict"] = bench_predict()
+        print("predict:", rep["predict"], flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(rep, indent=1))
     return rep

@@ -256,9 +256,136 @@ def _masked(vols: np.ndarray, brain_f: np.ndarray) -> np.ndarray:
     return np.take(vols.transpose(3, 2, 1, 0).reshape(n, -1), brain_f, axis=1)
 
 
+def open_run(path, t_r: float | None = None):
+    """Open a resting BOLD NIfTI (header only): ``(space.NiftiVolumes, t_r)``, the TR from
+    the header when ``t_r`` is None (None when the header has none). A 3D file is refused."""
+    try:
+        reader = space.NiftiVolumes(path)
+    except space.SpaceError as exc:
+        raise RestMapError(str(exc)) from None
+    if len(reader._img.shape) == 3 or reader.n_volumes == 1:
+        reader.close()
+        raise RestMapError(f"{Path(path).name} is a 3D image: a rest map needs a 4D resting-state BOLD run "
+                           "(x, y, z, time)")
+    return reader, (_tr_from_header(path) if t_r is None else t_r)
+
+
+def _check_run(name: str, n_t: int, t_r) -> float:
+    """The TR (s) of a run of ``n_t`` volumes, or a RestMapError (no TR, a TR out of range,
+    too few volumes)."""
+    if t_r is None:
+        raise RestMapError(f"{name}: no repetition time in the header; give it (--tr SECONDS)")
+    t_r = float(t_r)
+    if not (np.isfinite(t_r) and 0.05 <= t_r <= 20):
+        raise RestMapError(f"{name}: repetition time {t_r} s: must be between 0.05 and 20 s")
+    if n_t < MIN_VOLUMES:
+        raise RestMapError(f"{name} has {n_t} volumes; a rest map needs at least {MIN_VOLUMES}")
+    return t_r
+
+
+def check_run(path, t_r: float | None = None) -> tuple[int, float]:
+    """Header-only checks of a resting BOLD run (4D, enough volumes, a TR): ``(n_volumes,
+    t_r)``, or a one-line RestMapError. Importers call it on every run before any work."""
+    reader, t_r = open_run(path, t_r)
+    n_t = reader.n_volumes
+    reader.close()
+    return n_t, _check_run(Path(path).name, n_t, t_r)
+
+
+def session_label(path, k: int) -> str:
+    """``ses-XX`` from a BIDS-like name (``sub-01_ses-02_task-rest_bold.nii.gz``) or NSD's
+    ``timeseries_session02_run01`` (``ses-02``), else ``ses-{k + 1:02d}``."""
+    import re
+
+    name = Path(path).name
+    hit = re.search(r"ses-([A-Za-z0-9]+)", name)
+    if hit:
+        return f"ses-{hit.group(1)}"
+    hit = re.search(r"session(\d+)", name)  # NSD's timeseries_sessionNN_runMM
+    return f"ses-{int(hit.group(1)):02d}" if hit else f"ses-{k + 1:02d}"
+
+
+def check_rest_files(files, sessions=None, t_r: float | None = None, runs_only: bool = False):
+    """Header checks of :func:`session_rest_maps`'s inputs, in seconds and before any work:
+    ``(paths, session labels, is_run flags)`` or a one-line error naming the file."""
+    import nibabel as nib
+
+    files = [Path(f) for f in files]
+    if not files:
+        raise RestMapError("no resting-state runs or rest maps given")
+    if sessions is not None and len(sessions) != len(files):
+        raise RestMapError(f"{len(sessions)} session labels for {len(files)} files")
+    labels = [str(x) for x in sessions] if sessions is not None else [session_label(f, k) for k, f in enumerate(files)]
+    is_run = []
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"resting-state file not found: {f}")
+        try:
+            shape = nib.load(str(f)).shape
+        except Exception as exc:  # noqa: BLE001 - nibabel raises several types
+            raise RestMapError(f"could not read {f.name} as NIfTI: {exc}") from None
+        run = len(shape) == 4 and shape[3] > 1
+        if runs_only and not run:
+            raise RestMapError(f"{f.name} is a 3D image: a resting-state run must be 4D (x, y, z, time); "
+                               "add ready-made rest maps with napari-nrf attach-rest")
+        if run:
+            check_run(f, t_r)
+        is_run.append(run)
+    return files, labels, is_run
+
+
+def session_rest_maps(files, sessions=None, t_r: float | None = None, seed="pcc", band=DEFAULT_BAND,
+                      runs_only: bool = False, progress=None, cancel=None):
+    """Per-session rest maps from resting BOLD runs (4D: made by :func:`rest_map`) and/or
+    ready-made rest maps (3D), for a response set's ``/rest`` group (``attach-rest`` and
+    the importers' ``--rest``).
+
+    Parameters
+    ----------
+    files : paths; sessions : their session labels (default :func:`session_label`)
+    t_r, seed, band : for the runs, as :func:`rest_map`
+    runs_only : refuse 3D files (the importers take resting runs, not maps)
+    progress : callable(done, total, message) over the files
+
+    Returns ``(maps (S, X, Y, Z) float32, grid, labels)`` on the first file's grid (the
+    others resampled, trilinear). Files that share a session label (two resting runs in
+    one session, as in NSD) are averaged and the mean z-scored again over its voxels.
+    Every run's header is checked before the first map is made, so a bad file fails in
+    seconds with its name.
+    """
+    files, labels, is_run = check_rest_files(files, sessions, t_r, runs_only)
+    grid, per_file = None, []
+    for k, (f, run) in enumerate(zip(files, is_run)):
+        if progress is not None:
+            progress(k, len(files), f.name)
+        if run:
+            r = rest_map(f, t_r, seed=seed, band=band, cancel=cancel)
+            v = r.volume if grid is None else space.resample(r.volume, r.grid, grid).astype(np.float32)
+            grid = grid or r.grid
+        else:
+            v, g = load_rest_map(f, grid)
+            grid = grid or g
+        per_file.append(v)
+    if progress is not None:
+        progress(len(files), len(files), "done")
+    order = list(dict.fromkeys(labels))
+    maps = []
+    for lab in order:
+        vs = [v for v, l2 in zip(per_file, labels) if l2 == lab]
+        if len(vs) == 1:
+            maps.append(vs[0])
+            continue
+        m = np.mean(vs, axis=0)
+        inside = np.any([v != 0 for v in vs], axis=0)
+        z = np.zeros_like(m)
+        z[inside] = (m[inside] - m[inside].mean()) / (m[inside].std() + 1e-12)
+        maps.append(z.astype(np.float32))
+    return np.stack(maps).astype(np.float32), grid, order
+
+
 def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, seed="pcc",
              band=DEFAULT_BAND, confounds=None, hrf: bool = False, hrf_model: str = "spm",
-             mask=None, chunk_volumes: int = 64, chunk_voxels: int = 4096, workers: int | None = None,
+             mask=None, chunk_volumes: int = 32, chunk_voxels: int = 4096, workers: int | None = None,
              progress=None, cancel=None) -> RestMap:
     """The seed-based rest map of a resting BOLD run.
 
@@ -282,18 +409,8 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
     """
     reader = None
     if isinstance(bold, (str, Path)):
-        try:
-            reader = space.NiftiVolumes(bold)
-        except space.SpaceError as exc:
-            raise RestMapError(str(exc)) from None
-        g = reader.grid
-        n_t = reader.n_volumes
-        if len(reader._img.shape) == 3 or n_t == 1:
-            raise RestMapError(f"{Path(bold).name} is a 3D image: rest-map needs a 4D resting-state BOLD run "
-                               "(x, y, z, time)")
-        if t_r is None:
-            t_r = _tr_from_header(bold)
-        name = Path(bold).name
+        reader, t_r = open_run(bold, t_r)
+        g, n_t, name = reader.grid, reader.n_volumes, Path(bold).name
     else:
         arr = np.asarray(bold)
         if arr.ndim != 4:
@@ -301,13 +418,12 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
         if grid is None or tuple(grid.shape) != arr.shape[:3]:
             raise RestMapError("an array run needs its grid (space.Grid of its first three axes)")
         g, n_t, name = grid, arr.shape[3], "the run"
-    if t_r is None:
-        raise RestMapError(f"{name}: no repetition time in the header; give it (--tr SECONDS)")
-    t_r = float(t_r)
-    if not (np.isfinite(t_r) and 0.05 <= t_r <= 20):
-        raise RestMapError(f"repetition time {t_r} s: must be between 0.05 and 20 s")
-    if n_t < MIN_VOLUMES:
-        raise RestMapError(f"{name} has {n_t} volumes; a rest map needs at least {MIN_VOLUMES}")
+    try:
+        t_r = _check_run(name, n_t, t_r)
+    except RestMapError:
+        if reader is not None:
+            reader.close()
+        raise
     lo, hi = (None, None) if band is None else band
     nyq = 0.5 / t_r
     if hi is not None and hi >= nyq:
@@ -351,6 +467,7 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
         b -= x0
         s1 += b.sum(0)
         s2 += np.einsum("ij,ij->j", b, b)
+        del block, b  # before the next read: one block in memory at a time
         if progress is not None:
             progress(e, total, "reading")
     if reader is not None:
