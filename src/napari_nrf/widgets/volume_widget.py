@@ -108,6 +108,15 @@ class ResponseVolumeWidget(QWidget):
         self.worker = None
         self._second_step = False  # Rest2Visual's stimulus-only step is pending
         self._cancel = threading.Event()
+        # The second step may still run when the dock closes: its callbacks then do nothing
+        # (a dict, not the widget, is what the destroyed signal's handler touches).
+        live = self._live = {"alive": True, "cancel": self._cancel}
+
+        def _gone(*_):
+            live["alive"] = False
+            live["cancel"].set()
+
+        self.destroyed.connect(_gone)
         self._progress = _Progress()
         self._progress.changed.connect(self._on_progress)
         self._listeners = []
@@ -350,6 +359,7 @@ class ResponseVolumeWidget(QWidget):
             return None
         subject = self.current_subject()
         self._cancel = cancel = threading.Event()
+        self._live["cancel"] = cancel
         self.progress_bar.start(f"napari-nrf: rendering {', '.join(names)}")
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
@@ -389,6 +399,8 @@ class ResponseVolumeWidget(QWidget):
         self.progress_bar.reset_idle()
 
     def _second_finished(self):
+        if not self._live["alive"]:
+            return
         self._second_step = False
         self._finished()
 
@@ -434,12 +446,14 @@ class ResponseVolumeWidget(QWidget):
             self.worker = start_worker(_reference_job, self.state.model, feats, grid, meta["mask"], reference,
                                        lambda d, t: prog.changed.emit(int(d), int(t or 0)),
                                        on_result=lambda refs: self._rendered_reference(refs, new, meta),
-                                       on_error=lambda exc: self._failed(exc, meta),
+                                       on_error=lambda exc: self._live["alive"] and self._failed(exc, meta),
                                        on_finished=self._second_finished, cancel_event=meta["cancel"])
 
     def _rendered_reference(self, refs, people, meta):
         """Step 2 of a Rest2Visual render: the hidden stimulus-only layers and the
         subject-specific minus stimulus-only contrasts (for the person layers still open)."""
+        if not self._live["alive"]:
+            return
         if meta["cancel"].is_set():
             self.status.setText("render cancelled")
             return
