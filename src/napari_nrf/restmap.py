@@ -26,7 +26,6 @@ time (float64 only per chunk). Outputs are written atomically.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -385,7 +384,7 @@ def session_rest_maps(files, sessions=None, t_r: float | None = None, seed="pcc"
 
 def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, seed="pcc",
              band=DEFAULT_BAND, confounds=None, hrf: bool = False, hrf_model: str = "spm",
-             mask=None, chunk_volumes: int = 32, chunk_voxels: int = 8192, workers: int | None = None,
+             mask=None, chunk_volumes: int = 32, chunk_voxels: int = 8192, workers: int = 1,
              progress=None, cancel=None) -> RestMap:
     """The seed-based rest map of a resting BOLD run.
 
@@ -400,9 +399,10 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
     hrf : convolve the cleaned seed series with the canonical HRF (``hrf_model``)
     mask : brain mask on the run's grid (default: the MNI152 brain mask)
     chunk_volumes, chunk_voxels : streaming sizes (memory)
-    workers : threads for the voxel chunks (default: the CPU count, at most 4); chunks of
-        8,192 voxels (64 MB a 1,000-volume chunk in float64) stay above glibc's mmap threshold,
-        so the threads' freed chunks go back to the system (4,096 raised the peak by 0.6 GB)
+    workers : threads for the voxel chunks (default 1: one core already meets the speed
+        target, and each thread's malloc arena raised the peak memory by up to 0.6 GB);
+        chunks of 8,192 voxels (64 MB a 1,000-volume chunk in float64) stay above glibc's
+        mmap threshold, so freed chunks go back to the system
     progress : callable(done, total, message); cancel : callable() -> bool
 
     Returns
@@ -498,8 +498,8 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
         raise RestMapError("the seed's time series is constant after filtering")
     # Pass 2: slopes a contiguous chunk of voxels at a time (a column slice of the run,
     # no fancy-index copy); voxels without signal are zeroed after (their NaNs first, so
-    # the filter stays finite). Chunks run on a small thread pool: scipy's sosfiltfilt
-    # and NumPy's products release the GIL.
+    # the filter stays finite). With workers > 1 chunks run on a thread pool (scipy's
+    # sosfiltfilt and NumPy's products release the GIL).
     from concurrent.futures import ThreadPoolExecutor
 
     beta = np.zeros(n_v, np.float64)
@@ -515,18 +515,24 @@ def rest_map(bold, t_r: float | None = None, *, grid: space.Grid | None = None, 
         beta[s:s + chunk_voxels] = _betas(x, r, rr, sos, t_r, conf)
         return min(n_v, s + chunk_voxels)
 
-    n_workers = max(1, min(int(workers) if workers else (os.cpu_count() or 1), 4, len(starts)))
-    with ThreadPoolExecutor(n_workers) as pool:
-        futures = [pool.submit(work, s) for s in starts]
-        try:
-            for f in futures:
-                done = f.result()
-                if progress is not None:
-                    progress(n_t + done, total, "regressing")
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    n_workers = max(1, min(int(workers), 4, len(starts)))
+    if n_workers == 1:  # the default: in this thread (no second malloc arena)
+        for s in starts:
+            done = work(s)
+            if progress is not None:
+                progress(n_t + done, total, "regressing")
+    else:
+        with ThreadPoolExecutor(n_workers) as pool:
+            futures = [pool.submit(work, s) for s in starts]
+            try:
+                for f in futures:
+                    done = f.result()
+                    if progress is not None:
+                        progress(n_t + done, total, "regressing")
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
     beta[~valid] = 0.0
     del data
     b = beta[valid]
