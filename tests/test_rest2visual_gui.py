@@ -35,8 +35,14 @@ def test_rest_map_person_and_subject_minus_stimulus_only(effnet, make_napari_vie
     vw.on_rendered(rendered.extend)
     img = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     vw.render_images([img], ["probe"])
+    # step 1: the person's prediction is shown on its own (a first listener call) ...
     qtbot.waitUntil(lambda: bool(rendered) or "failed" in vw.status.text(), timeout=60000)
+    assert [ly.name for ly in rendered] == [f"probe ({name})"] and rendered[0].visible
+    # ... step 2 adds the hidden stimulus-only prediction and the difference
+    qtbot.waitUntil(lambda: len(rendered) == 2 or "failed" in vw.status.text(), timeout=60000)
     assert [ly.name for ly in rendered] == [f"probe ({name})", f"probe ({name}) − probe (stimulus-only)"]
+    assert not viewer.layers["probe (stimulus-only)"].visible and "stimulus-only" in vw.status.text()
+    qtbot.waitUntil(lambda: not vw.cancel_btn.isEnabled(), timeout=10000)
     assert "probe (stimulus-only)" in viewer.layers
     diff = np.asarray(rendered[1].data)
     assert np.isfinite(diff).sum() > 0 and np.nanmax(np.abs(diff)) > 0

@@ -23,6 +23,15 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, help="resize stored images to this square size (default: as is)")
     p.add_argument("--chunk", type=int, default=50, help="volumes read at once")
     p.add_argument("--keep-work", action="store_true", help="keep the per-session partial files")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rest", action="store_true",
+                   help="also make a rest map per session from the subject's resting runs: "
+                        "nsddata_timeseries/ppdata/subjXX/MNI/timeseries/timeseries_sessionNN_runMM.nii.gz whose design "
+                        "file (design_sessionNN_runMM.tsv) is all zeros (docs/importers.md)")
+    g.add_argument("--rest-glob", metavar="PATTERN",
+                   help="resting runs from files matching PATTERN under ROOT ({subj} -> subjXX), e.g. "
+                        "'rest/{subj}/*_task-rest_bold.nii.gz'")
+    _rest_args(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_import_nsd)
 
@@ -44,6 +53,15 @@ def register(sub) -> None:
     p.add_argument("--store-images", type=int, metavar="SIZE",
                    help="store the images as pixels, resized to SIZE x SIZE (default: store their paths)")
     p.add_argument("--chunk", type=int, default=50)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rest", nargs="+", metavar="RUN",
+                   help="resting-state BOLD runs (4D, MNI), e.g. sub-01_ses-01_task-rest_bold.nii.gz: a rest map per "
+                        "session (ses-XX from the names) stored with the responses")
+    g.add_argument("--rest-glob", metavar="PATTERN", help="resting runs matching PATTERN, e.g. "
+                                                           "'sub-01/ses-*/func/*_task-rest_bold.nii.gz'")
+    p.add_argument("--rest-sessions", nargs="+", metavar="LABEL", help="session labels of the resting runs "
+                                                                        "(default: ses-XX from their names)")
+    _rest_args(p)
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=_import_nifti)
 
@@ -61,12 +79,28 @@ def register(sub) -> None:
     p.set_defaults(func=_import_official)
 
 
+def _rest_args(p) -> None:
+    p.add_argument("--rest-tr", type=float, help="TR of the resting runs in s (default: each header's)")
+    p.add_argument("--rest-seed", default="pcc", help="rest-map seed: pcc or a seed mask NIfTI (default: %(default)s)")
+    p.add_argument("--rest-band", default="0.01,0.1", help="rest-map band-pass in Hz (default: %(default)s)")
+
+
+def _rest_kwargs(args, files) -> dict:
+    from napari_nrf.cli.rest2visual import _band
+
+    if files is None:
+        return {}
+    return {"rest": files, "rest_tr": args.rest_tr, "rest_seed": args.rest_seed, "rest_band": _band(args.rest_band)}
+
+
 def _import_nsd(args) -> int:
     from napari_nrf.data.nsd import import_nsd
 
+    rest = "nsd" if args.rest else args.rest_glob
     paths = import_nsd(args.root, args.subjects, args.out, roi=args.roi, roi_values=args.roi_values,
                        sessions=args.sessions, betas=args.betas, val_fraction=args.val_fraction, seed=args.seed,
-                       image_size=args.image_size, chunk=args.chunk, keep_work=args.keep_work, progress=True)
+                       image_size=args.image_size, chunk=args.chunk, keep_work=args.keep_work, progress=True,
+                       **_rest_kwargs(args, rest))
     _summary(paths)
     return 0
 
@@ -78,10 +112,20 @@ def _import_nifti(args) -> int:
     if args.test_images:
         test_images = [ln.strip() for ln in Path(args.test_images).read_text().splitlines() if ln.strip()]
     betas = args.betas[0] if len(args.betas) == 1 else args.betas
+    rest = args.rest
+    if args.rest_glob:
+        import glob
+
+        from napari_nrf.data.nifti_import import NiftiImportError
+
+        rest = sorted(glob.glob(args.rest_glob))
+        if not rest:
+            raise NiftiImportError(f"no file matches --rest-glob {args.rest_glob!r}")
     path = import_nifti(betas, args.mask, args.events, args.out, subject=args.subject,
                         resample_mask=args.resample_mask, assume_mni=args.assume_mni, test_images=test_images,
                         test_fraction=args.test_fraction, val_fraction=args.val_fraction, seed=args.seed,
-                        store_images=args.store_images, chunk=args.chunk, progress=True)
+                        store_images=args.store_images, chunk=args.chunk, progress=True,
+                        rest_sessions=args.rest_sessions, **_rest_kwargs(args, rest))
     _summary([path])
     return 0
 
@@ -103,7 +147,9 @@ def _summary(paths) -> None:
         try:
             n_test = int((rs.split == 2).sum())
             dropped = rs.meta.get("n_dropped_voxels", 0)
+            rest = rs.rest_sessions
             print(f"wrote {p}: {rs.n_images} images ({n_test} test) x {rs.n_voxels} voxels"
-                  + (f", {dropped} invalid voxels dropped" if dropped else ""))
+                  + (f", {dropped} invalid voxels dropped" if dropped else "")
+                  + (f", rest maps of {', '.join(rest)}" if rest else ""))
         finally:
             rs.close()

@@ -113,36 +113,17 @@ def _rest_map(args) -> int:
 
 
 def _attach(args) -> int:
-    import numpy as np
-
     from napari_nrf.data.responseset import ResponseSet, ResponseSetError
-    from napari_nrf.restmap import load_rest_map
-
-    import re
-
-    import nibabel as nib
-
-    from napari_nrf import space
-    from napari_nrf.restmap import rest_map
+    from napari_nrf.restmap import session_rest_maps
 
     rs = ResponseSet.load(args.data)  # before minutes of rest maps: a bad file fails now
     if args.sessions is not None and len(args.sessions) != len(args.maps):
         raise ResponseSetError(f"--sessions: {len(args.sessions)} labels for {len(args.maps)} files")
-    vols, grid, labels = [], None, []
-    for k, m in enumerate(args.maps):
-        if len(nib.load(str(m)).shape) == 4:  # a resting BOLD run: its seed map first
-            r = rest_map(m, args.tr, seed=args.seed, band=_band(args.band))
-            v = r.volume if grid is None else space.resample(r.volume, r.grid, grid)
-            g = r.grid if grid is None else grid
-        else:
-            v, g = load_rest_map(m, grid)
-        grid = g
-        vols.append(v)
-        hit = re.search(r"ses-([A-Za-z0-9]+)", Path(m).name)
-        labels.append(f"ses-{hit.group(1)}" if hit else f"ses-{k + 1:02d}")
-    rs.set_rest_maps(np.stack(vols), grid, args.sessions or labels)
+    maps, grid, labels = session_rest_maps(args.maps, args.sessions, t_r=args.tr, seed=args.seed,
+                                           band=_band(args.band))
+    rs.set_rest_maps(maps, grid, labels)
     rs.save(args.data)
-    print(f"{args.data}: {len(vols)} rest map(s) on {grid}")
+    print(f"{args.data}: {len(maps)} rest map(s) on {grid}")
     return 0
 
 

@@ -268,9 +268,14 @@ class ResponseSetWriter:
             self.abort()
 
     def finish(self, coords, split, image_ids, roi=None, roi_names=None, noise_ceiling=None, meta=None,
-               commit: bool = False) -> Path | None:
-        """Write the per-voxel and per-image arrays and the metadata; then :meth:`commit`
-        when ``commit`` (returns the path)."""
+               commit: bool = False, rest=None) -> Path | None:
+        """Write the per-voxel and per-image arrays and the metadata (and ``rest`` =
+        ``(maps, grid, sessions)``, per-session rest maps, as ``attach-rest`` stores them);
+        then :meth:`commit` when ``commit`` (returns the path)."""
+        if rest is not None:
+            from .responseset import write_rest_group
+
+            write_rest_group(self.f, *rest)
         self.f.create_dataset("coords", data=np.asarray(coords, np.float32))
         self.f.create_dataset("split", data=np.asarray(split, np.uint8))
         self.f.create_dataset("image_ids", data=np.asarray(image_ids, np.int64))
@@ -345,3 +350,28 @@ def assemble(store: PartialStore, keys: Sequence[str], writer_factory: Callable[
         raise
     nc = nsd_noise_ceiling(np.clip(ssd, 0, None), dof, counts) if dof > 0 else None
     return writer, stim_ids, counts, nc
+
+
+def resting_maps(files, sessions=None, t_r=None, seed="pcc", band="default", progress=None):
+    """The importers' ``--rest``: per-session rest maps from resting BOLD runs, made and
+    grouped as ``attach-rest`` makes them (:func:`napari_nrf.restmap.session_rest_maps`,
+    4D runs only), for :meth:`ResponseSetWriter.finish`'s ``rest``; and their provenance.
+
+    ``band``: (high-pass, low-pass) Hz, None for no band-pass, "default" for restmap's.
+    Returns ``((maps, grid, labels), meta)`` or ``(None, None)`` without files."""
+    from napari_nrf.restmap import DEFAULT_BAND, check_rest_files, session_rest_maps
+
+    if not files:
+        return None, None
+    check_rest_files(files, sessions, t_r, runs_only=True)  # before a progress bar: a bad run fails in one line
+    band = DEFAULT_BAND if isinstance(band, str) and band == "default" else band
+    bar = Progress(progress, total=len(files), desc="rest maps")
+
+    def cb(done, total, msg=""):
+        bar.update(done - bar.done, desc=f"rest map {msg}")
+
+    with bar:
+        rest = session_rest_maps(files, sessions, t_r=t_r, seed=seed, band=band, runs_only=True, progress=cb)
+    meta = {"files": [str(f) for f in files], "sessions": rest[2], "t_r": t_r, "seed": str(seed),
+            "band": None if band is None else list(band)}
+    return rest, meta

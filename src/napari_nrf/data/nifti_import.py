@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from ._importing import (ImportDataError, PartialStore, Progress, ResponseSetWriter, assemble, assign_split,
-                         file_signature, fingerprint, zscore_session)
+                         file_signature, fingerprint, resting_maps, zscore_session)
 
 
 class NiftiImportError(ImportDataError):
@@ -158,7 +158,8 @@ MIN_STORE_IMAGES, MAX_STORE_IMAGES = 1, 2048
 def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mask: bool = False,
                  assume_mni: bool = False, test_images: Sequence[str] | None = None, test_fraction: float = 0.1,
                  val_fraction: float = 0.1, seed: int = 0, store_images: int | None = None, chunk: int = 50,
-                 work_dir=None, keep_work: bool = False, progress=None) -> Path:
+                 work_dir=None, keep_work: bool = False, progress=None, rest=None, rest_sessions=None,
+                 rest_tr: float | None = None, rest_seed="pcc", rest_band="default") -> Path:
     """Import betas + mask + events CSV into a response set at ``out`` (HDF5); returns the path.
 
     Parameters
@@ -184,6 +185,13 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
     chunk : int
         Volumes read at once.
     progress : None, True (tqdm bar) or callable(done, total)
+    rest : list of paths, optional
+        Resting-state BOLD runs (4D, MNI, e.g. BIDS ``*_task-rest_bold.nii.gz``): a seed
+        rest map per session (labels from ``ses-XX`` in the names, or ``rest_sessions``;
+        runs of one session averaged) stored as the response set's ``/rest`` group, as
+        ``attach-rest`` does. ``rest_tr`` (s; default each header's), ``rest_seed``,
+        ``rest_band`` as :func:`napari_nrf.restmap.rest_map`. Every run's header is checked
+        and the maps are made before the betas are read; an error leaves no output.
     """
     from napari_nrf import space
     from napari_nrf.features.images import probe_image_file
@@ -237,6 +245,8 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
                                    f"{parent} has {free / 2 ** 30:.1f} GiB free; choose a smaller size or store paths")
     path_id = {p: i for i, p in enumerate(uniq_paths)}
     stim = np.array([path_id[p] for p in img_paths], np.int64)
+    rest_set, rest_meta = resting_maps(rest, rest_sessions, t_r=rest_tr, seed=rest_seed, band=rest_band,
+                                       progress=progress)
 
     labels_order = list(dict.fromkeys(sess))
     keys = [_session_key(s, k) for k, s in enumerate(labels_order)]
@@ -297,9 +307,11 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
                     "image_ids": "index into the sorted unique image paths",
                     "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
                 }
+                if rest_meta is not None:
+                    meta["rest"] = rest_meta
                 path = writer.finish(grid.coords(m)[~invalid_any], split, stim_ids, roi=roi,
                                      roi_names={int(v): f"label-{int(v)}" for v in np.unique(roi)}, noise_ceiling=nc,
-                                     meta=meta, commit=True)
+                                     meta=meta, commit=True, rest=rest_set)
             bar.update(1, desc=f"{subject} written")
     except BaseException:  # a failure or Ctrl-C: keep finished sessions only (a rerun resumes)
         store.clean_unfinished()

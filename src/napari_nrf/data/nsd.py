@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from ._importing import (ImportDataError, PartialStore, Progress, ResponseSetWriter, assemble, assign_split,
-                         file_signature, fingerprint, zscore_session)
+                         file_signature, fingerprint, resting_maps, zscore_session)
 
 BETA_SCALE = 300.0
 TRIALS_PER_SESSION = 750
@@ -47,6 +47,11 @@ ROI_DIR = "nsddata/ppdata/{subj}/MNI/roi"
 EXPDESIGN = "nsddata/experiments/nsd/nsd_expdesign.mat"
 STIMULI = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
 _SESSION_RE = re.compile(r"betas_session(\d+)\.nii(\.gz)?$")
+#: Resting-state runs in MNI space (NSD ships them in func1pt8mm space: see find_rest_runs).
+REST_DIR = "nsddata_timeseries/ppdata/{subj}/MNI/timeseries"
+#: NSD's per-run design files (one 73k id per volume, 0 = no image): all zeros = a resting run.
+DESIGN_DIRS = ("nsddata_timeseries/ppdata/{subj}/MNI/design", "nsddata_timeseries/ppdata/{subj}/func1pt8mm/design")
+_RUN_RE = re.compile(r"timeseries_session(\d+)_run(\d+)\.nii(\.gz)?$")
 
 
 class NSDError(ImportDataError):
@@ -136,6 +141,60 @@ def find_sessions(root, subject, betas: str = DEFAULT_BETAS) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def find_rest_runs(root, subject, sessions: Sequence[int] | None = None) -> list[Path]:
+    """The resting-state runs of ``subject`` (paths, sorted by session and run).
+
+    NSD's time series are ``nsddata_timeseries/ppdata/subjXX/func1pt8mm/timeseries/
+    timeseries_sessionNN_runMM.nii.gz`` in the subject's native 1.8 mm space, and a run's
+    design file ``.../design/design_sessionNN_runMM.tsv`` lists one 73k image id per
+    volume (0: no image): a design of zeros is a resting run. Rest maps need MNI, so the
+    runs are read from ``.../subjXX/MNI/timeseries/`` under the same names (the native
+    runs mapped to MNI by the user, e.g. with NSD's ``nsd_mapdata`` and its
+    ``func1pt8-to-MNI`` transform); the design files from ``.../MNI/design/`` or
+    ``.../func1pt8mm/design/``. ``sessions``: only those (1-based).
+    """
+    subj = subject_dir_name(subject)
+    root = Path(root)
+    folder = root / REST_DIR.format(subj=subj)
+    if not folder.is_dir():
+        raise NSDError(f"no MNI resting-state time series for {subj}: folder {folder} does not exist "
+                       "(NSD ships them in func1pt8mm space: map them to MNI into that folder, or give the files "
+                       "with --rest-glob)")
+    runs = []
+    for p in sorted(folder.iterdir()):
+        m = _RUN_RE.match(p.name)
+        if not m or (sessions is not None and int(m.group(1)) not in set(sessions)):
+            continue
+        ses, run = int(m.group(1)), int(m.group(2))
+        name = f"design_session{ses:02d}_run{run:02d}.tsv"
+        design = next((root / d.format(subj=subj) / name for d in DESIGN_DIRS
+                       if (root / d.format(subj=subj) / name).exists()), None)
+        if design is None:
+            raise NSDError(f"{p.name}: its design file {name} (which says whether the run is a resting run) is in "
+                           f"neither {' nor '.join(d.format(subj=subj) for d in DESIGN_DIRS)}")
+        try:
+            ids = np.loadtxt(design, ndmin=1)
+        except ValueError:
+            raise NSDError(f"{design}: not a column of image ids") from None
+        if ids.size and not np.any(ids != 0):
+            runs.append(p)
+    if not runs:
+        raise NSDError(f"{subj}: no resting-state run (a run whose design file is all zeros) in {folder}")
+    return runs
+
+
+def rest_glob(root, subject, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` (relative to ``root``, ``{subj}`` -> subjXX), sorted."""
+    subj = subject_dir_name(subject)
+    pat = pattern.replace("{subj}", subj)
+    import glob
+
+    found = sorted(Path(f) for f in glob.glob(str(Path(root) / pat)))  # an absolute pattern stays absolute
+    if not found:
+        raise NSDError(f"{subj}: no file matches --rest-glob {pat!r} under {root}")
+    return found
+
+
 def roi_path(root, subject, roi: str = "nsdgeneral") -> Path:
     """The ROI file of ``subject``: a name in the subject's MNI roi folder or a path."""
     p = Path(roi)
@@ -168,7 +227,8 @@ def _roi_mask(path: Path, values):
 def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=None,
                        sessions: Sequence[int] | None = None, betas: str = DEFAULT_BETAS,
                        work_dir=None, val_fraction: float = 0.1, seed: int = 0, image_size: int | None = None,
-                       chunk: int = 50, keep_work: bool = False, progress=None) -> Path:
+                       chunk: int = 50, keep_work: bool = False, progress=None, rest=None, rest_tr=None,
+                       rest_seed="pcc", rest_band="default") -> Path:
     """Import one NSD subject into a response set at ``out`` (HDF5); returns the path.
 
     Parameters
@@ -197,6 +257,12 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
     keep_work : bool
         Keep the partial files after a successful import.
     progress : None, True (tqdm bar) or callable(done, total)
+    rest : None, "nsd" (the resting runs found by :func:`find_rest_runs`, in the imported
+        sessions), a glob pattern string (:func:`rest_glob`) or a list of paths
+        Resting BOLD runs in MNI space: a seed rest map per session (runs of one session
+        averaged; ``rest_tr`` s, default the header's; ``rest_seed``; ``rest_band``), stored
+        as the response set's ``/rest`` group as ``attach-rest`` does. Made before the
+        betas are read, after every run's header is checked.
 
     Voxels with a non-finite beta or constant betas in any imported session are
     dropped; their number is in ``meta["n_dropped_voxels"]``.
@@ -253,6 +319,16 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
             vol.close()
         for s in sessions:  # validates masterordering coverage before any heavy work
             design.session_stimuli(subj, s, n_trials)
+        if rest is None:
+            rest_files = None
+        elif isinstance(rest, str) and rest == "nsd":
+            rest_files = find_rest_runs(root, subj, sessions)
+        elif isinstance(rest, str):
+            rest_files = rest_glob(root, subj, rest)
+        else:
+            rest_files = [Path(p) for p in rest]
+        rest_set, rest_meta = resting_maps(rest_files, t_r=rest_tr, seed=rest_seed, band=rest_band,
+                                           progress=progress)
 
         n_chunks = -(-n_trials // chunk)
         with Progress(progress, total=len(sessions) * n_chunks + 1, desc=f"{subj} sessions") as bar:
@@ -301,8 +377,10 @@ def import_nsd_subject(root, subject, out, roi: str = "nsdgeneral", roi_values=N
                                                                 "origin": mgrid.origin.tolist()},
                     "val_fraction": val_fraction, "seed": seed,
                 }
+                if rest_meta is not None:
+                    meta["rest"] = rest_meta
                 path = writer.finish(coords, split, stim_ids, roi=roi_lab, roi_names=names, noise_ceiling=nc, meta=meta,
-                                     commit=True)
+                                     commit=True, rest=rest_set)
             bar.update(1, desc=f"{subj} written")
     except BaseException:  # a failure or Ctrl-C: keep finished sessions only (a rerun resumes)
         store.clean_unfinished()

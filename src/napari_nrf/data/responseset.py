@@ -135,21 +135,7 @@ class ResponseSet:
 
     def set_rest_maps(self, maps, grid, sessions=None) -> None:
         """Attach per-session rest maps (S, X, Y, Z) (or one (X, Y, Z)) on MNI ``grid``."""
-        from napari_nrf.space import Grid
-
-        maps = np.asarray(maps, np.float32)
-        if maps.ndim == 3:
-            maps = maps[None]
-        if not isinstance(grid, Grid):
-            raise ResponseSetError("rest maps need their grid (napari_nrf.space.Grid)")
-        if maps.ndim != 4 or maps.shape[1:] != tuple(grid.shape) or len(maps) == 0:
-            raise ResponseSetError(f"rest maps must be (sessions, *grid.shape) = (S, {grid.shape}), got {maps.shape}")
-        if not np.isfinite(maps).all():
-            raise ResponseSetError("rest maps hold NaN or inf values")
-        sessions = [f"ses-{i + 1:02d}" for i in range(len(maps))] if sessions is None else [str(x) for x in sessions]
-        if len(sessions) != len(maps):
-            raise ResponseSetError(f"{len(sessions)} session labels for {len(maps)} rest maps")
-        self.rest_maps, self.rest_grid, self.rest_sessions = maps, grid, sessions
+        self.rest_maps, self.rest_grid, self.rest_sessions = check_rest_maps(maps, grid, sessions)
 
     # ---- sizes and splits -------------------------------------------------------------
     @property
@@ -246,12 +232,7 @@ class ResponseSet:
                 if self.truth is not None:
                     f.create_dataset("truth", data=np.asarray(self.truth, np.float32), chunks=True)
                 if self.rest_maps is not None:
-                    g = f.create_group("rest")
-                    g.create_dataset("maps", data=self.rest_maps, compression="gzip", compression_opts=1)
-                    g.create_dataset("sessions", data=np.array(self.rest_sessions, dtype=object),
-                                     dtype=h5py.string_dtype())
-                    g.attrs["origin"] = np.asarray(self.rest_grid.origin, np.float64)
-                    g.attrs["zooms"] = np.asarray(self.rest_grid.zooms, np.float64)
+                    write_rest_group(f, self.rest_maps, self.rest_grid, self.rest_sessions)
         return path
 
     @classmethod
@@ -383,3 +364,37 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def check_rest_maps(maps, grid, sessions=None):
+    """Validated per-session rest maps: ``(maps (S, X, Y, Z) float32, grid, labels)``.
+
+    One (X, Y, Z) map is one session; labels default to ses-01, ses-02, ..."""
+    from napari_nrf.space import Grid
+
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim == 3:
+        maps = maps[None]
+    if not isinstance(grid, Grid):
+        raise ResponseSetError("rest maps need their grid (napari_nrf.space.Grid)")
+    if maps.ndim != 4 or maps.shape[1:] != tuple(grid.shape) or len(maps) == 0:
+        raise ResponseSetError(f"rest maps must be (sessions, *grid.shape) = (S, {grid.shape}), got {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise ResponseSetError("rest maps hold NaN or inf values")
+    sessions = [f"ses-{i + 1:02d}" for i in range(len(maps))] if sessions is None else [str(x) for x in sessions]
+    if len(sessions) != len(maps):
+        raise ResponseSetError(f"{len(sessions)} session labels for {len(maps)} rest maps")
+    return maps, grid, sessions
+
+
+def write_rest_group(f, maps, grid, sessions) -> None:
+    """Write the ``/rest`` group (maps, session labels, the maps' grid) into an open HDF5
+    file ``f``: the one writer of rest maps (:meth:`ResponseSet.save` and the importers)."""
+    import h5py
+
+    maps, grid, sessions = check_rest_maps(maps, grid, sessions)
+    g = f.create_group("rest")
+    g.create_dataset("maps", data=maps, compression="gzip", compression_opts=1)
+    g.create_dataset("sessions", data=np.array(sessions, dtype=object), dtype=h5py.string_dtype())
+    g.attrs["origin"] = np.asarray(grid.origin, np.float64)
+    g.attrs["zooms"] = np.asarray(grid.zooms, np.float64)

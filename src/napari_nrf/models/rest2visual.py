@@ -31,6 +31,8 @@ or ``"rest"`` (ns-fmri) feed Gaussian noise in place of that input.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -262,12 +264,18 @@ class Rest2Visual(EncodingModel):
 
     def sample(self, vol: torch.Tensor, coords) -> torch.Tensor:
         """Trilinear samples (B, N) of volumes (B, X, Y, Z) at MNI points (N, 3) mm (0 outside)."""
+        return self._sample_normalised(vol, self._normalised(coords))
+
+    def _normalised(self, coords) -> torch.Tensor:
+        """MNI points (N, 3) mm -> grid_sample's normalised (N, 3) float32 coordinates, in
+        its (W, H, D) = (Z, Y, X) order of our (X, Y, Z) volumes."""
         xyz = torch.as_tensor(np.asarray(coords.cpu() if torch.is_tensor(coords) else coords, np.float32))
         ijk = (xyz.double() - torch.from_numpy(self.grid.origin)) / torch.from_numpy(self.grid.zooms)
         size = torch.tensor(self.grid.shape, dtype=torch.float64)
-        # grid_sample's (x, y, z) order is (W, H, D) of a (B, C, D, H, W) input: ours is (X, Y, Z).
-        norm = (2 * ijk / (size - 1).clamp_min(1) - 1).float().to(vol.device)
-        g = norm[:, [2, 1, 0]].reshape(1, 1, 1, -1, 3).expand(len(vol), -1, -1, -1, -1)
+        return (2 * ijk / (size - 1).clamp_min(1) - 1).float()[:, [2, 1, 0]].contiguous()
+
+    def _sample_normalised(self, vol: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        g = norm.to(vol.device).reshape(1, 1, 1, -1, 3).expand(len(vol), -1, -1, -1, -1)
         out = F.grid_sample(vol[:, None], g, mode="bilinear", padding_mode="zeros", align_corners=True)
         return out.reshape(len(vol), -1)
 
@@ -295,13 +303,15 @@ class Rest2Visual(EncodingModel):
 
     # ---- fast query: the volume once per query, points by interpolation -------------------
     def query_images(self, features, subject=None):
-        return self.volume(features, subject)
+        with _mkldnn_convs(self):
+            return self.volume(features, subject)
 
     def query_points(self, coords):
-        return coords
+        # the per-grid state: normalised sampling coordinates (the engine caches them per grid)
+        return self._normalised(coords)
 
     def query_predict(self, state, points):
-        return self.sample(state, points)
+        return self._sample_normalised(state, points)
 
     # ---- bundles ------------------------------------------------------------------------
     def bundle_tensors(self) -> dict:
@@ -335,6 +345,40 @@ class Rest2Visual(EncodingModel):
             model.rest_maps[s] = m.contiguous()
             model.subjects.setdefault(s, np.zeros((0, 3), np.float32))
         return model
+
+
+@contextmanager
+def _mkldnn_convs(model: nn.Module):
+    """Inference only (no grad, eval, CPU float32): the model's Conv3d layers call oneDNN's
+    convolution directly. PyTorch's backend choice sends a batch-1 conv3d with few channels
+    (8 channels on the demo's 40 x 48 x 40 grid) to its slow im2col kernel, 4x slower there
+    than oneDNN's; the result is the same convolution (to float rounding). Anything else
+    (training, autograd, GPU, autocast, other dtypes) runs the layers unchanged."""
+    if (torch.is_grad_enabled() or model.training or not torch.backends.mkldnn.is_available()
+            or next(model.parameters()).device.type != "cpu"):
+        yield
+        return
+    patched = []
+
+    def make(conv):
+        def forward(x, weight, bias):
+            if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
+                    or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+                    or torch.is_autocast_enabled("cpu")):
+                return F.conv3d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            return torch.ops.aten.mkldnn_convolution(x.contiguous(), weight, bias, list(conv.padding),
+                                                      list(conv.stride), list(conv.dilation), conv.groups)
+        return forward
+
+    try:
+        for m in model.modules():
+            if isinstance(m, nn.Conv3d):
+                m._conv_forward = make(m)  # an instance attribute shadows Conv3d._conv_forward
+                patched.append(m)
+        yield
+    finally:
+        for m in patched:
+            del m._conv_forward
 
 
 def model_grid(resolution: float, extent_min=None, extent_max=None) -> space.Grid:

@@ -61,9 +61,10 @@ def _read_images(paths):
     return images, names, errors
 
 
-def _render_job(model, images, grid, mask, subject, progress, *, cancel, reference=None):
-    """Worker body: features of the images, then their volumes (B, *grid.shape); with a
-    ``reference`` subject (Rest2Visual's stimulus-only one) also its volumes: a pair."""
+def _render_job(model, images, grid, mask, subject, progress, *, cancel, keep_features=False):
+    """Worker body: features of the images, then their volumes (B, *grid.shape); with
+    ``keep_features`` the pair ``(volumes, features)``, for a second step on the same
+    features (:func:`_reference_job`)."""
     import torch
 
     from napari_nrf.features import FeatureCache
@@ -77,10 +78,18 @@ def _render_job(model, images, grid, mask, subject, progress, *, cancel, referen
             cache = None
         feats = model.encode_images(images, cache=cache)
         vols = compute_volumes(model, feats, grid, mask=mask, subject=subject, progress=progress, cancel=cancel)
-        if reference is None:
-            return vols
-        return vols, compute_volumes(model, feats, grid, mask=mask, subject=reference, progress=progress,
-                                     cancel=cancel)
+    return (vols, feats) if keep_features else vols
+
+
+def _reference_job(model, feats, grid, mask, reference, progress, *, cancel):
+    """Worker body of the second step: the ``reference`` subject's volumes (Rest2Visual's
+    stimulus-only prediction) from the features the first step computed."""
+    import torch
+
+    if cancel():
+        raise RenderCancelled("cancelled")
+    with torch.inference_mode():
+        return compute_volumes(model, feats, grid, mask=mask, subject=reference, progress=progress, cancel=cancel)
 
 
 class ResponseVolumeWidget(QWidget):
@@ -97,7 +106,17 @@ class ResponseVolumeWidget(QWidget):
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
         self.worker = None
+        self._second_step = False  # Rest2Visual's stimulus-only step is pending
         self._cancel = threading.Event()
+        # The second step may still run when the dock closes: its callbacks then do nothing
+        # (a dict, not the widget, is what the destroyed signal's handler touches).
+        live = self._live = {"alive": True, "cancel": self._cancel}
+
+        def _gone(*_):
+            live["alive"] = False
+            live["cancel"].set()
+
+        self.destroyed.connect(_gone)
         self._progress = _Progress()
         self._progress.changed.connect(self._on_progress)
         self._listeners = []
@@ -199,7 +218,9 @@ class ResponseVolumeWidget(QWidget):
 
     # ---- callbacks registered by others (demo, benchmark) ------------------------------
     def on_rendered(self, fn) -> None:
-        """Call ``fn(list_of_new_layers)`` after each completed render (main thread)."""
+        """Call ``fn(list_of_new_layers)`` after each completed render step (main thread):
+        the prediction layers as soon as they are shown; for a Rest2Visual model with the
+        stimulus-only option, a second call with the subject-minus-stimulus-only contrasts."""
         self._listeners.append(fn)
 
     # ---- drag and drop ---------------------------------------------------------------
@@ -328,7 +349,7 @@ class ResponseVolumeWidget(QWidget):
         if model is None:
             show_error("napari-nrf: load an encoding model first (Encoding model widget)")
             return None
-        if self.worker is not None and self.worker.is_running:
+        if (self.worker is not None and self.worker.is_running) or self._second_step:
             show_info("napari-nrf: a render is running; cancel it or wait")
             return None
         try:
@@ -338,6 +359,7 @@ class ResponseVolumeWidget(QWidget):
             return None
         subject = self.current_subject()
         self._cancel = cancel = threading.Event()
+        self._live["cancel"] = cancel
         self.progress_bar.start(f"napari-nrf: rendering {', '.join(names)}")
         self.cancel_btn.setEnabled(True)
         self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
@@ -352,8 +374,10 @@ class ResponseVolumeWidget(QWidget):
 
             reference = POPULATION if subject != POPULATION else None
         meta = {"names": list(names), "grid": grid, "subject": subject, "cancel": cancel,
-                "layer_meta": self._volume_meta(model), "reference": reference}
-        job = _render_job if reference is None else functools.partial(_render_job, reference=reference)
+                "layer_meta": self._volume_meta(model), "reference": reference, "mask": mask}
+        # Rest2Visual: the person's prediction is shown first; the stimulus-only one and the
+        # difference follow from a second worker on the same features (_rendered).
+        job = _render_job if reference is None else functools.partial(_render_job, keep_features=True)
         self.worker = start_worker(job, model, list(images), grid, mask, subject, progress,
                                    on_result=lambda vols: self._rendered(vols, meta),
                                    on_error=lambda exc: self._failed(exc, meta), on_finished=self._finished,
@@ -369,8 +393,16 @@ class ResponseVolumeWidget(QWidget):
         self.progress_bar.report(done, total)
 
     def _finished(self):
+        if self._second_step:  # the first step's worker ended; the second one runs on
+            return
         self.cancel_btn.setEnabled(False)
         self.progress_bar.reset_idle()
+
+    def _second_finished(self):
+        if not self._live["alive"]:
+            return
+        self._second_step = False
+        self._finished()
 
     def _failed(self, exc, meta):
         from napari.utils.notifications import show_error, show_info
@@ -388,30 +420,54 @@ class ResponseVolumeWidget(QWidget):
             return
         ensure_template(self.viewer)
         grid = meta["grid"]
-        thr = self.threshold.value() / 100
-        refs = None
-        if meta.get("reference") is not None:
-            vols, refs = vols
+        reference = meta.get("reference")
+        feats = None
+        if reference is not None:
+            vols, feats = vols
         new = []
         for vol, name in zip(vols, meta["names"]):
-            label = name if refs is None else f"{name} ({meta['subject'] or 'default subject'})"
-            data, kw, _ = volume_layer_data(vol, grid, label, threshold=thr, image=name, subject=meta["subject"],
-                                            **meta["layer_meta"])
+            label = name if reference is None else f"{name} ({meta['subject'] or 'default subject'})"
+            data, kw, _ = volume_layer_data(vol, grid, label, threshold=self.threshold.value() / 100, image=name,
+                                            subject=meta["subject"], **meta["layer_meta"])
             kw["opacity"] = self.opacity.value() / 100
             new.append(self.viewer.add_image(data, **kw))
-        if refs is not None:  # Rest2Visual: stimulus-only next to the person, and their difference
-            for k, (vol, name) in enumerate(zip(refs, meta["names"])):
-                data, kw, _ = volume_layer_data(vol, grid, f"{name} (stimulus-only)", threshold=thr, image=name,
-                                                subject=meta["reference"], **meta["layer_meta"])
-                kw["opacity"] = self.opacity.value() / 100
-                kw["visible"] = False
-                ref_layer = self.viewer.add_image(data, **kw)
-                new.append(self.contrast(new[k], ref_layer))
-        elif self.contrast_check.isChecked() and len(new) == 2:
+        if reference is None and self.contrast_check.isChecked() and len(new) == 2:
             new.append(self.contrast(new[0], new[1]))
         self.status.setText(f"rendered {len(vols)} volume(s) at {grid.resolution:g} mm")
         if new:
             self.viewer.layers.selection.active = new[0]
+        for fn in self._listeners:
+            fn(new)
+        if reference is not None:  # step 2: the stimulus-only prediction and the difference
+            self._second_step = True
+            self.status.setText(f"rendered {len(vols)} volume(s) at {grid.resolution:g} mm; "
+                                "computing the stimulus-only prediction…")
+            prog = self._progress
+            self.worker = start_worker(_reference_job, self.state.model, feats, grid, meta["mask"], reference,
+                                       lambda d, t: prog.changed.emit(int(d), int(t or 0)),
+                                       on_result=lambda refs: self._rendered_reference(refs, new, meta),
+                                       on_error=lambda exc: self._live["alive"] and self._failed(exc, meta),
+                                       on_finished=self._second_finished, cancel_event=meta["cancel"])
+
+    def _rendered_reference(self, refs, people, meta):
+        """Step 2 of a Rest2Visual render: the hidden stimulus-only layers and the
+        subject-specific minus stimulus-only contrasts (for the person layers still open)."""
+        if not self._live["alive"]:
+            return
+        if meta["cancel"].is_set():
+            self.status.setText("render cancelled")
+            return
+        grid, new = meta["grid"], []
+        for person, vol, name in zip(people, refs, meta["names"]):
+            data, kw, _ = volume_layer_data(vol, grid, f"{name} (stimulus-only)", threshold=self.threshold.value() / 100,
+                                            image=name, subject=meta["reference"], **meta["layer_meta"])
+            kw["opacity"] = self.opacity.value() / 100
+            kw["visible"] = False
+            ref_layer = self.viewer.add_image(data, **kw)
+            if person in self.viewer.layers:  # the user may have removed it meanwhile
+                new.append(self.contrast(person, ref_layer))
+        self.status.setText(f"rendered {len(refs)} volume(s) at {grid.resolution:g} mm with the stimulus-only "
+                            "prediction")
         for fn in self._listeners:
             fn(new)
 
