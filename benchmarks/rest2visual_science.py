@@ -193,6 +193,32 @@ def ceiling(sets, control, rows_shared, xyz, truth_pts) -> dict:
     return out
 
 
+def displacement_sweep(displacements, n_subjects: int = 6, n_images: int = 32, seed: int = 0) -> dict:
+    """The ceiling without rest runs or training (seconds): at each area displacement (sd, mm),
+    how different the subjects' noiseless maps are at the common points (truth vs truth), how
+    much of that the layout explains (each subject's own truth with its areas left in place,
+    displacement 0, against its displaced truth) and what a perfect population model reaches
+    (the template layout's truth)."""
+    from napari_nrf.rest2visual_eval import common_points
+    from napari_nrf.simulate.subjects import VirtualSubject, _stimuli_and_descriptors, make_subjects
+
+    xyz = common_points(seed=seed)
+    _, desc = _stimuli_and_descriptors(np.arange(n_images), seed, 64, None)
+    base = make_subjects(n_subjects, seed)
+    tmpl = VirtualSubject(index=0, seed=seed, identical=True).truth(desc, xyz)
+    out = {}
+    for d in displacements:
+        mk = lambda s, dd: VirtualSubject(index=s.index, seed=seed, resolution=2.0, snr=s.snr,  # noqa: E731
+                                          displacement_mm=float(dd))
+        T = np.stack([mk(s, d).truth(desc, xyz) for s in base])
+        T0 = np.stack([mk(s, 0.0).truth(desc, xyz) for s in base])
+        idt, lay = mm.identification(T, T), mm.identification(T0, T)
+        out[str(d)] = {"truth_between": idt["between"], "areas_in_place_own": lay["within"],
+                       "areas_in_place_others": lay["between"], "areas_in_place_accuracy": lay["accuracy"],
+                       "template": mm.identification(np.stack([tmpl] * len(T)), T)["within"]}
+    return out
+
+
 def run(cfg: dict, cache=None, log=print) -> dict:
     from napari_nrf.rest2visual_eval import common_points, shared_rows, truth_at_points
     from napari_nrf.simulate.rest import add_rest_maps, simulate_with_rest
@@ -295,10 +321,23 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="the test suite's small version")
     ap.add_argument("--out", default=None, help="JSON report")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--displacement", type=float, default=None, help="area displacement sd in mm (default 12)")
+    ap.add_argument("--sweep", default=None, metavar="D1,D2,...",
+                    help="only the ceiling over these displacements (mm): no rest runs, no training")
     a = ap.parse_args(argv)
+    if a.sweep:
+        rep = displacement_sweep([float(v) for v in a.sweep.split(",")])
+        print("| displacement sd (mm) | truth r between subjects | own truth, areas in place (r own / others') | "
+              "template layout's truth r |\n|---|---|---|---|")
+        for d, v in rep.items():
+            print(f"| {d} | {v['truth_between']:.3f} | {v['areas_in_place_own']:.3f} / {v['areas_in_place_others']:.3f}"
+                  f" | {v['template']:.3f} |")
+        return rep
     cfg = dict(TINY if a.tiny else FULL)
     if a.steps:
         cfg["steps"] = a.steps
+    if a.displacement is not None:
+        cfg["displacement_mm"] = a.displacement
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rep = run(cfg)
     print(table(rep))
