@@ -42,11 +42,12 @@ import torch
 from napari_nrf import mapmetrics as mm
 from napari_nrf import space
 
-FULL = dict(n_subjects=8, n_train=6, n_images=160, n_shared=32, max_voxels=3000, image_size=64, n_sessions=2,
+FULL = dict(n_subjects=8, n_train=6, n_images=120, n_shared=32, max_voxels=3000, image_size=64, n_sessions=2,
             n_volumes=300, steps=400, batch_images=8, channels=[4, 8, 16, 16], resolution=4.0, nrf_steps=400,
-            seed=0)
+            seed=0, displacement_mm=12.0, coord_channels=True)
 TINY = dict(n_subjects=3, n_train=2, n_images=14, n_shared=5, max_voxels=300, image_size=32, n_sessions=1,
-            n_volumes=60, steps=3, batch_images=4, channels=[2, 4], resolution=8.0, nrf_steps=2, seed=0)
+            n_volumes=60, steps=3, batch_images=4, channels=[2, 4], resolution=8.0, nrf_steps=2, seed=0,
+            displacement_mm=12.0)
 
 
 def _features(sets, cache=None):
@@ -65,7 +66,8 @@ def _train(sets, feats, cfg, ablate="none"):
                                     extent=VISUAL_BOX, steps=cfg["steps"], batch_images=cfg["batch_images"],
                                     seed=cfg["seed"], model_config={"channels": cfg["channels"],
                                                                     "resolution": cfg["resolution"],
-                                                                    "ablate": ablate})
+                                                                    "ablate": ablate,
+                                                                    "coord_channels": cfg.get("coord_channels", True)})
     return model
 
 
@@ -76,9 +78,21 @@ def _predict(model, rs, feats, rows):
     return predict_maps(model, rs, rows, feats)
 
 
-def _score(sets, preds, rows_list, rows_shared):
-    """Mean over subjects of the map scores, plus identification on the shared images."""
-    from napari_nrf.rest2visual_eval import common_cells
+def _predict_pts(model, rs, feats, rows, xyz):
+    """Predictions (n, P) at the common points (the model read as a field)."""
+    from napari_nrf.rest2visual_eval import predict_at
+
+    torch.manual_seed(0)
+    return predict_at(model, {k: np.asarray(v)[rows] for k, v in feats.items()}, xyz,
+                      rs.subject if getattr(model, "conditioned", False) else None)
+
+
+def _score(sets, preds, rows_list, rows_shared, pts=None, truth_pts=None):
+    """Mean over subjects of the map scores, plus identification on the shared images:
+    against the measured maps (on the cells every subject's voxels cover) and, with
+    ``pts`` (S, n, P) predictions at the common points, against the noiseless truth there
+    (``truth_pts``), with the inter-subject correlation matrices."""
+    from napari_nrf.rest2visual_eval import common_cells, isc_report
 
     whole, roi, shared_p, shared_t = [], [], [], []
     for rs, pred, rows, rs_rows in zip(sets, preds, rows_list, rows_shared):
@@ -100,25 +114,43 @@ def _score(sets, preds, rows_list, rows_shared):
     if len(sets) > 1:
         P, T = common_cells(sets, shared_p), common_cells(sets, shared_t)
         out["identification"] = {k: v for k, v in mm.identification(P, T).items() if k != "matrix"}
+        out["identification"]["n_cells"] = int(P.shape[2])
+        if pts is not None and truth_pts is not None:
+            out["identification_truth"] = mm.identification(pts, truth_pts)
+            out["isc_truth"] = isc_report(pts, truth_pts)
     return out
 
 
-def _tavor(train_sets, train_feats, ns_fmri, sets, feats, rows_list):
+def _tavor(train_sets, train_feats, ns_fmri, sets, feats, rows_list, xyz=None, rows_shared=None):
     """Tavor-style linear model: coefficients of [1, rest, s, rest*s] per training subject
-    (voxels and training images as samples), averaged; s = the stimulus-only prediction."""
-    def design(model, rs, f, rows):
-        s = _predict(model, rs, f, rows)
-        rest = space.sample_volume(rs.rest_maps.mean(0), rs.rest_grid, rs.coords)[None].repeat(len(rows), 0)
-        return np.stack([np.ones_like(s), rest, s, rest * s], -1).reshape(-1, 4)
+    (voxels and training images as samples), averaged; s = the stimulus-only prediction.
+    Returns the predictions at each set's voxels, at the common points ``xyz`` (shared
+    rows; or None) and the coefficients."""
+    def design(model, rs, f, rows, at=None):
+        s = _predict(model, rs, f, rows) if at is None else _predict_pts(model, rs, f, rows, at)
+        rest = space.sample_volume(rs.rest_maps.mean(0), rs.rest_grid, rs.coords if at is None else at)
+        rest = rest[None].repeat(len(rows), 0)
+        return np.stack([np.ones_like(s), rest, s, rest * s], -1).reshape(-1, 4), s.shape
 
     coefs = []
     for rs, f in zip(train_sets, train_feats):
         rows = rs.indices("train")
-        X = design(ns_fmri, rs, f, rows)
+        X, _ = design(ns_fmri, rs, f, rows)
         y = rs.get_responses(rows).reshape(-1)
         coefs.append(np.linalg.lstsq(X, y, rcond=None)[0])
     w = np.mean(coefs, 0)
-    return [(design(ns_fmri, rs, f, rows) @ w).reshape(len(rows), -1) for rs, f, rows in zip(sets, feats, rows_list)], w
+    vox = []
+    for rs, f, rows in zip(sets, feats, rows_list):
+        X, shp = design(ns_fmri, rs, f, rows)
+        vox.append((X @ w).reshape(shp))
+    pts = None
+    if xyz is not None:
+        pts = []
+        for rs, f, rows in zip(sets, feats, rows_shared):
+            X, shp = design(ns_fmri, rs, f, rows, xyz)
+            pts.append((X @ w).reshape(shp))
+        pts = np.stack(pts)
+    return vox, pts, w
 
 
 def _nrf(train_sets, train_feats, cfg):
@@ -127,19 +159,76 @@ def _nrf(train_sets, train_feats, cfg):
 
     m = build_nrf("efficientnet-lite0", "demo", feature_shapes={"embedding": (1280,)}, token_maps={},
                   seed=cfg["seed"])
-    fit(m, train_sets, features=train_feats, steps=cfg["nrf_steps"], seed=cfg["seed"])
+    fit(m, train_sets, features=train_feats, steps=cfg["nrf_steps"], seed=cfg["seed"], lr=cfg.get("nrf_lr", 1e-3))
     return m
 
 
+def ceiling(sets, control, rows_shared, xyz, truth_pts) -> dict:
+    """How identifiable the subjects are before any model: the noiseless truth against the
+    measured maps (common cells) and against the other subjects' truths (common points); the
+    template layout's truth (a perfect population model); session 1 vs 2 rest maps of the
+    subjects and of the control population (in the visual box)."""
+    from napari_nrf.rest2visual_eval import common_cells
+    from napari_nrf.simulate.subjects import VISUAL_BOX, VirtualSubject, stimulus_descriptors
+
+    out = {}
+    T = common_cells(sets, [rs.get_truth(r) for rs, r in zip(sets, rows_shared)])
+    M = common_cells(sets, [rs.get_responses(r) for rs, r in zip(sets, rows_shared)])
+    strip = lambda d: {k: v for k, v in d.items() if k != "matrix"}  # noqa: E731
+    out["truth_vs_measured"] = strip(mm.identification(T, M))
+    out["truth_vs_measured"]["n_cells"] = int(T.shape[2])
+    out["truth_vs_truth"] = strip(mm.identification(truth_pts, truth_pts))
+    tmpl = VirtualSubject(index=0, seed=int(sets[0].meta["simulator"]["seed"]), identical=True)
+    tt = tmpl.truth(stimulus_descriptors(sets[0].subset(rows=rows_shared[0])), xyz)
+    out["template_truth_vs_truth"] = strip(mm.identification(np.stack([tt] * len(sets)), truth_pts))
+    for name, ss in (("rest", sets), ("control_rest", control)):
+        if ss[0].rest_maps is None or len(ss[0].rest_maps) < 2:
+            continue
+        g = ss[0].rest_grid
+        c = g.coords(np.ones(g.shape, bool))
+        keep = space.brain_mask(g).ravel() & np.all((c >= VISUAL_BOX[0]) & (c <= VISUAL_BOX[1]), 1)
+        a = np.stack([rs.rest_maps[0].ravel()[keep] for rs in ss])[:, None]
+        b = np.stack([rs.rest_maps[1].ravel()[keep] for rs in ss])[:, None]
+        out[f"{name}_session1_vs_2"] = strip(mm.identification(a, b))
+    return out
+
+
+def displacement_sweep(displacements, n_subjects: int = 6, n_images: int = 32, seed: int = 0) -> dict:
+    """The ceiling without rest runs or training (seconds): at each area displacement (sd, mm),
+    how different the subjects' noiseless maps are at the common points (truth vs truth), how
+    much of that the layout explains (each subject's own truth with its areas left in place,
+    displacement 0, against its displaced truth) and what a perfect population model reaches
+    (the template layout's truth)."""
+    from napari_nrf.rest2visual_eval import common_points
+    from napari_nrf.simulate.subjects import VirtualSubject, _stimuli_and_descriptors, make_subjects
+
+    xyz = common_points(seed=seed)
+    _, desc = _stimuli_and_descriptors(np.arange(n_images), seed, 64, None)
+    base = make_subjects(n_subjects, seed)
+    tmpl = VirtualSubject(index=0, seed=seed, identical=True).truth(desc, xyz)
+    out = {}
+    for d in displacements:
+        mk = lambda s, dd: VirtualSubject(index=s.index, seed=seed, resolution=2.0, snr=s.snr,  # noqa: E731
+                                          displacement_mm=float(dd))
+        T = np.stack([mk(s, d).truth(desc, xyz) for s in base])
+        T0 = np.stack([mk(s, 0.0).truth(desc, xyz) for s in base])
+        idt, lay = mm.identification(T, T), mm.identification(T0, T)
+        out[str(d)] = {"truth_between": idt["between"], "areas_in_place_own": lay["within"],
+                       "areas_in_place_others": lay["between"], "areas_in_place_accuracy": lay["accuracy"],
+                       "template": mm.identification(np.stack([tmpl] * len(T)), T)["within"]}
+    return out
+
+
 def run(cfg: dict, cache=None, log=print) -> dict:
-    from napari_nrf.rest2visual_eval import shared_rows
+    from napari_nrf.rest2visual_eval import common_points, shared_rows, truth_at_points
     from napari_nrf.simulate.rest import add_rest_maps, simulate_with_rest
     from napari_nrf.train import predict_set
 
     t0 = time.perf_counter()
     sets = simulate_with_rest(n_subjects=cfg["n_subjects"], n_images=cfg["n_images"], seed=cfg["seed"],
                               max_voxels=cfg["max_voxels"], image_size=cfg["image_size"], n_shared=cfg["n_shared"],
-                              n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"])
+                              n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
+                              displacement_mm=cfg["displacement_mm"])
     control = add_rest_maps([rs.subset() for rs in sets], n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
                             control=True)
     log(f"simulated {len(sets)} subjects with rest maps in {time.perf_counter() - t0:.0f} s")
@@ -148,58 +237,82 @@ def run(cfg: dict, cache=None, log=print) -> dict:
     tr_sets, tr_feats = sets[:k], feats[:k]
     rows_test = [rs.indices("test") for rs in sets]
     shared = shared_rows(sets, "test")
+    xyz = common_points(cfg.get("common_resolution", 4.0), cfg["seed"])
+    truth_pts = truth_at_points(sets, shared, xyz)
     groups = {"seen": list(range(k)), "unseen": list(range(k, len(sets)))}
 
-    def scored(preds_all):
+    def scored(preds_all, pts_all=None):
         out = {}
         for g, idx in groups.items():
             if idx:
                 out[g] = _score([sets[i] for i in idx], [preds_all[i] for i in idx], [rows_test[i] for i in idx],
-                                [shared[i] for i in idx])
+                                [shared[i] for i in idx], None if pts_all is None else pts_all[idx],
+                                truth_pts[idx])
         return out
 
+    def pts_of(model, ss=sets):
+        return np.stack([_predict_pts(model, rs, f, r, xyz) for rs, f, r in zip(ss, feats, shared)])
+
     results, timings = {}, {}
+    ceil = ceiling(sets, control, shared, xyz, truth_pts)
+    log(f"ceiling: {json.dumps(ceil)}")
     models = {}
     for name, ablate in (("Rest2Visual", "none"), ("ns-stim", "stimulus"), ("ns-fmri", "rest")):
         t = time.perf_counter()
         models[name] = _train(tr_sets, tr_feats, cfg, ablate)
         timings[name] = time.perf_counter() - t
-        results[name] = scored([_predict(models[name], rs, f, r) for rs, f, r in zip(sets, feats, rows_test)])
-        log(f"{name}: {timings[name]:.0f} s, seen r {results[name]['seen']['whole']['pearson']:.3f}")
+        results[name] = scored([_predict(models[name], rs, f, r) for rs, f, r in zip(sets, feats, rows_test)],
+                               pts_of(models[name]))
+        s = results[name]["seen"]
+        log(f"{name}: {timings[name]:.0f} s, seen r {s['whole']['pearson']:.3f}, truth identification "
+            f"{s['identification_truth']['accuracy']:.3f} (within {s['identification_truth']['within']:.3f}, "
+            f"between {s['identification_truth']['between']:.3f})")
     rng = np.random.default_rng(0)
-    results["Resting"] = scored([space.sample_volume(rs.rest_maps.mean(0), rs.rest_grid, rs.coords)[None]
-                                 .repeat(len(r), 0) for rs, r in zip(sets, rows_test)])
-    results["Random"] = scored([rng.standard_normal((len(r), rs.n_voxels)) for rs, r in zip(sets, rows_test)])
-    tav, w = _tavor(tr_sets, tr_feats, models["ns-fmri"], sets, feats, rows_test)
-    results["Tavor"] = scored(tav)
+    rest_at = lambda rs, at: space.sample_volume(rs.rest_maps.mean(0), rs.rest_grid, at)  # noqa: E731
+    results["Resting"] = scored([rest_at(rs, rs.coords)[None].repeat(len(r), 0) for rs, r in zip(sets, rows_test)],
+                                np.stack([rest_at(rs, xyz)[None].repeat(len(r), 0) for rs, r in zip(sets, shared)]))
+    results["Random"] = scored([rng.standard_normal((len(r), rs.n_voxels)) for rs, r in zip(sets, rows_test)],
+                               rng.standard_normal(truth_pts.shape))
+    tav, tav_pts, w = _tavor(tr_sets, tr_feats, models["ns-fmri"], sets, feats, rows_test, xyz, shared)
+    results["Tavor"] = scored(tav, tav_pts)
     t = time.perf_counter()
     nrf = _nrf(tr_sets, tr_feats, cfg)
     timings["NRF"] = time.perf_counter() - t
     results["NRF"] = scored([predict_set(nrf, {kk: v[r] for kk, v in f.items()}, rs)
-                             for rs, f, r in zip(sets, feats, rows_test)])
+                             for rs, f, r in zip(sets, feats, rows_test)], pts_of(nrf))
+    log(f"NRF: {timings['NRF']:.0f} s, seen r {results['NRF']['seen']['whole']['pearson']:.3f}")
     t = time.perf_counter()
     cmodel = _train(control[:k], tr_feats, cfg, "none")
     timings["control"] = time.perf_counter() - t
-    results["control Rest2Visual"] = scored([_predict(cmodel, rs, f, r) for rs, f, r in zip(control, feats, rows_test)])
-    # the control population's own stimulus-only reference: the same ns-fmri model's maps
-    results["control ns-fmri"] = results["ns-fmri"]
+    results["control Rest2Visual"] = scored([_predict(cmodel, rs, f, r) for rs, f, r in zip(control, feats, rows_test)],
+                                            pts_of(cmodel, control))
     log(f"done in {time.perf_counter() - t0:.0f} s")
-    return {"config": cfg, "results": results, "tavor_coefficients": [float(v) for v in w],
-            "train_seconds": timings, "seconds": time.perf_counter() - t0}
+    return {"config": cfg, "ceiling": ceil, "results": results, "tavor_coefficients": [float(v) for v in w],
+            "train_seconds": timings, "seconds": time.perf_counter() - t0, "n_common_points": int(len(xyz))}
 
 
 def table(rep: dict) -> str:
-    """The docs table: method x (seen whole, seen V1-V5, unseen whole, identification)."""
-    lines = ["| method | Pearson (brain) | MAE | SSIM | RSA | Pearson V1-V5 | identification (chance) | "
-             "unseen subject Pearson | unseen identification |", "|---|---|---|---|---|---|---|---|---|"]
+    """The docs tables: the ceiling, then method x (seen whole, V1-V5, identification against
+    measured and true maps, ISC similarity, unseen subjects)."""
+    f = lambda d, k: f"{d[k]:.3f}" if isinstance(d, dict) and k in d else "-"  # noqa: E731
+    lines = ["| before any model | identification (chance) | map r to one's own | to others' |", "|---|---|---|---|"]
+    for name, d in (rep.get("ceiling") or rep["results"].get("ceiling", {})).items():
+        lines.append(f"| {name.replace('_', ' ')} | {f(d, 'accuracy')} ({d.get('chance', 0):.2f}) | "
+                     f"{f(d, 'within')} | {f(d, 'between')} |")
+    lines += ["", "| method | Pearson (brain) | MAE | SSIM | RSA | Pearson V1-V5 | identification, measured "
+              "(chance) | identification, truth | r own / others' truth | ISC similarity | unseen Pearson | "
+              "unseen identification, truth |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rep["results"].items():
+        if name == "ceiling":
+            continue
         s, u = r.get("seen", {}), r.get("unseen", {})
         w, v = s.get("whole", {}), s.get("v1_v5", {})
-        idt, uid = s.get("identification", {}), u.get("identification", {})
-        f = lambda d, k: f"{d[k]:.3f}" if k in d else "-"  # noqa: E731
+        idt, it, ui = s.get("identification", {}), s.get("identification_truth", {}), u.get("identification_truth", {})
         lines.append(f"| {name} | {f(w, 'pearson')} ± {w.get('pearson_sd', 0):.3f} | {f(w, 'mae')} | {f(w, 'ssim')} | "
                      f"{f(w, 'rsa')} | {f(v, 'pearson')} | {f(idt, 'accuracy')} ({idt.get('chance', 0):.2f}) | "
-                     f"{f(u.get('whole', {}), 'pearson')} | {f(uid, 'accuracy')} ({uid.get('chance', 0):.2f}) |")
+                     f"{f(it, 'accuracy')} | {f(it, 'within')} / {f(it, 'between')} | "
+                     f"{f(s.get('isc_truth', {}), 'similarity')} | {f(u.get('whole', {}), 'pearson')} | "
+                     f"{f(ui, 'accuracy')} ({ui.get('chance', 0):.2f}) |")
     return "\n".join(lines)
 
 
@@ -208,10 +321,23 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="the test suite's small version")
     ap.add_argument("--out", default=None, help="JSON report")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--displacement", type=float, default=None, help="area displacement sd in mm (default 12)")
+    ap.add_argument("--sweep", default=None, metavar="D1,D2,...",
+                    help="only the ceiling over these displacements (mm): no rest runs, no training")
     a = ap.parse_args(argv)
+    if a.sweep:
+        rep = displacement_sweep([float(v) for v in a.sweep.split(",")])
+        print("| displacement sd (mm) | truth r between subjects | own truth, areas in place (r own / others') | "
+              "template layout's truth r |\n|---|---|---|---|")
+        for d, v in rep.items():
+            print(f"| {d} | {v['truth_between']:.3f} | {v['areas_in_place_own']:.3f} / {v['areas_in_place_others']:.3f}"
+                  f" | {v['template']:.3f} |")
+        return rep
     cfg = dict(TINY if a.tiny else FULL)
     if a.steps:
         cfg["steps"] = a.steps
+    if a.displacement is not None:
+        cfg["displacement_mm"] = a.displacement
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rep = run(cfg)
     print(table(rep))

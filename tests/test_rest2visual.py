@@ -269,3 +269,59 @@ def test_encoder_cache_never_outlives_the_weights(two_subjects):
     with torch.no_grad():
         c = model.predict(f, coords=sets[0].coords[:10], subject="sub-01")
     assert not torch.allclose(b, c)
+
+
+def test_coordinate_channels_and_bundles_saved_before_them(two_subjects, tmp_path):
+    """The presets feed the encoder the grid's coordinates; a bundle written before that
+    option (no ``coord_channels`` in its config, a one-channel first convolution) still loads
+    as the plain rest-map model and predicts as before."""
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_nrf.models import load_model
+    from napari_nrf.models.bundle import META_KEY
+    from napari_nrf.models.rest2visual import build_rest2visual
+
+    from _nrf_data import SHAPES
+
+    sets, feats = two_subjects
+    new = build_rest2visual(preset="tiny", feature_shapes=SHAPES)
+    assert new.coord_channels and new.enc[0].c1.weight.shape[1] == 4
+    old = build_rest2visual(preset="tiny", feature_shapes=SHAPES, coord_channels=False)
+    assert old.enc[0].c1.weight.shape[1] == 1
+    old.add_subject("sub-01", sets[0].rest_maps, sets[0].rest_grid, coords=sets[0].coords)
+    p = old.save(tmp_path / "old.safetensors")
+    with safe_open(str(p), "pt") as fh:
+        meta = _json.loads(fh.metadata()[META_KEY])
+    del meta["config"]["coord_channels"]  # as files written before the option
+    save_file(load_file(str(p)), str(p), metadata={META_KEY: _json.dumps(meta)})
+    back = load_model(p)
+    assert back.coord_channels is False
+    f = {k: torch.from_numpy(v[:2]) for k, v in feats[0].items()}
+    with torch.no_grad():
+        torch.testing.assert_close(back.predict(f, coords=sets[0].coords[:20], subject="sub-01"),
+                                   old.predict(f, coords=sets[0].coords[:20], subject="sub-01"))
+
+
+def test_truth_identification_points_and_isc():
+    """The common points lie in the visual areas; larger area displacements make subjects'
+    noiseless maps more different (the ceiling the science benchmark measures), and the ISC
+    report compares predicted with true inter-subject matrices."""
+    from napari_nrf import mapmetrics as mm
+    from napari_nrf.rest2visual_eval import common_points, isc_report
+    from napari_nrf.simulate.subjects import _stimuli_and_descriptors
+
+    xyz = common_points(8.0)
+    assert 50 < len(xyz) < 1000 and (xyz[:, 1] < -20).all()
+    _, desc = _stimuli_and_descriptors(np.arange(6), 0, 32, None)
+    between = {}
+    for d in (2.5, 12.0):
+        T = np.stack([VirtualSubject(index=i, seed=0, displacement_mm=d).truth(desc, xyz) for i in range(3)])
+        idt = mm.identification(T, T)
+        assert idt["accuracy"] == 1.0
+        between[d] = idt["between"]
+    assert between[12.0] < between[2.5] - 0.1
+    rep = isc_report(T + 0.1 * np.random.default_rng(0).standard_normal(T.shape), T)
+    assert np.shape(rep["predicted"]) == (3, 3) and rep["similarity"] > 0.9

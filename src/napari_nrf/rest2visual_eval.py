@@ -46,6 +46,64 @@ def common_cells(sets, maps: list, resolution: float = COMMON_RESOLUTION) -> np.
     return np.stack([v[:, ok] for v in vols])
 
 
+def common_points(resolution: float = COMMON_RESOLUTION, seed: int = 0, threshold: float = 0.3) -> np.ndarray:
+    """MNI points (P, 3) mm float32 where every subject's truth and prediction can be read:
+    the cells of a ``resolution`` mm grid over the simulator's visual box that lie in grey
+    matter inside the template layout's visual areas (summed membership >= ``threshold``).
+
+    Unlike :func:`common_cells` (cells that every subject's own voxels cover, few when areas
+    are displaced), these do not depend on the subjects, so field models and the truth
+    (:func:`napari_nrf.simulate.subjects.truth_at`) are compared on the same ~1,400 points.
+    """
+    from napari_nrf.simulate.subjects import VISUAL_BOX, VirtualSubject
+
+    g = space.Grid.from_extent(resolution, *VISUAL_BOX)
+    xyz = g.coords(np.ones(g.shape, bool))
+    tmpl = VirtualSubject(index=0, seed=int(seed), identical=True)
+    keep = (tmpl.membership(xyz).sum(1) >= threshold) & (space.gm_probability(g).ravel() >= 0.3)
+    return np.asarray(xyz[keep], np.float32)
+
+
+def predict_at(model, features: dict, xyz, subject=None, batch_images: int = 32) -> np.ndarray:
+    """Predictions (n, P) float32 of a field model at MNI points ``xyz`` (P, 3) mm for the
+    images of ``features`` (arrays with n rows); ``subject`` for a conditioned model."""
+    import torch
+
+    was = model.training
+    model.eval()
+    kw = {"subject": subject} if getattr(model, "conditioned", False) else {}
+    n = len(next(iter(features.values())))
+    out = []
+    with torch.no_grad():
+        for s in range(0, n, batch_images):
+            fb = {k: torch.as_tensor(np.asarray(v[s:s + batch_images])) for k, v in features.items()}
+            out.append(model.predict(fb, coords=np.asarray(xyz, np.float32), **kw).float().cpu().numpy())
+    model.train(was)
+    return np.concatenate(out)
+
+
+def truth_at_points(sets, rows_list, xyz) -> np.ndarray | None:
+    """(S, n, P) noiseless responses of simulated subjects' images ``rows_list`` at points
+    ``xyz`` (None when a set is not simulated)."""
+    from napari_nrf.simulate.subjects import truth_at
+
+    if any("simulator" not in rs.meta for rs in sets):
+        return None
+    return np.stack([truth_at(rs, xyz, rows) for rs, rows in zip(sets, rows_list)])
+
+
+def isc_report(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Inter-subject correlation matrices (S x S, mean over images of the map r between
+    subjects) of predicted and true maps (S, n, P), and the Pearson r of their off-diagonal
+    entries (the paper's figure 4 comparison)."""
+    a, b = mm.inter_subject_matrix(pred), mm.inter_subject_matrix(true)
+    iu = np.triu_indices(len(a), 1)
+    sim = float(np.corrcoef(a[iu], b[iu])[0, 1]) if len(a) > 2 and a[iu].std() > 0 and b[iu].std() > 0 \
+        else float("nan")
+    return {"predicted": a.round(4).tolist(), "true": b.round(4).tolist(), "similarity": sim,
+            "mean_off_diagonal_predicted": float(a[iu].mean()), "mean_off_diagonal_true": float(b[iu].mean())}
+
+
 def shared_rows(sets, split: str = "test") -> list:
     """Per set, the rows of ``split`` whose image ids every set has, in one common order."""
     ids = None
@@ -67,7 +125,9 @@ def evaluate_maps(model, sets, split: str = "test", feature_cache=None, features
     Returns ``{"subjects": {name: {"whole": scores, "v1_v5": scores}}, "mean": {...},
     "identification": {...}, "isc_similarity": r}`` where scores are those of
     :func:`napari_nrf.mapmetrics.score_maps` and ``isc_similarity`` is the Pearson r of
-    the off-diagonal inter-subject correlations of predicted vs measured maps.
+    the off-diagonal inter-subject correlations of predicted vs measured maps. For
+    simulated subjects also ``identification_truth`` and ``isc_truth``: the same against
+    the noiseless truth at :func:`common_points` (the model read there as a field).
     """
     per, preds, trues = {}, [], []
     rows_shared = shared_rows(sets, split)
@@ -100,6 +160,19 @@ def evaluate_maps(model, sets, split: str = "test", feature_cache=None, features
         out["isc_similarity"] = float(np.corrcoef(mm.inter_subject_matrix(P)[iu], mm.inter_subject_matrix(T)[iu])[0, 1]) \
             if len(sets) > 2 else float("nan")
         out["n_shared_images"], out["n_common_cells"] = int(n_shared), int(P.shape[2])
+        xyz = common_points()
+        T = truth_at_points(sets, rows_shared, xyz)
+        if T is not None and getattr(model, "continuous", False):
+            if features is None:
+                from napari_nrf.train import set_features
+
+                fs = [set_features(model, rs, cache=feature_cache, rows=r) for rs, r in zip(sets, rows_shared)]
+            else:
+                fs = [{k: np.asarray(v)[r] for k, v in f.items()} for f, r in zip(features, rows_shared)]
+            Pp = np.stack([predict_at(model, f, xyz, rs.subject) for f, rs in zip(fs, sets)])
+            out["identification_truth"] = mm.identification(Pp, T)
+            out["isc_truth"] = isc_report(Pp, T)
+            out["n_common_points"] = int(len(xyz))
     return out
 
 
@@ -115,4 +188,8 @@ def format_report(rep: dict) -> str:
         i = rep["identification"]
         lines.append(f"identification accuracy {i['accuracy']:.3f} (chance {i['chance']:.3f}); map r to one's own "
                      f"{i['within']:.3f}, to others' {i['between']:.3f}")
+    if "identification_truth" in rep:
+        i = rep["identification_truth"]
+        lines.append(f"against the noiseless truth: accuracy {i['accuracy']:.3f}; map r to one's own {i['within']:.3f}, "
+                     f"to others' {i['between']:.3f}; ISC similarity {rep['isc_truth']['similarity']:.3f}")
     return "\n".join(lines)

@@ -55,9 +55,10 @@ class Rest2VisualError(NapariNRFError):
 
 #: Sizes: model grid resolution (mm) and channels per scale (the number of scales).
 PRESETS = {
-    "tiny": {"resolution": 8.0, "channels": [4, 8, 16], "cond_dim": 16, "groups": 2},
-    "demo": {"resolution": 4.0, "channels": [8, 16, 32, 32], "cond_dim": 64, "groups": 4},
-    "paper": {"resolution": 2.0, "channels": [32, 64, 128, 256], "cond_dim": 256, "groups": 8},
+    "tiny": {"resolution": 8.0, "channels": [4, 8, 16], "cond_dim": 16, "groups": 2, "coord_channels": True},
+    "demo": {"resolution": 4.0, "channels": [8, 16, 32, 32], "cond_dim": 64, "groups": 4, "coord_channels": True},
+    "paper": {"resolution": 2.0, "channels": [32, 64, 128, 256], "cond_dim": 256, "groups": 8,
+              "coord_channels": True},
 }
 
 
@@ -106,6 +107,10 @@ class Rest2Visual(EncodingModel):
     channels : channels per scale (len = number of scales)
     cond_dim, groups : condition vector size, GroupNorm groups
     ablate : "none", "stimulus" (ns-stim) or "rest" (ns-fmri): Gaussian noise in place of that input
+    coord_channels : feed the encoder the grid's three coordinates (each in [-1, 1]) next to
+        the rest map. A convolution is blind to where it is; a response map is not (retinotopy,
+        area tuning), so without them every position must be read off the rest map's own
+        pattern. False (the default of bundles saved before the option) is the plain rest map.
     """
 
     kind = "rest2visual"
@@ -114,7 +119,8 @@ class Rest2Visual(EncodingModel):
     pseudo_subjects = (POPULATION,)  # answers for these too (the stimulus-only reference)
 
     def __init__(self, grid_shape, grid_origin, grid_zooms, embed_dim: int = 1280, feature: str = "embedding",
-                 channels=(8, 16, 32), cond_dim: int = 64, groups: int = 4, ablate: str = "none"):
+                 channels=(8, 16, 32), cond_dim: int = 64, groups: int = 4, ablate: str = "none",
+                 coord_channels: bool = False):
         super().__init__()
         if ablate not in ("none", "stimulus", "rest"):
             raise Rest2VisualError(f"ablate must be 'none', 'stimulus' or 'rest', got {ablate!r}")
@@ -123,10 +129,12 @@ class Rest2Visual(EncodingModel):
         self.embed_dim, self.feature = int(embed_dim), str(feature)
         self.channels = [int(c) for c in channels]
         self.cond_dim, self.groups, self.ablate = int(cond_dim), int(groups), str(ablate)
+        self.coord_channels = bool(coord_channels)
         ch = self.channels
+        cin = 4 if self.coord_channels else 1
         self.img_mlp = nn.Sequential(nn.Linear(self.embed_dim, 2 * self.cond_dim), nn.SiLU(),
                                      nn.Linear(2 * self.cond_dim, self.cond_dim), nn.SiLU())
-        self.enc = nn.ModuleList([_Block(1 if i == 0 else ch[i], ch[i], self.groups) for i in range(len(ch))])
+        self.enc = nn.ModuleList([_Block(cin if i == 0 else ch[i], ch[i], self.groups) for i in range(len(ch))])
         self.down = nn.ModuleList([nn.Conv3d(ch[i], ch[i + 1], 3, stride=2, padding=1) for i in range(len(ch) - 1)])
         self.bottom = _AdaBlock(ch[-1], ch[-1], self.cond_dim, self.groups)
         self.up = nn.ModuleList([_AdaBlock(ch[i + 1] + ch[i], ch[i], self.cond_dim, self.groups)
@@ -153,7 +161,7 @@ class Rest2Visual(EncodingModel):
         return {"grid_shape": list(self.grid.shape), "grid_origin": [float(v) for v in self.grid.origin],
                 "grid_zooms": [float(v) for v in self.grid.zooms], "embed_dim": self.embed_dim,
                 "feature": self.feature, "channels": list(self.channels), "cond_dim": self.cond_dim,
-                "groups": self.groups, "ablate": self.ablate}
+                "groups": self.groups, "ablate": self.ablate, "coord_channels": self.coord_channels}
 
     # The encoder features of the last subject are cached for inference only: any change
     # of mode or weights drops them (fit validates in eval mode between training steps).
@@ -219,6 +227,10 @@ class Rest2Visual(EncodingModel):
     def encode(self, rest: torch.Tensor) -> list[torch.Tensor]:
         """Multiscale features of a (1, 1, X, Y, Z) rest map (padded to a multiple of 2^scales)."""
         px, py, pz = self._pad()
+        if self.coord_channels:
+            axes = [torch.linspace(-1, 1, n, device=rest.device) for n in self.grid.shape]
+            pos = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None].expand(len(rest), -1, -1, -1, -1)
+            rest = torch.cat([rest, pos.to(rest.dtype)], 1)
         h = F.pad(rest, (0, pz, 0, py, 0, px))
         feats = []
         for i, blk in enumerate(self.enc):
