@@ -23,9 +23,11 @@ the same n images: the robust spatial ridge and fWRF (``napari_nrf.baselines``).
 also in the data's units (median voxel R^2, calibration slope, MSE).
 
 CPU-sized on purpose (2 shared cores): the "demo" NRF preset on efficientnet-lite0
-features, 1 torch thread. Run (full, about 30-60 min on a busy machine; features are cached):
+features, 1 torch thread. Run (the issue-22 re-run, sized for a busy 2-core machine: 1000
+voxels, 20 and 200 images, about 35 min; without ``--sizes`` / ``--max-voxels`` it is 2000
+voxels at 20, 200 and 800 images; features are cached):
 
-    .venv/bin/python benchmarks/finetune_science.py --out docs/results_finetune.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/finetune_science.py --max-voxels 1000 --sizes 20 200 --out docs/results_finetune.json
 
 Tiny (tests): ``NRF_EXAMPLE_TINY=1`` or ``--tiny``.
 """
@@ -108,7 +110,7 @@ def main(argv=None) -> dict:
 
     fit_kw = dict(batch_images=cfg["batch_images"], batch_voxels=cfg["batch_voxels"], steps_per_epoch=cfg["steps"],
                   weight_decay=0.015, patience=3)
-    bases = []
+    bases, base_info = [], []
     for k in range(3):
         t0 = time.time()
         m = build_nrf("efficientnet-lite0", preset, seed=args.seed * 10 + k)
@@ -118,6 +120,8 @@ def main(argv=None) -> dict:
             h = fit(m, [sets[k]], features=[feats[k]], epochs=cfg["base_epochs"], lr=lr_scratch, seed=args.seed + k,
                     **fit_kw)
         bases.append(m)
+        base_info.append({"subject": sets[k].subject, "val_score": float(h.best_score), "best_epoch": h.best_epoch,
+                          "epochs_run": len(h.records), "seconds": round(time.time() - t0, 1)})
         log(f"base {sets[k].subject}: val median r {h.best_score:.3f} ({time.time() - t0:.0f} s)")
 
     new = sets[3]
@@ -132,10 +136,19 @@ def main(argv=None) -> dict:
         return {"r_median": m["pearson_median"], "truth_r_median": m["truth_pearson_median"], "r2": m["r2_median"],
                 "slope": m["calibration_slope"], "mse": m["mse"]}
 
-    results = {"config": {**cfg, "preset": preset, "schedule": "library defaults" if defaults else "fixed (old)",
-                          "lr_scratch": lr_scratch, "lr_finetune": lr_ft, "baselines": baselines,
+    from napari_nrf.settings import FINETUNE_FIT, NRF_FIT
+
+    if defaults:  # record what ran, not the old fixed schedule's numbers
+        sched = {"schedule": "library defaults", "bases_scratch_fit": NRF_FIT.to_kwargs(),
+                 "finetune_fit": FINETUNE_FIT.to_kwargs()}
+        for k in ("base_epochs", "ft_epochs", "steps", "batch_images", "batch_voxels"):
+            cfg.pop(k, None)
+    else:
+        sched = {"schedule": "fixed (old)", "lr_scratch": lr_scratch, "lr_finetune": lr_ft}
+    results = {"config": {**cfg, "preset": preset, **sched, "baselines": baselines,
                           "seed": args.seed, "new_subject": new.subject, "n_test_images": int(len(te)),
                           "n_voxels": new.n_voxels, "bases": [s.subject for s in sets[:3]]},
+               "bases": base_info,
                "sizes": {}}
     for n in cfg["sizes"]:
         row = {}

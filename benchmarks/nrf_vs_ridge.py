@@ -32,11 +32,13 @@ its area displacement) fine field of 1.5 mm length in its preferences and tuning
 subjects differ only in grid and noise draws) to see whether pooling offset grids helps
 when the subjects' fields agree; ``--res-subjects 0,1,2,3,4,5`` pools more grids.
 
-Models: frozen efficientnet-lite0 features (``FeatureCache``) for both; NRF =
-``build_nrf("efficientnet-lite0", "demo")`` trained with ``train.fit`` (AdamW, early
-stopping on the validation median r); ridge = ``evaluate.RidgeBaseline``.
+Models: frozen efficientnet-lite0 features (``FeatureCache``) for all; NRF =
+``build_nrf("efficientnet-lite0", "demo")`` trained with ``train.fit`` and its default step
+schedule (claims A/B and C; ``--epochs`` / ``--res-epochs`` / ``--res-old-schedule`` give the
+first runs' fixed schedules); baselines (``napari_nrf.baselines``): the robust ridge with
+spatial PCA columns, the pooled-only ridge and fWRF (trained by ``train.fit``'s defaults).
 
-Run (full, on one thread, about 46 min on the shared 2-core machine: claim C 11 min, A/B
+Run (full, on one thread; the first, fixed-schedule run took about 46 min on the shared 2-core machine: claim C 11 min, A/B
 35 min; partial results are written after every fit; --sizes none / --no-resolution split it):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nrf_vs_ridge.py --out benchmarks/results/nrf_vs_ridge.json
 Tiny (tests): NRF_EXAMPLE_TINY=1 or --tiny.
@@ -289,8 +291,11 @@ def resolution_claim(cfg, cache_dir, log) -> dict:
     variants = {k: v for k, v in variants.items() if k in cfg.get("res_variants", variants)}
     for name, idx in variants.items():
         t = time.perf_counter()
+        # Default: train.fit's own step schedule (what `napari-nrf train` runs); --res-epochs or
+        # --res-old-schedule give the first runs' fixed schedule (res_epochs x res_steps).
         model, info = fit_nrf([sets[i] for i in idx], [feats[i] for i in idx], {**cfg, **cfg.get("res_model", {})},
-                              seed=cfg["seed"], epochs=cfg["res_epochs"], steps=cfg["res_steps"], log=log)
+                              seed=cfg["seed"], epochs=cfg["res_epochs"], steps=cfg["res_steps"], log=log,
+                              defaults=cfg.get("res_defaults", True))
         eng = QueryEngine(model, device="cpu")
         mask1 = np.zeros(g1.n_points, bool)
         mask1[pts] = True
@@ -418,7 +423,10 @@ def main(argv=None) -> int:
     ap.add_argument("--shuffle-sizes", help="sizes with the shuffle ablation (default 20,all)")
     ap.add_argument("--shuffle-kind", help="comma-separated shuffles at the shuffle sizes, of global,roi "
                     "(default global; roi permutes only within each ROI)")
-    ap.add_argument("--res-epochs", type=int, help="claim C: maximum epochs (default %d)" % FULL["res_epochs"])
+    ap.add_argument("--res-epochs", type=int, help="claim C: maximum NRF epochs of the old fixed schedule "
+                    "(%d steps an epoch; default: train.fit's own step schedule)" % FULL["res_steps"])
+    ap.add_argument("--res-old-schedule", action="store_true", help="claim C: the first runs' fixed schedule "
+                    "(<= %d epochs x %d steps) instead of train.fit's defaults" % (FULL["res_epochs"], FULL["res_steps"]))
     ap.add_argument("--res-fourier-std", type=float, help="claim C: NRF Fourier-feature std (default 32)")
     ap.add_argument("--res-fourier-n", type=int, help="claim C: number of NRF Fourier features (default 32)")
     ap.add_argument("--seed", type=int, help="population seed of the simulator, also claim C's fit seed "
@@ -467,6 +475,8 @@ def main(argv=None) -> int:
         over["shuffle_kinds"] = kinds
     if args.res_epochs:
         over["res_epochs"] = args.res_epochs
+    if args.res_epochs or args.res_old_schedule:
+        over["res_defaults"] = False
     if args.seed is not None:
         over["seed"] = args.seed
     res_nrf = {k: v for k, v in (("fourier_std", args.res_fourier_std), ("n_fourier", args.res_fourier_n),
