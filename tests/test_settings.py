@@ -31,6 +31,10 @@ def test_cli_options_are_made_from_the_settings(command, preset):
 
 def test_checks_and_presets():
     assert UNIVERSAL_FIT.lr == 1e-3 and UNIVERSAL_FIT.weight_decay == 0 and UNIVERSAL_FIT.batch_voxels == 5000
+    # train-universal and transfer: NRF's step schedule (default_steps, derived validations, patience 8)
+    for preset in (UNIVERSAL_FIT, TRANSFER_FIT):
+        assert preset.epochs is None and preset.steps is None and preset.val_every is None
+        assert preset.patience == NRF_FIT.patience
     # measured against a schedule grid (benchmarks/recipe_defaults.py): 400 steps at lr 1e-3
     assert FINETUNE_FIT.epochs == 20 and FINETUNE_FIT.steps_per_epoch == 20 and FINETUNE_FIT.patience == 3
     assert FINETUNE_FIT.lr == 1e-3
@@ -40,3 +44,19 @@ def test_checks_and_presets():
     FitSettings(steps_per_epoch=None).check()
     spec = field_spec("epochs", FINETUNE_FIT)
     assert spec["default"] == 20 and spec["min"] == 1 and "epochs" in spec["help"]
+
+
+def test_train_universal_no_flag_model_takes_the_embedding_defaults():
+    """The CLI's no-flag model settings, the model's own defaults and the settings' constants agree."""
+    import inspect
+
+    from napari_nrf.cli import build_parser
+    from napari_nrf.cli.universal import model_config
+    from napari_nrf.models.universal import UniversalEncoder
+    from napari_nrf.settings import EMBED_INIT_STD, EMBEDDING_LR_SCALE
+
+    cfg = model_config(build_parser().parse_args(["train-universal", "a.h5", "--out", "m.safetensors"]))
+    assert cfg["embed_init_std"] == EMBED_INIT_STD == 0.01 and cfg["embedding_lr_scale"] == EMBEDDING_LR_SCALE == 10
+    params = inspect.signature(UniversalEncoder).parameters
+    assert params["embed_init_std"].default == EMBED_INIT_STD
+    assert params["embedding_lr_scale"].default == EMBEDDING_LR_SCALE

@@ -1,5 +1,6 @@
 """Universal encoder training through train.fit: joint subjects, transfer, and the CLI."""
 
+import copy
 import json
 
 import numpy as np
@@ -139,3 +140,29 @@ def test_embedding_lr_scale_speeds_up_only_the_embeddings():
     assert 0.5e-3 < moved[1.0][emb] <= 1.01e-3
     assert 5e-3 < moved[10.0][emb] <= 1.01e-2
     assert max(v for k, v in moved[10.0].items() if k != emb) <= 1.01e-3
+
+
+def test_no_flag_transfer_from_few_images_trains_the_new_embeddings():
+    """Transfer with no schedule arguments runs the step schedule (default_steps of the new
+    subject's images: 400 steps for 20 images, not 30 one-pass epochs) with the embeddings at
+    10x the lr, so 20 images reach the new subject's units; the former defaults (30 steps,
+    std 0.1 at the shared lr) left its embeddings near their random start."""
+    from napari_nrf.settings import TRANSFER_FIT
+    from napari_nrf.train import default_steps
+
+    assert TRANSFER_FIT.epochs is None and TRANSFER_FIT.steps is None and default_steps(20) == 400
+    sets = [_subject(f"sub-0{i}", 160, 60, i) for i in range(2)]
+    base, _ = train_universal([s for s, _ in sets], feature_shapes=SHAPES, model_config=CFG,
+                              features=[f for _, f in sets], **FIT)
+    new, fnew = _subject("sub-new", 30, 50, 7)  # 20 train + 10 validation images
+    new.split[:] = 0
+    new.split[20:] = 1
+    scores = {}
+    for name, kw in (("default", {}), ("old", dict(epochs=30, val_every=1, patience=5))):
+        m = copy.deepcopy(base)
+        if name == "old":  # the former embedding start and lr multiplier
+            m.embed_init_std, m.embedding_lr_scale = 0.1, 1.0
+        m, h = transfer_subject(m, new, features=[fnew], **kw)
+        scores[name] = (h.best_score, h.best_r2)
+    assert scores["default"][0] > 0.6 and scores["default"][1] > 0.2, scores
+    assert scores["default"][1] > scores["old"][1] + 0.1, scores

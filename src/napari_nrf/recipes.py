@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from napari_nrf.distributed import is_main
 from napari_nrf.models.universal import UniversalEncoder, UniversalModelError, build_universal
-from napari_nrf.settings import UNIVERSAL_FIT
+from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
 from napari_nrf.train import fit, train_nrf
 
 __all__ = ["train_movie", "train_nrf", "train_universal", "transfer_subject"]
@@ -48,7 +48,9 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
 
     Uses the training images of ``rs`` (``split == train``; subsample them first for a
     few-image transfer) and :func:`napari_nrf.train.fit` with
-    ``trainable=model.embedding_filter(subject)``. Returns (model, history); the model
+    ``trainable=model.embedding_filter(subject)`` (defaults:
+    :data:`napari_nrf.settings.TRANSFER_FIT`, the step schedule of the new subject's training
+    images; the embeddings learn at the model's ``embedding_lr_scale`` x lr). Returns (model, history); the model
     keeps its other subjects unchanged.
     """
     if not isinstance(model, UniversalEncoder):
@@ -56,7 +58,7 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     if rs.subject in model.voxel_embeddings:
         raise UniversalModelError(f"subject {rs.subject!r} is already in the model; rename the response set")
     model.add_subject(rs.subject, rs.coords, init=init)
-    kw = UNIVERSAL_FIT.merged(fit_kwargs)
+    kw = TRANSFER_FIT.merged(fit_kwargs)
     kw.setdefault("trainable", model.embedding_filter(rs.subject))
     keep_training = model.provenance.get("training")
     keep_metrics = dict(model.metrics or {})

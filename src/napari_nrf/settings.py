@@ -10,15 +10,16 @@ widget fields (:func:`field_spec`) are made from it, and fit's own keyword defau
 preset             epochs  batch_images  batch_voxels  lr     weight_decay  patience
 =================  ======  ============  ============  =====  ============  ========
 ``NRF_FIT``        steps   32            2000          1e-3   0.015         8
-``UNIVERSAL_FIT``  20      32            5000          1e-3   0             5
-``TRANSFER_FIT``   30      32            5000          1e-3   0             5
+``UNIVERSAL_FIT``  steps   32            5000          1e-3   0             8
+``TRANSFER_FIT``   steps   32            5000          1e-3   0             8
 ``FINETUNE_FIT``   20x20   32            2000          1e-3   0.015         3
 ``MOVIE_FIT``      11      16 (TRs)      all           1e-4   0             4
 =================  ======  ============  ============  =====  ============  ========
 
-``NRF_FIT``'s schedule is in optimiser steps (``steps`` None: :func:`napari_nrf.train.default_steps`
-of the training images, epochs derived) with about 40 validations a run, keeping the best
-validation R^2; the others count epochs (``val_every`` 1); ``FINETUNE_FIT``'s epochs are of
+The schedule of ``NRF_FIT``, ``UNIVERSAL_FIT`` and ``TRANSFER_FIT`` is in optimiser steps
+(``steps`` None: :func:`napari_nrf.train.default_steps` of the training images of every
+subject fitted, the new subject's for a transfer; epochs derived) with about 40
+validations a run, keeping the best validation R^2; the others count epochs (``val_every`` 1); ``FINETUNE_FIT``'s epochs are of
 20 steps (``steps_per_epoch``), the same 400 steps at every data size. (The Universal presets are the paper's Adam: lr 1e-3, no weight decay, 5000 voxels per
 image; AdamW with weight_decay 0 is Adam).
 """
@@ -125,9 +126,18 @@ class FitSettings:
 
 
 NRF_FIT = FitSettings()
-# The other recipes keep their epoch schedules (not yet re-measured with the step schedule).
-UNIVERSAL_FIT = FitSettings(epochs=20, lr=1e-3, weight_decay=0.0, batch_voxels=5000, patience=5, val_every=1)
-TRANSFER_FIT = UNIVERSAL_FIT.replace(epochs=30)
+# The Universal encoder (train-universal) and a new subject's transfer: NRF's step schedule
+# (default_steps of the training images, about 40 validations, patience 8) with the paper's
+# Adam (lr 1e-3, no weight decay, 5000 voxels a step). The former 20 / 30 one-pass epochs
+# (260 steps for 2 x 200 images; 30 for a 20-image transfer) stopped still improving
+# (benchmarks/recipe_defaults.py, docs/results.md "NRF defaults and units").
+UNIVERSAL_FIT = FitSettings(lr=1e-3, weight_decay=0.0, batch_voxels=5000)
+TRANSFER_FIT = UNIVERSAL_FIT
+# The voxel embeddings' start (std) and learning-rate multiplier (models.universal, the
+# CLI): an embedding moves about lr per step that samples its voxel, so a start of std 0.1
+# (norm 0.8 at E = 64) buries what a CPU-length run learns; std 0.01 at 10x the lr trains.
+EMBED_INIT_STD = 0.01
+EMBEDDING_LR_SCALE = 10.0
 # Finetuning: 20 epochs of 20 steps (400 steps at every data size) at lr 1e-3. The former
 # 10 one-pass epochs at lr 1e-4 (10 steps at 20 images, 70 at 200) stopped 0.065 r (truth)
 # below the best of a 6-schedule grid at 20 and 200 images; lr 1e-3 x 400 steps was the

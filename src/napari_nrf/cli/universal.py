@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from napari_nrf.cli.nrf import TrainingBars, _backbone_config, _best_text, _device, add_training_inputs
-from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
+from napari_nrf.settings import EMBED_INIT_STD, EMBEDDING_LR_SCALE, TRANSFER_FIT, UNIVERSAL_FIT
 
 
 def _fit_args(p, defaults) -> None:
@@ -31,10 +31,11 @@ def register(sub) -> None:
     p.add_argument("--embed-dim", type=int, help="voxel embedding size E (overrides the preset)")
     p.add_argument("--channels", type=int, help="projected channels C per level (overrides the preset)")
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--embed-init-std", type=float, default=0.1, help="std of the random initial voxel embeddings")
-    p.add_argument("--embedding-lr-scale", type=float, default=1.0,
-                   help="learning-rate multiplier of the voxel embeddings (default 1, the paper; about 10 with "
-                        "0.01 init std trains much faster on short CPU runs, see docs/results.md)")
+    p.add_argument("--embed-init-std", type=float, default=EMBED_INIT_STD,
+                   help="std of the random initial voxel embeddings (default: %(default)s)")
+    p.add_argument("--embedding-lr-scale", type=float, default=EMBEDDING_LR_SCALE,
+                   help="learning-rate multiplier of the voxel embeddings (default: %(default)s; the paper's is 1 "
+                        "with one long GPU run; see docs/results.md, 'NRF defaults and units')")
     _fit_args(p, UNIVERSAL_FIT)
 
     p = sub.add_parser("transfer", help="add a new subject to a Universal encoder by learning only its voxel embeddings")
@@ -75,6 +76,13 @@ def _fit_kwargs(args, out: Path) -> dict:
                 feature_cache=FeatureCache(args.cache), device=_device(args.device))
 
 
+def model_config(args) -> dict:
+    """The UniversalEncoder settings of a ``train-universal`` command line (preset, overrides)."""
+    return dict(embed_dim=args.embed_dim or UNIVERSAL_PRESETS[args.preset]["embed_dim"],
+                channels=args.channels or UNIVERSAL_PRESETS[args.preset]["channels"],
+                dropout=args.dropout, embed_init_std=args.embed_init_std, embedding_lr_scale=args.embedding_lr_scale)
+
+
 def _train(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.recipes import train_universal
@@ -85,11 +93,7 @@ def _train(args) -> int:
     bars = TrainingBars("training")
     levels = [s.strip() for s in args.levels.split(",")] if args.levels else None
     model, hist = train_universal(sets, backbone=args.backbone, backbone_config=bcfg, out=out, levels=levels,
-                                  model_config=dict(embed_dim=args.embed_dim or UNIVERSAL_PRESETS[args.preset]["embed_dim"],
-                                                    channels=args.channels or UNIVERSAL_PRESETS[args.preset]["channels"],
-                                                    dropout=args.dropout, embed_init_std=args.embed_init_std,
-                                                    embedding_lr_scale=args.embedding_lr_scale),
-                                  **bars.callbacks(), **_fit_kwargs(args, out))
+                                  model_config=model_config(args), **bars.callbacks(), **_fit_kwargs(args, out))
     bars.close()
     print(f"saved {out}: subjects {', '.join(model.subjects)}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; " + _best_text(hist))

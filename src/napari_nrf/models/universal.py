@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from napari_nrf.errors import NapariNRFError
+from napari_nrf.settings import EMBED_INIT_STD, EMBEDDING_LR_SCALE
 from .base import EncodingModel, register
 
 
@@ -115,9 +116,9 @@ class UniversalEncoder(EncodingModel):
     dropout : float
         Dropout in the per-level MLPs.
     embed_init_std : float
-        Standard deviation of the random initial voxel embeddings.
+        Standard deviation of the random initial voxel embeddings (default 0.01).
     embedding_lr_scale : float
-        Learning-rate multiplier of the voxel embeddings in :func:`napari_nrf.train.fit`
+        Learning-rate multiplier (default 10; the paper: 1) of the voxel embeddings in :func:`napari_nrf.train.fit`
         (see :meth:`lr_scale`). An embedding gets a gradient only in the steps that sample
         its voxel, and Adam moves a parameter by about ``lr`` per step, so with few steps
         (a CPU run, a few-image transfer) the embeddings barely leave their random start.
@@ -128,8 +129,8 @@ class UniversalEncoder(EncodingModel):
     supports_points = True  # predict(coords=) takes each point's nearest voxel (NaN outside)
 
     def __init__(self, levels, n_voxels: dict | None = None, embed_dim: int = 256, channels: int = 128,
-                 mlp_ratio: int = 4, dropout: float = 0.1, embed_init_std: float = 0.1,
-                 embedding_lr_scale: float = 1.0):
+                 mlp_ratio: int = 4, dropout: float = 0.1, embed_init_std: float = EMBED_INIT_STD,
+                 embedding_lr_scale: float = EMBEDDING_LR_SCALE):
         super().__init__()
         if not levels:
             raise UniversalModelError("the universal encoder needs at least one feature level")
