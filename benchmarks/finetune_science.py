@@ -1,8 +1,11 @@
 """Science experiment: new-subject adaptation (seed 000, Tables 2 and 3) on virtual subjects.
 
-Design: ``napari_nrf.simulate`` makes 4 virtual subjects; an NRF base is trained on each
-of subjects 1-3 alone (all their training images: 270 of 400 stimuli each, a CPU budget);
-subject 4 is the held-out new subject (1000 stimuli: 810 train, 90 val, 100 test).
+Design: ``napari_nrf.simulate`` makes 4 virtual subjects, each shown 1000 stimuli (100
+shared test images, 810 own training and 90 own validation images; own stimuli differ
+between subjects); one of them (``--held-out``, default subject 4) is the new subject, and
+an NRF base is trained on each of the other three alone (270 of its training images, a CPU
+budget, early-stopped on its 90 validation images). Rotating ``--held-out`` over three
+subjects and ``--merge`` of the three JSON files gives mean +- sd over held-out subjects.
 With 20, 200 and 800 of subject 4's training images (its validation images early-stop
 every fit) we compare, on subject 4's test images (the shared stimuli, never trained on):
 
@@ -24,10 +27,11 @@ also in the data's units (median voxel R^2, calibration slope, MSE).
 
 CPU-sized on purpose (2 shared cores): the "demo" NRF preset on efficientnet-lite0
 features, 1 torch thread. Run (the issue-22 re-run, sized for a busy 2-core machine: 1000
-voxels, 20 and 200 images, about 35 min; without ``--sizes`` / ``--max-voxels`` it is 2000
+voxels, 20, 200 and 800 images, about 40 min of one core per held-out subject; without ``--sizes`` / ``--max-voxels`` it is 2000
 voxels at 20, 200 and 800 images; features are cached):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/finetune_science.py --max-voxels 1000 --sizes 20 200 --out docs/results_finetune.json
+    for h in 4 1 2; do OMP_NUM_THREADS=1 .venv/bin/python benchmarks/finetune_science.py --max-voxels 1000 --held-out $h --out ft_sub0$h.json; done
+    .venv/bin/python benchmarks/finetune_science.py --merge ft_sub04.json,ft_sub01.json,ft_sub02.json --out docs/results_finetune.json
 
 Tiny (tests): ``NRF_EXAMPLE_TINY=1`` or ``--tiny``.
 """
@@ -65,7 +69,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--baselines", default="ridge,fwrf",
                     help="comma-separated fair baselines fitted on the new subject's n images: ridge, fwrf "
                          "(default both; 'none' skips)")
+    ap.add_argument("--held-out", type=int, default=4,
+                    help="the new subject (1-4; default 4); the bases are the other three")
+    ap.add_argument("--merge", help="comma-separated result files (one per held-out subject): write mean, sd "
+                                    "and per-subject values of every score to --out; trains nothing")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge.split(","), args.out)
+    if not 1 <= args.held_out <= 4:
+        ap.error("--held-out must be 1, 2, 3 or 4")
     torch.set_num_threads(args.threads)
 
     from napari_nrf.features import FeatureCache
@@ -75,10 +87,10 @@ def main(argv=None) -> dict:
     from napari_nrf.train import fit, predict_set, set_features, voxel_pearson
 
     if args.tiny:
-        cfg = dict(n_images=36, n_base_images=20, n_shared=6, max_voxels=120, sizes=[6, 12], base_epochs=2, ft_epochs=2, steps=3,
+        cfg = dict(n_images=36, n_base_train=12, n_shared=6, max_voxels=120, sizes=[6, 12], base_epochs=2, ft_epochs=2, steps=3,
                    batch_images=8, batch_voxels=100, image_size=32)
     else:
-        cfg = dict(n_images=1000, n_base_images=400, n_shared=100, max_voxels=2000, sizes=[20, 200, 800], base_epochs=15, ft_epochs=10, steps=20,
+        cfg = dict(n_images=1000, n_base_train=270, n_shared=100, max_voxels=2000, sizes=[20, 200, 800], base_epochs=15, ft_epochs=10, steps=20,
                    batch_images=32, batch_voxels=500, image_size=96)
     if args.sizes:
         cfg["sizes"] = list(args.sizes)
@@ -92,20 +104,26 @@ def main(argv=None) -> dict:
     log("simulating", cfg)
     from napari_nrf.simulate import make_subjects
 
-    # Bases' subjects see fewer images than the new one (CPU budget); the shared stimuli
-    # (the test split, ids 0..n_shared-1) are the same for everyone and never trained on.
+    # Every subject is simulated with the same image count so that their own stimuli are
+    # disjoint (ids depend on the count); the bases then train on a subset (CPU budget). The
+    # shared stimuli (the test split, ids 0..n_shared-1) are never trained on.
     subj = make_subjects(4, seed=args.seed)
-    common = dict(seed=args.seed, max_voxels=cfg["max_voxels"], image_size=cfg["image_size"],
-                  n_shared=cfg["n_shared"])
-    sets = simulate(subjects=subj[:3], n_images=cfg["n_base_images"], **common)
-    sets += simulate(subjects=subj[3:], n_images=cfg["n_images"], **common)
+    h = args.held_out - 1
+    order = [k for k in range(4) if k != h] + [h]
+    full = simulate(subjects=[subj[k] for k in order], n_images=cfg["n_images"], seed=args.seed,
+                    max_voxels=cfg["max_voxels"], image_size=cfg["image_size"], n_shared=cfg["n_shared"])
     cache = FeatureCache(args.cache) if args.cache else FeatureCache()
     probe = build_nrf("efficientnet-lite0", preset, seed=0)
-    feats = []
-    for rs in sets:
+    sets, feats = [], []
+    for j, rs in enumerate(full):
         t0 = time.time()
         f = set_features(probe, rs, cache=cache)
-        feats.append({k: np.asarray(v, np.float32).astype(np.float16).astype(np.float32) for k, v in f.items()})
+        f = {k: np.asarray(v, np.float32).astype(np.float16).astype(np.float32) for k, v in f.items()}
+        if j < 3:  # a base: n_base_train of its training images and all its validation images
+            rs, rows = select_images(rs, cfg["n_base_train"], seed=args.seed + 50)
+            f = {k: v[rows] for k, v in f.items()}
+        sets.append(rs)
+        feats.append(f)
         log(f"features {rs.subject}: {rs.n_images} images, {rs.n_voxels} voxels, {time.time() - t0:.0f} s")
 
     fit_kw = dict(batch_images=cfg["batch_images"], batch_voxels=cfg["batch_voxels"], steps_per_epoch=cfg["steps"],
@@ -146,7 +164,7 @@ def main(argv=None) -> dict:
     else:
         sched = {"schedule": "fixed (old)", "lr_scratch": lr_scratch, "lr_finetune": lr_ft}
     results = {"config": {**cfg, "preset": preset, **sched, "baselines": baselines,
-                          "seed": args.seed, "new_subject": new.subject, "n_test_images": int(len(te)),
+                          "seed": args.seed, "held_out": args.held_out, "new_subject": new.subject, "n_test_images": int(len(te)),
                           "n_voxels": new.n_voxels, "bases": [s.subject for s in sets[:3]]},
                "bases": base_info,
                "sizes": {}}
@@ -199,6 +217,30 @@ def main(argv=None) -> dict:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return results
+
+
+def merge(paths: list[str], out: str | None) -> dict:
+    """Mean, sd (ddof 1) and per-subject values of every score over the held-out runs."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    sizes = [n for n in runs[0]["sizes"] if all(n in r["sizes"] for r in runs)]
+    merged = {"config": {**runs[0]["config"], "held_out": [r["config"]["held_out"] for r in runs],
+                         "new_subject": [r["config"]["new_subject"] for r in runs]},
+              "sources": paths, "commands": [r.get("command") for r in runs],
+              "bases": {r["config"]["new_subject"]: r["bases"] for r in runs}, "sizes": {}}
+    for n in sizes:
+        row = {}
+        for method, v in runs[0]["sizes"][n].items():
+            if not isinstance(v, dict):
+                continue
+            row[method] = {}
+            for key in v:
+                vals = np.array([r["sizes"][n][method][key] for r in runs], float)
+                row[method][key] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                                    "per_subject": vals.tolist()}
+        merged["sizes"][n] = row
+    if out:
+        Path(out).write_text(json.dumps(merged, indent=1))
+    return merged
 
 
 if __name__ == "__main__":

@@ -138,6 +138,16 @@ def test_science_script_tiny(tmp_path):
     for k in ("scratch", "finetune_base1", "simple_average", "finetune_ensemble", "ensemble_pretrained", "ridge", "fwrf"):
         assert -1 <= row[k]["r_median"] <= 1 and np.isfinite(row[k]["mse"])
     assert json.loads((tmp_path / "r.json").read_text())["config"]["new_subject"] == "sub-04"
+    # Rotating the held-out subject, then the mean +- sd over the two runs.
+    res1 = main(["--tiny", "--held-out", "1", "--sizes", "6", "--out", str(tmp_path / "r1.json"),
+                 "--cache", str(tmp_path / "cache")])
+    assert res1["config"]["new_subject"] == "sub-01"
+    assert res1["config"]["bases"] == ["sub-02", "sub-03", "sub-04"]
+    m = main(["--merge", f"{tmp_path / 'r.json'},{tmp_path / 'r1.json'}", "--out", str(tmp_path / "m.json")])
+    assert set(m["sizes"]) == {"6"}
+    cell = m["sizes"]["6"]["scratch"]["r_median"]
+    vals = [row["sizes"]["6"]["scratch"]["r_median"] for row in (res, res1)]
+    assert cell["per_subject"] == vals and abs(cell["mean"] - np.mean(vals)) < 1e-12
 
 
 def test_universal_transfer_job_and_ensemble(setup, tmp_path):
