@@ -177,6 +177,8 @@ def one_size(rs, ft, size, s, cfg, shuffle: bool, log) -> dict:
         variants.append(("_shuffled", shuffled(rs, seed=400 + s)))
     if "roi" in kinds:
         variants.append(("_shuffled_roi", roi_shuffled(rs, seed=500 + s)))
+    if kinds and cfg.get("shuffle_only"):  # the unshuffled fits are claim A's cells: --merge them in
+        variants = variants[1:]
     for suffix, data in variants:
         sub = with_train(data, rows)
         t = time.perf_counter()
@@ -421,6 +423,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-voxels", type=int, help="claims A/B: voxels per subject (default %d)" % FULL["max_voxels"])
     ap.add_argument("--baselines", help="claims A/B: comma-separated of ridge,ridge_pooled,fwrf (default all)")
     ap.add_argument("--shuffle-sizes", help="sizes with the shuffle ablation (default 20,all)")
+    ap.add_argument("--shuffle-only", action="store_true",
+                    help="at the shuffle sizes, fit only the shuffled variants (deterministic: the unshuffled "
+                         "ones equal claim A's; combine with --merge)")
     ap.add_argument("--shuffle-kind", help="comma-separated shuffles at the shuffle sizes, of global,roi "
                     "(default global; roi permutes only within each ROI)")
     ap.add_argument("--res-epochs", type=int, help="claim C: maximum NRF epochs of the old fixed schedule "
@@ -468,6 +473,8 @@ def main(argv=None) -> int:
         over["baselines"] = tuple(args.baselines.split(","))
     if args.shuffle_sizes:
         over["shuffle_sizes"] = tuple(None if v == "all" else int(v) for v in args.shuffle_sizes.split(","))
+    if args.shuffle_only:
+        over["shuffle_only"] = True
     if args.shuffle_kind:
         kinds = tuple(args.shuffle_kind.split(","))
         if not set(kinds) <= {"global", "roi"}:
