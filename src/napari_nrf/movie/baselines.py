@@ -21,55 +21,20 @@ import dataclasses
 
 import numpy as np
 
-from .dataset import MovieDataset
+from .dataset import ChunkView, MovieDataset
 from .video import MovieError
 
 KINDS = ("nrf", "universal")
-
-
-class FrameView:
-    """Lazy (N, S, S, 3) uint8: frame ``frame`` of the chunks (film index ``film[i]``, TR
-    ``t[i]``) of per-film chunk arrays ``sources`` ((T, F, S, S, 3) h5py datasets or arrays).
-    Indexing with a slice or an index array gives another view; ``np.asarray`` (or an int
-    index) reads the frames, a hyperslab per film (never the whole chunks)."""
-
-    lazy_rows = True
-
-    def __init__(self, sources: list, film, t, frame: int):
-        self.sources = sources
-        self.film = np.asarray(film, np.int64)
-        self.t = np.asarray(t, np.int64)
-        self.frame = int(frame)
-        s0 = sources[0].shape if sources else (0, 2, 16, 16, 3)
-        self.shape = (len(self.t),) + tuple(s0[2:])
-        self.dtype = np.dtype(np.uint8)
-        self.ndim = len(self.shape)
-
-    def __len__(self):
-        return len(self.t)
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            return np.asarray(self[np.array([int(key)])])[0]
-        return FrameView(self.sources, self.film[key], self.t[key], self.frame)
-
-    def __array__(self, dtype=None, copy=None):
-        out = np.empty(self.shape, np.uint8)
-        for f in np.unique(self.film):
-            pos = np.flatnonzero(self.film == f)
-            uniq, inv = np.unique(self.t[pos], return_inverse=True)  # h5py wants increasing indices
-            out[pos] = np.asarray(self.sources[f][uniq, self.frame])[inv]
-        return out if dtype is None else out.astype(dtype)
 
 
 def middle_frame_set(ds: MovieDataset, delay: int = 4, films=None, voxels=None, subject: str | None = None):
     """A :class:`~napari_nrf.data.ResponseSet` of still images for the image kinds: row i =
     (middle frame (S, S, 3) uint8 of the chunk of TR t, response (V,) of TR t + ``delay``),
     rows, splits, voxels and truth as ``ds.training_set(delay, films, voxels)``; images a
-    lazy :class:`FrameView`. ``subject`` renames the set (default the data set's)."""
+    lazy :class:`~napari_nrf.movie.dataset.ChunkView` of one frame per row. ``subject`` renames the set (default the data set's)."""
     rs = ds.training_set(delay, films=films, voxels=voxels)
     cv = rs.images
-    view = FrameView(cv.sources, cv.film, cv.t, ds.frames_per_tr // 2)
+    view = ChunkView(cv.sources, cv.film, cv.t, frame=ds.frames_per_tr // 2)
     return dataclasses.replace(rs, images=view, subject=str(subject or rs.subject),
                                meta={**rs.meta, "still": "middle frame"})
 

@@ -108,20 +108,24 @@ def model_voxels(model, ds) -> np.ndarray:
 
 
 class ChunkView:
-    """Lazy (N, F, S, S, 3) uint8 rows drawn from per-film chunk arrays (h5py datasets or
-    arrays). Indexing with a slice or an index array gives another view; ``np.asarray``
-    (or an int index) reads the rows. ``still=True`` repeats each chunk's middle frame F
-    times (a middle-frame model's input)."""
+    """Lazy (N, F, S, S, 3) uint8 rows drawn from per-film chunk arrays ((T, F, S, S, 3)
+    h5py datasets or arrays; row i is film ``film[i]``'s chunk of TR ``t[i]``). Indexing
+    with a slice or an index array gives another view; ``np.asarray`` (or an int index)
+    reads the rows. ``still=True`` repeats each chunk's middle frame F times (a
+    middle-frame model's input). ``frame=k`` gives one frame per row instead, shape
+    (N, S, S, 3), read as a hyperslab of frame k (never the whole chunks)."""
 
     lazy_rows = True
 
-    def __init__(self, sources: list, film: np.ndarray, t: np.ndarray, still: bool = False):
+    def __init__(self, sources: list, film: np.ndarray, t: np.ndarray, still: bool = False,
+                 frame: int | None = None):
         self.sources = sources
         self.film = np.asarray(film, np.int64)
         self.t = np.asarray(t, np.int64)
         self.still = bool(still)
+        self.frame = None if frame is None else int(frame)
         s0 = sources[0].shape if sources else (0, 2, 16, 16, 3)
-        self.shape = (len(self.t),) + tuple(s0[1:])
+        self.shape = (len(self.t),) + tuple(s0[1:] if self.frame is None else s0[2:])
         self.dtype = np.dtype(np.uint8)
         self.ndim = len(self.shape)
 
@@ -131,18 +135,19 @@ class ChunkView:
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             return np.asarray(self[np.array([int(key)])])[0]
-        return ChunkView(self.sources, self.film[key], self.t[key], self.still)
+        return ChunkView(self.sources, self.film[key], self.t[key], self.still, self.frame)
+
+    def _read(self, source, rows: np.ndarray) -> np.ndarray:
+        """TRs ``rows`` (increasing, as h5py wants) of one film's chunk array."""
+        return np.asarray(source[rows] if self.frame is None else source[rows, self.frame])
 
     def __array__(self, dtype=None, copy=None):
         out = np.empty(self.shape, np.uint8)
         for f in np.unique(self.film):
             pos = np.flatnonzero(self.film == f)
-            ts = self.t[pos]
-            order = np.argsort(ts, kind="stable")
-            uniq, inv = np.unique(ts[order], return_inverse=True)
-            rows = np.asarray(self.sources[f][uniq])  # h5py wants increasing indices
-            out[pos[order]] = rows[inv]
-        if self.still:
+            uniq, inv = np.unique(self.t[pos], return_inverse=True)
+            out[pos] = self._read(self.sources[f], uniq)[inv]
+        if self.still and self.frame is None:
             mid = self.shape[1] // 2
             out[:] = out[:, mid:mid + 1]
         return out if dtype is None else out.astype(dtype)
