@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The tests compare the query engine with the plain forward pass to 1e-5, so inference runs
+# in fp32 on every machine: under "auto" a CPU with AVX-512 BF16 or AMX units (some CI and
+# developer machines) would run bf16. tests/test_precision.py clears this to test "auto"
+# and forces bf16 where it tests that path; subprocesses (the CLI tests) inherit it.
+os.environ["NAPARI_NRF_PRECISION"] = "fp32"
 
 
 @pytest.fixture(autouse=True)
