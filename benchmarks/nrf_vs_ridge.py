@@ -272,16 +272,17 @@ def resolution_claim(cfg, cache_dir, log) -> dict:
     n_sub = max(cfg["n_subjects"], max(cfg["res_subjects"]) + 1)
     subjects, sets, feats = make_data({**cfg, "n_subjects": n_sub}, roi=cfg["res_roi"],
                                       max_voxels=cfg.get("res_max_voxels"), cache_dir=cache_dir, log=log)
-    if "res_box" in cfg:  # tiny: keep a small box of sub-01's voxels (and the others' in it)
-        c = sets[0].coords[0]
+    tg = int(cfg.get("res_target", 0))  # the subject whose 1 mm truth scores the models
+    if "res_box" in cfg:  # tiny: keep a small box of the target's voxels (and the others' in it)
+        c = sets[tg].coords[0]
         keep = [np.flatnonzero(np.all(np.abs(rs.coords - c) <= cfg["res_box"], axis=1)) for rs in sets]
         sets = [rs.subset(voxels=k) if len(k) else rs.subset(voxels=np.arange(2)) for rs, k in zip(sets, keep)]
-    subj, rs0, ft0 = subjects[0], sets[0], feats[0]
+    subj, rs0, ft0 = subjects[tg], sets[tg], feats[tg]
     test = rs0.indices("test")
     g2, g1 = _box_grids(subj, rs0.coords)
     pts = _eval_points(subj, g1, g2)
     t = time.perf_counter()
-    out = {"roi": list(cfg["res_roi"]), "n_voxels": {rs.subject: rs.n_voxels for rs in sets},
+    out = {"roi": list(cfg["res_roi"]), "target": rs0.subject, "n_voxels": {rs.subject: rs.n_voxels for rs in sets},
            "grid_2mm": {"shape": list(g2.shape), "origin": g2.origin.tolist(), "zooms": g2.zooms.tolist()},
            "n_points_1mm": int(len(pts))}
     fs, truth1 = fine_structure(subj, rs0, g2, g1, pts, test)
@@ -289,7 +290,7 @@ def resolution_claim(cfg, cache_dir, log) -> dict:
     out["fine_structure"] = fs
     log(f"  fine structure ({time.perf_counter() - t:.0f} s): {json.dumps(fs)}")
     ft_test = sub_feats(ft0, test)
-    variants = {"single_subject": [0], "multi_subject": list(cfg["res_subjects"])}
+    variants = {"single_subject": [tg], "multi_subject": list(cfg["res_subjects"])}
     variants = {k: v for k, v in variants.items() if k in cfg.get("res_variants", variants)}
     for name, idx in variants.items():
         t = time.perf_counter()
@@ -438,6 +439,8 @@ def main(argv=None) -> int:
                                              "(default 0; another value is a replicate on new data)")
     ap.add_argument("--res-width", type=int, help="claim C: NRF MLP width (default: the demo preset's 128)")
     ap.add_argument("--res-variants", help="claim C: comma-separated, of single_subject,multi_subject")
+    ap.add_argument("--res-target", type=int, help="claim C: 0-based subject whose grid and 1 mm truth score the "
+                                                   "models and whom the single-subject variant trains on (default 0)")
     ap.add_argument("--fine-mm", type=float, help="simulator: add shared fine structure of this length in mm "
                     "(opt-in sub-2 mm truth; default none)")
     ap.add_argument("--fine-amp", type=float, help="simulator: strength of the --fine-mm field (default 1.0)")
@@ -500,6 +503,8 @@ def main(argv=None) -> int:
         over["identical"] = True
     if args.res_detail:
         over["res_detail"] = True
+    if args.res_target is not None:
+        over["res_target"] = args.res_target
     if args.res_subjects:
         over["res_subjects"] = tuple(int(v) for v in args.res_subjects.split(","))
     t = time.time()

@@ -4,8 +4,8 @@ Reads the ``summary`` of the result files of ``benchmarks/nrf_vs_ridge.py`` (per
 training size, mean / sd / n over subjects of the median voxel Pearson r; by default the
 issue-22 re-run with the library's default NRF schedule and the fair baselines:
 ``nrf_vs_ridge_i22_merged.json`` (claim A: NRF, robust spatial ridge, fWRF) plus
-``nrf_vs_ridge_i22_shuffle.json`` (claim B, global shuffle), the first file winning where
-several have a value) and draws r against the number of training images for NRF, the
+``nrf_vs_ridge_i22_shuffle.json`` (claim B, global shuffle); where several files have a
+value, the one over more subjects wins, then the first file's) and draws r against the number of training images for NRF, the
 baselines and the NRF trained on globally (and, where a file has it, ROI-wise) shuffled
 coordinates, against the noisy test data and against the noiseless truth.
 
@@ -71,7 +71,10 @@ def main(argv=None) -> int:
     for f in args.results:
         for size, vals in json.loads(Path(f).read_text())["summary"].items():
             for k, v in vals.items():
-                summary.setdefault(size, {}).setdefault(k, v)
+                # (mean, sd, n subjects): the value over more subjects wins, then the first file's
+                have = summary.setdefault(size, {}).get(k)
+                if have is None or v[2] > have[2]:
+                    summary[size][k] = v
     print(plot(summary, Path(args.out)))
     return 0
 
