@@ -30,7 +30,7 @@ def test_cli_options_are_made_from_the_settings(command, preset):
 
 
 def test_checks_and_presets():
-    assert UNIVERSAL_FIT.lr == 1e-3 and UNIVERSAL_FIT.weight_decay == 0 and UNIVERSAL_FIT.batch_voxels == 5000
+    assert UNIVERSAL_FIT.lr == 3e-4 and UNIVERSAL_FIT.weight_decay == 0 and UNIVERSAL_FIT.batch_voxels == 5000
     # train-universal and transfer: NRF's step schedule (default_steps, derived validations, patience 8)
     for preset in (UNIVERSAL_FIT, TRANSFER_FIT):
         assert preset.epochs is None and preset.steps is None and preset.val_every is None
