@@ -56,7 +56,7 @@ import numpy as np
 
 from napari_nrf import space
 from napari_nrf.data.responseset import ResponseSet
-from napari_nrf.evaluate import RidgeBaseline, metrics, write_json
+from napari_nrf.evaluate import RidgeBaseline, calibration_slope, metrics, write_json
 from napari_nrf.train import fit, predict_set, voxel_pearson
 
 FULL = dict(n_subjects=3, n_images=1100, n_shared=100, val_fraction=0.1, max_voxels=2000, image_size=96,
@@ -183,9 +183,16 @@ def one_size(rs, ft, size, s, cfg, shuffle: bool, log) -> dict:
         sub = with_train(data, rows)
         t = time.perf_counter()
         if not cfg.get("skip_nrf"):
-            model, info = fit_nrf([sub], [ft], cfg, seed=s, log=log, defaults=cfg.get("nrf_defaults", True))
-            rec["nrf" + suffix] = {**score(predict_set(model, sub_feats(ft, test), sub), sub, test), **info,
-                                   "seconds": round(time.perf_counter() - t, 1)}
+            ncfg = {**cfg, "fit_overrides": {**cfg.get("fit_overrides", {}), **cfg.get("nrf_fit", {})}}
+            model, info = fit_nrf([sub], [ft], ncfg, seed=s, log=log, defaults=cfg.get("nrf_defaults", True))
+            pred = predict_set(model, sub_feats(ft, test), sub)
+            rec["nrf" + suffix] = {**score(pred, sub, test), **info, "seconds": round(time.perf_counter() - t, 1)}
+            if cfg.get("val_gain"):
+                # Diagnostic (not in the product): the outputs scaled by the calibration slope
+                # fitted on the validation images, a candidate calibration step of training.
+                va = data.indices("val")
+                gain = calibration_slope(predict_set(model, sub_feats(ft, va), sub), data.get_responses(va))
+                rec["nrf_valgain" + suffix] = {**score(pred * gain, sub, test), "gain": gain}
         # Baselines (napari_nrf.baselines): the robust ridge with spatial (PCA) columns, the
         # pooled-only ridge (the old design, robustly standardised) and fWRF, trained by
         # train.fit with its defaults like the NRF.
@@ -450,6 +457,11 @@ def main(argv=None) -> int:
                     "with its own upsampled 2 mm predictions (the sub-2 mm detail it adds)")
     ap.add_argument("--res-subjects", help="claim C: comma-separated 0-based subjects the multi-subject variant "
                     "pools (default 0,1,2; more simulates more subjects, 2.0 / 1.8 mm alternately)")
+    ap.add_argument("--nrf-weight-decay", type=float, help="claims A/B: the NRF's AdamW weight decay (default: "
+                                                            "train.fit's 0.015; the baselines keep theirs)")
+    ap.add_argument("--val-gain", action="store_true", help="claims A/B, diagnostic: also score the NRF with its "
+                                                           "outputs scaled by the calibration slope fitted on the "
+                                                           "validation images (key nrf_valgain)")
     ap.add_argument("--skip-nrf", action="store_true", help="claims A/B: fit only the baselines (refresh them "
                     "when the NRF code is unchanged; combine with --merge)")
     ap.add_argument("--merge", help="comma-separated result files: combine their runs (later files win per model), "
@@ -472,6 +484,10 @@ def main(argv=None) -> int:
         over["max_voxels"] = args.max_voxels
     if args.skip_nrf:
         over["skip_nrf"] = True
+    if args.nrf_weight_decay is not None:
+        over["nrf_fit"] = {"weight_decay": args.nrf_weight_decay}
+    if args.val_gain:
+        over["val_gain"] = True
     if args.baselines:
         over["baselines"] = tuple(args.baselines.split(","))
     if args.shuffle_sizes:
