@@ -4,10 +4,11 @@ Reads the ``summary`` of the result files of ``benchmarks/nrf_vs_ridge.py`` (per
 training size, mean / sd / n over subjects of the median voxel Pearson r; by default the
 issue-22 re-run with the library's default NRF schedule and the fair baselines:
 ``nrf_vs_ridge_i22_merged.json`` (claim A: NRF, robust spatial ridge, fWRF) plus
-``nrf_vs_ridge_i22_shuffle.json`` (claim B, global shuffle); where several files have a
-value, the one over more subjects wins, then the first file's) and draws r against the number of training images for NRF, the
-baselines and the NRF trained on globally (and, where a file has it, ROI-wise) shuffled
-coordinates, against the noisy test data and against the noiseless truth.
+``nrf_vs_ridge_i22_shuffle.json`` (claim B, global and ROI-wise shuffles); where several
+files have a value, the one over more subjects wins, then the first file's) and draws r
+against the number of training images for NRF, the baselines and the NRF trained on
+globally (and, where a file has it, ROI-wise) shuffled coordinates, against the noisy test
+data and against the noiseless truth.
 
     .venv/bin/python benchmarks/plot_nrf_science.py [--results FILE ...] [--out docs/images/nrf_vs_ridge.png]
 """
