@@ -88,6 +88,23 @@ def choose_device(name=None) -> str:
     return str(name)
 
 
+class MissingExtra(NapariNRFError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import and return ``module``, or raise :class:`MissingExtra`: one line naming the
+    extra that installs it, e.g. ``reading video files needs the movie extra: pip install
+    "napari-nrf[movie]"``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtra(f'{what} needs the {extra} extra ({module} is not installed): '
+                           f'pip install "napari-nrf[{extra}]"') from exc
+
+
 class OutputError(NapariNRFError):
     """An output path that would destroy something: one of the command's inputs, or an
     existing model / data set / file the command did not create (without ``overwrite``).

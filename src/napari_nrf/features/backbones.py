@@ -226,7 +226,9 @@ class ClipViTB16(Backbone):
     def __init__(self, weights: str | None = None, model_name: str = "ViT-B-16-quickgelu", layers=(4, 7)):
         super().__init__()
         ensure_torchvision()
-        import open_clip
+        from napari_nrf.errors import require
+
+        open_clip = require("open_clip", "clip", "the CLIP ViT-B/16 backbone")
 
         self.model_name = model_name
         self.layers = tuple(int(i) for i in layers)

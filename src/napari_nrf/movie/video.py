@@ -72,10 +72,9 @@ def _folder_frames(folder: Path, fps: float | None):
 
 
 def _open_video(path: Path):
-    try:
-        import av
-    except ImportError as exc:  # pragma: no cover - av is a dependency
-        raise MovieError("reading video files needs PyAV (pip install av); or give a folder of frames") from exc
+    from napari_nrf.errors import require
+
+    av = require("av", "movie", "reading video files (or give a folder of frames)")
     try:
         container = av.open(str(path))
     except Exception as exc:  # noqa: BLE001 - PyAV raises several FFmpeg error types
@@ -235,7 +234,9 @@ def write_video(path, frames, fps: float, times=None) -> Path:
     """Write frames ((N, H, W, 3) uint8, or an iterable of (H, W, 3) uint8 frames, streamed)
     as an MPEG-4 video (PyAV), for tests, examples and benchmarks; ``times`` (N,) seconds
     give each frame's own timestamp (a variable-rate file)."""
-    import av
+    from napari_nrf.errors import require
+
+    av = require("av", "movie", "writing video files")
     from fractions import Fraction
 
     path = Path(path)
