@@ -335,6 +335,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
     if not main:  # rank 0 reports; the others train silently
         progress = on_epoch = feature_progress = None
     val_sets = list(train_sets) if val_sets is None else list(val_sets)
+    model.training_history = None  # an earlier fit's records must not go beside this run's checkpoints
 
     tr_rows = [rs.indices("train") for rs in train_sets]
     if sum(len(r) for r in tr_rows) == 0:
@@ -534,6 +535,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         model.eval()
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.training_history = list(hist.records)  # saved beside the bundle (napari_nrf.history)
     if not have_val and hist.records:
         hist.best_epoch = hist.records[-1]["epoch"]
     model.metrics = dict(model.metrics or {})

@@ -38,16 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in command_modules():
         importlib.import_module(name).register(sub)
+    from napari_nrf.cli._config import COMMANDS as CONFIG_COMMANDS, add_config_argument
+
+    for name, sp in sub.choices.items():
+        if name in CONFIG_COMMANDS and "--config" not in sp._option_string_actions:
+            add_config_argument(sp)  # TOML settings in, <out>.config.toml out
     for sp in sub.choices.values():
         # Every command shows tracebacks with --debug; every command that writes refuses
         # to replace an existing file unless --overwrite (napari_nrf.errors.check_output).
         if "--debug" not in sp._option_string_actions:
             sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
-        if "--out" in sp._option_string_actions or "--json" in sp._option_string_actions:
+        json_file = "--json" in sp._option_string_actions and sp._option_string_actions["--json"].nargs != 0
+        if "--out" in sp._option_string_actions or json_file:
             if "--overwrite" not in sp._option_string_actions:
                 sp.add_argument("--overwrite", action="store_true",
                                 help="replace existing output files (never one of the inputs)")
+    from napari_nrf.cli._help import finish
+
+    finish(parser)  # defaults in every option's help, an example in every command's
     return parser
+
+
+def _command_parser(parser, command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 def _resume_hint(args) -> str:
@@ -206,21 +220,37 @@ def main(argv=None) -> int:
     unexpected error), 130 interrupted. Every expected failure is one line on stderr
     naming the file or flag; ``--debug`` shows the traceback instead."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "config", None):
+        from napari_nrf.cli._config import apply_config
+        from napari_nrf.errors import NapariNRFError
+
+        try:
+            apply_config(_command_parser(parser, args.command), args.config)
+        except NapariNRFError as exc:
+            print(f"napari-nrf {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)  # the file's values as defaults, the flags over them
     from napari_nrf import distributed
 
     if (getattr(args, "nproc", 1) or 1) > 1 and distributed.env()[1] == 1:
         # Not yet under torchrun: start N ranks of this command.
-        return distributed.launch_torchrun(args.nproc, list(sys.argv[1:] if argv is None else argv))
+        return distributed.launch_torchrun(args.nproc, argv)
     if distributed.env()[0] > 0:  # a rank > 0 under torchrun: rank 0 prints; errors still show
         import os
 
         sys.stdout = open(os.devnull, "w")
     try:
-        return _run(args)
+        rc = _run(args)
+        if rc == 0 and getattr(args, "config", "absent") != "absent" and distributed.env()[0] == 0:
+            from napari_nrf.cli._config import write_resolved
+
+            write_resolved(_command_parser(parser, args.command), args, argv)
+        return rc
     finally:
         from napari_nrf.distributed import teardown
 
@@ -236,7 +266,9 @@ def _run(args) -> int:
             check_device(args.device)  # before loading anything
         check_values(args)
         new_dirs = check_outputs(args)
-        rc = args.func(args)
+        from napari_nrf.cli._output import run_for_json, wants_json
+
+        rc = run_for_json(args.func, args) if wants_json(args) else args.func(args)
     except KeyboardInterrupt:
         print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
         return 130

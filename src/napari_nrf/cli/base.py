@@ -11,6 +11,7 @@ def register(sub) -> None:
                    help="2D or 3D view (default: 3D, or 2D on software OpenGL where 3D frames take seconds)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("info", help="versions, devices and backbones available on this machine")
+    p.add_argument("--json", action="store_true", help="print the same as one JSON document")
     p.set_defaults(func=_info)
 
 
@@ -31,19 +32,30 @@ def _info(args) -> int:
     from napari_nrf.features.backbones import CLIP_ENV
     from napari_nrf.features.dinov2 import DINOV2_ENV
 
+    import importlib.util
+
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    cache = default_cache_dir()
+    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
+    weights = {env: os.environ.get(env) for env in (CLIP_ENV, DINOV2_ENV)}
+    extras = {extra: importlib.util.find_spec(mod) is not None
+              for extra, mod in (("movie", "av"), ("clip", "open_clip"), ("tensorboard", "tensorboard"))}
+    args.json_result = {
+        "napari_nrf": __version__, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+        "cuda_devices": cuda, "backbones": sorted(BACKBONES), "extras": extras,
+        "weights": {env: {"path": p, "found": bool(p) and os.path.isfile(p)} for env, p in weights.items()},
+        "cache": {"path": str(cache), "bytes": size}}
     print(f"napari-nrf {__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print("CUDA devices:", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-          or "none (everything runs on the CPU)")
+    print("CUDA devices:", ", ".join(cuda) or "none (everything runs on the CPU)")
     print("backbones:", ", ".join(sorted(BACKBONES)))
+    print("extras:", ", ".join(f"{k} {'installed' if v else 'missing'}" for k, v in extras.items()))
     for label, env, unset in (
             ("CLIP ViT-B/16 weights", CLIP_ENV, "open_clip downloads them on first use; offline, set it to a local file"),
             ("DINOv2 weights", DINOV2_ENV, "needed for dinov2-vitl14-reg: set it to a local weights file")):
-        path = os.environ.get(env)
+        path = weights[env]
         if path:
             print(f"{label}: ${env} = {path} ({'found' if os.path.isfile(path) else 'MISSING'})")
         else:
             print(f"{label}: ${env} not set ({unset})")
-    cache = default_cache_dir()
-    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
     print(f"cache: {cache} ({size / 1e6:.1f} MB; $NAPARI_NRF_CACHE moves it)")
     return 0

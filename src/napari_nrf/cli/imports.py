@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--sessions", type=int, nargs="+", help="1-based sessions to import (default: all found)")
     p.add_argument("--betas", default="betas_fithrf_GLMdenoise_RR", help="betas version folder")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of non-shared images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the validation split (default: %(default)s)")
     p.add_argument("--image-size", type=int, help="resize stored images to this square size (default: as is)")
     p.add_argument("--chunk", type=int, default=50, help="volumes read at once")
     p.add_argument("--keep-work", action="store_true", help="keep the per-session partial files")
@@ -43,16 +43,16 @@ def register(sub) -> None:
     p.add_argument("--mask", required=True, help="mask or label NIfTI (non-zero = kept)")
     p.add_argument("--events", required=True, help="CSV with columns volume,image[,session]")
     p.add_argument("--out", required=True, help="output response set (.h5)")
-    p.add_argument("--subject", default="sub-01")
+    p.add_argument("--subject", default="sub-01", help="subject name stored in the response set (default: %(default)s)")
     p.add_argument("--resample-mask", action="store_true", help="resample a mask on another MNI grid (nearest)")
     p.add_argument("--assume-mni", action="store_true", help="trust the files to be MNI whatever their header says")
     p.add_argument("--test-images", help="text file of image paths (one a line) for the test split")
     p.add_argument("--test-fraction", type=float, default=0.1, help="random test share when no --test-images")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the training images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the validation split (default: %(default)s)")
     p.add_argument("--store-images", type=int, metavar="SIZE",
                    help="store the images as pixels, resized to SIZE x SIZE (default: store their paths)")
-    p.add_argument("--chunk", type=int, default=50)
+    p.add_argument("--chunk", type=int, default=50, help="volumes read at once (default: %(default)s)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rest", nargs="+", metavar="RUN",
                    help="resting-state BOLD runs (4D, MNI), e.g. sub-01_ses-01_task-rest_bold.nii.gz: a rest map per "
@@ -62,7 +62,7 @@ def register(sub) -> None:
     p.add_argument("--rest-sessions", nargs="+", metavar="LABEL", help="session labels of the resting runs "
                                                                         "(default: ses-XX from their names)")
     _rest_args(p)
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=_import_nifti)
 
     p = sub.add_parser(
@@ -75,7 +75,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="the run's YAML config (default: the one .yaml/.yml file found in RUN_DIR)")
     p.add_argument("--coords", help="a response set (.h5) or NIfTI mask whose voxels become the bundle's subject")
     p.add_argument("--subject", default="sub-01", help="subject name for --coords")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=_import_official)
 
 

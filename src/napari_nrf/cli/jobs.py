@@ -32,9 +32,11 @@ def register(sub) -> None:
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("jobs", help="background jobs: list, resume, cancel")
-    p.add_argument("action", choices=["list", "resume", "cancel", "show"])
+    p.add_argument("action", choices=["list", "resume", "cancel", "show"],
+                   help="list the jobs, resume or cancel one, or show one's record")
     p.add_argument("job", nargs="?", help="job id (resume, cancel, show)")
     p.add_argument("--jobs-dir", help="jobs folder (default: $NAPARI_NRF_JOBS or <cache>/jobs)")
+    p.add_argument("--json", action="store_true", help="list: print the jobs as one JSON document")
     p.set_defaults(func=_jobs)
 
 
@@ -120,6 +122,7 @@ def _jobs(args) -> int:
     mgr = JobManager(args.jobs_dir)
     if args.action == "list":
         mgr.poll(start=False)
+        args.json_result = []
         for job in mgr.jobs():
             last = job.last_progress()
             frac = last.get("fraction")
@@ -127,6 +130,8 @@ def _jobs(args) -> int:
             cs = job.cluster_state  # SLURM's own word (PENDING, RUNNING, TIMEOUT, ...) for cluster jobs
             where = f"slurm:{cs}" if cs and job.state.get("backend") == "submitit" else job.device
             print(f"{job.id}  {job.status:<11} {pct}  {where:<7} {job.name}")
+            args.json_result.append({"id": job.id, "status": job.status, "fraction": frac, "where": where,
+                                     "name": job.name, "dir": str(job.dir), "last": last})
         return 0
     if not args.job:
         raise JobError(f"'jobs {args.action}' needs a job id (see 'napari-nrf jobs list')")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_nrf.cli._output import STDOUT_JSON_HELP
+
 
 def _bar(desc):
     from tqdm import tqdm
@@ -36,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--size", type=int, default=112, help="frame size in px (default %(default)s)")
     p.add_argument("--max-voxels", type=int, default=1500, help="voxels (default %(default)s)")
     p.add_argument("--motion", type=float, default=1.0, help="speed of pans and moving patches (0: still shots)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the virtual subjects and films (default: %(default)s)")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("import-movie", help="a movie data set from BOLD NIfTI runs + the film they watched")
@@ -75,7 +77,7 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate-movie", help="voxelwise r over TRs, permutation tests, SSIM and FIR ridge")
     p.add_argument("model", help="movie model bundle (.safetensors)")
     p.add_argument("data", help="movie data set (.h5)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to score (default: %(default)s)")
     p.add_argument("--perm", type=int, default=100, help="permutations per voxel (default %(default)s; 0: none)")
     p.add_argument("--ridge", default="efficientnet-lite0", choices=["efficientnet-lite0", "pixels", "none"],
                    help="FIR ridge baseline features (default %(default)s)")
@@ -88,6 +90,7 @@ def register(sub) -> None:
     p.add_argument("--saliency", action="store_true",
                    help="also the decoder's saliency by ROI (share of the top 20 %% voxels; one backward pass per TR)")
     p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.movie-eval.json)")
+    p.add_argument("--stdout-json", action="store_true", help=STDOUT_JSON_HELP)
     add_device_arg(p)
     p.set_defaults(func=_evaluate)
 
@@ -225,6 +228,7 @@ def _evaluate(args) -> int:
     finally:
         ds.close()
     write_text_atomic(out, json.dumps(rep, indent=2))
+    args.json_result = rep
     for name, r in (("model", rep["model"]), ("FIR ridge", rep.get("fir_ridge")),
                     ("static NRF, middle frame", rep.get("static_nrf")),
                     ("static Universal, middle frame", rep.get("static_universal"))):

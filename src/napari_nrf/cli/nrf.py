@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_nrf.cli._output import STDOUT_JSON_HELP
+
 
 def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
     """The options of ``train.fit`` shared by every training subcommand, made from
@@ -56,6 +58,7 @@ def register(sub) -> None:
     p.add_argument("data", nargs="+", help="response set file(s) (.h5)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.eval.json)")
+    p.add_argument("--stdout-json", action="store_true", help=STDOUT_JSON_HELP)
     p.add_argument("--baselines", default="ridge",
                    help="comma-separated baselines fitted on the train split: ridge (robust, pooled + spatial "
                         "features), fwrf (Gaussian receptive fields, trained like the NRF; minutes), none "
@@ -261,6 +264,7 @@ def _evaluate(args) -> int:
     print(format_table(reports))
     out = Path(args.json_out) if args.json_out else Path(args.model).with_suffix(".eval.json")
     write_json({"model": str(args.model), "reports": reports}, out)
+    args.json_result = {"model": str(args.model), "reports": reports}
     print(f"report: {out}")
     return 0
 

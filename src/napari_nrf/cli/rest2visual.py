@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_nrf.cli._output import STDOUT_JSON_HELP
+
 
 def _band(text: str):
     from napari_nrf.errors import NapariNRFError
@@ -48,24 +50,24 @@ def register(sub) -> None:
     p.set_defaults(func=_attach)
 
     p = sub.add_parser("simulate-rest", help="virtual subjects with resting-state runs and their rest maps")
-    p.add_argument("--subjects", type=int, default=6)
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--max-voxels", type=int, default=4000)
+    p.add_argument("--subjects", type=int, default=6, help="virtual subjects (default: %(default)s)")
+    p.add_argument("--images", type=int, default=200, help="images per subject (default: %(default)s)")
+    p.add_argument("--max-voxels", type=int, default=4000, help="voxels per subject (default: %(default)s)")
     p.add_argument("--sessions", type=int, default=2, help="resting runs per subject (default: %(default)s)")
     p.add_argument("--volumes", type=int, default=300, help="volumes per run (default: %(default)s)")
     p.add_argument("--displacement", type=float, default=5.0,
                    help="sd of each subject's area displacement in mm (default %(default)s; the simulator's own 2.5 "
                         "gives a weak individual signal)")
     p.add_argument("--control", action="store_true", help="control population: rest runs from the template layout")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64, help="stimulus size in pixels (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the virtual subjects (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (sub-01.h5 ...)")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("train-rest2visual", help="train one Rest2Visual model over subjects with rest maps")
     p.add_argument("data", nargs="+", help="response sets (.h5) with rest maps, one per subject")
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
-    p.add_argument("--backbone", default="efficientnet-lite0")
+    p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
     p.add_argument("--preset", default="demo", choices=["tiny", "demo", "paper"], help="model size (default: %(default)s)")
     p.add_argument("--resolution", type=float, help="model grid in mm (overrides the preset)")
     p.add_argument("--ablate", choices=["none", "stimulus", "rest"], default="none",
@@ -78,13 +80,14 @@ def register(sub) -> None:
     p.add_argument("model", help="Rest2Visual bundle (.safetensors)")
     p.add_argument("data", nargs="+", help="response sets with rest maps (subjects new to the model are added "
                                            "from their rest maps)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to score (default: %(default)s)")
     p.add_argument("--ssim-window", type=int, default=7, help="SSIM cube in voxels (default: %(default)s)")
     p.add_argument("--ssim-range", type=float, default=None,
                    help="SSIM data range L (default: each true map's range after z-scoring)")
     p.add_argument("--json", dest="json_out", help="report (default: <model>.maps.json)")
+    p.add_argument("--stdout-json", action="store_true", help=STDOUT_JSON_HELP)
     p.add_argument("--cache", help="feature cache folder")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=_evaluate)
 
 
@@ -185,5 +188,6 @@ def _evaluate(args) -> int:
                         data_range=args.ssim_range)
     print(format_report(rep))
     write_text_atomic(out, json.dumps({"model": str(args.model), **rep}, indent=2, default=float))
+    args.json_result = {"model": str(args.model), **rep}
     print(f"report: {out}")
     return 0

@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--snr", type=float, nargs="+", default=None, help="median ncsnr per subject")
     p.add_argument("--roi", nargs="+", default=None, help="keep only these areas, e.g. V1 FFA")
     p.add_argument("--image-size", type=int, default=96, help="stimulus size in pixels (default 96)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the virtual subjects (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="processes for the stimuli (default 2; same data with 1)")
     p.add_argument("--nsd-tree", action="store_true", help="also write an NSD-like file tree under OUT/nsd")
     p.add_argument("--out", required=True, help="output folder (sub-01.h5 ...)")

@@ -32,7 +32,7 @@ def register(sub) -> None:
                    help="model size: demo (E 64, C 32: CPU-sized) or paper (E 256, C 128) (default: %(default)s)")
     p.add_argument("--embed-dim", type=int, help="voxel embedding size E (overrides the preset)")
     p.add_argument("--channels", type=int, help="projected channels C per level (overrides the preset)")
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout in the per-level MLPs (default: %(default)s)")
     p.add_argument("--embed-init-std", type=float, default=EMBED_INIT_STD,
                    help="std of the random initial voxel embeddings (default: %(default)s)")
     p.add_argument("--embedding-lr-scale", type=float, default=EMBEDDING_LR_SCALE,
@@ -60,11 +60,12 @@ def register(sub) -> None:
     p.add_argument("--resolution", type=float, default=2.0, help="grid of the label volumes in mm (default: %(default)s)")
     p.add_argument("--library", nargs="*", help="image files or folders: per cluster, the top-activating images")
     p.add_argument("--top", type=int, default=8, help="top images per cluster (default: %(default)s)")
-    p.add_argument("--method", default="auto", choices=["auto", "sklearn", "torch"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="auto", choices=["auto", "sklearn", "torch"],
+                   help="k-means implementation; auto: torch on a GPU or above 50,000 voxels, else scikit-learn (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of k-means (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder: <subject>_clusters.nii.gz, clusters.csv, clusters.json")
     p.add_argument("--cache", help="feature cache folder")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def _fit_kwargs(args, out: Path) -> dict:

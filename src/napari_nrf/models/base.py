@@ -348,8 +348,14 @@ class EncodingModel(nn.Module):
         raise NotImplementedError
 
     def save(self, path) -> Path:
-        """Save as a ``.safetensors`` bundle (atomic)."""
-        return save_bundle(path, self.bundle_tensors(), self.bundle_metadata())
+        """Save as a ``.safetensors`` bundle (atomic); after training, with
+        ``<bundle>.history.csv`` beside it (:mod:`napari_nrf.history`)."""
+        out = save_bundle(path, self.bundle_tensors(), self.bundle_metadata())
+        if getattr(self, "training_history", None):
+            from napari_nrf.history import write_history
+
+            write_history(out, self.training_history, (self.provenance.get("training") or {}).get("best_epoch"))
+        return out
 
     @classmethod
     def from_bundle(cls, tensors: dict, meta: dict) -> "EncodingModel":
