@@ -73,7 +73,7 @@ def test_outputs_never_replace_inputs(work, capsys):
         (["query", m, img, "--out", work, "--overwrite"], "also an input"),  # img.nii.gz? no: img.png is input
     ]
     (work / "img.nii.gz").write_bytes(b"a user's file")
-    cases[-1] = (["query", m, img, "--out", work], "--overwrite")
+    cases[-1] = (["query", m, img, "--out", work, "--names", "plain"], "--overwrite")
     for argv, expect in cases:
         line, new = run(argv, capsys, 2, work, expect)
         assert not {n for n in new if n.endswith((".parts", ".ckpt"))}, new

@@ -225,7 +225,7 @@ def test_cli_query(case, data, probe_png, tmp_path):
     rs, _ = data
     path = model.save(tmp_path / "m.safetensors")
     rc = main(["query", str(path), str(probe_png), "--resolution", "4", "--out", str(tmp_path / "q"),
-               "--subject", rs.subject, "--device", "cpu"])
+               "--subject", rs.subject, "--device", "cpu", "--names", "plain"])
     assert rc == 0
     vol, grid = space.load_nifti(tmp_path / "q" / "probe.nii.gz")
     n = np.isfinite(vol).sum()
@@ -236,7 +236,7 @@ def test_cli_query(case, data, probe_png, tmp_path):
 
         assert n == coverage_mask(model, grid).sum()
         rc = main(["query", str(path), str(probe_png), "--resolution", "4", "--out", str(tmp_path / "b"),
-                   "--mask", "brain", "--device", "cpu"])
+                   "--mask", "brain", "--device", "cpu", "--names", "plain"])
         assert rc == 0
         whole, _ = space.load_nifti(tmp_path / "b" / "probe.nii.gz")
         assert np.isfinite(whole).sum() > max(1000, n)

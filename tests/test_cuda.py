@@ -153,7 +153,8 @@ def test_query_cli_on_device(tmp_path):
     vols = {}
     for dev in ("cpu", DEV):
         d = tmp_path / dev.replace(":", "_")
-        assert main(["query", str(DEMO), str(img), "--resolution", "4", "--device", dev, "--out", str(d)]) == 0
+        assert main(["query", str(DEMO), str(img), "--resolution", "4", "--device", dev, "--out", str(d),
+                     "--names", "plain"]) == 0
         vols[dev] = np.asarray(nib.load(d / "a.nii.gz").dataobj)
     _close(vols[DEV], vols["cpu"])
 

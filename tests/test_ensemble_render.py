@@ -65,7 +65,7 @@ def test_cli_query_renders_the_finetuned_ensemble(finetuned, tmp_path):
     for res, mask in (("2", "brain"), ("1", "data")):
         dst = tmp_path / f"q{res}"
         rc = main(["query", str(out), str(probe), "--resolution", res, "--mask", mask, "--out", str(dst),
-                   "--device", "cpu"])
+                   "--device", "cpu", "--names", "plain"])
         assert rc == 0
         vol, grid = space.load_nifti(dst / "probe.nii.gz")
         assert grid.resolution == float(res) and np.isfinite(vol).sum() > 100

@@ -82,14 +82,18 @@ def test_cli_train_evaluate_query(data_file, tmp_path, capsys):
     from napari_nrf.models import load_model
     from napari_nrf.query import coverage_mask
 
-    vol, grid = space.load_nifti(tmp_path / "vols" / "cat.nii.gz")
+    name = "space-MNI152NLin6Asym_res-8mm_desc-cat_response"  # a BIDS derivative (--names bids)
+    vol, grid = space.load_nifti(tmp_path / "vols" / f"{name}.nii.gz")
     cover = coverage_mask(load_model(model, device="cpu"), grid)
     assert grid == space.Grid.mni(8.0) and np.isfinite(vol).sum() == cover.sum() < space.brain_mask(grid).sum()
-    side = json.loads((tmp_path / "vols" / "cat.json").read_text())
+    side = json.loads((tmp_path / "vols" / f"{name}.json").read_text())
+    assert side["SpaceTemplate"] == "MNI152NLin6Asym" and str(img) in side["Sources"]
+    desc = json.loads((tmp_path / "vols" / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "napari-nrf"
     assert side["mask"] == "data" and not side["extrapolation"] and side["model_sha256"] and side["image"]
     # The whole brain is one flag away, labelled as extrapolation; 0 outside on request.
     rc = main(["query", str(model), str(img), "--resolution", "8", "--mask", "brain", "--outside", "0",
-               "--out", str(tmp_path / "whole")])
+               "--out", str(tmp_path / "whole"), "--names", "plain"])
     assert rc == 0
     vol, _ = space.load_nifti(tmp_path / "whole" / "cat.nii.gz")
     assert np.isfinite(vol).all() and (vol != 0).sum() == space.brain_mask(grid).sum()

@@ -59,7 +59,7 @@ def test_default_nrf_predicts_in_the_data_units(tmp_path):
         Image.fromarray(textures([v], seed=99)[0]).save(imgs / f"{name}.png")
     out = tmp_path / "vol"
     assert main(["query", str(model), str(imgs / "bright.png"), str(imgs / "dark.png"), "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--names", "plain"]) == 0
 
     # What the data say for such images: left minus right of the z-scored responses of the
     # training images at least as bright (dark) as the queried ones (about +-3).

@@ -5,3 +5,14 @@ Qt-free core (``space``, ``features``, ``models``, ``train``, ``query``, ``evalu
 """
 
 __version__ = "0.1.0"
+
+# The five-line API (napari_nrf.api), imported on first use so `import napari_nrf` stays fast.
+__all__ = ["load_model", "predict", "save"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from napari_nrf import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'napari_nrf' has no attribute {name!r}")

@@ -19,7 +19,6 @@ INTENDED_USE = {
     "ensemble": "predict a new subject's voxels as a voxelwise blend of finetuned base models",
     "movie": "predict fMRI time series from film chunks and decode the chunk's middle frame back",
     "rest2visual": "predict a person's evoked volume to an image from their resting-state map",
-    "nrf-official": "run an official NRF checkpoint in napari-nrf's query engine",
 }
 CAVEAT = ("Predictions are only as good as the training data: outside the voxels the model was "
           "trained on (query `--mask brain` or `gm`) they are extrapolation, and a model trained on "

@@ -398,13 +398,27 @@ def coverage_mask(model, grid: Grid) -> np.ndarray:
     return mask
 
 
-def volume_file_names(paths) -> list[str]:
-    """One distinct ``<name>.nii.gz`` per image path, in order.
+def volume_file_names(paths, style: str = "plain", resolution: float = 2.0, subject=None) -> list[str]:
+    """One distinct file name per image path, in order.
 
-    The name is the file name without its extensions; images that share it (``a/cat.png``,
-    ``b/cat.jpg``) get their folder's name in front (``a_cat``), and a number after when
-    that still collides, so no volume overwrites another.
+    ``style="plain"``: ``<name>.nii.gz``, the file name without its extensions; images that
+    share it (``a/cat.png``, ``b/cat.jpg``) get their folder's name in front (``a_cat``),
+    and a number after when that still collides, so no volume overwrites another.
+    ``style="bids"``: the same names as the ``desc-`` label of a BIDS derivative,
+    ``[sub-<subject>_]space-MNI152NLin6Asym_res-<mm>mm_desc-<name>_response.nii.gz``
+    (:func:`napari_nrf.bids.derivative_name`).
     """
+    if style == "bids":
+        from napari_nrf.bids import derivative_name, label
+
+        labels = [label(n[: -len(".nii.gz")]) for n in volume_file_names(paths)]
+        seen: dict[str, int] = {}
+        out = []
+        for lab in labels:  # letters and digits only: "a_cat" and "acat" would meet
+            seen[lab] = seen.get(lab, 0) + 1
+            out.append(derivative_name(lab if labels.count(lab) == 1 else f"{lab}{seen[lab]}", resolution,
+                                       subject=subject))
+        return out
     stems = [Path(p).name.split(".")[0] or "image" for p in paths]
     names = [s if stems.count(s) == 1 else f"{Path(p).resolve().parent.name}_{s}" for p, s in zip(paths, stems)]
     seen: dict[str, int] = {}

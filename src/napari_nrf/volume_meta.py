@@ -85,7 +85,11 @@ def volume_sidecar(kind: str, grid: space.Grid, *, model=None, model_path=None, 
     out = {
         "generator": f"napari-nrf {napari_nrf.__version__}",
         "kind": kind,
-        "space": "MNI152 (RAS+, mm; sform/qform code 4)",
+        "space": f"MNI152, grid of {space.GRID_TEMPLATE} (FSL's MNI152 box; RAS+, mm; sform/qform code 4)",
+        # BIDS-derivative keys: the template of the space- entity, the masks' template
+        # (nilearn's, napari_nrf.space.MASK_TEMPLATE) and the inputs (Sources, below).
+        "SpaceTemplate": space.GRID_TEMPLATE,
+        "Resolution": f"{float(grid.zooms[0]):g} mm isotropic, {' x '.join(map(str, grid.shape))} voxels",
         "resolution_mm": [float(v) for v in grid.zooms],
         "shape": list(grid.shape),
         "mask": name,
@@ -95,14 +99,21 @@ def volume_sidecar(kind: str, grid: space.Grid, *, model=None, model_path=None, 
     }
     if kind in ("response", "contrast"):
         out["units"] = units or (response_units(model) if model is not None else DEFAULT_UNITS)
+    if name in ("data", "brain", "gm"):
+        out["MaskTemplate"] = space.MASK_TEMPLATE
+    sources = []
     if image is not None:
         out["image"] = image
+        sources += [str(i) for i in (image if isinstance(image, list) else [image])]
     if model is not None:
         out["model_kind"] = getattr(model, "kind", type(model).__name__)
         out["backbone"] = getattr(model, "backbone_name", None)
     if model_path is not None:
         out["model_file"] = str(Path(model_path).resolve())
         out["model_sha256"] = file_sha256(model_path)
+        sources.insert(0, out["model_file"])
+    if sources:
+        out["Sources"] = sources
     out.update(extra or {})
     return out
 

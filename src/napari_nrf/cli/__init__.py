@@ -150,7 +150,8 @@ def check_outputs(args) -> list:
 
         images = image_files(args.images)
         mask = [args.mask] if args.mask and Path(args.mask).exists() else []
-        folder(args.out, volume_file_names(images), [args.model, *images, *mask])
+        names = volume_file_names(images, getattr(args, "names", "plain"), args.resolution, args.subject)
+        folder(args.out, names, [args.model, *images, *mask])
     elif cmd == "cluster":
         folder(args.out, [], [args.model, *(getattr(args, "library", None) or [])])
     # Folders and files a command writes besides its outputs: a file where a folder is

@@ -86,7 +86,11 @@ def register(sub) -> None:
                                       "rest map)")
     p.add_argument("--rest-map", metavar="FILE",
                    help="Rest2Visual: a new person's rest map NIfTI (napari-nrf rest-map); predicts for them")
-    p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
+    p.add_argument("--out", required=True, help="output folder; one volume and its .json sidecar per image, "
+                                                 "and dataset_description.json")
+    p.add_argument("--names", choices=["bids", "plain"], default="bids",
+                   help="file names: bids (space-MNI152NLin6Asym_res-2mm_desc-<image>_response.nii.gz, a BIDS "
+                        "derivative) or plain (<image>.nii.gz, the earlier names) (default: %(default)s)")
     p.add_argument("--device", default=None)
     p.add_argument("--devices", metavar="LIST",
                    help="spread the images over these devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
@@ -291,7 +295,7 @@ def _query(args) -> int:
     images = image_files(args.images)  # a folder stands for its image files
     for path in images:
         load_image_file(path)
-    names = volume_file_names(images)
+    names = volume_file_names(images, args.names, args.resolution, args.subject)
     devices = parse_devices(args.devices or _device(args.device))
     model = load_model(args.model, device=devices[0])
     if data_mask and args.mask is None and not model.subjects:
@@ -338,5 +342,8 @@ def _query(args) -> int:
             bar.refresh()
 
         sq.volumes(images, grid, mask=mask, subject=args.subject, on_volume=write, progress=progress)
+    from napari_nrf.bids import write_dataset_description
+
+    write_dataset_description(out)  # the folder is a BIDS derivative dataset (GeneratedBy)
     return 0
 
