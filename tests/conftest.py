@@ -65,3 +65,29 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_SESSION["status"])
+
+
+# ---- tests that need a source checkout -------------------------------------------------------
+# They read scripts/, examples/, benchmarks/, docs/, the README or pyproject.toml. After
+# `pip install "napari-nrf[all,test]"` the rest of the suite runs with -m "not source".
+# Module -> its source tests (None: the whole module).
+SOURCE_TESTS = {
+    "test_examples": None, "test_gpu_dry_run": None, "test_movie_science": None, "test_nrf_examples": None,
+    "test_simulate_example": None, "test_universal_scripts": None, "test_user_guide": None,
+    "test_packaging": None, "test_docs": None,
+    "test_import_nsd": {"test_benchmark_tiny_runs"},
+    "test_jobs_finetune": {"test_science_script_tiny"},
+    "test_precision": {"test_bench_query_records_cpu_and_precision_next_to_every_number"},
+    "test_scale_query": {"test_bench_scale_tiny"},
+    "test_rest2visual_cli": {"test_science_benchmark_small_version", "test_speed_benchmark_small_version"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mod = getattr(item, "module", None)
+        name = mod.__name__.rsplit(".", 1)[-1] if mod is not None else ""
+        if name in SOURCE_TESTS:
+            fns = SOURCE_TESTS[name]
+            if fns is None or getattr(item, "originalname", item.name) in fns:
+                item.add_marker(pytest.mark.source)

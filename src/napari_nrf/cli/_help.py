@@ -24,7 +24,7 @@ EXAMPLES = {
     "query": "napari-nrf query nrf.safetensors cat.png more_images/ --resolution 1 --mask data --out volumes/",
     "train-universal": "napari-nrf train-universal data/sub-01.h5 data/sub-02.h5 --out uni.safetensors",
     "transfer": "napari-nrf transfer uni.safetensors data/sub-03.h5 --out uni3.safetensors",
-    "cluster": "napari-nrf cluster uni.safetensors --k 8 --out maps/",
+    "cluster": "napari-nrf cluster uni.safetensors -k 8 --out maps/",
     "simulate": "napari-nrf simulate --subjects 4 --images 1000 --out sim/",
     "finetune": "napari-nrf finetune --base A.safetensors B.safetensors --data new.h5 --out new.safetensors",
     "jobs": "napari-nrf jobs list --json",

@@ -56,7 +56,7 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="voxelwise accuracy, retrieval and a ridge baseline of a model")
     p.add_argument("model", help="model bundle (.safetensors)")
     p.add_argument("data", nargs="+", help="response set file(s) (.h5)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to score (default: %(default)s)")
     p.add_argument("--json", dest="json_out", help="write the report here (default: <model>.eval.json)")
     p.add_argument("--stdout-json", action="store_true", help=STDOUT_JSON_HELP)
     p.add_argument("--baselines", default="ridge",
@@ -66,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--no-ridge", action="store_true", help="no baselines (the same as --baselines none)")
     p.add_argument("--candidates", type=int, default=50, help="images per retrieval trial (default: %(default)s)")
     p.add_argument("--cache", help="feature cache folder")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="inference precision (default: $NAPARI_NRF_PRECISION or auto: bf16 on CUDA and on CPUs "
                         "with fast bf16, AMX / AVX-512 BF16; fp32 elsewhere)")
@@ -91,7 +91,7 @@ def register(sub) -> None:
     p.add_argument("--names", choices=["bids", "plain"], default="bids",
                    help="file names: bids (space-MNI152NLin6Asym_res-2mm_desc-<image>_response.nii.gz, a BIDS "
                         "derivative) or plain (<image>.nii.gz, the earlier names) (default: %(default)s)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--devices", metavar="LIST",
                    help="spread the images over these devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
                         "(default: --device); the files are the same as from one device")
