@@ -84,3 +84,21 @@ def test_repository_address_is_the_same_everywhere():
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert cff["repository-code"] == repo
     assert repo in (ROOT / "README.md").read_text()
+
+
+def test_extras_and_the_two_commands_install_everything():
+    """Movies, CLIP and the demo's psutil are extras; the Qt pin is a constraint on
+    napari's own Qt extra; the README's two commands (scripts/bootstrap.sh) install all."""
+    p = _project()
+    core = {re.split(r"[<>=!\[ ;]", d)[0].lower() for d in p["dependencies"]}
+    assert not core & {"av", "open-clip-torch", "open_clip_torch", "psutil", "pyside6", "pyside6-essentials"}
+    extras = p["optional-dependencies"]
+    assert extras["movie"] == ["av>=12"] and extras["clip"][0].startswith("open_clip_torch")
+    assert "napari[pyside6]" in extras["all"] and "PySide6<6.12" in extras["all"]
+    for name in ("movie", "clip", "demo", "qt"):
+        assert set(extras[name]) <= set(extras["all"]), name
+    boot = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert 'EXTRAS="${NRF_EXTRAS:-all,test}"' in boot
+    for script in ("demo.sh", "test.sh"):
+        assert "bootstrap.sh" in (ROOT / "scripts" / script).read_text()
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()

@@ -33,8 +33,8 @@ MNI_BOX_MIN = np.array([-90.0, -126.0, -72.0])
 MNI_BOX_MAX = np.array([90.0, 90.0, 108.0])
 
 # The templates behind the two, by their TemplateFlow / BIDS names: the grids of
-# Grid.mni are the field of view of FSL's MNI152 T1 (1 mm: 182 x 218 x 182, 2 mm:
-# 91 x 109 x 91), the "MNI ICBM 152 non-linear 6th generation asymmetric" template; the
+# Grid.mni span the field of view of FSL's MNI152 T1 (at 2 mm exactly its 91 x 109 x 91
+# grid), the "MNI ICBM 152 non-linear 6th generation asymmetric" template; the
 # T1 shown and the brain / grey-matter masks are nilearn's load_mni152_* images, which are
 # the ICBM 2009a nonlinear *symmetric* template (mni_icbm152_*_tal_nlin_sym_09a).
 GRID_TEMPLATE = "MNI152NLin6Asym"
