@@ -9,7 +9,7 @@ noiseless truth and the measured responses, median voxel R^2, calibration slope
 (measured responses regressed on predictions, pooled over voxels) and MSE.
 The issue 22 target: the default within 0.02 r (truth) of the best grid schedule.
 
-Run (results in docs/results.md, "NRF defaults"):
+Run (results in docs/results.md, "Training defaults and units"):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nrf_schedule.py --out benchmarks/results/nrf_schedule.json
 """
 

@@ -27,7 +27,7 @@ within 0.02 r (truth) of the best grid schedule.
 
 Fits run in this order and the JSON is written after each: the defaults, the old defaults,
 then universal and transfer grid points alternately. Run (results and the exact commands
-in docs/results.md, "NRF defaults and units"):
+in docs/results.md, "Training defaults and units"):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recipe_defaults.py --out benchmarks/results/recipe_defaults.json
 """
 
