@@ -35,7 +35,7 @@ def _fmt(v) -> str:
 
 
 def _repeat_command(bundle: Path) -> str | None:
-    from napari_nrf.cli._config import config_path
+    from napari_nrf.history import config_path
 
     p = config_path(bundle)
     if not p.is_file():

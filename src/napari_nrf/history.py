@@ -29,6 +29,13 @@ def history_path(bundle) -> Path:
     return bundle.with_name(bundle.name + ".history.csv")
 
 
+def config_path(bundle) -> Path:
+    """``model.safetensors`` -> ``model.safetensors.config.toml`` (the settings of the run
+    that made it, written by the CLI: napari_nrf.cli._config)."""
+    bundle = Path(bundle)
+    return bundle.with_name(bundle.name + ".config.toml")
+
+
 def tensorboard_dir(bundle) -> Path:
     bundle = Path(bundle)
     return bundle.with_name(bundle.name + ".tensorboard")

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from napari_nrf.errors import NapariNRFError
+from napari_nrf.history import config_path
 
 # The commands that train a model bundle take --config and get <out>.config.toml.
 COMMANDS = ("train", "train-universal", "transfer", "train-movie", "train-rest2visual")
@@ -117,12 +118,6 @@ def resolved_toml(sp: argparse.ArgumentParser, args, argv: list[str]) -> str:
                                                       all(isinstance(x, (str, int, float)) for x in v)):
             lines.append(f"{action.option_strings[-1].lstrip('-')} = {_toml_value(v)}")
     return "\n".join(lines) + "\n"
-
-
-def config_path(bundle) -> Path:
-    """``model.safetensors`` -> ``model.safetensors.config.toml``."""
-    bundle = Path(bundle)
-    return bundle.with_name(bundle.name + ".config.toml")
 
 
 def write_resolved(sp, args, argv) -> Path | None:
