@@ -53,7 +53,7 @@ def test_simulate_train_evaluate_query(sim, tmp_path, capsys):
     Image.fromarray(np.asarray(rs.get_images([0])[0])).save(img)
     for sub, extra in (("a", ["--rest-map", str(rmap)]), ("b", ["--subject", "sub-01"])):
         rc = main(["query", str(model), str(img), "--resolution", "8", "--mask", "brain", "--out",
-                   str(tmp_path / sub), "--device", "cpu", *extra])
+                   str(tmp_path / sub), "--device", "cpu", "--names", "plain", *extra])
         assert rc == 0, capsys.readouterr().err
     a, _ = space.load_nifti(tmp_path / "a" / "probe.nii.gz")
     b, _ = space.load_nifti(tmp_path / "b" / "probe.nii.gz")

@@ -68,7 +68,7 @@ def test_cli_query_devices_cpu_cpu_same_files(tiny_model, images, tmp_path):
     assert main(common + ["--out", str(tmp_path / "a"), "--devices", "cpu"]) == 0
     assert main(common + ["--out", str(tmp_path / "b"), "--devices", "cpu,cpu"]) == 0
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(files) == 10  # 5 volumes + sidecars
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(files) == 11  # 5 volumes + sidecars + dataset_description.json
     for name in files:
         a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
         if name.endswith(".gz"):

@@ -160,6 +160,9 @@ def _cluster(args) -> int:
             vals.append(f'"{v}"' if isinstance(v, str) else (f"{v:.2f}" if isinstance(v, float) else str(v)))
         lines.append(",".join(vals))
     (out / "clusters.csv").write_text("\n".join(lines) + "\n")
+    from napari_nrf.bids import write_dataset_description
+
+    write_dataset_description(out, name="napari-nrf cluster maps")  # a derivative folder (GeneratedBy)
     report = {"model": str(args.model), "k": res.k, "subjects": subjects, "method": res.method,
               "inertia": res.inertia}
     if args.library:
