@@ -36,7 +36,7 @@ def register(sub) -> None:
                    help="list the jobs, resume or cancel one, or show one's record")
     p.add_argument("job", nargs="?", help="job id (resume, cancel, show)")
     p.add_argument("--jobs-dir", help="jobs folder (default: $NAPARI_NRF_JOBS or <cache>/jobs)")
-    p.add_argument("--json", action="store_true", help="list: print the jobs as one JSON document")
+    p.add_argument("--json", action="store_true", help="list, show: print the jobs (the job) as one JSON document")
     p.set_defaults(func=_jobs)
 
 
@@ -138,6 +138,8 @@ def _jobs(args) -> int:
     if args.action == "show":
         job = mgr.get(args.job)
         print(f"{job.id}: {job.status}\n  spec: {job.spec}\n  state: {job.state}\n  last: {job.last_progress()}")
+        args.json_result = {"id": job.id, "status": job.status, "spec": job.spec, "state": job.state,
+                            "last": job.last_progress()}
         return 0
     if args.action == "cancel":
         mgr.poll(start=False)
