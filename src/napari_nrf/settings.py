@@ -134,7 +134,7 @@ NRF_FIT = FitSettings()
 # paper's 1e-3: at 20 images per subject the joint model at 1e-3 peaked after 10 steps,
 # 0.063 r (truth) below 3e-4, and 3e-4 was the best or within 0.003 of the best grid point
 # at 20 / 200 / 800 images for both recipes (benchmarks/recipe_defaults.py, docs/results.md
-# "NRF defaults and units").
+# "Training defaults and units").
 UNIVERSAL_FIT = FitSettings(lr=3e-4, weight_decay=0.0, batch_voxels=5000)
 TRANSFER_FIT = UNIVERSAL_FIT
 # The voxel embeddings' start (std) and learning-rate multiplier (models.universal, the

@@ -37,7 +37,7 @@ def register(sub) -> None:
                    help="std of the random initial voxel embeddings (default: %(default)s)")
     p.add_argument("--embedding-lr-scale", type=float, default=EMBEDDING_LR_SCALE,
                    help="learning-rate multiplier of the voxel embeddings (default: %(default)s; the paper's is 1 "
-                        "with one long GPU run; see docs/results.md, 'NRF defaults and units')")
+                        "with one long GPU run; see docs/results.md, 'Training defaults and units')")
     _fit_args(p, UNIVERSAL_FIT)
 
     p = sub.add_parser("transfer", help="add a new subject to a Universal encoder by learning only its voxel embeddings")
