@@ -344,8 +344,8 @@ class ContrastResult:
     tail: str
     n_permutations: int
     exact: bool
-    names_a: list
-    names_b: list
+    names_a: list = field(default_factory=list)
+    names_b: list = field(default_factory=list)
     units: str = volume_meta.DEFAULT_UNITS
     extent: str = "data"
     label_a: str = "A"
@@ -413,6 +413,8 @@ def contrast_values(ya, yb, grid: Grid, mask: np.ndarray, correction: str = "fwe
         if len(y) < 2:
             raise ExperimentError(f"set {lab} has {len(y)} image(s); a contrast needs at least 2 images per set "
                                   "(the statistic is the spread across images)")
+    meta.setdefault("names_a", [f"A[{i}]" for i in range(len(ya))])
+    meta.setdefault("names_b", [f"B[{i}]" for i in range(len(yb))])
     eff, t, df = welch(ya, yb)
     stat = _tail_stat(t, tail)
     null, exact, p_fwe = None, False, None
@@ -527,15 +529,27 @@ def localizer(model, folder, subject=None, resolution: float = 2.0, extent="data
     cats = list(sets)
     preds = predict_sets(model, [sets[c] for c in cats], grid, mask, subject=subject, device=device,
                          feature_cache=feature_cache, progress=progress, cancel=cancel)
-    units = volume_meta.response_units(model)
+    return localizer_values(dict(zip(cats, preds)), grid, mask, min_effect=min_effect, correction=correction,
+                            n_permutations=n_permutations, alpha=alpha, seed=seed, cancel=cancel, progress=progress,
+                            names={c: [str(n) for n in sets[c]] for c in cats},
+                            units=volume_meta.response_units(model), extent=ext_name)
+
+
+def localizer_values(preds: dict, grid: Grid, mask: np.ndarray, min_effect: float = 0.2, correction: str = "fwe",
+                     n_permutations: int = 1000, alpha: float = 0.05, seed: int = 0, cancel=None, progress=None,
+                     names: dict | None = None, units: str = volume_meta.DEFAULT_UNITS,
+                     extent: str = "data") -> LocalizerResult:
+    """The localizer's statistics from predictions already made: ``preds`` {category:
+    (n_c, V) responses at the ``mask`` voxels}."""
+    cats = list(preds)
+    names = names or {c: [f"{c}[{i}]" for i in range(len(preds[c]))] for c in cats}
     res = {}
     for i, c in enumerate(cats):
-        rest = np.concatenate([p for j, p in enumerate(preds) if j != i])
-        names_rest = [str(n) for j, cc in enumerate(cats) if j != i for n in sets[cc]]
-        res[c] = contrast_values(preds[i], rest, grid, mask, correction=correction, n_permutations=n_permutations,
+        rest = np.concatenate([preds[cc] for cc in cats if cc != c])
+        res[c] = contrast_values(preds[c], rest, grid, mask, correction=correction, n_permutations=n_permutations,
                                  alpha=alpha, tail="greater", seed=seed + i, cancel=cancel, progress=progress,
-                                 names_a=[str(n) for n in sets[c]], names_b=names_rest, units=units,
-                                 extent=ext_name, label_a=c, label_b="rest")
+                                 names_a=names[c], names_b=[n for cc in cats if cc != c for n in names[cc]],
+                                 units=units, extent=extent, label_a=c, label_b="rest")
     eff = np.stack([np.nan_to_num(res[c].effect, nan=-np.inf) for c in cats])
     best = eff.argmax(0)
     ok = (np.take_along_axis(eff, best[None], 0)[0] >= min_effect)
