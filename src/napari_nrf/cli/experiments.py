@@ -78,6 +78,17 @@ def register(sub) -> None:
     p.set_defaults(func=_localizer)
 
 
+def _check_args(args) -> None:
+    from napari_nrf.errors import NapariNRFError
+
+    if args.correction == "fwe" and args.permutations < 1:
+        raise NapariNRFError(f"--permutations {args.permutations}: must be at least 1 for --correction fwe")
+    if not 0 < args.alpha < 1:
+        raise NapariNRFError(f"--alpha {args.alpha}: must be between 0 and 1")
+    if not 0.25 <= args.resolution <= 8:
+        raise NapariNRFError(f"--resolution {args.resolution}: must be 0.25-8 mm")
+
+
 def _setup(args, inputs, names):
     from napari_nrf import experiments as ex
     from napari_nrf.errors import check_outputs_in
@@ -125,6 +136,7 @@ def _summary(res, label="") -> str:
 def _contrast(args) -> int:
     from napari_nrf import experiments as ex
 
+    _check_args(args)
     a, _ = ex.image_set(args.a, args.label_a)
     b, _ = ex.image_set(args.b, args.label_b)
     out, atlas, model, cache = _setup(args, [*a, *b], MAPS)
@@ -145,6 +157,7 @@ def _contrast(args) -> int:
 def _localizer(args) -> int:
     from napari_nrf import experiments as ex
 
+    _check_args(args)
     sets = ex.category_sets(args.folder)
     names = ["labels.nii.gz", "labels.tsv", "summary.json"] + [f"{ex._safe(c)}/{m}" for c in sets for m in MAPS]
     out, atlas, model, cache = _setup(args, [args.folder], names)
