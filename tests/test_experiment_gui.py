@@ -1,0 +1,90 @@
+"""The Virtual experiment widget on the user's path (Plugins > napari-nrf > Virtual experiment):
+two sets dropped, Run, the t map with its threshold in t, the table, a click to the peak,
+export; the localizer; a 380 px dock without horizontal scrolling."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    from PIL import Image
+
+    from napari_nrf.simulate.stimuli import make_stimulus
+
+    root = tmp_path_factory.mktemp("vexp")
+    for cat in ("face", "scene", "body"):
+        (root / cat).mkdir()
+        for i in range(4):
+            Image.fromarray(make_stimulus(200 + i, seed=5, size=64, category=cat)).save(root / cat / f"{i}.png")
+    return root
+
+
+def _widget(make_napari_viewer):
+    from _plugin import open_widgets
+
+    from napari_nrf.demo import load_demo_model
+    from napari_nrf.widgets._state import state_for
+
+    viewer = make_napari_viewer()
+    w = open_widgets(viewer, ["Virtual experiment"])["Virtual experiment"]
+    model, path = load_demo_model()
+    state_for(viewer).set_model(model, path)
+    return viewer, w
+
+
+def test_contrast_run_threshold_table_goto_export(make_napari_viewer, qtbot, sets, tmp_path):
+    viewer, w = _widget(make_napari_viewer)
+    w.zone_a.add([sets / "face"])
+    w.zone_b.add([sets / "scene"])
+    assert "4 images" in w.zone_a.text()
+    w.resolution.setValue(4.0)
+    w.permutations.setValue(100)
+    worker = w.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.result is not None or "failed" in w.status.text(), timeout=120000)
+    assert w.result is not None, w.status.text()
+    layer = viewer.layers["A - B (t)"]
+    assert layer.metadata["napari_nrf"]["units"] == "Welch t"
+    assert w.threshold.value() == pytest.approx(w.result.threshold, abs=0.01)
+    # a threshold in t: lower it, the table lists clusters above it; a click goes to the peak
+    w.threshold.setValue(1.0)
+    assert w.rows and w.table.rowCount() == len(w.rows)
+    w.table.cellClicked.emit(0, 0)
+    from napari_nrf import space
+
+    here = space.world_to_mni(viewer.dims.point[-3:])
+    r = w.rows[0]
+    assert np.allclose(here, [r["x_mm"], r["y_mm"], r["z_mm"]], atol=2.1)
+    files = w.export(tmp_path / "out")
+    assert (tmp_path / "out" / "clusters.tsv").exists() and files["thresholded"].exists()
+
+
+def test_localizer_labels_and_categories(make_napari_viewer, qtbot, sets):
+    viewer, w = _widget(make_napari_viewer)
+    w.set_localizer_folder(sets)
+    w.resolution.setValue(4.0)
+    w.correction.setCurrentText("none")
+    w.run()
+    qtbot.waitUntil(lambda: w.localizer_result is not None or "failed" in w.status.text(), timeout=120000)
+    assert w.localizer_result is not None, w.status.text()
+    labels = viewer.layers["localizer: preferred category"]
+    assert list(labels.features["name"]) == ["body", "face", "scene"]
+    w.category.setCurrentText("face")
+    assert w.result.name == "face - rest" and "face - rest (t)" in viewer.layers
+
+
+def test_bad_sets_give_one_line_and_the_dock_fits_380_px(make_napari_viewer, qtbot, sets):
+    viewer, w = _widget(make_napari_viewer)
+    w.zone_a.add([sets / "face" / "0.png"])
+    w.zone_b.add([sets / "scene"])
+    assert w.run() is None and "at least 2 images" in w.status.text()
+    w.mode.setCurrentText("localizer: folder of categories")
+    assert w.run() is None and "folder" in w.status.text()
+    assert w.minimumSizeHint().width() <= 380
+    w.resize(380, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    assert not w.scroll_area.horizontalScrollBar().isVisible()
