@@ -47,7 +47,7 @@ def test_contrast_finds_the_planted_area_and_a_null_split_finds_nothing():
     assert not (sig & ~planted).any()  # FWE: no false voxel here
     assert np.nanmax(res.effect[planted]) > 1.0 and np.isnan(res.effect[~mask]).all()
     rows = res.clusters()
-    assert rows and rows[0]["region"].endswith("FFA-R") and rows[0]["size_mm3"] == pytest.approx(sig.sum() * 64)
+    assert rows and rows[0]["cluster"] == "1" and rows[0]["region"].endswith("FFA-R") and rows[0]["size_mm3"] == pytest.approx(sig.sum() * 64)
     assert np.linalg.norm(np.array([rows[0]["x_mm"], rows[0]["y_mm"], rows[0]["z_mm"]]) - [40, -55, -20]) <= 10
     # the same images split at random: nothing above the FWE threshold
     null = ex.contrast_values(yb[:6], yb[6:], grid, mask, n_permutations=200, seed=2)

@@ -684,7 +684,9 @@ def clusters_table(stat: np.ndarray, grid: Grid, threshold: float, atlas: Atlas 
     rows = []
     for (_, r), reg in zip(df.iterrows(), regions):
         size = r.get("Cluster Size (mm3)")
-        rows.append({"cluster": str(r["Cluster ID"]), "x_mm": float(r["X"]), "y_mm": float(r["Y"]),
+        cid = r["Cluster ID"]
+        cid = str(int(cid)) if isinstance(cid, (float, np.floating)) and float(cid).is_integer() else str(cid)
+        rows.append({"cluster": cid, "x_mm": float(r["X"]), "y_mm": float(r["Y"]),
                      "z_mm": float(r["Z"]), "peak_stat": float(r["Peak Stat"]),
                      "size_mm3": float(size) if size not in ("", None) and not _isnan(size) else None,
                      "region": reg})
