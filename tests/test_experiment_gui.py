@@ -88,3 +88,34 @@ def test_bad_sets_give_one_line_and_the_dock_fits_380_px(make_napari_viewer, qtb
     w.show()
     qtbot.waitExposed(w)
     assert not w.scroll_area.horizontalScrollBar().isVisible()
+
+
+def test_response_volume_threshold_in_sd_and_table_beside_export(make_napari_viewer, qtbot, tmp_path):
+    """Issue 33 item 12: a threshold in the map's own units beside the percentage slider,
+    and a peak / cluster table written beside an export."""
+    from _plugin import open_widgets
+    from _standin_model import BLOB, BlobModel, colour_image
+    from PIL import Image
+
+    viewer = make_napari_viewer()
+    ws = open_widgets(viewer, ["Encoding model", "Response volume"])
+    ws["Encoding model"].set_model(BlobModel())
+    vw = ws["Response volume"]
+    vw.resolution.setValue(4.0)
+    path = tmp_path / "red.png"
+    Image.fromarray(colour_image(0.9, 0.0, 48)).save(path)
+    got = []
+    vw.on_rendered(got.extend)
+    vw.add_images([str(path)])
+    qtbot.waitUntil(lambda: bool(got), timeout=30000)
+    layer = viewer.layers["red"]
+    hi = float(layer.contrast_limits[1])
+    vw.threshold_units.setValue(0.5 * hi)
+    frac = vw.threshold_units.value() / hi  # the spin box keeps two decimals
+    assert layer.metadata["napari_nrf"]["threshold"] == pytest.approx(frac, rel=1e-4) and 0.45 < frac < 0.55
+    assert layer.colormap.map(np.array([0.7]))[0, 3] == 0  # 0.7 on [0, 1] is +0.4 hi: hidden
+    out = vw.export(layer, tmp_path / "red.nii.gz")
+    table = (tmp_path / "red_clusters.tsv").read_text().splitlines()
+    assert out.exists() and table[0].startswith("cluster\tx_mm") and len(table) >= 2
+    x, y, z = (float(v) for v in table[1].split("\t")[1:4])
+    assert np.allclose([x, y, z], BLOB, atol=4.1)

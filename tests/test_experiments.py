@@ -199,3 +199,12 @@ def test_atlas_lookup_default_and_from_a_file(tmp_path):
     mine = ex.load_atlas(tmp_path / "my_atlas.nii.gz")
     assert mine.lookup([[10, 20, 30]]) == ["my region"]
     assert os.path.basename(mine.name) == "my_atlas.nii.gz"
+
+
+def test_query_table_writes_clusters_beside_each_volume(demo, image_dirs, tmp_path):
+    _, path = demo
+    rc = main(["query", str(path), str(image_dirs / "face" / "0.png"), "--resolution", "4", "--table",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    rows = (tmp_path / "0_clusters.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:5] == ["cluster", "x_mm", "y_mm", "z_mm", "peak_value"] and len(rows) > 1

@@ -713,6 +713,20 @@ def clusters_tsv(rows: list[dict], stat_name: str = "peak_stat") -> str:
     return buf.getvalue()
 
 
+def write_map_table(volume: np.ndarray, grid: Grid, nifti_path, threshold: float | None = None,
+                    atlas: Atlas | None = None) -> Path:
+    """Write ``<stem>_clusters.tsv`` beside the map ``nifti_path``: the peaks / clusters of
+    ``volume`` (X, Y, Z) where |value| > ``threshold`` (the map's own units; default half
+    its robust colour limit, the 99.5th percentile of |value|), with region names
+    (``atlas`` or :func:`default_atlas`). Returns the table's path."""
+    from napari_nrf.nifti_layers import robust_limit
+
+    thr = 0.5 * robust_limit(volume) if threshold is None else float(threshold)
+    rows = clusters_table(volume, grid, thr, atlas=atlas)
+    path = Path(nifti_path)
+    return write_text_atomic(path.with_name(space.nifti_stem(path) + "_clusters.tsv"), clusters_tsv(rows, "peak_value"))
+
+
 # ---- writing ------------------------------------------------------------------------------------
 def _sidecar(res: ContrastResult, what: str, units: str, model=None, model_path=None, atlas=None) -> dict:
     extra = {"map": what, "contrast": res.name, "images_a": [str(n) for n in res.names_a],
