@@ -208,3 +208,25 @@ def test_query_table_writes_clusters_beside_each_volume(demo, image_dirs, tmp_pa
     assert rc == 0
     rows = (tmp_path / "0_clusters.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:5] == ["cluster", "x_mm", "y_mm", "z_mm", "peak_value"] and len(rows) > 1
+
+
+@pytest.mark.parametrize("kind,base", [("nrf", None), ("universal", None), ("ensemble", "nrf"),
+                                       ("ensemble", "universal"), ("rest2visual", None)])
+def test_every_kind_that_predicts_a_volume_runs_a_contrast(kind, base):
+    """NRF, Universal, ensembles and Rest2Visual (for a subject with a rest map) all run."""
+    from _nrf_data import SHAPES
+
+    from napari_nrf.models import MODEL_KINDS, discover_kinds
+
+    discover_kinds()
+    grid = space.Grid.mni(8.0)
+    xyz = grid.coords(space.brain_mask(grid))[::7]
+    subjects = {"sub-01": xyz}
+    bases = None if base is None else [MODEL_KINDS[base].example(SHAPES, subjects, seed=k) for k in range(2)]
+    model = MODEL_KINDS[kind].example(SHAPES, subjects, seed=0, bases=bases).eval()
+    rng = np.random.default_rng(0)
+    a = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    b = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    res = ex.contrast(model, a, b, subject="sub-01", resolution=8.0, n_permutations=20)
+    assert np.isfinite(res.t[res.mask]).all() and res.exact and np.isfinite(res.null_max).all()
+    assert res.mask.sum() > 10
