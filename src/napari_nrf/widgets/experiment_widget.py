@@ -130,6 +130,9 @@ class VirtualExperimentWidget(QWidget):
         install_mni_status(napari_viewer)
 
         lay = scrolling_layout(self)
+        # The plugin's seventh dock: it shrinks further than the others (the mode and the
+        # first zone still show) so that every dock open at once still fits 1920 x 1080.
+        self.scroll_area.setMinimumHeight(60)
         self.mode = QComboBox()
         self.mode.addItems([TWO_SETS, LOCALIZER])
         self.mode.currentTextChanged.connect(self._mode_changed)
