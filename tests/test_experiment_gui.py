@@ -10,16 +10,9 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    from PIL import Image
+    from _experiment_data import write_category_sets
 
-    from napari_nrf.simulate.stimuli import make_stimulus
-
-    root = tmp_path_factory.mktemp("vexp")
-    for cat in ("face", "scene", "body"):
-        (root / cat).mkdir()
-        for i in range(4):
-            Image.fromarray(make_stimulus(200 + i, seed=5, size=64, category=cat)).save(root / cat / f"{i}.png")
-    return root
+    return write_category_sets(tmp_path_factory.mktemp("vexp"), n=4, seed=5, start=200)
 
 
 def _widget(make_napari_viewer):

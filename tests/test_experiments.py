@@ -12,16 +12,6 @@ from napari_nrf import space
 from napari_nrf.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def toy_world(effect=3.0, n=12, seed=0):
     """Predictions of two sets on a 4 mm brain: A responds ``effect`` (3 SD by default) more inside a 10 mm
     sphere around the right FFA (40, -55, -20), noise elsewhere (across images)."""
@@ -84,16 +74,9 @@ def demo():
 
 @pytest.fixture(scope="module")
 def image_dirs(tmp_path_factory):
-    from PIL import Image
+    from _experiment_data import write_category_sets
 
-    from napari_nrf.simulate.stimuli import make_stimulus
-
-    root = tmp_path_factory.mktemp("sets")
-    for cat in ("face", "scene", "body"):
-        (root / cat).mkdir()
-        for i in range(3):
-            Image.fromarray(make_stimulus(100 + i, seed=3, size=64, category=cat)).save(root / cat / f"{i}.png")
-    return root
+    return write_category_sets(tmp_path_factory.mktemp("sets"))
 
 
 def test_contrast_through_the_demo_model_and_written_maps(demo, image_dirs, tmp_path):

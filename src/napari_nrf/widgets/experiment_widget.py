@@ -163,42 +163,23 @@ class VirtualExperimentWidget(QWidget):
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
-        self.resolution = QDoubleSpinBox()
-        self.resolution.setRange(0.5, 8.0)
-        self.resolution.setSingleStep(0.5)
-        self.resolution.setValue(2.0)
-        self.resolution.setSuffix(" mm")
-        form.addRow("resolution", self.resolution)
-        self.extent = QComboBox()
-        self.extent.addItems(["data", "brain", "gm"])
-        self.extent.setToolTip("data: brain voxels near the model's training voxels; brain / gm: extrapolation")
-        form.addRow("extent", self.extent)
-        self.subject = QComboBox()
-        self.subject.setToolTip("voxel-indexed models: whose voxels; Rest2Visual: whose rest map")
-        form.addRow("subject", self.subject)
-        self.correction = QComboBox()
-        self.correction.addItems(["fwe", "fdr", "none"])
-        self.correction.setToolTip("fwe: max-statistic permutations over images; fdr: Benjamini-Hochberg")
-        form.addRow("correction", self.correction)
+        self.resolution = _spin(0.5, 8.0, 0.5, 2.0, suffix=" mm")
+        self.extent = _combo(["data", "brain", "gm"],
+                             "data: brain voxels near the model's training voxels; brain / gm: extrapolation")
+        self.subject = _combo([], "voxel-indexed models: whose voxels; Rest2Visual: whose rest map")
+        self.correction = _combo(["fwe", "fdr", "none"],
+                                 "fwe: max-statistic permutations over images; fdr: Benjamini-Hochberg")
         self.permutations = QSpinBox()
         self.permutations.setRange(1, 100000)
         self.permutations.setValue(1000)
-        form.addRow("permutations", self.permutations)
-        self.alpha = QDoubleSpinBox()
-        self.alpha.setDecimals(3)
-        self.alpha.setRange(0.001, 0.5)
-        self.alpha.setSingleStep(0.01)
-        self.alpha.setValue(0.05)
-        form.addRow("alpha", self.alpha)
-        self.tail = QComboBox()
-        self.tail.addItems(list(ex.TAILS))
-        form.addRow("test", self.tail)
-        self.min_effect = QDoubleSpinBox()
-        self.min_effect.setRange(0.0, 100.0)
-        self.min_effect.setSingleStep(0.05)
-        self.min_effect.setValue(0.2)
-        self.min_effect.setToolTip("localizer: smallest effect (data units) for a voxel to get a category")
-        form.addRow("min effect", self.min_effect)
+        self.alpha = _spin(0.001, 0.5, 0.01, 0.05, decimals=3)
+        self.tail = _combo(list(ex.TAILS), "two-sided, greater (A > B) or less (A < B)")
+        self.min_effect = _spin(0.0, 100.0, 0.05, 0.2,
+                                tip="localizer: smallest effect (data units) for a voxel to get a category")
+        for label, w in (("resolution", self.resolution), ("extent", self.extent), ("subject", self.subject),
+                         ("correction", self.correction), ("permutations", self.permutations),
+                         ("alpha", self.alpha), ("test", self.tail), ("min effect", self.min_effect)):
+            form.addRow(label, w)
         lay.addLayout(form)
         self.form = form
 
@@ -220,12 +201,9 @@ class VirtualExperimentWidget(QWidget):
         self.category.currentTextChanged.connect(self._category_changed)
         show.addRow("category", self.category)
         trow = QHBoxLayout()
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setDecimals(2)
-        self.threshold.setRange(0.0, 1000.0)
-        self.threshold.setSingleStep(0.25)
+        self.threshold = _spin(0.0, 1000.0, 0.25, 0.0, tip="threshold in the map's own units (Welch t); the "
+                               "table follows it")
         self.threshold.setPrefix("t ≥ ")
-        self.threshold.setToolTip("threshold in the map's own units (Welch t); the table follows it")
         self.threshold.valueChanged.connect(self.set_threshold)
         self.reset_thr = QPushButton("corrected")
         self.reset_thr.setToolTip("back to the corrected threshold of the test")
@@ -504,6 +482,24 @@ class VirtualExperimentWidget(QWidget):
             show_error(f"napari-nrf: export failed: {exc}")
             return
         show_info(f"napari-nrf: wrote the maps and clusters.tsv to {d}")
+
+
+def _spin(lo, hi, step, value, decimals=2, suffix="", tip=""):
+    w = QDoubleSpinBox()
+    w.setDecimals(decimals)
+    w.setRange(lo, hi)
+    w.setSingleStep(step)
+    w.setValue(value)
+    w.setSuffix(suffix)
+    w.setToolTip(tip)
+    return w
+
+
+def _combo(items, tip=""):
+    w = QComboBox()
+    w.addItems(items)
+    w.setToolTip(tip)
+    return w
 
 
 def _contrast_job(model, a, b, opts, progress, *, cancel):
