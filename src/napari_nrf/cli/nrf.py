@@ -86,7 +86,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder; one <image>.nii.gz per image")
     p.add_argument("--table", action="store_true",
                    help="also write <image>_clusters.tsv beside each volume: peaks / clusters (MNI mm, size, "
-                        "region of the --atlas or the default visual areas) above --table-threshold")
+                        "region of the --atlas or the default visual areas) above --table-threshold (default: off)")
     p.add_argument("--table-threshold", type=float, default=None,
                    help="|value| for --table in the map's units (default: half the 99.5th percentile of |value|)")
     p.add_argument("--atlas", metavar="NIFTI", help="label atlas naming the regions of --table (default: the "
