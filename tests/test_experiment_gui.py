@@ -53,6 +53,17 @@ def test_contrast_run_threshold_table_goto_export(make_napari_viewer, qtbot, set
     assert np.allclose(here, [r["x_mm"], r["y_mm"], r["z_mm"]], atol=2.1)
     files = w.export(tmp_path / "out")
     assert (tmp_path / "out" / "clusters.tsv").exists() and files["thresholded"].exists()
+    # region names from any atlas opened with File > Open (a label table beside the NIfTI)
+    from napari_nrf import experiments as ex
+
+    atlas = ex.default_atlas(w.result.grid)
+    space.save_nifti(atlas.labels.astype(np.int16), atlas.grid, tmp_path / "areas.nii.gz")
+    (tmp_path / "areas.tsv").write_text("index\tname\n" + "".join(f"{k}\tmy {v}\n" for k, v in atlas.names.items()))
+    viewer.open(str(tmp_path / "areas.nii.gz"), plugin="napari-nrf")
+    w.atlas.setCurrentText("areas")
+    assert w.current_atlas() is not None
+    named = [r["region"] for r in w.rows if r["region"]]
+    assert named and all("my " in n for n in named)
 
 
 def test_localizer_labels_and_categories(make_napari_viewer, qtbot, sets):
@@ -112,3 +123,15 @@ def test_response_volume_threshold_in_sd_and_table_beside_export(make_napari_vie
     assert out.exists() and table[0].startswith("cluster\tx_mm") and len(table) >= 2
     x, y, z = (float(v) for v in table[1].split("\t")[1:4])
     assert np.allclose([x, y, z], BLOB, atol=4.1)
+
+
+def test_cancel_stops_the_experiment_without_a_layer(make_napari_viewer, qtbot, sets):
+    viewer, w = _widget(make_napari_viewer)
+    w.zone_a.add([sets / "face", sets / "body"])
+    w.zone_b.add([sets / "scene"])
+    w.resolution.setValue(1.0)  # long enough to cancel
+    w.run()
+    w.cancel()
+    qtbot.waitUntil(lambda: w.run_btn.isEnabled(), timeout=120000)
+    assert "cancelled" in w.status.text() and w.result is None
+    assert not [ly for ly in viewer.layers if ly.name.endswith("(t)")]
