@@ -153,13 +153,20 @@ def run(args) -> dict:
         }
         loc = ex.localizer_values({c: pred[rows(v)] for c, v in loc_idx.items()}, grid, mask,
                                   n_permutations=args.permutations, alpha=args.alpha, seed=args.world)
+        # The same localizer on the simulator's noiseless responses: the true preferred-category map.
+        loc_true = ex.localizer_values({c: truth[rows(v)] for c, v in loc_idx.items()}, grid, mask,
+                                       n_permutations=args.permutations, alpha=args.alpha, seed=args.world)
         r["localizer"] = {}
         for i, c in enumerate(loc.categories):
             area = area_mask(subjects, grid, mask, AREA_OF[c])
             lab_c = loc.labels == i + 1
+            true_c = loc_true.labels == i + 1
             sig_c = loc.contrasts[c].significant
             r["localizer"][c] = {"area": AREA_OF[c], "label_voxels": int(lab_c.sum()), "area_voxels": int(area.sum()),
                                  "dice_label_vs_area": dice(lab_c, area),
+                                 "true_label_voxels": int(true_c.sum()),
+                                 "dice_label_vs_true_label": dice(lab_c, true_c),
+                                 "dice_true_label_vs_area": dice(true_c, area),
                                  "dice_significant_vs_area": dice(sig_c, area),
                                  "peak_to_centre_mm": peak_distances(loc.contrasts[c].t, grid,
                                                                      centroids(subjects, AREA_OF[c]))}
@@ -188,7 +195,8 @@ def main(argv=None) -> dict:
     p.add_argument("--alpha", type=float, default=0.05, help="(default: %(default)s)")
     p.add_argument("--splits", type=int, default=100, help="null splits (default: %(default)s)")
     p.add_argument("--resolutions", type=float, nargs="+", default=[2.0, 1.0], help="(default: %(default)s)")
-    p.add_argument("--null-resolutions", type=float, nargs="+", default=[2.0, 1.0], help="(default: %(default)s)")
+    p.add_argument("--null-resolutions", type=float, nargs="*", default=[2.0, 1.0],
+                   help="resolutions of the null splits; none: skip them (default: %(default)s)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "napari-nrf" / "bench"),
                    help="where a trained world model is kept (default: %(default)s)")
     p.add_argument("--out", help="JSON file for the results")
