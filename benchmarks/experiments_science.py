@@ -108,7 +108,7 @@ def run(args) -> dict:
     loc_idx = {c: idx[c][:n] for c in AREA_OF}
     null_idx = rng.permutation(len(cats))[: 2 * n]
     desc = as_descriptors(st)
-    out = {"world": args.world, "per_set": n, "permutations": args.permutations, "splits": args.splits,
+    out = {"world": args.world, "per_set": n, "min_effect": args.min_effect, "permutations": args.permutations, "splits": args.splits,
            "n_faces": int(len(faces)), "n_others": int(len(others)),
            "localizer_sizes": {c: int(len(v)) for c, v in loc_idx.items()}}
     for res in args.resolutions:
@@ -152,10 +152,12 @@ def run(args) -> dict:
                 grid.index_to_world(np.unravel_index(np.nanargmax(c_model.t), grid.shape))[None])[0],
         }
         loc = ex.localizer_values({c: pred[rows(v)] for c, v in loc_idx.items()}, grid, mask,
-                                  n_permutations=args.permutations, alpha=args.alpha, seed=args.world)
+                                  min_effect=args.min_effect, n_permutations=args.permutations, alpha=args.alpha,
+                                  seed=args.world)
         # The same localizer on the simulator's noiseless responses: the true preferred-category map.
         loc_true = ex.localizer_values({c: truth[rows(v)] for c, v in loc_idx.items()}, grid, mask,
-                                       n_permutations=args.permutations, alpha=args.alpha, seed=args.world)
+                                       min_effect=args.min_effect, n_permutations=args.permutations,
+                                       alpha=args.alpha, seed=args.world)
         r["localizer"] = {}
         for i, c in enumerate(loc.categories):
             area = area_mask(subjects, grid, mask, AREA_OF[c])
@@ -193,6 +195,8 @@ def main(argv=None) -> dict:
     p.add_argument("--per-set", type=int, default=50, help="images per set (default: %(default)s)")
     p.add_argument("--permutations", type=int, default=1000, help="(default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.05, help="(default: %(default)s)")
+    p.add_argument("--min-effect", type=float, default=0.2,
+                   help="the localizer's smallest effect for a label, data units (default: %(default)s)")
     p.add_argument("--splits", type=int, default=100, help="null splits (default: %(default)s)")
     p.add_argument("--resolutions", type=float, nargs="+", default=[2.0, 1.0], help="(default: %(default)s)")
     p.add_argument("--null-resolutions", type=float, nargs="*", default=[2.0, 1.0],
