@@ -81,7 +81,8 @@ def image_dirs(tmp_path_factory):
 
 def test_contrast_through_the_demo_model_and_written_maps(demo, image_dirs, tmp_path):
     model, path = demo
-    res = ex.contrast(model, image_dirs / "face", str(image_dirs / "scene" / "*.png"), resolution=4.0,
+    (tmp_path / "faces.txt").write_text("# set A\n" + "".join(f"{p}\n" for p in sorted((image_dirs / "face").iterdir())))
+    res = ex.contrast(model, tmp_path / "faces.txt", str(image_dirs / "scene" / "*.png"), resolution=4.0,
                       n_permutations=50, label_a="faces", label_b="scenes")
     assert res.t.shape == space.Grid.mni(4.0).shape and res.exact  # C(6, 3) = 20 <= 50: enumerated
     assert res.names_a[0].endswith("0.png") and res.name == "faces - scenes"

@@ -57,8 +57,9 @@ class ExperimentCancelled(Cancelled):
 def image_set(spec, label: str = "A") -> tuple[list, list[str]]:
     """Images of one set and their names.
 
-    ``spec``: a folder (its image files), a glob pattern (``"faces/*.png"``), a list of
-    files, folders or patterns, a (B, H, W, 3) array or a list of (H, W, 3) arrays.
+    ``spec``: a folder (its image files), a glob pattern (``"faces/*.png"``), a text file
+    listing image paths (``.txt``/``.lst``, one per line, relative to the list's folder), a
+    list of any of these, a (B, H, W, 3) array or a list of (H, W, 3) arrays.
     Returns ``(images, names)``: paths (str) or arrays, and one display name per image.
     Raises :class:`ExperimentError` naming the set for an empty set or a missing file.
     """
@@ -89,6 +90,8 @@ def image_set(spec, label: str = "A") -> tuple[list, list[str]]:
             paths += hits
         elif not Path(s).exists():
             raise ExperimentError(f"set {label}: {s} does not exist")
+        elif Path(s).suffix.lower() in LIST_SUFFIXES:
+            paths += _list_file(Path(s), label)
         else:
             paths.append(s)
     try:
@@ -98,6 +101,27 @@ def image_set(spec, label: str = "A") -> tuple[list, list[str]]:
     if not files:
         raise ExperimentError(f"set {label} is empty: no image files in {', '.join(map(str, items))}")
     return files, [str(f) for f in files]
+
+
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def _list_file(path: Path, label: str) -> list[str]:
+    """The image paths listed in a text file, one per line (relative to the file's folder;
+    blank lines and ``#`` comments skipped)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"set {label}: cannot read the list {path} ({exc})") from None
+    out = []
+    for ln in lines:
+        ln = ln.strip()
+        if ln and not ln.startswith("#"):
+            p = Path(ln) if Path(ln).is_absolute() else path.parent / ln
+            if not p.exists():
+                raise ExperimentError(f"set {label}: {p} (listed in {path.name}) does not exist")
+            out.append(str(p))
+    return out
 
 
 def category_sets(folder) -> dict[str, list[str]]:

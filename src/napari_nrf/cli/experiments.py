@@ -54,9 +54,9 @@ def register(sub) -> None:
                                    "peak / cluster table.", epilog=CONTRAST_EXAMPLE, formatter_class=fmt)
     p.add_argument("model", help="model bundle (.safetensors) that predicts a volume per image")
     p.add_argument("--a", nargs="+", required=True, metavar="IMAGES",
-                   help="set A: folders, image files or glob patterns (quote them)")
+                   help="set A: folders, image files, glob patterns (quote them) or .txt lists of image paths")
     p.add_argument("--b", nargs="+", required=True, metavar="IMAGES",
-                   help="set B: folders, image files or glob patterns (quote them)")
+                   help="set B: folders, image files, glob patterns (quote them) or .txt lists of image paths")
     p.add_argument("--tail", choices=["two-sided", "greater", "less"], default="two-sided",
                    help="two-sided, greater (A > B) or less (A < B) (default: %(default)s)")
     p.add_argument("--label-a", default="A", help="name of set A in the maps and tables (default: %(default)s)")
