@@ -91,6 +91,13 @@ def register(sub) -> None:
     p.add_argument("--names", choices=["bids", "plain"], default="bids",
                    help="file names: bids (space-MNI152NLin6Asym_res-2mm_desc-<image>_response.nii.gz, a BIDS "
                         "derivative) or plain (<image>.nii.gz, the earlier names) (default: %(default)s)")
+    p.add_argument("--table", action="store_true",
+                   help="also write <volume>_clusters.tsv beside each volume: peaks / clusters (MNI mm, size, "
+                        "region of the --atlas or the default visual areas) above --table-threshold (default: off)")
+    p.add_argument("--table-threshold", type=float, default=None,
+                   help="|value| for --table in the map's units (default: half the 99.5th percentile of |value|)")
+    p.add_argument("--atlas", metavar="NIFTI", help="label atlas naming the regions of --table (default: the "
+                                                     "simulator's visual areas at published centroids)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--devices", metavar="LIST",
                    help="spread the images over these devices, one worker each: cuda:0,cuda:1 or cpu,cpu "
@@ -323,6 +330,11 @@ def _query(args) -> int:
 
         print(f"note: --subject {args.subject} is ignored: this model is one field over MNI space, "
               "the same for every subject", file=sys.stderr)
+    atlas = None
+    if args.atlas:
+        from napari_nrf.experiments import load_atlas
+
+        atlas = load_atlas(args.atlas)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sq = ShardedQuery(model, devices, batch_images=args.batch_images,
@@ -333,6 +345,10 @@ def _query(args) -> int:
                               mask=mask_spec if isinstance(mask_spec, str) else "none",
                               outside="0" if args.outside == "0" else "NaN")
         dst = write_volume(out / names[i], vol, grid, side)
+        if args.table:
+            from napari_nrf.experiments import write_map_table
+
+            write_map_table(vol, grid, dst, threshold=args.table_threshold, atlas=atlas)
         tqdm.write(f"{images[i]} -> {dst}  grid {grid.shape} at {args.resolution:g} mm")
 
     with tqdm(total=len(images), unit="img", desc="query" + (f" on {len(devices)} devices" if len(devices) > 1

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout, QLabel,
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QSlider, QWidget)
 
 from napari_nrf import space
@@ -178,7 +178,20 @@ class ResponseVolumeWidget(QWidget):
         self.threshold.setValue(20)
         self.threshold.setToolTip("hide |value| below this percentage of the colour limit")
         self.threshold.valueChanged.connect(lambda v: self.set_threshold(v / 100))
-        disp.addRow("threshold", self.threshold)
+        # The same threshold in the map's own units (SD for z-scored responses), as nilearn
+        # and FSLeyes users set it; the table written beside an export uses it.
+        self.threshold_units = QDoubleSpinBox()
+        self.threshold_units.setRange(0.0, 1000.0)
+        self.threshold_units.setDecimals(2)
+        self.threshold_units.setSingleStep(0.1)
+        self.threshold_units.setSuffix(" SD")
+        self.threshold_units.setSpecialValueText("% only")
+        self.threshold_units.setToolTip("hide |value| below this, in the map's units; 0: use the percentage")
+        self.threshold_units.valueChanged.connect(self.set_threshold_units)
+        trow = QHBoxLayout()
+        trow.addWidget(self.threshold, 1)
+        trow.addWidget(self.threshold_units)
+        disp.addRow("threshold", trow)
         self.opacity = QSlider(Qt.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(90)
@@ -522,7 +535,15 @@ class ResponseVolumeWidget(QWidget):
         md = dict((layer.metadata or {}).get(META) or {})
         md["outside"] = outside or self.settings.outside.value
         meta = {"metadata": {META: md}, "name": layer.name, "scale": layer.scale, "translate": layer.translate}
-        return Path(write_image(str(path), layer.data, meta)[0])
+        out = Path(write_image(str(path), layer.data, meta)[0])
+        # The peak / cluster table beside it, above the threshold shown (map units).
+        from napari_nrf.experiments import write_map_table
+
+        vol = md.get("volume")
+        if vol is not None and md.get("grid") is not None:
+            thr = float(md.get("threshold", 0.2)) * float(abs(layer.contrast_limits[1]))
+            write_map_table(np.asarray(vol), md["grid"], out, threshold=thr)
+        return out
 
     def _export_clicked(self):
         from napari.utils.notifications import show_error, show_info
@@ -555,6 +576,18 @@ class ResponseVolumeWidget(QWidget):
         for layer in self.response_layers():
             layer.colormap = cold_hot(frac)
             layer.metadata[META]["threshold"] = float(frac)
+
+    def set_threshold_units(self, value: float):
+        """Hide |value| below ``value`` in the map's own units (SD) on every response layer;
+        0 goes back to the percentage slider."""
+        if value <= 0:
+            self.set_threshold(self.threshold.value() / 100)
+            return
+        for layer in self.response_layers():
+            limit = float(abs(layer.contrast_limits[1])) or 1.0
+            frac = min(0.999, float(value) / limit)
+            layer.colormap = cold_hot(frac)
+            layer.metadata[META]["threshold"] = frac
 
     def set_opacity(self, value: float):
         for layer in self.response_layers():
