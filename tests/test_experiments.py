@@ -190,7 +190,9 @@ def test_query_table_writes_clusters_beside_each_volume(demo, image_dirs, tmp_pa
     rc = main(["query", str(path), str(image_dirs / "face" / "0.png"), "--resolution", "4", "--table",
                "--out", str(tmp_path)])
     assert rc == 0
-    rows = (tmp_path / "0_clusters.tsv").read_text().splitlines()
+    tables = sorted(tmp_path.glob("*_clusters.tsv"))  # beside the volume, whatever --names chose
+    assert [t.name for t in tables] == ["space-MNI152NLin6Asym_res-4mm_desc-0_response_clusters.tsv"]
+    rows = tables[0].read_text().splitlines()
     assert rows[0].split("\t")[:5] == ["cluster", "x_mm", "y_mm", "z_mm", "peak_value"] and len(rows) > 1
 
 

@@ -11,13 +11,10 @@ import sys
 from pathlib import Path
 
 CONTRAST_EXAMPLE = """example:
-  napari-nrf contrast model.safetensors --a faces/ --b "places/*.jpg" --out faces_vs_places/
-  (writes effect, stat, z and thresholded .nii.gz with .json sidecars, and clusters.tsv)"""
+  napari-nrf contrast model.safetensors --a faces/ --b "places/*.jpg" --out faces_vs_places/"""
 
 LOCALIZER_EXAMPLE = """example:
-  napari-nrf localizer model.safetensors categories/ --out localizer/
-  (categories/ holds one sub-folder of images per category, e.g. faces/, bodies/, scenes/;
-  writes one contrast folder per category and labels.nii.gz, the preferred category)"""
+  napari-nrf localizer model.safetensors categories/ --out localizer/"""
 
 MAPS = ("effect.nii.gz", "stat.nii.gz", "z.nii.gz", "thresholded.nii.gz", "clusters.tsv")
 
@@ -51,7 +48,7 @@ def register(sub) -> None:
     p = sub.add_parser("contrast", help="where do two image sets differ? effect, Welch t, FWE/FDR threshold, clusters",
                        description="Contrast two image sets through an encoding model (images are the random "
                                    "effect): MNI maps of the effect, Welch t and z, the thresholded map and a "
-                                   "peak / cluster table.", epilog=CONTRAST_EXAMPLE, formatter_class=fmt)
+                                   "peak / cluster table (clusters.tsv); NIfTI maps with .json sidecars.", epilog=CONTRAST_EXAMPLE, formatter_class=fmt)
     p.add_argument("model", help="model bundle (.safetensors) that predicts a volume per image")
     p.add_argument("--a", nargs="+", required=True, metavar="IMAGES",
                    help="set A: folders, image files, glob patterns (quote them) or .txt lists of image paths")
@@ -68,7 +65,7 @@ def register(sub) -> None:
                        description="A category localizer: FOLDER holds one sub-folder of images per category; "
                                    "each category is contrasted with all the others (one-sided) and every voxel "
                                    "is labelled with its preferred category where the effect is large enough "
-                                   "and significant.", epilog=LOCALIZER_EXAMPLE, formatter_class=fmt)
+                                   "and significant; writes one contrast folder per category and labels.nii.gz.", epilog=LOCALIZER_EXAMPLE, formatter_class=fmt)
     p.add_argument("model", help="model bundle (.safetensors) that predicts a volume per image")
     p.add_argument("folder", help="folder with one sub-folder of images per category (at least two, 2+ images each)")
     p.add_argument("--min-effect", type=float, default=0.2,
