@@ -666,8 +666,12 @@ def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str =
     A demo model on a few virtual subjects (a few hundred images, 4-6 mm voxels) trains in
     a minute or two on a laptop CPU with ``epochs=10``.
     """
+    from napari_nrf.guards import check_model_memory
     from napari_nrf.models.nrf import build_nrf
 
+    sizes = ", ".join(f"{k} {v}" for k, v in (model_overrides or {}).items()) or "the preset's sizes"
+    check_model_memory(lambda: build_nrf(backbone, preset, backbone_config=backbone_config, **(model_overrides or {})),
+                       f"an NRF of preset {preset} with {sizes}")
     model = build_nrf(backbone, preset, backbone_config=backbone_config, seed=fit_kwargs.get("seed", 0),
                       **(model_overrides or {}))
     hist = fit(model, list(train_sets), **fit_kwargs)

@@ -380,6 +380,10 @@ class EncodingModel(nn.Module):
             c = tensors[key]
             if c.ndim != 2 or c.shape[1] != 3 or not bool(torch.isfinite(c).all()):
                 raise BundleError(f"tensor {key}: subject coordinates must be finite (N, 3) MNI mm, got {tuple(c.shape)}")
+            nv = info.get("n_voxels", c.shape[0])
+            if not isinstance(nv, int) or isinstance(nv, bool) or nv != c.shape[0]:
+                raise BundleError(f"metadata field 'subjects.{s}.n_voxels' is {nv!r}, the tensor {key} holds "
+                                  f"{c.shape[0]} voxels")
             model.subjects[s] = c.numpy()
         model.metrics = meta.get("metrics", {})
         model.provenance = meta.get("provenance", {})
