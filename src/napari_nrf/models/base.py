@@ -441,11 +441,14 @@ def load_model(path, device="cpu", kind: str | None = None) -> EncodingModel:
         raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}, expected {kind!r}")
     if k not in MODEL_KINDS:
         raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}; known kinds: {sorted(MODEL_KINDS)}")
-    tensors, meta = load_bundle(path)
+    tensors, meta = load_bundle(path, verify=False)
     bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:  # NaN weights would give all-NaN volumes "successfully"
         raise BundleError(f"{Path(path).name}: tensor(s) {', '.join(sorted(bad)[:5])} hold NaN or infinite values "
                           "(a damaged file or a diverged training); refused")
+    from .bundle import check_integrity
+
+    check_integrity(Path(path), tensors, meta)  # a flipped bit, a relabelled dtype, a changed shape
     try:
         model = MODEL_KINDS[k].from_bundle(tensors, meta)
     except BundleError as exc:
