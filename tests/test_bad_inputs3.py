@@ -592,8 +592,12 @@ def test_full_disk_noticed_before_training(files, tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(guards, "free_disk", lambda path: 1 << 20)
     out = tmp_path / "m.safetensors"
-    rc = main(["train", str(files / "sub-01.h5"), "--out", str(out), "--preset", "tiny", "--steps", "2"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        rc = main(["train", str(files / "sub-01.h5"), "--out", str(out), "--preset", "tiny", "--steps", "2",
+                   "--cache", str(tmp_path / "cache")])
     assert rc == 2 and "the training's checkpoints and model: needs about" in _err_line(capsys)
+    assert not [w for w in seen if "feature cache" in str(w.message)]  # refused before any feature
     assert not out.exists() and not list(tmp_path.glob("*.ckpt"))
 
 

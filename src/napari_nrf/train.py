@@ -352,6 +352,14 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         if len(r) >= 3:
             check_finite(rs.get_responses(r), f"responses of {rs.subject} (validation rows)", r)
 
+    if checkpoint_dir is not None and main:
+        from napari_nrf.guards import check_free_disk
+
+        # Checkpoint (weights + two Adam moments), best weights and the final bundle: a
+        # full disk is refused now, not after the features, an epoch or the whole training.
+        n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        check_free_disk(Path(checkpoint_dir) / CHECKPOINT, 5 * n_bytes, "the training's checkpoints and model")
+
     # Features of every image, once (frozen backbone).
     def feats_for(sets, given, what):
         out = []
@@ -410,12 +418,6 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
     best_r = float("nan")  # best validation median r so far (restored on resume)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None:
-        from napari_nrf.guards import check_free_disk
-
-        # Checkpoint (weights + two Adam moments), best weights and the final bundle: a
-        # full disk is refused now, not after the first epoch or the whole training.
-        n_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
-        check_free_disk(ckdir / CHECKPOINT, 5 * n_bytes, "the training's checkpoints and model")
         ckdir.mkdir(parents=True, exist_ok=True)
         ck = ckdir / CHECKPOINT
         if resume and ck.exists():
