@@ -702,3 +702,23 @@ def test_error_line_starts_after_a_progress_bar(tmp_path, capsys, monkeypatch):
     assert rc == 2
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if "a failure half way" in ln]
     assert lines and all(ln.startswith("napari-nrf simulate: error:") for ln in lines), err
+
+
+def test_enospc_in_any_atomic_write_is_one_line(tmp_path, monkeypatch):
+    from napari_nrf import space
+    from napari_nrf.guards import ResourceError
+
+    grid = space.Grid((4, 4, 4), (0, 0, 0), (2, 2, 2))
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    import nibabel
+
+    def to_full(img, filename):  # the bytes go to /dev/full: ENOSPC from the kernel itself
+        with open("/dev/full", "wb") as f:
+            f.write(img.to_bytes())
+            f.flush()
+
+    monkeypatch.setattr(nibabel, "save", to_full)
+    with pytest.raises(ResourceError, match="v.nii.gz: the disk is full"):
+        space.save_nifti(np.zeros((4, 4, 4), np.float32), grid, tmp_path / "v.nii.gz")
+    assert list(tmp_path.iterdir()) == []

@@ -107,6 +107,13 @@ def atomic_write(path, mode: str = "wb", tmp_name: str | None = None, share: boo
         if share and tmp.exists():
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        from napari_nrf.guards import ResourceError, is_disk_full
+
+        if isinstance(exc, NapariNRFError) or not is_disk_full(exc):
+            raise
+        raise ResourceError(f"writing {path}: the disk is full (no space left on {path.parent}); nothing was "
+                            "kept; free some space and run again") from None
     finally:
         if tmp.exists():
             tmp.unlink()
