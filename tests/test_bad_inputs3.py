@@ -181,7 +181,7 @@ def test_exif_orientation_is_applied(tmp_path):
     assert image_hash(shown) != image_hash(plain)  # so the feature cache keys differ too
 
 
-@pytest.mark.parametrize("reader", ["image", "bundle", "response set", "nifti", "events", "film"])
+@pytest.mark.parametrize("reader", ["image", "bundle", "response set", "nifti", "events", "film", "confounds"])
 def test_fifo_named_like_an_input_is_refused_not_read(tmp_path, reader):
     from napari_nrf import space
     from napari_nrf.data.nifti_import import read_events
@@ -189,8 +189,9 @@ def test_fifo_named_like_an_input_is_refused_not_read(tmp_path, reader):
     from napari_nrf.features import load_image_file
     from napari_nrf.models.bundle import read_metadata
     from napari_nrf.movie.video import film_info
+    from napari_nrf.restmap import read_confounds
 
-    name, fn = {"image": ("x.png", load_image_file), "bundle": ("m.safetensors", read_metadata),
+    name, fn = {"confounds": ("c.tsv", lambda p: read_confounds(p, 40)),"image": ("x.png", load_image_file), "bundle": ("m.safetensors", read_metadata),
                 "response set": ("s.h5", ResponseSet.load), "nifti": ("b.nii.gz", space.load_nifti),
                 "events": ("e.csv", read_events), "film": ("f.mp4", film_info)}[reader]
     p = tmp_path / name
