@@ -10,5 +10,12 @@ from pathlib import Path
 
 
 def default_cache_dir() -> Path:
-    """``$NAPARI_NRF_CACHE`` or ``~/.cache/napari-nrf``."""
-    return Path(os.environ.get("NAPARI_NRF_CACHE") or Path.home() / ".cache" / "napari-nrf")
+    """``$NAPARI_NRF_CACHE``, else the platform's user cache folder (``platformdirs``:
+    ``~/.cache/napari-nrf`` on Linux, ``~/Library/Caches/napari-nrf`` on macOS,
+    ``%LOCALAPPDATA%\\napari-nrf\\Cache`` on Windows)."""
+    env = os.environ.get("NAPARI_NRF_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-nrf", appauthor=False))

@@ -48,6 +48,46 @@ def _umask() -> int:
     return m
 
 
+def remove_stale_tmp(path, min_age_s: float = 5.0) -> list[Path]:
+    """Remove the temporary files that killed writers of ``path`` left behind
+    (``.<name>.tmp<pid>...`` of a process no longer running, older than ``min_age_s``), so
+    a rerun or a resume neither trips over nor keeps them. Returns what was removed."""
+    import re
+    import time
+
+    path = Path(path)
+    removed = []
+    try:
+        cands = list(path.parent.glob(f".{glob_escape(path.name)}.tmp*"))
+    except OSError:
+        return removed
+    for c in cands:
+        m = re.match(r"\.tmp(\d+)", c.name[len(path.name) + 1:])
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its writer still runs
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            if time.time() - c.stat().st_mtime >= min_age_s:
+                c.unlink()
+                removed.append(c)
+        except OSError:
+            pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters escaped."""
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", tmp_name: str | None = None, share: bool = True):
     """Write ``path`` atomically: yields a temporary path in the same folder (``mode=None``)
@@ -56,6 +96,7 @@ def atomic_write(path, mode: str = "wb", tmp_name: str | None = None, share: boo
     and h5py create 0600 files; outputs are meant to be shared like any file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)  # a killed earlier writer's leftovers
     tmp = path.with_name(tmp_name or f".{path.name}.tmp{os.getpid()}")
     try:
         if mode is None:
@@ -66,6 +107,13 @@ def atomic_write(path, mode: str = "wb", tmp_name: str | None = None, share: boo
         if share and tmp.exists():
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        from napari_nrf.guards import ResourceError, is_disk_full
+
+        if isinstance(exc, NapariNRFError) or not is_disk_full(exc):
+            raise
+        raise ResourceError(f"writing {path}: the disk is full (no space left on {path.parent}); nothing was "
+                            "kept; free some space and run again") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -123,7 +171,10 @@ def _same_path(a: Path, b: Path) -> bool:
             return os.path.samefile(a, b)
     except OSError:
         pass
-    return a.resolve() == b.resolve()
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop: compared as written (the reader refuses it)
+        return a.absolute() == b.absolute()
 
 
 def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--out", folder: bool = False,
@@ -164,11 +215,12 @@ def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--out", 
     return p
 
 
-def check_outputs_in(folder, names, inputs=(), overwrite: bool = False, flag: str = "--out") -> Path:
+def check_outputs_in(folder, names, inputs=(), overwrite: bool = False, flag: str = "--out",
+                     replaceable=None) -> Path:
     """:func:`check_output` for a folder output and the files ``names`` to be written in it."""
     folder = check_output(folder, inputs, overwrite=True, flag=flag, folder=True)
     for n in names:
-        check_output(folder / n, inputs, overwrite=overwrite, flag=flag)
+        check_output(folder / n, inputs, overwrite=overwrite, flag=flag, replaceable=replaceable)
     return folder
 
 

@@ -261,5 +261,7 @@ def format_table(reports: list[dict]) -> str:
 
 def write_json(obj, path) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2,
+    from napari_nrf.guards import json_safe
+
+    return write_text_atomic(path, json.dumps(json_safe(obj), indent=2,
                                               default=lambda o: o.item() if hasattr(o, "item") else str(o)))

@@ -105,6 +105,35 @@ def _pid_alive(pid) -> bool:
         return True
 
 
+def _stat_of(path) -> list | None:
+    """[size, mtime_ns] of an output file, or None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def foreign_outputs(spec: dict, state: dict) -> list[str]:
+    """The job's outputs that exist but that this job did not write (by its own record
+    ``state["written"]`` of each output's size and time), when it may not replace
+    existing files (submitted without ``overwrite``): replacing them would destroy
+    another job's or the user's file."""
+    if spec.get("overwrite"):
+        return []
+    written = state.get("written") or {}
+    return [o for o in spec.get("outputs", []) if _stat_of(o) is not None and written.get(o) != _stat_of(o)]
+
+
+def _owner_alive(spec: dict, state: dict) -> bool:
+    """True when the process that submitted (or last resumed) the job still runs here:
+    only that process starts the job, since a job is its starter's child and ends with it."""
+    owner = state.get("owner") or spec.get("submitter") or {}
+    if not owner or owner.get("host") != socket.gethostname():
+        return False
+    return owner.get("pid") != os.getpid() and _pid_alive(owner.get("pid"))
+
+
 def _same_device(a: str, b: str) -> bool:
     norm = {"cuda": "cuda:0", "gpu": "cuda:0", "mps": "mps:0"}
     return norm.get(a, a) == norm.get(b, b)
@@ -223,9 +252,14 @@ def _child_main(job_dir: str, resume: bool = False) -> dict:
 
             torch.set_num_threads(int(spec["threads"]))
         ctx = JobContext(jd, device=spec.get("device", "cpu"), resume=resume)
+        before = {o: _stat_of(o) for o in spec.get("outputs", [])}
         try:
             if ctx.cancelled():
                 raise JobCancelled()
+            foreign = foreign_outputs(spec, state)
+            if foreign:
+                raise JobError(f"the output {foreign[0]} exists and this job did not write it (another job or "
+                               "process did); it is kept. Submit again with --overwrite to replace it")
             fn = _resolve_target(spec["target"])
             result = fn(ctx, **spec.get("kwargs", {}))
             state.update(state="done", result=result if isinstance(result, dict) else {"value": result})
@@ -244,6 +278,13 @@ def _child_main(job_dir: str, resume: bool = False) -> dict:
         # Keep what the parent wrote meanwhile (pid, attempt), add the outcome.
         final = _read_json(jd / "state.json", {})
         final.update({k: state[k] for k in ("state", "result", "error") if k in state})
+        # The job's own record of what it wrote: a resume may replace these, nothing else.
+        written = dict(final.get("written") or {})
+        for o, st0 in before.items():
+            now = _stat_of(o)
+            if now is not None and now != st0:
+                written[o] = now
+        final["written"] = written
         final.update(ended=_now(), pid=None)
         if final.get("state") == "done":
             final.pop("exitcode", None)
@@ -423,18 +464,33 @@ class JobManager:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         job_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
         d = self.root / job_id
-        d.mkdir(parents=True)
-        spec = {"target": target, "kwargs": kwargs, "name": name or target.split(":")[-1], "device": device,
-                "outputs": outs, "protected": sorted(prot), "created": _now(), "threads": threads,
-                "group": group, "backend": self.backend}
-        if self.backend == "submitit":  # where the job runs is the job's: resume requeues it there
-            spec["submitit_params"] = self.submitit_params
-        _write_json(d / "spec.json", spec)
-        _write_json(d / "state.json", {"state": "queued", "attempt": 0, "resume": False})
+        with self._lock():  # the check of other jobs' claims and this job's claim are one step
+            self._check_claims(outs)
+            d.mkdir(parents=True)
+            spec = {"target": target, "kwargs": kwargs, "name": name or target.split(":")[-1], "device": device,
+                    "outputs": outs, "protected": sorted(prot), "created": _now(), "threads": threads,
+                    "group": group, "backend": self.backend, "overwrite": bool(overwrite),
+                    "submitter": {"pid": os.getpid(), "host": socket.gethostname()}}
+            if self.backend == "submitit":  # where the job runs is the job's: resume requeues it there
+                spec["submitit_params"] = self.submitit_params
+            _write_json(d / "spec.json", spec)
+            _write_json(d / "state.json", {"state": "queued", "attempt": 0, "resume": False})
         job = Job(d)
         if start:
             self.poll()
         return job
+
+    def _check_claims(self, outputs, job_id: str | None = None) -> None:
+        """Refuse outputs that a queued, running or interrupted job (other than ``job_id``)
+        will write: two jobs never race for one file. Call under :meth:`_lock`."""
+        mine = set(outputs)
+        for other in self.jobs():
+            if other.id == job_id or other.status in FINAL:
+                continue
+            clash = mine & set(other.outputs)
+            if clash:
+                raise JobError(f"the output {sorted(clash)[0]} is claimed by job {other.id} ({other.status}); "
+                               "choose another output, or wait for that job (or cancel it) first")
 
     def run_inline(self, job_id: str, threads: int | None = None) -> Job:
         """Run a queued job in this process (no child; ``napari-nrf finetune --inline``)
@@ -451,17 +507,10 @@ class JobManager:
     @contextlib.contextmanager
     def _lock(self):
         """Exclusive lock on the queue (several managers may share a root: napari + CLI)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: one manager per root
+        from filelock import FileLock
+
+        with FileLock(str(self.root / ".queue.lock")):
             yield
-            return
-        with open(self.root / ".queue.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _is_alive(self, job: Job, st: dict) -> bool:
         p = self._procs.get(job.id)
@@ -534,6 +583,8 @@ class JobManager:
                 if st.get("state") != "queued":
                     continue
                 cluster_job = job.spec.get("backend") == "submitit"  # the cluster schedules it
+                if not cluster_job and _owner_alive(job.spec, st):
+                    continue  # its submitter starts it: a child of ours would end when we exit
                 if not cluster_job and sum(_same_device(job.device, b) for b in busy) >= self.max_per_device:
                     continue
                 self._start(job, bool(st.get("resume")))
@@ -615,9 +666,16 @@ class JobManager:
             st = job.state
             if st.get("state") not in ("interrupted", "failed", "cancelled"):
                 raise JobError(f"job {job.id} is {st.get('state')}; only interrupted, failed or cancelled jobs resume")
+            foreign = foreign_outputs(job.spec, st)
+            if foreign:
+                raise JobError(f"job {job.id}: its output {foreign[0]} exists and this job did not write it (another "
+                               "job or process did); resuming would replace it. Move that file away first, or "
+                               "submit a new job with --overwrite")
+            self._check_claims(job.outputs, job.id)
             with contextlib.suppress(FileNotFoundError):
                 (job.dir / "cancel").unlink()
-            st.update(state="queued", resume=True, error=None)
+            st.update(state="queued", resume=True, error=None,
+                      owner={"pid": os.getpid(), "host": socket.gethostname()})
             _write_json(job.dir / "state.json", st)
         if start:
             self.poll()

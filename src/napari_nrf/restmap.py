@@ -108,10 +108,14 @@ def read_confounds(confounds, n_volumes: int) -> np.ndarray | None:
     if confounds is None:
         return None
     if isinstance(confounds, (str, Path)):
+        from napari_nrf.guards import read_text_table
+
         p = Path(confounds)
         if not p.exists():
             raise FileNotFoundError(f"confounds file not found: {p}")
-        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in read_text_table(p, "--confounds").splitlines() if ln.strip()]
+        if len(lines) < 2:
+            raise RestMapError(f"{p.name}: a confounds table needs a header row and one row per volume")
         sep = "\t" if "\t" in lines[0] else ","
         rows = []
         for i, ln in enumerate(lines[1:], start=2):
@@ -557,7 +561,13 @@ def load_rest_map(path, grid: space.Grid | None = None) -> tuple[np.ndarray, spa
     if vol.ndim != 3:
         raise RestMapError(f"{Path(path).name}: a rest map is a 3D volume, got shape {vol.shape} "
                            "(a BOLD run? make its map with napari-nrf rest-map)")
-    vol = np.nan_to_num(vol, nan=0.0, posinf=0.0, neginf=0.0)
+    finite = np.isfinite(vol)
+    if not finite.any():
+        raise RestMapError(f"{Path(path).name}: every value of the rest map is NaN or infinite; it carries no map")
+    vol = np.where(finite, vol, 0.0).astype(np.float32)
+    if not np.any(vol != 0) or float(np.nanstd(vol[finite])) == 0.0:
+        raise RestMapError(f"{Path(path).name}: the rest map is constant ({float(vol[finite].flat[0]):g} everywhere); "
+                           "it carries no map (an empty or failed rest-map output?)")
     if grid is not None and g != grid:
         vol = space.resample(vol, g, grid, order=1, cval=0.0).astype(np.float32)
         g = grid

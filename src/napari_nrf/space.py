@@ -369,10 +369,22 @@ def roi_mask(grid: Grid, labels, values=None, assume_mni: bool = False) -> np.nd
     ``values``: label values to keep (default: every non-zero label).
     """
     data, src = load_nifti(labels, assume_mni=assume_mni)
-    lab = resample(np.asarray(data), src, grid, order=0)
-    if values is None:
-        return lab != 0
-    return np.isin(lab, np.atleast_1d(values))
+    where = labels if isinstance(labels, (str, os.PathLike)) else "the mask"
+    data = np.asarray(data)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise SpaceError(f"{where}: a mask or label image is 3D, got shape {data.shape}; give one volume")
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.any():
+            raise SpaceError(f"{where}: every value of the mask is NaN or infinite; it selects nothing")
+        data = np.where(finite, data, 0)  # NaN means "not in the mask", never "in it"
+    lab = resample(data, src, grid, order=0)
+    keep = lab != 0 if values is None else np.isin(lab, np.atleast_1d(values))
+    if values is None and not keep.any():
+        raise SpaceError(f"{where}: the mask selects no voxel of the {grid.shape} grid")
+    return keep
 
 
 def resolve_mask(spec, grid: Grid) -> np.ndarray | None:
@@ -415,6 +427,17 @@ def _canonical_array(img) -> tuple[np.ndarray, Grid]:
     return data, Grid(can.shape[:3], aff[:3, 3], np.diag(lin))
 
 
+# What nibabel raises when a NIfTI's data end early or are damaged (gzip's EOFError and
+# zlib.error, "Whoops, not enough data in file" as an OSError/ValueError).
+_TRUNCATED = (EOFError, OSError, ValueError, __import__("zlib").error)
+
+
+def truncated_message(path, exc) -> str:
+    """One line for a NIfTI whose data cannot be read (truncated or damaged)."""
+    return (f"{path}: the NIfTI data are truncated or damaged ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:100]}); copy the file again")
+
+
 def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
     """Read a NIfTI (path or nibabel image) in MNI space as ``(data, grid)``.
 
@@ -429,15 +452,25 @@ def load_nifti(img, assume_mni: bool = False) -> tuple[np.ndarray, Grid]:
     if isinstance(img, (str, os.PathLike)):
         path = Path(img)
         where = str(path)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise FileNotFoundError(f"NIfTI file not found: {path}")
+        from napari_nrf.guards import check_regular_file
+
+        check_regular_file(path, "NIfTI")
         try:
             img = nib.load(str(path))
         except Exception as exc:  # nibabel raises several types for bad files
             raise SpaceError(f"could not read {path} as NIfTI: {exc}") from exc
     if not assume_mni:
         _check_xform(img, where)
-    data, grid = _canonical_array(img)
+    try:
+        data, grid = _canonical_array(img)
+    except SpaceError:
+        raise
+    except _TRUNCATED as exc:  # the header was fine, the data end early or are damaged
+        raise SpaceError(truncated_message(where, exc)) from None
+    if data.dtype.kind == "c":
+        raise SpaceError(f"{where}: complex-valued data; give real (magnitude or real part) volumes")
     lo, hi = grid.extent
     if not assume_mni and (np.any(hi < MNI_BOX_MIN - 40) or np.any(lo > MNI_BOX_MAX + 40)):
         raise SpaceError(
@@ -512,7 +545,9 @@ def save_nifti(volume: np.ndarray, grid: Grid, path, dtype=None, description: st
         nib.save(to_nifti(volume, grid, dtype=dtype, description=description, intent=intent,
                           intent_name=intent_name), str(tmp))
     if sidecar is not None:
-        write_text_atomic(sidecar_path(path), json.dumps(sidecar, indent=2, default=str))
+        from napari_nrf.guards import json_safe
+
+        write_text_atomic(sidecar_path(path), json.dumps(json_safe(sidecar), indent=2, default=str))
     return path
 
 
@@ -631,8 +666,11 @@ class NiftiVolumes:
         from nibabel import orientations as ornt_mod
 
         path = Path(path)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise FileNotFoundError(f"NIfTI file not found: {path}")
+        from napari_nrf.guards import check_regular_file
+
+        check_regular_file(path, "NIfTI")
         try:
             img = nib.load(str(path), keep_file_open=True)
         except Exception as exc:  # nibabel raises several types for bad files
@@ -680,10 +718,15 @@ class NiftiVolumes:
             raise ValueError(f"{self.path.name}: the file was closed")
         if not 0 <= start < stop <= self.n_volumes:
             raise ValueError(f"{self.path.name}: volumes {start}:{stop} outside 0:{self.n_volumes}")
-        if len(self._img.shape) == 4:
-            raw = np.asarray(self._img.dataobj[..., start:stop])
-        else:
-            raw = np.asarray(self._img.dataobj)[..., None]
+        try:
+            if len(self._img.shape) == 4:
+                raw = np.asarray(self._img.dataobj[..., start:stop])
+            else:
+                raw = np.asarray(self._img.dataobj)[..., None]
+        except _TRUNCATED as exc:
+            raise SpaceError(truncated_message(self.path, exc)) from None
+        if raw.dtype.kind == "c":
+            raise SpaceError(f"{self.path.name}: complex-valued data; give real (magnitude or real part) volumes")
         data = ornt_mod.apply_orientation(raw, self._ornt)
         if data.dtype == np.float64:
             data = data.astype(np.float32)

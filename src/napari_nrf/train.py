@@ -353,6 +353,14 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         if len(r) >= 3:
             check_finite(rs.get_responses(r), f"responses of {rs.subject} (validation rows)", r)
 
+    if checkpoint_dir is not None and main:
+        from napari_nrf.guards import check_free_disk
+
+        # Checkpoint (weights + two Adam moments), best weights and the final bundle: a
+        # full disk is refused now, not after the features, an epoch or the whole training.
+        n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        check_free_disk(Path(checkpoint_dir) / CHECKPOINT, 5 * n_bytes, "the training's checkpoints and model")
+
     # Features of every image, once (frozen backbone).
     def feats_for(sets, given, what):
         out = []
@@ -668,8 +676,12 @@ def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str =
     A demo model on a few virtual subjects (a few hundred images, 4-6 mm voxels) trains in
     a minute or two on a laptop CPU with ``epochs=10``.
     """
+    from napari_nrf.guards import check_model_memory
     from napari_nrf.models.nrf import build_nrf
 
+    sizes = ", ".join(f"{k} {v}" for k, v in (model_overrides or {}).items()) or "the preset's sizes"
+    check_model_memory(lambda: build_nrf(backbone, preset, backbone_config=backbone_config, **(model_overrides or {})),
+                       f"an NRF of preset {preset} with {sizes}")
     model = build_nrf(backbone, preset, backbone_config=backbone_config, seed=fit_kwargs.get("seed", 0),
                       **(model_overrides or {}))
     hist = fit(model, list(train_sets), **fit_kwargs)

@@ -197,6 +197,17 @@ def _check_model_overrides(backbone: str, preset: str, overrides) -> None:
             build_nrf(backbone, preset, **overrides)
     except Exception as exc:  # noqa: BLE001 - any failure to build means the overrides are wrong
         raise FinetuneError(f"model overrides {overrides}: {type(exc).__name__}: {exc}") from None
+    from napari_nrf.guards import check_model_memory
+
+    check_model_memory(lambda: build_nrf(backbone, preset, **overrides), f"model overrides {overrides}")
+
+
+def _check_response_set(path) -> None:
+    """Read ``path``'s header and small arrays now (lazily: no responses), so a movie set,
+    a damaged file or a FIFO is refused at submit time, not inside a created job."""
+    from napari_nrf.data.responseset import ResponseSet
+
+    ResponseSet.load(path, lazy=True).close()
 
 
 def submit_train(manager, data, out, *, device: str | None = None, overwrite: bool = False, start: bool = True,
@@ -213,6 +224,7 @@ def submit_train(manager, data, out, *, device: str | None = None, overwrite: bo
     for d in data:
         if not Path(d).exists():
             raise FinetuneError(f"response set not found: {d}")
+        _check_response_set(d)
     out = _checked_out(out, data, overwrite)
     from napari_nrf.features import BACKBONES
     from napari_nrf.models.nrf import PRESETS
@@ -250,6 +262,7 @@ def submit_finetune(manager, bases, data, out, *, device: str | None = None, ove
     data = str(Path(data).expanduser().resolve())
     if not Path(data).exists():
         raise FinetuneError(f"response set not found: {data}")
+    _check_response_set(data)
     out = _checked_out(out, [*bases, data], overwrite)
     n = kwargs.get("n_images")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):

@@ -83,10 +83,13 @@ def _event_images(events) -> list:
     import csv
     from pathlib import Path
 
+    import io
+
+    from napari_nrf.guards import read_text_table
+
     try:
-        with open(events, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
+        rows = list(csv.DictReader(io.StringIO(read_text_table(events, "--events"), newline="")))
+    except (OSError, ValueError, csv.Error):
         return []
     base = Path(events).parent
     out = []
@@ -108,11 +111,11 @@ def check_outputs(args) -> list:
     cmd, ow = args.command, getattr(args, "overwrite", False)
     new_dirs = []
 
-    def folder(path, names, inputs):
+    def folder(path, names, inputs, replaceable=None):
         p = Path(path)
         if not p.exists():
             new_dirs.append(p)
-        check_outputs_in(p, names, inputs, overwrite=ow)
+        check_outputs_in(p, names, inputs, overwrite=ow, replaceable=replaceable)
 
     bw = [getattr(args, "backbone_weights", None)]
     if cmd in ("train", "train-universal"):
@@ -151,7 +154,14 @@ def check_outputs(args) -> list:
         images = image_files(args.images)
         mask = [args.mask] if args.mask and Path(args.mask).exists() else []
         names = volume_file_names(images, getattr(args, "names", "plain"), args.resolution, args.subject)
-        folder(args.out, names, [args.model, *images, *mask])
+
+        def same_query(p):  # a volume an earlier (interrupted) run of this query wrote: resumable
+            from napari_nrf.space import read_sidecar
+
+            side = read_sidecar(p)
+            return side.get("kind") == "response" and side.get("model_file") == str(Path(args.model).resolve())
+
+        folder(args.out, names, [args.model, *images, *mask], replaceable=same_query)
     elif cmd == "cluster":
         folder(args.out, [], [args.model, *(getattr(args, "library", None) or [])])
     # Folders and files a command writes besides its outputs: a file where a folder is
@@ -170,7 +180,11 @@ def check_outputs(args) -> list:
 # cannot work (a --width 0 model cannot be queried), so they are refused up front.
 POSITIVE = ("width", "depth", "downsample_dim", "merged_dim", "embed_dim", "channels", "images", "epochs",
             "chunk", "candidates", "store_images", "subjects", "image_size", "max_voxels", "k", "top",
-            "batch_images", "batch_voxels", "steps_per_epoch", "reps", "n_images", "threads", "workers", "nproc")
+            "batch_images", "batch_voxels", "steps_per_epoch", "reps", "n_images", "threads", "workers", "nproc",
+            "batch", "trs", "frames_per_tr", "films", "volumes", "sessions")
+# Times and spacings: zero or negative is meaningless (a TR of 0 s divides by zero later).
+POSITIVE_FLOAT = ("tr", "fps", "resolution", "rest_tr")
+NON_NEGATIVE = ("onset",)
 
 
 def check_values(args) -> None:
@@ -188,6 +202,10 @@ def check_values(args) -> None:
                 raise NapariNRFError(f"{flag} {x}: must be a finite number")
             if name in POSITIVE and isinstance(x, int) and not isinstance(x, bool) and x <= 0:
                 raise NapariNRFError(f"{flag} {x}: must be at least 1")
+            if name in POSITIVE_FLOAT and isinstance(x, (int, float)) and not isinstance(x, bool) and x <= 0:
+                raise NapariNRFError(f"{flag} {x:g}: must be a positive number")
+            if name in NON_NEGATIVE and isinstance(x, (int, float)) and x < 0:
+                raise NapariNRFError(f"{flag} {x:g}: must be zero or more")
     if getattr(args, "mask", None) == "":
         raise NapariNRFError("--mask '': an empty value; use none for no mask")
 
@@ -206,6 +224,17 @@ def _clean_failed(args, new_dirs) -> None:
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         except OSError:
+            pass
+
+
+def _end_progress_bars() -> None:
+    """Close progress bars still drawn (tqdm ends their line), so an error line that
+    follows starts on a line of its own with ``napari-nrf``."""
+    tq = getattr(sys.modules.get("tqdm.std"), "tqdm", None)
+    for bar in list(getattr(tq, "_instances", None) or ()):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
             pass
 
 
@@ -275,6 +304,7 @@ def _run(args) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the one error path of the CLI
         _clean_failed(args, new_dirs)
+        _end_progress_bars()  # the error line starts on its own line, not after a bar
         if getattr(args, "debug", False):
             raise
         from napari_nrf.errors import Cancelled

@@ -110,7 +110,10 @@ def _import_nifti(args) -> int:
 
     test_images = None
     if args.test_images:
-        test_images = [ln.strip() for ln in Path(args.test_images).read_text().splitlines() if ln.strip()]
+        from napari_nrf.guards import read_text_table
+
+        text = read_text_table(args.test_images, "--test-images")
+        test_images = [ln.strip() for ln in text.splitlines() if ln.strip()]
     betas = args.betas[0] if len(args.betas) == 1 else args.betas
     rest = args.rest
     if args.rest_glob:

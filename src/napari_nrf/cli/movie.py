@@ -258,7 +258,7 @@ def _query(args) -> int:
     if not str(args.out).endswith((".nii", ".nii.gz")):
         raise NapariNRFError(f"--out {args.out}: give a .nii.gz (or .nii) file")
     model = load_model(args.model, device=_device(args.device), kind="movie")
-    tr = args.tr or model.tr
+    tr = model.tr if args.tr is None else args.tr
     bar, progress = _bar("query-movie")
     pred = predict_film(model, args.film, tr=tr, onset=args.onset, n_trs=args.trs, fps=args.fps, batch=args.batch,
                         progress=progress)

@@ -230,8 +230,12 @@ class ResponseSetWriter:
     def __init__(self, path, n_images: int, n_voxels: int, subject: str, chunk_voxels: int | None = None):
         import h5py
 
+        from napari_nrf.guards import check_free_disk
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # HDF5 can crash the process on a full disk: the responses' bytes are checked first.
+        check_free_disk(self.path, 4 * int(n_images) * int(n_voxels), f"writing {self.path.name}")
         self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self.f = h5py.File(self.tmp, "w")
         self.f.attrs["format"] = FORMAT
@@ -251,6 +255,10 @@ class ResponseSetWriter:
         self.responses[:, cols] = values
 
     def create_images(self, shape_hw3: tuple):
+        from napari_nrf.guards import check_free_disk
+
+        check_free_disk(self.path, self.n * int(np.prod(shape_hw3)) + 4 * self.n * self.v,
+                        f"writing {self.path.name} with its images")
         return self.f.create_dataset("images", shape=(self.n,) + tuple(shape_hw3), dtype="u1",
                                      chunks=(1,) + tuple(shape_hw3))
 

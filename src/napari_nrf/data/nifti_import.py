@@ -35,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_nrf.errors import NapariNRFError
+
 from ._importing import (ImportDataError, PartialStore, Progress, ResponseSetWriter, assemble, assign_split,
                          file_signature, fingerprint, resting_maps, zscore_session)
 
@@ -49,10 +51,15 @@ def read_events(path) -> tuple[np.ndarray, list[str], list[str]]:
     Relative image paths are resolved against the CSV's folder. Without a ``session``
     column every row is in session "1".
     """
+    import io
+
+    from napari_nrf.guards import read_text_table
+
     path = Path(path)
     if not path.exists():
         raise NiftiImportError(f"events CSV not found: {path}")
-    with open(path, newline="") as f:
+    text = read_text_table(path, "events CSV")  # a BOM or Latin-1 (Excel's exports) handled
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         if "volume" not in cols or "image" not in cols:
@@ -313,6 +320,13 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
                                      roi_names={int(v): f"label-{int(v)}" for v in np.unique(roi)}, noise_ceiling=nc,
                                      meta=meta, commit=True, rest=rest_set)
             bar.update(1, desc=f"{subject} written")
+    except NapariNRFError as exc:  # a refusal of the inputs: nothing of this import stays
+        from napari_nrf.guards import ResourceError
+
+        if not isinstance(exc, ResourceError):  # (a full disk: finished sessions stay for the rerun)
+            store.remove(keys)
+        store.clean_unfinished()
+        raise
     except BaseException:  # a failure or Ctrl-C: keep finished sessions only (a rerun resumes)
         store.clean_unfinished()
         raise

@@ -48,16 +48,46 @@ def open_h5(path: Path, fmt: str, what: str, error: type):
     ("response set", "movie data set")."""
     import h5py
 
-    if not path.exists():
+    from napari_nrf.guards import check_regular_file
+
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"{what} not found: {path}")
+    check_regular_file(path, what)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise error(f"{path} is not a readable HDF5 file: {exc}") from None
-    if f.attrs.get("format") != fmt:
+    got = f.attrs.get("format")
+    got = got.decode(errors="replace") if isinstance(got, bytes) else got
+    if got != fmt:
         f.close()
-        raise error(f"{path} is not a napari-nrf {what} (format attribute missing)")
+        if got is None:
+            raise error(f"{path} is not a napari-nrf {what} (attribute 'format' missing)")
+        kind = KNOWN_FORMATS.get(str(got), f"a file of format {got!r}")
+        raise error(f"{path} is {kind}, not a napari-nrf {what} (attribute 'format' is {got!r}, "
+                    f"expected {fmt!r})")
     return f
+
+
+# Other napari-nrf HDF5 formats, named when one is handed to the wrong command.
+KNOWN_FORMATS = {"napari-nrf-responses": "a response set (train, finetune, evaluate)",
+                 "napari-nrf-movie": "a movie data set (train-movie, evaluate-movie)"}
+
+
+def _json_attr(f, path, name: str, default):
+    """A JSON-valued attribute of an open HDF5 file, refused with the file and the field named."""
+    raw = f.attrs.get(name)
+    if raw is None:
+        return default
+    try:
+        out = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        f.close()
+        raise ResponseSetError(f"{path}: attribute '{name}' is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(out, type(default)):
+        f.close()
+        raise ResponseSetError(f"{path}: attribute '{name}' must be a JSON object, got a {type(out).__name__}")
+    return out
 
 class ResponseSetError(NapariNRFError):
     """Raised for a malformed response set."""
@@ -100,8 +130,26 @@ class ResponseSet:
     _h5: object = field(default=None, repr=False)
 
     def __post_init__(self):
+        for name in ("responses", "coords", "truth", "noise_ceiling"):
+            dt = getattr(getattr(self, name), "dtype", None)
+            if dt is not None and np.dtype(dt).kind not in "fiub":
+                what = "complex" if np.dtype(dt).kind == "c" else f"of type {np.dtype(dt)}"
+                raise ResponseSetError(f"field '{name}' holds {what} values; responses, coordinates and "
+                                       "noise ceilings are real numbers (take the magnitude or real part first)")
+        shape = tuple(getattr(self.responses, "shape", ()))
+        if len(shape) != 2:
+            raise ResponseSetError(f"field 'responses' must be (images, voxels), got shape {shape}")
+        raw_split = np.asarray(self.split)
+        if raw_split.dtype.kind not in "iub":
+            ok = raw_split.dtype.kind == "f" and np.isfinite(raw_split).all() and (raw_split == np.round(raw_split)).all()
+            if not ok:
+                raise ResponseSetError("field 'split' must hold whole numbers 0 (train), 1 (val), 2 (test) or "
+                                       f"3 (unused); got {raw_split.dtype} values such as "
+                                       f"{raw_split.ravel()[:3].tolist()}")
+        if raw_split.size and (raw_split.min() < 0 or raw_split.max() > 255):
+            raise ResponseSetError("field 'split' must hold 0 (train), 1 (val), 2 (test) or 3 (unused)")
         self.coords = np.asarray(self.coords, dtype=np.float32)
-        self.split = np.asarray(self.split, dtype=np.uint8)
+        self.split = raw_split.astype(np.uint8)
         n, v = self.responses.shape
         if self.coords.shape != (v, 3):
             raise ResponseSetError(f"coords must be (V, 3) = ({v}, 3), got {self.coords.shape}")
@@ -207,8 +255,15 @@ class ResponseSet:
         """Write to ``path`` (HDF5) atomically (temporary file + rename)."""
         import h5py
 
+        from napari_nrf.guards import disk_guard
+
         path = Path(path)
-        with atomic_write(path, None) as tmp:
+        # HDF5 can crash the process when a full disk stops its flush: the space is
+        # checked first (every array's bytes, as stored uncompressed).
+        need = sum(_nbytes(a) for a in (self.responses, self.coords, self.split, self.images, self.truth,
+                                        self.rest_maps, self.roi, self.noise_ceiling) if a is not None)
+        need += sum(len(str(p)) + 16 for p in (self.image_paths or ()))
+        with disk_guard(path, need, "writing the response set"), atomic_write(path, None) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["version"] = VERSION
@@ -280,6 +335,18 @@ class ResponseSet:
                 return f[key]
             return f[key][()]
 
+        meta = _json_attr(f, path, "meta", {})
+        roi_raw = _json_attr(f, path, "roi_names", {})
+        try:
+            roi_names = {int(k): v for k, v in roi_raw.items()}
+        except (TypeError, ValueError):
+            f.close()
+            raise ResponseSetError(f"{path}: attribute 'roi_names' must map ROI numbers to names") from None
+        resp = f["responses"]
+        if len(resp.shape) != 2 or resp.dtype.kind not in "fiub":
+            what = f"shape {tuple(resp.shape)} of type {resp.dtype}"
+            f.close()
+            raise ResponseSetError(f"{path}: dataset '/responses' must be (images, voxels) real numbers, got {what}")
         paths = None
         if "image_paths" in f:
             paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f["image_paths"][()]]
@@ -291,11 +358,11 @@ class ResponseSet:
             image_paths=paths,
             image_ids=f["image_ids"][()] if "image_ids" in f else None,
             roi=f["roi"][()] if "roi" in f else None,
-            roi_names={int(k): v for k, v in json.loads(f.attrs.get("roi_names", "{}")).items()},
+            roi_names=roi_names,
             noise_ceiling=f["noise_ceiling"][()] if "noise_ceiling" in f else None,
             truth=big("truth"),
             subject=str(f.attrs.get("subject", path.stem)),
-            meta=json.loads(f.attrs.get("meta", "{}")),
+            meta=meta,
         )
         if "rest" in f and "maps" in f["rest"]:
             from napari_nrf.space import Grid
@@ -341,7 +408,12 @@ def check_finite(values: np.ndarray, what: str, rows=None) -> None:
 
 
 def _nbytes(ds) -> int:
-    return int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize) if ds.shape else 0
+    """Bytes of an array or dataset (4 per element when its dtype is unknown, e.g. a list)."""
+    shape = getattr(ds, "shape", None)
+    if shape is None:
+        shape = np.shape(ds)
+    item = getattr(getattr(ds, "dtype", None), "itemsize", 4)
+    return int(np.prod(shape, dtype=np.float64) * item) if shape else 0
 
 
 def _nbytes_text(f, key) -> str:

@@ -31,9 +31,9 @@ class FeatureCache:
     rounded the same way, so a result never depends on whether the cache was warm.
 
     Several processes may share a cache (data-parallel ranks, jobs, napari and the CLI):
-    writes take an exclusive POSIX lock on ``features-<key>.h5.lock`` (``fcntl.lockf``,
-    which also holds across NFS clients) and re-read the file's index under it, reads
-    take a shared lock and reload the index when the file changed since it was read, so
+    writes take an exclusive lock on ``features-<key>.h5.lock`` (``filelock``) and
+    re-read the file's index under it, reads take the same lock briefly and reload the
+    index when the file changed since it was read, so
     no writer appends over another's rows and every reader sees complete rows.
 
     Parameters
@@ -55,18 +55,12 @@ class FeatureCache:
 
     @contextlib.contextmanager
     def _file_lock(self, key: str, exclusive: bool):
-        """The cross-process lock of one cache file (no-op where fcntl is missing)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: one process per cache
+        """The cross-process lock of one cache file (``filelock``: POSIX and Windows).
+        Readers take it too (briefly, per batch): an HDF5 file being appended to is never read."""
+        from filelock import FileLock
+
+        with FileLock(str(self.path(key)) + ".lock"):
             yield
-            return
-        with open(str(self.path(key)) + ".lock", "a+") as fh:
-            fcntl.lockf(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.lockf(fh, fcntl.LOCK_UN)
 
     def _file_stamp(self, key: str):
         try:
@@ -161,6 +155,18 @@ class FeatureCache:
             idx = self._load_index(key, fresh=True)  # what other processes appended counts
             new = [i for i, h in enumerate(hashes) if h not in idx]
             if not new:
+                return
+            from napari_nrf.guards import ResourceError, check_free_disk
+
+            need = sum(2 * int(np.prod(np.shape(v)[1:])) for v in feats.values()) * len(new) + 32 * len(new)
+            try:
+                # HDF5 crashes the process (segmentation fault) when an append meets a full
+                # disk: the rows' bytes (plus a margin) must be free before the file is opened.
+                check_free_disk(self.path(key), 4 * need, "the feature cache")
+            except ResourceError as exc:
+                import warnings
+
+                warnings.warn(f"{exc}; features are not cached this time", stacklevel=2)
                 return
             try:
                 try:

@@ -103,16 +103,24 @@ def image_files(paths) -> list[str]:
 
 
 def load_image_file(path) -> np.ndarray:
-    """Read an image file with PIL -> (H, W, 3) uint8. Raises :class:`ImageError`."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file with PIL -> (H, W, 3) uint8, upright: the EXIF orientation (a
+    phone photo stored sideways) is applied, so the pixels (and the feature cache's keys,
+    hashes of them) are those a viewer shows. Raises :class:`ImageError`."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from napari_nrf.guards import InputKindError, check_regular_file
 
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise ImageError(f"image file not found: {path}")
+    try:
+        check_regular_file(path, "image")
+    except InputKindError as exc:
+        raise ImageError(str(exc)) from None
     try:
         with Image.open(path) as img:
             img.load()
-            return _pil_to_rgb(img)
+            return _pil_to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as exc:
         # PIL's guard (Image.MAX_IMAGE_PIXELS, about 179 million pixels at twice the limit)
         # refused it before decoding: a crafted or absurdly large file.

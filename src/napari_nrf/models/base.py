@@ -386,6 +386,10 @@ class EncodingModel(nn.Module):
             c = tensors[key]
             if c.ndim != 2 or c.shape[1] != 3 or not bool(torch.isfinite(c).all()):
                 raise BundleError(f"tensor {key}: subject coordinates must be finite (N, 3) MNI mm, got {tuple(c.shape)}")
+            nv = info.get("n_voxels", c.shape[0])
+            if not isinstance(nv, int) or isinstance(nv, bool) or nv != c.shape[0]:
+                raise BundleError(f"metadata field 'subjects.{s}.n_voxels' is {nv!r}, the tensor {key} holds "
+                                  f"{c.shape[0]} voxels")
             model.subjects[s] = c.numpy()
         model.metrics = meta.get("metrics", {})
         model.provenance = meta.get("provenance", {})
@@ -443,11 +447,14 @@ def load_model(path, device="cpu", kind: str | None = None) -> EncodingModel:
         raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}, expected {kind!r}")
     if k not in MODEL_KINDS:
         raise BundleError(f"{Path(path).name}: metadata field 'kind' is {k!r}; known kinds: {sorted(MODEL_KINDS)}")
-    tensors, meta = load_bundle(path)
+    tensors, meta = load_bundle(path, verify=False)
     bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:  # NaN weights would give all-NaN volumes "successfully"
         raise BundleError(f"{Path(path).name}: tensor(s) {', '.join(sorted(bad)[:5])} hold NaN or infinite values "
                           "(a damaged file or a diverged training); refused")
+    from .bundle import check_integrity
+
+    check_integrity(Path(path), tensors, meta)  # a flipped bit, a relabelled dtype, a changed shape
     try:
         model = MODEL_KINDS[k].from_bundle(tensors, meta)
     except BundleError as exc:

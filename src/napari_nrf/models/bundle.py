@@ -93,20 +93,78 @@ def save_bundle(path, tensors: dict, metadata: dict) -> Path:
     for k, v in tensors.items():
         t = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
         flat[k] = t.detach().to("cpu").contiguous()
+    meta["integrity"] = integrity_record(flat)
     # (atomic_write makes the file 0666 & ~umask: safetensors creates it 0600, and a
     # model is meant to be shared like any file)
-    with atomic_write(path, None) as tmp:
-        save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta, default=_json_default)})
+    from napari_nrf.guards import disk_guard
+
+    from napari_nrf.guards import json_safe
+
+    header = json.dumps(json_safe(meta), default=_json_default)
+    need = sum(t.numel() * t.element_size() for t in flat.values()) + len(header) + 4096
+    with disk_guard(path, need, "saving the model"), atomic_write(path, None) as tmp:
+        save_file(flat, str(tmp), metadata={META_KEY: header})
     return path
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def tensors_digest(tensors: dict) -> str:
+    """SHA-256 over every tensor (sorted by name): its name, dtype, shape and raw bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}\0{_dtype_name(t)}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def integrity_record(tensors: dict) -> dict:
+    """The metadata field ``integrity``: each tensor's dtype and shape and the
+    :func:`tensors_digest` of them all (checked by :func:`load_bundle`)."""
+    return {"sha256": tensors_digest(tensors),
+            "tensors": {k: [_dtype_name(t), list(t.shape)] for k, t in sorted(tensors.items())}}
+
+
+def check_integrity(path: Path, tensors: dict, meta: dict) -> None:
+    """Refuse a bundle whose tensors differ from its metadata field ``integrity`` (a flipped
+    bit, a relabelled dtype, a changed shape). Bundles written before the field existed
+    carry none and are accepted as they are."""
+    rec = meta.get("integrity")
+    if rec is None:
+        return
+    if not isinstance(rec, dict) or not isinstance(rec.get("tensors"), dict) or not isinstance(rec.get("sha256"), str):
+        raise BundleError(f"{path.name}: metadata field 'integrity' is malformed; refused")
+    declared = rec["tensors"]
+    if set(declared) != set(tensors):
+        extra = sorted(set(tensors) ^ set(declared))
+        raise BundleError(f"{path.name}: the file's tensors differ from metadata field 'integrity.tensors' "
+                          f"({', '.join(extra[:4])}); refused (a damaged or edited file)")
+    for k, t in tensors.items():
+        want = declared[k]
+        if not (isinstance(want, list) and len(want) == 2) or [_dtype_name(t), list(t.shape)] != [want[0], list(want[1])]:
+            raise BundleError(f"{path.name}: tensor {k} is {_dtype_name(t)} {tuple(t.shape)}, metadata field "
+                              f"'integrity.tensors' declares {want}; refused (a damaged or edited file)")
+    if tensors_digest(tensors) != rec["sha256"]:
+        raise BundleError(f"{path.name}: the tensor data do not match the checksum in metadata field "
+                          "'integrity.sha256'; refused (a damaged file: restore it from a copy)")
 
 
 def read_metadata(path) -> dict:
     """The JSON metadata of a bundle, without reading its tensors."""
     from safetensors import safe_open
 
+    from napari_nrf.guards import check_regular_file
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise BundleError(f"model bundle not found: {path}")
+    check_regular_file(path, "model bundle")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
@@ -118,6 +176,9 @@ def read_metadata(path) -> dict:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path.name}: metadata field '{META_KEY}' is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path.name}: metadata field '{META_KEY}' is a JSON {type(meta).__name__}, "
+                          "expected an object")
     if meta.get("format") != FORMAT:
         raise BundleError(f"{path.name}: metadata field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     v = meta.get("format_version")
@@ -131,11 +192,13 @@ def read_metadata(path) -> dict:
 
 
 def load_bundle(path, kind: str | None = None, backbone: str | None = None,
-                required: list[str] | tuple = (), device="cpu") -> tuple[dict, dict]:
+                required: list[str] | tuple = (), device="cpu", verify: bool = True) -> tuple[dict, dict]:
     """Read ``(tensors, metadata)`` from a bundle; never unpickles.
 
     Raises :class:`BundleError` naming the field when the kind or backbone differs from
-    ``kind``/``backbone`` (when given) or a ``required`` tensor is missing.
+    ``kind``/``backbone`` (when given), a ``required`` tensor is missing or (``verify``)
+    the tensors differ from the metadata field ``integrity`` (:func:`check_integrity`;
+    ``verify=False`` leaves that check to the caller).
     """
     from safetensors.torch import load_file
 
@@ -151,6 +214,8 @@ def load_bundle(path, kind: str | None = None, backbone: str | None = None,
         tensors = load_file(str(path), device=str(device))
     except Exception as exc:
         raise BundleError(f"{path.name}: tensor data are corrupt or truncated ({exc})") from exc
+    if verify:
+        check_integrity(path, tensors, meta)
     missing = [r for r in required if r not in tensors]
     if missing:
         raise BundleError(f"{path.name}: missing tensor(s) {', '.join(missing)}")

@@ -124,8 +124,10 @@ def read_official_run(run_dir, config=None) -> dict:
     if not run_dir.is_dir():
         raise OfficialNRFError(f"official run folder not found: {run_dir}")
     cfg_path = _find_config(run_dir, config)
+    from napari_nrf.guards import read_text_table
+
     try:
-        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg = yaml.safe_load(read_text_table(cfg_path, "--config"))
     except yaml.YAMLError as exc:
         raise OfficialNRFError(f"{cfg_path.name} is not valid YAML: {exc}") from exc
     if not isinstance(cfg, dict):

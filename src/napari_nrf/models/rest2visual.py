@@ -418,7 +418,16 @@ def build_rest2visual(backbone: str = "efficientnet-lite0", preset: str = "demo"
     if shape is None:
         raise Rest2VisualError(f"backbone {backbone!r} has no pooled feature {feature!r}")
     lo, hi = (None, None) if extent is None else extent
-    g = model_grid(float(cfg.pop("resolution")), lo, hi)
+    res = float(cfg.pop("resolution"))
+    if not (np.isfinite(res) and res > 0):
+        raise Rest2VisualError(f"resolution {res:g} mm: must be a positive number of mm")
+    g = model_grid(res, lo, hi)
+    from napari_nrf.guards import check_size
+
+    # Activations of the first scale dominate: each channel is a float32 volume on the
+    # model grid, kept for the backward pass (x 4: forward, backward, the skip and its norm).
+    chans = list(cfg.get("channels") or [8])
+    check_size(int(np.prod(g.shape)) * 4 * 4 * (sum(chans) + 4), f"resolution {res:g} mm (a {g.shape} model grid)")
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))

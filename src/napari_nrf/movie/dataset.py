@@ -170,6 +170,8 @@ class MovieDataset:
         self.films = films
         self.coords = np.asarray(coords, np.float32)
         self.tr = float(tr)
+        if not (np.isfinite(self.tr) and self.tr > 0):
+            raise MovieError(f"attribute 'tr' is {tr!r}; the repetition time must be a positive number of seconds")
         self.subject = str(subject)
         v = len(self.coords)
         self.roi = np.zeros(v, np.int32) if roi is None else np.asarray(roi, np.int32)
@@ -278,22 +280,60 @@ class MovieDataset:
 
         path = Path(path)
         f = open_h5(path, FORMAT, "movie data set", MovieError)
+        try:
+            ds = cls._from_h5(f, path, lazy)
+        except MovieError as exc:
+            f.close()
+            msg = str(exc)
+            raise MovieError(msg if str(path) in msg else f"{path}: {msg}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+            f.close()
+            raise MovieError(f"{path}: a malformed movie data set ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:160]})") from None
+        if not lazy:
+            f.close()
+        return ds
+
+    @classmethod
+    def _from_h5(cls, f, path, lazy: bool) -> "MovieDataset":
+        from napari_nrf.data.responseset import _json_attr
+
+        if "film_order" not in f.attrs:
+            raise MovieError("attribute 'film_order' is missing")
+        order = _json_attr(f, path, "film_order", [])
+        if not order or not all(isinstance(n, str) for n in order):
+            raise MovieError(f"attribute 'film_order' must be a non-empty list of film names, got {order!r}")
+        if "films" not in f:
+            raise MovieError("group '/films' is missing")
+        missing = [n for n in order if n not in f["films"]]
+        if missing:
+            raise MovieError(f"attribute 'film_order' names film(s) {missing} that group '/films' lacks "
+                             f"(it holds {sorted(f['films'])})")
         films = {}
-        for name in json.loads(f.attrs["film_order"]):
+        for name in order:
             g = f["films"][name]
+            for key in ("frames", "responses", "split"):
+                if key not in g:
+                    raise MovieError(f"film {name!r} lacks the dataset '/films/{name}/{key}'")
+            if g["responses"].dtype.kind not in "fiub":
+                raise MovieError(f"dataset '/films/{name}/responses' holds {g['responses'].dtype} values, "
+                                 "not real numbers")
             d = {"frames": g["frames"] if lazy else np.asarray(g["frames"]),
                  "responses": np.asarray(g["responses"], np.float32), "split": np.asarray(g["split"])}
             if "truth" in g:
                 d["truth"] = np.asarray(g["truth"], np.float32)
             films[name] = d
-        roi_names = {int(k): v for k, v in json.loads(f.attrs.get("roi_names", "{}")).items()}
-        ds = cls(films, np.asarray(f["coords"]), float(f.attrs["tr"]), str(f.attrs["subject"]),
-                 np.asarray(f["roi"]) if "roi" in f else None, roi_names,
-                 np.asarray(f["snr"]) if "snr" in f else None, json.loads(f.attrs.get("meta", "{}")),
-                 _h5=f if lazy else None)
-        if not lazy:
-            f.close()
-        return ds
+        roi_names = {int(k): v for k, v in _json_attr(f, path, "roi_names", {}).items()}
+        for key in ("coords", ):
+            if key not in f:
+                raise MovieError(f"dataset '/{key}' is missing")
+        for key in ("tr", "subject"):
+            if key not in f.attrs:
+                raise MovieError(f"attribute '{key}' is missing")
+        return cls(films, np.asarray(f["coords"]), float(f.attrs["tr"]), str(f.attrs["subject"]),
+                   np.asarray(f["roi"]) if "roi" in f else None, roi_names,
+                   np.asarray(f["snr"]) if "snr" in f else None, _json_attr(f, path, "meta", {}),
+                   _h5=f if lazy else None)
 
     def close(self):
         if self._h5 is not None:
@@ -315,7 +355,17 @@ def write_movie_dataset(path, films: dict, coords, tr: float, *, subject: str = 
     coords = np.asarray(coords, np.float32)
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise MovieError(f"coords must be (V, 3) MNI mm, got {coords.shape}")
-    with atomic_write(path, None) as tmp:
+    if not (np.isfinite(float(tr)) and float(tr) > 0):
+        raise MovieError(f"tr {tr!r}: the repetition time must be a positive number of seconds")
+    from napari_nrf.guards import disk_guard
+
+    need = 0
+    for d in films.values():
+        fr, resp = d["frames"], d["responses"]
+        n_t = len(resp)
+        per = int(np.prod(fr.shape[1:])) if hasattr(fr, "shape") else 0
+        need += n_t * per + 8 * n_t * len(coords) + n_t
+    with disk_guard(path, need, "writing the movie data set"), atomic_write(path, None) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION

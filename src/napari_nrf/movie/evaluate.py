@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -73,7 +75,11 @@ def predict_film(model, source, *, tr: float | None = None, onset: float = 0.0, 
     (a list) receives each TR's middle frame (S, S, 3) uint8, for display."""
     from .video import film_info, iter_chunks, n_chunks
 
-    tr = float(tr or model.tr)
+    tr = float(model.tr if tr is None else tr)
+    if not (math.isfinite(tr) and tr > 0):
+        raise MovieError(f"--tr {tr:g}: the TR must be a positive number of seconds")
+    if int(batch) != batch or batch < 1:
+        raise MovieError(f"--batch {batch}: must be at least 1")
     total = n_trs or n_chunks(film_info(source, fps), tr, onset)
     it = iter_chunks(source, tr=tr, frames_per_tr=model.frames_per_tr, size=model.frame_size, onset=onset,
                      n_trs=n_trs, fps=fps)

@@ -73,8 +73,10 @@ def _folder_frames(folder: Path, fps: float | None):
 
 def _open_video(path: Path):
     from napari_nrf.errors import require
+    from napari_nrf.guards import check_regular_file
 
     av = require("av", "movie", "reading video files (or give a folder of frames)")
+    check_regular_file(path, "film")  # FFmpeg would wait forever on a FIFO
     try:
         container = av.open(str(path))
     except Exception as exc:  # noqa: BLE001 - PyAV raises several FFmpeg error types
@@ -90,11 +92,11 @@ def _iter_timed(source, fps: float | None, size: int):
     source = Path(source)
     if source.is_dir():
         for k, p in enumerate(_folder_frames(source, fps)):
-            from PIL import Image
+            from PIL import Image, ImageOps
 
             try:
                 with Image.open(p) as im:
-                    arr = np.asarray(im.convert("RGB"))
+                    arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # upright, as shown
             except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad files
                 raise MovieError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from None
             yield k / float(fps), _resize(arr, size)
@@ -174,7 +176,7 @@ def film_info(source, fps: float | None = None) -> FilmInfo:
 
 def n_chunks(info: FilmInfo, tr: float, onset: float = 0.0) -> int:
     """Whole TRs of film after ``onset`` seconds."""
-    return int(math.floor((info.duration - onset) / tr + 1e-6))
+    return max(0, int(math.floor((info.duration - onset) / tr + 1e-6)))
 
 
 def _check_timing(tr, frames_per_tr, size, onset):
@@ -200,6 +202,9 @@ def iter_chunks(source, *, tr: float, frames_per_tr: int = FRAMES_PER_TR, size: 
     _check_timing(tr, frames_per_tr, size, onset)
     info = film_info(source, fps)
     avail = n_chunks(info, tr, onset)
+    if onset >= info.duration:
+        raise MovieError(f"{Path(source).name}: --onset {onset:g} s is at or past the end of the film, which lasts "
+                         f"{info.duration:.2f} s")
     if n_trs is None:
         n_trs = avail
     if n_trs < 1 or n_trs > avail:

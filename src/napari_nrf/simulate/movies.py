@@ -241,6 +241,15 @@ def simulate_movies(out_dir=None, *, n_subjects: int = 3, n_films: int = 3, n_tr
     if n_subjects < 1 or n_films < 1:
         raise MovieSimulationError("need at least one subject and one film")
     lengths = list(np.resize(np.atleast_1d(n_trs), n_films).astype(int))
+    from napari_nrf.guards import check_free_disk, check_size
+
+    frames = int(sum(lengths)) * int(frames_per_tr)
+    # one film in memory as uint8 frames plus a float64 RGB frame being drawn
+    check_size(max(int(x) for x in lengths) * int(frames_per_tr) * 3 * int(size) ** 2 + 24 * int(size) ** 2,
+               f"size {size} px with {frames_per_tr} frames per TR")
+    if out_dir is not None:
+        check_free_disk(Path(out_dir) / "group.h5", frames * 3 * int(size) ** 2 * (n_subjects + 1),
+                        f"size {size} px: {n_films} film(s) for the group and {n_subjects} subject(s)")
     subs = make_subjects(n_subjects, seed=seed)
     # A random sample of the visual voxels (not the most central ones): edge voxels carry
     # little signal, as many of a visual parcellation's voxels do, so SNR selection matters.

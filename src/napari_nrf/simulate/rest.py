@@ -61,6 +61,10 @@ def resting_run(subject: VirtualSubject, grid: space.Grid, n_volumes: int = 300,
     """
     if n_volumes < 2:
         raise SimulationError(f"n_volumes must be >= 2, got {n_volumes}")
+    from napari_nrf.guards import check_size
+
+    check_size(int(np.prod(grid.shape)) * int(n_volumes) * 4 * 2, f"volumes {n_volumes} (one resting run on a "
+               f"{tuple(grid.shape)} grid)")
     who = VirtualSubject(index=subject.index, seed=subject.seed, resolution=subject.resolution,
                          identical=True) if control else subject
     brain = space.brain_mask(grid)

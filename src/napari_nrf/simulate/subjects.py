@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -415,6 +416,14 @@ def simulate(n_subjects: int = 4, n_images: int = 1000, seed: int = 0, out=None,
         raise SimulationError(f"need at least 3 images per subject, got {n_images}")
     if n_reps < 2:
         raise SimulationError("need n_reps >= 2 repeats to estimate the noise ceiling")
+    from napari_nrf.guards import check_free_disk, check_size
+
+    # a stimulus is drawn in float64 RGB (24 bytes a pixel), a worker each; all are kept as uint8
+    check_size(24 * int(image_size) ** 2 * max(1, workers or 1) + 3 * int(image_size) ** 2 * int(n_images),
+               f"image_size {image_size} with {n_images} images")
+    if out is not None:
+        check_free_disk(Path(out) / "sub-01.h5", 3 * int(image_size) ** 2 * int(n_images) * max(1, n_subjects),
+                        f"image_size {image_size}: {n_subjects} subject(s) x {n_images} stored stimuli")
     n_shared = max(1, n_images // 10) if n_shared is None else int(n_shared)
     if not (0 < n_shared < n_images):
         raise SimulationError(f"n_shared must be between 1 and n_images - 1, got {n_shared}")
@@ -469,8 +478,6 @@ def simulate(n_subjects: int = 4, n_images: int = 1000, seed: int = 0, out=None,
                          roi=subj.roi_labels(xyz), roi_names=subj.roi_names, noise_ceiling=nc, truth=truth,
                          subject=subj.name, meta=meta)
         if out is not None:
-            from pathlib import Path
-
             rs.save(Path(out) / f"{subj.name}.h5")
         if return_trials:
             rs.meta["_trials"] = trials
