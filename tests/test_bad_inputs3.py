@@ -676,7 +676,7 @@ def test_query_rerun_after_a_kill_resumes(files, tmp_path, capsys):
     for k in range(2):
         shutil.copy(files / "img.png", imgs / f"i{k}.png")
     args = ["query", str(files / "nrf.safetensors"), str(imgs), "--out", str(out), "--resolution", "8",
-            "--mask", "brain", "--device", "cpu"]
+            "--mask", "brain", "--device", "cpu", "--names", "plain"]
     assert main(args) == 0
     # as if killed while writing the second volume: its partial file stays, the first is done
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
