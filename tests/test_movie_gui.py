@@ -34,6 +34,7 @@ def test_movie_widget_predicts_a_film_and_a_dataset_film(movie_files, make_napar
     viewer = make_napari_viewer()
     w = open_widgets(viewer, ["Movie response"])["Movie response"]
     w.load_model(d / "m.safetensors")
+    qtbot.waitUntil(lambda: w.state.model is not None, timeout=30000)
     assert w.run_btn.isEnabled() and "delay 2 TR" in w.model_label.text()
 
     # a dropped video

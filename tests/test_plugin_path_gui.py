@@ -121,16 +121,19 @@ def test_nifti_open_save_and_drop_through_napari(make_napari_viewer, qtbot, tmp_
     from napari.settings import get_settings
 
     viewer = make_napari_viewer()
-    # File > Open: napari's builtins (imageio) also claim .nii, so napari asks once which
-    # reader to use; ours is offered ...
-    with pytest.raises(MultipleReaderError, match="napari-nrf"):
-        viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
-    # ... and the dialog's "remember" writes this preference, after which File > Open and a
-    # drop on the canvas go straight to napari-nrf.
     settings = get_settings().plugins
     saved = dict(settings.extension2reader)
-    settings.extension2reader = {**saved, "*.nii.gz": "napari-nrf", "*.nii": "napari-nrf"}
     request_cleanup = lambda: setattr(settings, "extension2reader", saved)  # noqa: E731
+    settings.extension2reader = {k: v for k, v in saved.items() if k not in ("*.nii", "*.nii.gz")}
+    # File > Open before the plugin was ever used: napari's builtins (imageio) also claim
+    # .nii, so napari asks which reader to use; ours is offered ...
+    with pytest.raises(MultipleReaderError, match="napari-nrf"):
+        viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
+    # ... and the plugin's first use (any widget from the Plugins menu) makes napari-nrf the
+    # preferred NIfTI reader, after which File > Open and a drop on the canvas go straight
+    # to napari-nrf, with no dialog.
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Voxel clusters")
+    assert settings.extension2reader["*.nii.gz"] == settings.extension2reader["*.nii"] == "napari-nrf"
     try:
         _nifti_checks(viewer, qtbot, tmp_path, g, lab)
     finally:

@@ -71,3 +71,21 @@ class ProgressBar(QProgressBar):
             except Exception:  # already closed with its viewer
                 pass
             self.activity = None
+
+
+def error_line(exc) -> str:
+    """``exc`` as one line (its type when it has no message), so a notification shows the
+    reason without being expanded."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def notify_error(what: str, exc) -> str:
+    """Show napari's error notification "napari-nrf: <reason> (<what>)" and return the line.
+
+    The reason comes first: napari's toast shows the start of one line only."""
+    from napari.utils.notifications import show_error
+
+    line = f"napari-nrf: {error_line(exc)} ({what})"
+    show_error(line)
+    return line

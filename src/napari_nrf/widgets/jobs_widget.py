@@ -211,6 +211,7 @@ class FinetuneJobsWidget(QWidget):
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.setSelectionMode(QTableWidget.SingleSelection)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)  # row numbers say nothing; the dock is narrow
         self.table.itemSelectionChanged.connect(self._selection_changed)
         lay.addWidget(self.table)
         crow = QHBoxLayout()

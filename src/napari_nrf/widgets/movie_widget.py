@@ -174,7 +174,9 @@ class MovieResponseWidget(QWidget):
         self.export_btn.clicked.connect(self._browse_export)
         row.addWidget(self.export_btn)
         lay.addLayout(row)
-        self.lead = QCheckBox("frames lead by the delay (show the frame that caused the response)")
+        self.lead = QCheckBox("frames lead by the delay")
+        self.lead.setToolTip("Shift the frames by the haemodynamic delay: the frame on screen is the one that "
+                             "caused the response on screen")
         self.lead.toggled.connect(self._place_frames)
         lay.addWidget(self.lead)
         self.progress_bar = ProgressBar()
@@ -218,10 +220,13 @@ class MovieResponseWidget(QWidget):
             self.model_label.setText(f"model: movie, {model.n_voxels} voxels, {model.frames_per_tr} frames per TR "
                                      f"of {model.frame_size} px, delay {model.delay} TR, TR {model.tr:g} s")
 
-    def load_model(self, path) -> None:
-        from napari_nrf.models import load_model
+    def load_model(self, path):
+        """Load a movie model bundle for every widget of the viewer (a worker; the same path
+        as Encoding model's *Open model…*, so its card names it); returns the worker."""
+        from .model_widget import load_into_state
 
-        self.state.set_model(load_model(path, device="cpu"), path)
+        self.worker = load_into_state(self.state, path, "cpu")
+        return self.worker
 
     def _browse_model(self):
         path, _ = QFileDialog.getOpenFileName(self, "Open movie model", "", "Model bundles (*.safetensors)")

@@ -219,7 +219,8 @@ class RegionExplorerWidget(QWidget):
         self.k = QSpinBox()
         self.k.setRange(1, 50)
         self.k.setValue(8)
-        form.addRow("images shown (top / bottom)", self.k)
+        self.k.setToolTip("How many of the most and of the least activating images are shown")
+        form.addRow("images shown", self.k)
         self.map_volume = QSpinBox()
         self.map_volume.setToolTip("Which volume of a 4D (probabilistic) atlas; a click picks the most "
                                    "probable one there")

@@ -153,10 +153,11 @@ class ResponseVolumeWidget(QWidget):
         self.subject = self.settings.subject.native
         self.outside = self.settings.outside.native
         self.settings.extent.changed.connect(self._extent_changed)
-        self.contrast_check = QCheckBox("add a contrast volume (A − B) for two images")
+        self.contrast_check = QCheckBox("contrast A − B of two images")
+        self.contrast_check.setToolTip("Two images rendered together also give their contrast volume (A − B)")
         self.contrast_check.setChecked(True)
         lay.addWidget(self.contrast_check)
-        self.vs_stimulus = QCheckBox("add the stimulus-only prediction and subject-specific minus stimulus-only")
+        self.vs_stimulus = QCheckBox("also stimulus-only and the difference")
         self.vs_stimulus.setToolTip("Rest2Visual: the same image for a person with the population's mean rest map, "
                                     "and the difference this subject's rest map makes")
         self.vs_stimulus.setChecked(True)
