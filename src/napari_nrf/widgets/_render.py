@@ -153,8 +153,10 @@ def mni_status(viewer, position=None) -> str:
 
 def _layer_readout(layer, pos, xyz) -> str:
     """What ``layer`` holds at world ``pos`` / MNI ``xyz`` as status text ("" for nothing)."""
+    from napari.layers import Labels
+
     kind = layer_kind(layer)
-    if type(layer).__name__ == "Labels":
+    if isinstance(layer, Labels):
         try:
             v = layer.get_value(pos[-layer.ndim:], world=True)
         except (IndexError, ValueError, TypeError):

@@ -21,7 +21,7 @@ from napari_nrf import space
 
 from ._forms import cluster_settings_form
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import ProgressBar, notify_error
 from ._render import META, start_worker
 from ._state import state_for
 
@@ -177,14 +177,14 @@ class VoxelClustersWidget(QWidget):
         self.progress_bar.reset_idle()
 
     def _failed(self, exc):
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         if isinstance(exc, Cancelled):
             self.info.setText("cancelled")
             show_info("napari-nrf: clustering cancelled")
             return
         self.info.setText(f"failed: {exc}")
-        show_error(f"napari-nrf: clustering failed: {exc}")
+        notify_error("clustering failed", exc)
 
     def _show(self, maps, k):
         from ._render import ensure_template

@@ -27,7 +27,7 @@ from napari_nrf import space
 from napari_nrf.errors import Cancelled
 
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import ProgressBar, notify_error
 from ._render import META, start_worker
 from ._state import state_for
 
@@ -306,20 +306,29 @@ class MovieResponseWidget(QWidget):
         self.progress_bar.reset_idle()
 
     def _failed(self, exc):
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         if isinstance(exc, Cancelled):
             self.info.setText("cancelled")
             show_info("napari-nrf: prediction cancelled")
             return
         self.info.setText(f"failed: {exc}")
-        show_error(f"napari-nrf: movie prediction failed: {exc}")
+        notify_error("movie prediction failed", exc)
 
     def _show(self, view):
         from napari_nrf.movie.view import broadcast_frames
 
         from ._render import ensure_template
 
+        if view.n_volumes <= view.delay:  # every volume falls inside the haemodynamic lag
+            from napari.utils.notifications import show_warning
+
+            need = (view.delay + 1) * view.tr
+            msg = (f"this clip gives {view.n_volumes} volume(s), within the model's delay of {view.delay} TR "
+                   f"({view.delay * view.tr:g} s): nothing can be predicted; use a clip longer than {need:g} s")
+            self.info.setText(msg)
+            show_warning(f"napari-nrf: {msg}")
+            return
         ensure_template(self.viewer)
         self.view = view
         for name in LAYERS:

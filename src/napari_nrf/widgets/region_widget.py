@@ -27,7 +27,7 @@ from napari_nrf.errors import Cancelled
 
 from napari_nrf.library import ImageLibrary, LibraryError
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import ProgressBar, notify_error
 from ._render import META, layer_kind, layer_volume, start_worker
 from ._state import state_for
 from ._status import install_mni_status
@@ -304,11 +304,9 @@ class RegionExplorerWidget(QWidget):
             self._library_changed(library)
 
         def failed(exc):
-            from napari.utils.notifications import show_error
-
             self._library_changed(library)
             if not isinstance(exc, Cancelled):
-                show_error(f"napari-nrf: could not encode the image library: {exc}")
+                notify_error("could not encode the image library", exc)
 
         return start_worker(lambda cancel=None: library.features(model), on_result=done, on_error=failed)
 
@@ -570,11 +568,9 @@ class RegionExplorerWidget(QWidget):
         self.progress_bar.reset_idle()
 
     def _failed(self, exc):
-        from napari.utils.notifications import show_error
-
         if isinstance(exc, Cancelled):
             return
-        show_error(f"napari-nrf: ranking the images failed: {exc}")
+        notify_error("ranking the images failed", exc)
 
     def _show(self, res, library, cancel):
         if cancel.is_set():

@@ -21,7 +21,7 @@ from napari_nrf.query import coverage_mask
 
 from ._forms import render_settings_form, set_choices
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import ProgressBar, notify_error
 from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
                       layer_volume, start_worker, volume_layer_data)
 from ._state import state_for
@@ -195,6 +195,8 @@ class ResponseVolumeWidget(QWidget):
         crow = QHBoxLayout()
         self.con_a = QComboBox()
         self.con_b = QComboBox()
+        self.con_a.setPlaceholderText("volume A")
+        self.con_b.setPlaceholderText("needs a 2nd volume")
         self.con_btn = QPushButton("A − B")
         self.con_btn.clicked.connect(self._contrast_clicked)
         crow.addWidget(self.con_a, 1)
@@ -293,7 +295,7 @@ class ResponseVolumeWidget(QWidget):
         try:
             img = to_rgb_uint8(np.asarray(layer.data))
         except ImageError as exc:
-            show_error(f"napari-nrf: layer {layer.name!r}: {exc}")
+            notify_error(f"layer {layer.name!r} not rendered", exc)
             return None
         return self.render_images([img], [layer.name])
 
@@ -406,14 +408,14 @@ class ResponseVolumeWidget(QWidget):
         self._finished()
 
     def _failed(self, exc, meta):
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         if isinstance(exc, RenderCancelled) or meta["cancel"].is_set():
             self.status.setText("render cancelled")
             show_info("napari-nrf: render cancelled")
             return
         self.status.setText(f"render failed: {exc}")
-        show_error(f"napari-nrf: render failed: {exc}")
+        notify_error("render failed", exc)
 
     def _rendered(self, vols, meta):
         if meta["cancel"].is_set():  # cancelled after the last chunk: drop the result
@@ -537,7 +539,7 @@ class ResponseVolumeWidget(QWidget):
             try:
                 out = self.export(layer, path)
             except (OSError, ValueError) as exc:
-                show_error(f"napari-nrf: export failed: {exc}")
+                notify_error("export failed", exc)
                 return
             show_info(f"napari-nrf: wrote {out}")
 
@@ -580,6 +582,10 @@ class ResponseVolumeWidget(QWidget):
             combo.blockSignals(False)
         if len(volumes) > 1 and self.con_a.currentText() == self.con_b.currentText():
             self.con_b.setCurrentIndex(1)
+        # one volume is no contrast: not "X − X", an empty B and a disabled button
+        if len(volumes) < 2:
+            self.con_b.clear()
+        self.con_btn.setEnabled(len(volumes) > 1)
 
     def _extent_changed(self, *args):
         form = self.settings
