@@ -44,7 +44,7 @@ def test_layer_menus_predict_export_and_segment(make_napari_viewer, qtbot, tmp_p
     assert layer_kind(layer) == "response" and len(viewer.window.dock_widgets) == 1  # the open tab did it
     vw = plugin.widgets["Response volume"]
     # one volume is no contrast: the row does not offer "red − red"
-    assert vw.con_a.currentText() == "red" and vw.con_b.currentText() == "" and not vw.con_btn.isEnabled()
+    assert vw.con_a.currentText() == layer.name and vw.con_b.currentText() == "" and not vw.con_btn.isEnabled()
 
     viewer.layers.selection.active = layer
     out = tmp_path / "red_response.nii.gz"

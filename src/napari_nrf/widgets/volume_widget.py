@@ -195,7 +195,6 @@ class ResponseVolumeWidget(QWidget):
         crow = QHBoxLayout()
         self.con_a = QComboBox()
         self.con_b = QComboBox()
-        self.con_a.setPlaceholderText("volume A")
         self.con_b.setPlaceholderText("needs a 2nd volume")
         self.con_btn = QPushButton("A − B")
         self.con_btn.clicked.connect(self._contrast_clicked)
@@ -580,8 +579,8 @@ class ResponseVolumeWidget(QWidget):
             if cur in items:
                 combo.setCurrentText(cur)
             combo.blockSignals(False)
-        if len(volumes) > 1 and self.con_a.currentText() == self.con_b.currentText():
-            self.con_b.setCurrentIndex(1)
+        if len(volumes) > 1 and (self.con_b.currentIndex() < 0 or self.con_a.currentText() == self.con_b.currentText()):
+            self.con_b.setCurrentIndex(1 if self.con_a.currentIndex() == 0 else 0)
         # one volume is no contrast: not "X − X", an empty B and a disabled button
         if len(volumes) < 2:
             self.con_b.clear()
