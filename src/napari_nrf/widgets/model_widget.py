@@ -136,11 +136,17 @@ class ModelCard(QLabel):
     """The model card: a wrapped, selectable label at least :data:`CARD_LINES` lines tall
     in the font it is shown with (napari's style sheet sets it after construction)."""
 
+    def _lines_height(self) -> int:
+        m = self.contentsMargins()
+        return CARD_LINES * self.fontMetrics().lineSpacing() + m.top() + m.bottom() + 4
+
     def minimumSizeHint(self):  # noqa: N802 - Qt's name
         hint = super().minimumSizeHint()
-        m = self.contentsMargins()
-        hint.setHeight(max(hint.height(), CARD_LINES * self.fontMetrics().lineSpacing() + m.top() + m.bottom() + 4))
+        hint.setHeight(max(hint.height(), self._lines_height()))
         return hint
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802 - a wrapped label's layouts ask this
+        return max(super().heightForWidth(width), self._lines_height())
 
 
 class EncodingModelWidget(QWidget):

@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFra
                             QLineEdit, QPushButton, QSlider, QWidget)
 
 from napari_nrf import space
-from napari_nrf.query import coverage_mask
 
 from ._forms import render_settings_form, set_choices
 from ._layout import scrolling_layout
@@ -33,7 +32,7 @@ GREY = "grey matter (extrapolation)"
 EXTENTS = (DATA, BRAIN, GREY, "ROI from a Labels layer", "ROI from a NIfTI file", "box")
 # What each extent is called in a written volume's sidecar (napari_nrf.volume_meta).
 EXTENT_MASK_NAMES = {DATA: "data", BRAIN: "brain", GREY: "gm", "ROI from a Labels layer": "ROI",
-                     "ROI from a NIfTI file": "ROI", "box": "box"}
+                     "ROI from a NIfTI file": "ROI", "box": "box within the brain"}
 OUTSIDE = ("NaN", "0")
 
 
@@ -311,7 +310,8 @@ class ResponseVolumeWidget(QWidget):
                 raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)") from None
             if len(vals) != 6:
                 raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)")
-            return space.Grid.from_extent(res, vals[:3], vals[3:]), None
+            # a box is a part of the brain: values outside the brain outline stay NaN
+            return space.Grid.from_extent(res, vals[:3], vals[3:]), "brain"
         grid = space.Grid.mni(res)
         if ext == BRAIN:
             return grid, "brain"
@@ -320,10 +320,8 @@ class ResponseVolumeWidget(QWidget):
         if ext == DATA:
             if self.state.model is None or not self.state.model.subjects:
                 raise ValueError("the model has no subject voxels; choose another extent")
-            mask = coverage_mask(self.state.model, grid)
-            if not mask.any():
-                raise ValueError("the model's voxels do not fall inside the brain mask")
-            return grid, mask
+            # computed in the render worker (cancellable; tens of seconds at 0.5 mm), once per grid
+            return grid, "data"
         if ext == "ROI from a NIfTI file":
             path = form.roi_file.line_edit.value.strip()  # text: an empty FileEdit is no file
             if not path:
