@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_nrf.errors import write_text_atomic
 from ._layout import scrolling_layout

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, QPointF, Qt, Signal
+from qtpy.QtCore import QPointF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QWidget)
@@ -27,15 +27,11 @@ from napari_nrf import space
 from napari_nrf.errors import Cancelled
 
 from ._layout import scrolling_layout
-from ._progress import ProgressBar, notify_error
+from ._progress import JobPanel, notify_error
 from ._render import META, start_worker
 from ._state import state_for
 
 LAYERS = ("movie prediction", "movie frames", "movie reconstruction")
-
-
-class _Progress(QObject):
-    changed = Signal(int, int)
 
 
 class TimeCoursePlot(QWidget):
@@ -115,8 +111,6 @@ class MovieResponseWidget(QWidget):
         self.layers = {}
         self.worker = None
         self._cancel = threading.Event()
-        self._progress = _Progress()
-        self._progress.changed.connect(lambda d, t: self.progress_bar.report(d, t))
         self.setAcceptDrops(True)
 
         lay = scrolling_layout(self)
@@ -165,10 +159,6 @@ class MovieResponseWidget(QWidget):
         self.run_btn = QPushButton("Predict")
         self.run_btn.clicked.connect(self.predict)
         row.addWidget(self.run_btn)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.cancel_btn)
         self.export_btn = QPushButton("Export 4D NIfTI…")
         self.export_btn.setEnabled(False)
         self.export_btn.clicked.connect(self._browse_export)
@@ -179,8 +169,10 @@ class MovieResponseWidget(QWidget):
                              "caused the response on screen")
         self.lead.toggled.connect(self._place_frames)
         lay.addWidget(self.lead)
-        self.progress_bar = ProgressBar()
-        lay.addWidget(self.progress_bar)
+        self.job = JobPanel()
+        self.progress_bar, self.cancel_btn = self.job.progress_bar, self.job.cancel_btn
+        self.job.cancel_requested.connect(self.cancel)
+        lay.addWidget(self.job)
         self.delay_label = QLabel("")
         self.delay_label.setWordWrap(True)
         lay.addWidget(self.delay_label)
@@ -282,14 +274,9 @@ class MovieResponseWidget(QWidget):
             show_info("napari-nrf: drop a video, or open a data set and pick a film")
             return None
         self._cancel = cancel = threading.Event()
-        prog = self._progress
-
-        def progress(done, total, msg=""):
-            prog.changed.emit(int(done), int(total or 0))
-
+        progress = self.job.reporter()
         self.run_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.progress_bar.start("napari-nrf: predicting the film")
+        self.job.start("napari-nrf: predicting the film")
         self.info.setText(f"predicting {Path(source).name if source else film}…")
         self.worker = start_worker(_view_job, model, source, self.dataset if film else None, film,
                                    self.tr.value() or None, self.onset.value(), self.fps.value() or None, progress,
@@ -302,8 +289,7 @@ class MovieResponseWidget(QWidget):
 
     def _finished(self):
         self._model_changed(self.state.model)
-        self.cancel_btn.setEnabled(False)
-        self.progress_bar.reset_idle()
+        self.job.finish()
 
     def _failed(self, exc):
         from napari.utils.notifications import show_info

@@ -12,7 +12,7 @@ from pathlib import Path
 import threading
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QSlider, QWidget)
 
@@ -20,7 +20,7 @@ from napari_nrf import space
 
 from ._forms import render_settings_form, set_choices
 from ._layout import scrolling_layout
-from ._progress import ProgressBar, notify_error
+from ._progress import JobPanel, notify_error
 from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
                       layer_volume, start_worker, volume_layer_data)
 from ._state import state_for
@@ -37,12 +37,6 @@ OUTSIDE = ("NaN", "0")
 
 
 CONTINUOUS_SUBJECT = "(field: any point)"
-
-
-class _Progress(QObject):
-    """Carries progress from the worker thread to the main thread (queued signal)."""
-
-    changed = Signal(int, int)
 
 
 def _read_images(paths):
@@ -116,8 +110,6 @@ class ResponseVolumeWidget(QWidget):
             live["cancel"].set()
 
         self.destroyed.connect(_gone)
-        self._progress = _Progress()
-        self._progress.changed.connect(self._on_progress)
         self._listeners = []
         self.setAcceptDrops(True)
         install_mni_status(napari_viewer)
@@ -163,14 +155,10 @@ class ResponseVolumeWidget(QWidget):
         self.vs_stimulus.setVisible(False)
         lay.addWidget(self.vs_stimulus)
 
-        prow = QHBoxLayout()
-        self.progress_bar = ProgressBar()
-        prow.addWidget(self.progress_bar, 1)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        prow.addWidget(self.cancel_btn)
-        lay.addLayout(prow)
+        self.job = JobPanel()
+        self.progress_bar, self.cancel_btn = self.job.progress_bar, self.job.cancel_btn
+        self.job.cancel_requested.connect(self.cancel)
+        lay.addWidget(self.job)
 
         disp = QFormLayout()
         self.threshold = QSlider(Qt.Horizontal)
@@ -360,13 +348,9 @@ class ResponseVolumeWidget(QWidget):
         subject = self.current_subject()
         self._cancel = cancel = threading.Event()
         self._live["cancel"] = cancel
-        self.progress_bar.start(f"napari-nrf: rendering {', '.join(names)}")
-        self.cancel_btn.setEnabled(True)
+        self.job.start(f"napari-nrf: rendering {', '.join(names)}")
         self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
-        prog = self._progress
-
-        def progress(done, total):
-            prog.changed.emit(int(done), int(total or 0))
+        progress = self.job.reporter()
 
         reference = None
         if getattr(model, "conditioned", False) and self.vs_stimulus.isChecked():
@@ -389,14 +373,10 @@ class ResponseVolumeWidget(QWidget):
         self._cancel.set()
         self.status.setText("cancelling…")
 
-    def _on_progress(self, done, total):
-        self.progress_bar.report(done, total)
-
     def _finished(self):
         if self._second_step:  # the first step's worker ended; the second one runs on
             return
-        self.cancel_btn.setEnabled(False)
-        self.progress_bar.reset_idle()
+        self.job.finish()
 
     def _second_finished(self):
         if not self._live["alive"]:
@@ -442,9 +422,8 @@ class ResponseVolumeWidget(QWidget):
             self._second_step = True
             self.status.setText(f"rendered {len(vols)} volume(s) at {grid.resolution:g} mm; "
                                 "computing the stimulus-only prediction…")
-            prog = self._progress
             self.worker = start_worker(_reference_job, self.state.model, feats, grid, meta["mask"], reference,
-                                       lambda d, t: prog.changed.emit(int(d), int(t or 0)),
+                                       self.job.reporter(),
                                        on_result=lambda refs: self._rendered_reference(refs, new, meta),
                                        on_error=lambda exc: self._live["alive"] and self._failed(exc, meta),
                                        on_finished=self._second_finished, cancel_event=meta["cancel"])
