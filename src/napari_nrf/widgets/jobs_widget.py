@@ -100,6 +100,7 @@ class FinetuneJobsWidget(QWidget):
         self._rows: dict[str, int] = {}
         self._stages: dict[str, str] = {}  # latest stage text per job (records without a fraction too)
         self._etas: dict[str, float | None] = {}
+        self._fractions: dict[str, float] = {}  # job id -> last progress fraction read
 
         lay = scrolling_layout(self)  # small screens: the controls scroll
         form = QFormLayout()
@@ -421,10 +422,11 @@ class FinetuneJobsWidget(QWidget):
                 self.table.setCellWidget(r, 2, bar)
             self._stages[job.id] = stage
             if last is not None:
-                bar.setValue(int(1000 * last["fraction"]))
+                self._fractions[job.id] = float(last["fraction"])
                 self._etas[job.id] = last.get("eta_s")
-            elif bar.property("job") != job.id:
-                bar.setValue(1000 if status == "done" else 0)
+            # progress records are read once (incrementally): keep each job's last fraction, so
+            # a cancelled job still shows how far it got when the rows are rebuilt
+            bar.setValue(int(1000 * self._fractions.get(job.id, 1.0 if status == "done" else 0.0)))
             if stage:  # the latest stage, also from records without a fraction (features)
                 eta = self._etas.get(job.id) if status == "running" else None
                 bar.setFormat(f"%p%  {stage}" + (f"  ETA {eta:.0f} s" if eta else ""))
