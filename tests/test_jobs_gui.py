@@ -147,3 +147,12 @@ def test_a_cancelled_job_row_keeps_the_progress_it_reached(make_napari_viewer, t
     w.refresh()
     assert w.table.item(1, 0).text() == "a" and w.table.item(1, 1).text() == "cancelled"
     assert w.table.cellWidget(1, 2).value() == 160 and w.table.cellWidget(0, 2).value() == 20
+
+
+def test_loss_curve_has_axes(make_napari_viewer, tmp_path):
+    _mw, w = _docks(make_napari_viewer(), tmp_path)
+    w.curve.set_data([1.0, 0.5, 0.25], [0.1, 0.2, float("nan")])
+    labels = w.curve.axis_labels()
+    assert labels == {"x": "epoch 1 - 3", "loss": ("0.25", "1"), "val": ("0.1", "0.2")}
+    w.curve.resize(340, 120)
+    assert not w.curve.grab().isNull()  # paints with its axes
