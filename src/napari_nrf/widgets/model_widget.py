@@ -26,9 +26,8 @@ def available_devices() -> list[str]:
 def model_card(model) -> str:
     """A short plain-text description of a loaded model (kind, backbone, subjects, metrics)."""
     kind = model.kind + (" (continuous field in MNI space)" if getattr(model, "continuous", False) else "")
-    lines = [f"kind: {kind}", f"backbone: {model.backbone_name}"]
     n_par = sum(p.numel() for p in model.parameters())
-    lines.append(f"parameters: {n_par / 1e6:.2f} M")
+    lines = [f"kind: {kind}", f"backbone: {model.backbone_name}, {n_par / 1e6:.2f} M parameters"]
     total = 0
     rest = getattr(model, "rest_maps", None) or {}
     for s, xyz in model.subjects.items():
@@ -129,7 +128,7 @@ def load_into_state(state, path, device: str = "cpu", on_loaded=None):
     return start_worker(_load, str(path), device, on_result=loaded, on_error=failed)
 
 
-CARD_LINES = 6  # the card shows at least this many lines (kind, subjects, data, metrics)
+CARD_LINES = 8  # the card shows at least this many lines (kind, subjects, data, metrics)
 
 
 class ModelCard(QLabel):
