@@ -1,10 +1,8 @@
-"""A new user's first minutes, on the paths they take: ``napari -w napari-nrf`` starts
-with the MNI template, a visible *Load the demo model* button and the drop zone; one model
+"""A new user's first minutes, on the paths they take (``napari -w napari-nrf``'s first
+launch is in tests/test_plugin_path_gui.py, next to the other ``napari -w`` check): one model
 is in use across every widget whichever widget opened it (Movie response > Open model…
 included), a corrupt file is one notification and the model in use stays; File > Open of a
 NIfTI (``viewer.open`` with no plugin named) goes to the plugin without a reader dialog."""
-
-import sys
 
 import numpy as np
 import pytest
@@ -38,39 +36,6 @@ def movie_model(tmp_path_factory):
     m.backbone_name = "efficientnet-lite0"
     m.save(d / "movie.safetensors")
     return d / "movie.safetensors"
-
-
-def test_napari_dash_w_first_launch_starts_somewhere(monkeypatch, qtbot, tmp_path):
-    import napari.__main__ as napari_main
-
-    from napari_nrf.demo import shipped_model_path
-    from napari_nrf.widgets._render import layer_kind
-    from napari_nrf.widgets.model_widget import CARD_LINES
-
-    monkeypatch.setenv("NAPARI_NRF_CACHE", str(tmp_path))  # a fresh machine: no recent models
-    monkeypatch.setattr(sys, "argv", ["napari", "-w", PLUGIN])
-    viewer = napari_main._build_viewer()
-    try:
-        viewer.window._qt_window.resize(1366, 728)
-        viewer.window._qt_window.show()
-        (plugin,) = dict(viewer.window.dock_widgets).values()
-        mw, vw = plugin.widgets["Encoding model"], plugin.widgets["Response volume"]
-        qtbot.waitUntil(lambda: vw.drop_label.isVisible(), timeout=5000)
-        assert [layer_kind(x) for x in viewer.layers] == ["template"]          # the MNI template
-        assert mw.demo_btn.isVisible() and mw.demo_btn.text() == "Load the demo model"
-        assert vw.drop_label.isVisible() and plugin.tabs.currentWidget() is vw  # the drop zone in front
-        if not shipped_model_path().is_file():
-            pytest.skip("no shipped demo model in this checkout")
-        mw.demo_btn.click()
-        qtbot.waitUntil(lambda: vw.state.model is not None, timeout=60000)
-        lines = mw.card.text().splitlines()
-        assert lines[0] == f"model in use: {shipped_model_path().name}" and lines[1].startswith("kind: nrf")
-        assert any(s.startswith("subject ") for s in lines) and len(lines) >= CARD_LINES
-        # the card shows at least six lines, not a scroll bar's worth
-        assert mw.card.height() >= CARD_LINES * mw.card.fontMetrics().lineSpacing()
-        assert mw.card.visibleRegion().boundingRect().height() >= CARD_LINES * mw.card.fontMetrics().lineSpacing()
-    finally:
-        viewer.close()
 
 
 def test_movie_open_model_is_the_model_in_use_and_a_corrupt_one_a_notification(

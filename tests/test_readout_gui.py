@@ -12,12 +12,9 @@ def test_readout_names_regions_movie_values_and_skips_nan(make_napari_viewer, tm
     from napari_nrf import space
     from napari_nrf.widgets._render import META, ensure_template, mni_status
 
-    g = space.Grid.from_extent(4.0, [-60, -80, -30], [60, 40, 50])
-    lab = np.zeros(g.shape, np.uint8)
-    lab[:10] = 1
-    lab[15:] = 2
-    space.save_nifti(lab, g, tmp_path / "atlas.nii.gz")
-    (tmp_path / "atlas.tsv").write_text("index\tname\n1\tLeft thing\n2\tRight thing\n")
+    from _plugin import two_region_atlas
+
+    g, _lab = two_region_atlas(tmp_path)
     viewer = make_napari_viewer()
     viewer.window.add_plugin_dock_widget("napari-nrf", "Response volume")  # installs the readout
     ensure_template(viewer)
