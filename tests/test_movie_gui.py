@@ -51,6 +51,7 @@ def test_movie_widget_predicts_a_film_and_a_dataset_film(movie_files, make_napar
     # the time slider in seconds: the label names the delay
     viewer.dims.set_point(0, 5 * 1.3)
     assert w.current_volume() == 5 and "2 TR" in w.delay_label.text() and "3.9 s" in w.delay_label.text()
+    assert viewer.window._qt_viewer.dims.slider_widgets[0].axis_label.text() == "t 6.5 s"  # seconds, not steps
     w.lead.setChecked(True)
     assert frames.translate[0] == pytest.approx(2 * 1.3)
     assert w.show_time_course(g.coords[3]) and w.plot.measured is None
