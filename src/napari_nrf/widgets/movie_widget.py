@@ -336,6 +336,7 @@ class MovieResponseWidget(QWidget):
             self.layers["movie reconstruction"] = self.viewer.add_image(
                 broadcast_frames(view.recon, nz), name="movie reconstruction", rgb=True, **same)
         self._place_frames()
+        self.viewer.reset_view()  # the frames panel beside the brain comes into the view, not off its edge
         self.viewer.dims.set_current_step(0, min(view.n_volumes - 1, view.delay))
         self.export_btn.setEnabled(True)
         meas = "" if view.measured is None else ", measured responses loaded"
