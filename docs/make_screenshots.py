@@ -1,10 +1,11 @@
 """Screenshots for docs/user_guide.md and the README, taken from the real application the
 way a user opens it (no demo shortcut):
 
-1. a napari window; the plugin from its Plugins menu entry "All widgets" (what
-   ``napari -w napari-nrf`` docks), through napari's ``add_plugin_dock_widget``;
-2. File > Open Sample > napari-nrf > MNI152 template (2 mm);
-3. Encoding model: the shipped demo NRF model chosen from the list under *Open model…*;
+1. a napari window of 1366 x 728 (a 768 px laptop screen less its task bar); the plugin
+   from its Plugins menu entry "All widgets" (what ``napari -w napari-nrf`` docks), through
+   napari's ``add_plugin_dock_widget``: the first launch, with the MNI152 template;
+2. the window at 1920 x 1040 for the other pictures;
+3. Encoding model: *Load the demo model*;
 4. Response volume: two photographs dropped on the drop zone (a real Qt drop event),
    rendered where the model has data, with their contrast;
 5. File > Open of a label atlas (the virtual subjects' visual areas with a ``.tsv`` table
@@ -13,6 +14,7 @@ way a user opens it (no demo shortcut):
 
 Saves in ``docs/images/``:
 
+- ``first_launch_1366.png``: the first launch on 1366 x 768;
 - ``response_2d.png``: the window, an axial slice (colorbar with units, mm axes, scale
   bar, orientation letters, MNI status bar);
 - ``response_3d.png``: the same in 3D;
@@ -126,22 +128,22 @@ def main() -> int:
     from napari_nrf import space
     from napari_nrf.demo import shipped_model_path
     from napari_nrf.library import ImageLibrary
-    from napari_nrf.widgets.model_widget import DEMO_ITEM
-
+    
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1600, 1000)
-    # Plugins > napari-nrf > All widgets (= napari -w napari-nrf)
+    win = viewer.window._qt_window
+    # Plugins > napari-nrf > All widgets (= napari -w napari-nrf), first on a 1366 x 768 laptop:
+    # the first launch shows the MNI template, "Load the demo model" and the drop zone
+    win.resize(1366, 768 - 40)
     _dock, plugin = viewer.window.add_plugin_dock_widget(PLUGIN, "All widgets")
-    viewer.open_sample(PLUGIN, "mni152")            # File > Open Sample > napari-nrf > MNI152
+    _process(2.0)
+    viewer.window.screenshot(str(OUT / "first_launch_1366.png"), canvas_only=False, flash=False)
+    print("saved first_launch_1366.png", win.width(), "x", win.height())
+    win.resize(1920, 1080 - 40)
+    _process(1.0)
     mw = plugin.widgets["Encoding model"]
-    # the list's demo entry (or, once opened before, its file name)
-    idx = mw.recent.findText(DEMO_ITEM)
-    if idx < 0:
-        idx = mw.recent.findData(str(shipped_model_path().resolve()))
-    assert idx > 0, "the shipped demo model is not in the Encoding model's list"
-    mw.recent.setCurrentIndex(idx)
-    mw.recent.activated.emit(idx)                   # the user picks the demo model in the list
+    assert shipped_model_path().is_file(), "no shipped demo model"
+    mw.demo_btn.click()                             # the user clicks "Load the demo model"
     _wait(lambda: mw.state.model is not None, timeout=300, what="the demo model")
     print("model loaded:", mw.state.model_path)
 
@@ -171,9 +173,9 @@ def main() -> int:
     print("saved response_3d.png")
     viewer.dims.ndisplay = 2
 
-    # File > Open of a label atlas (napari's reader: this plugin's, for .nii.gz)
+    # File > Open of a label atlas (the plugin is napari's preferred NIfTI reader since its first use)
     atlas = _area_atlas(work / "visual_areas.nii.gz")
-    viewer.open(str(atlas), plugin=PLUGIN)
+    viewer.open(str(atlas), plugin=None)
     astronaut.visible = False
     rx = plugin.show_tab("Region explorer")
     rx.set_library(ImageLibrary.from_folder(_library_folder(work / "library")))  # what Folder… does

@@ -32,7 +32,7 @@ def test_response_volume_settings_are_a_magicgui_form(make_napari_viewer, tmp_pa
     assert form.box.enabled and not form.roi_layer.enabled and not form.roi_file.enabled
     form.box.value = "-20, -40, 0, 20, 0, 20"
     grid, mask = vw.region_spec()
-    assert mask is None and grid.resolution == 4.0
+    assert mask == "brain" and grid.resolution == 4.0        # a box shows no values outside the brain
     assert np.allclose(grid.origin, (-20, -40, 0)) and grid.shape == (11, 11, 6)
 
     # a Labels layer added to the viewer becomes a choice of the ROI layer field

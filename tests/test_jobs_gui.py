@@ -115,3 +115,44 @@ def test_an_existing_output_is_refused_in_the_widgets_words(make_napari_viewer, 
     assert blocker.args[0].status == "done", blocker.args[0].state
     assert out.read_bytes() != b"someone's model"
     qtbot.waitUntil(lambda: mw.model is not None and mw.model.kind == "nrf", timeout=60_000)  # the job opens it
+
+
+def test_a_cancelled_job_row_keeps_the_progress_it_reached(make_napari_viewer, tmp_path, monkeypatch):
+    """A job cancelled at 16 % reads "cancelled" at 16 %, also after a new job pushed the
+    rows down (the progress records are read once, incrementally)."""
+    from types import SimpleNamespace
+
+    from napari_nrf.widgets.jobs_widget import GROUP
+
+    _mw, w = _docks(make_napari_viewer(), tmp_path)
+    w.timer.stop()
+
+    def job(jid, status, records):
+        feed = list(records)
+
+        def read_progress(offset):
+            out = feed[offset:]
+            return out, len(feed)
+
+        return SimpleNamespace(id=jid, name=jid, group=GROUP, spec={}, dir=tmp_path / jid, status=status,
+                               state={}, cluster_state=None, read_progress=read_progress)
+
+    first = job("a", "cancelled", [{"stage": "training", "fraction": 0.16}])
+    jobs = [first]
+    monkeypatch.setattr(w.manager, "poll", lambda: list(jobs))
+    w.refresh()
+    assert w.table.cellWidget(0, 2).value() == 160
+    jobs.append(job("b", "running", [{"stage": "features", "fraction": 0.02}]))  # newest first: a moves down
+    w.refresh()
+    w.refresh()
+    assert w.table.item(1, 0).text() == "a" and w.table.item(1, 1).text() == "cancelled"
+    assert w.table.cellWidget(1, 2).value() == 160 and w.table.cellWidget(0, 2).value() == 20
+
+
+def test_loss_curve_has_axes(make_napari_viewer, tmp_path):
+    _mw, w = _docks(make_napari_viewer(), tmp_path)
+    w.curve.set_data([1.0, 0.5, 0.25], [0.1, 0.2, float("nan")])
+    labels = w.curve.axis_labels()
+    assert labels == {"x": "epoch 1 - 3", "loss": ("0.25", "1"), "val": ("0.1", "0.2")}
+    w.curve.resize(340, 120)
+    assert not w.curve.grab().isNull()  # paints with its axes

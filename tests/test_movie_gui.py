@@ -34,6 +34,7 @@ def test_movie_widget_predicts_a_film_and_a_dataset_film(movie_files, make_napar
     viewer = make_napari_viewer()
     w = open_widgets(viewer, ["Movie response"])["Movie response"]
     w.load_model(d / "m.safetensors")
+    qtbot.waitUntil(lambda: w.state.model is not None, timeout=30000)
     assert w.run_btn.isEnabled() and "delay 2 TR" in w.model_label.text()
 
     # a dropped video
@@ -50,6 +51,7 @@ def test_movie_widget_predicts_a_film_and_a_dataset_film(movie_files, make_napar
     # the time slider in seconds: the label names the delay
     viewer.dims.set_point(0, 5 * 1.3)
     assert w.current_volume() == 5 and "2 TR" in w.delay_label.text() and "3.9 s" in w.delay_label.text()
+    assert viewer.window._qt_viewer.dims.slider_widgets[0].axis_label.text() == "t 6.5 s"  # seconds, not steps
     w.lead.setChecked(True)
     assert frames.translate[0] == pytest.approx(2 * 1.3)
     assert w.show_time_course(g.coords[3]) and w.plot.measured is None
@@ -68,3 +70,29 @@ def test_movie_widget_predicts_a_film_and_a_dataset_film(movie_files, make_napar
     assert w.show_time_course(g.coords[0])
     np.testing.assert_allclose(w.plot.measured, g.films["film-02"]["responses"][:, 0])
     w.dataset.close()
+
+
+def test_a_clip_shorter_than_the_delay_says_so(movie_files, make_napari_viewer, qtbot, monkeypatch):
+    """A clip whose volumes all fall inside the model's haemodynamic delay: a clear message
+    naming the minimum length, not an empty result."""
+    import napari.utils.notifications as notes
+
+    from napari_nrf.movie.video import write_video
+    from napari_nrf.simulate.movies import make_film
+
+    from _plugin import open_widgets
+
+    d, _g = movie_files
+    shown = []
+    monkeypatch.setattr(notes, "show_warning", shown.append)
+    short = write_video(d / "short.mp4", make_film(2, tr=1.3, frames_per_tr=4, size=32, seed=4).frames,
+                        fps=4 / 1.3)
+    viewer = make_napari_viewer()
+    w = open_widgets(viewer, ["Movie response"])["Movie response"]
+    w.load_model(d / "m.safetensors")
+    qtbot.waitUntil(lambda: w.state.model is not None, timeout=30000)
+    w.set_source(short)
+    w.predict()
+    qtbot.waitUntil(lambda: bool(shown) or "failed" in w.info.text(), timeout=60000)
+    assert shown and "delay of 2 TR" in shown[0] and "longer than 3.9 s" in shown[0], (shown, w.info.text())
+    assert "movie prediction" not in viewer.layers

@@ -138,6 +138,35 @@ def test_labels_writer_round_trips_with_table(tmp_path):
     assert list(kw2["features"]["name"]) == ["cluster 1", "cluster 3"]
 
 
+def test_cluster_map_tsv_holds_size_and_mni_centroid(tmp_path):
+    """A saved cluster map's .tsv: index, name, then each cluster's size and MNI centroid."""
+    from napari_nrf.analysis.clusters import ClusterResult, cluster_table
+
+    g = _grid()
+    coords = {"s1": np.array([[0.0, -80, 0], [2, -80, 0], [40, -50, -20]])}
+    res = ClusterResult(labels={"s1": np.array([0, 0, 1])}, centers=np.eye(2, dtype=np.float32), inertia=0.0,
+                        method="sklearn")
+    table = cluster_table(res, coords)
+    lab = np.zeros(g.shape, np.int32)
+    lab[2:4, 2:4, 2:4] = 1
+    lab[8:9, 8:9, 8:9] = 2
+    data, kw = space.layer_data(lab, g)
+    meta = {"name": "clusters k=2 s1", "scale": kw["scale"], "translate": kw["translate"], "features": table,
+            "metadata": {"napari_nrf": {"kind": "clusters", "grid": g}}}
+    written = nifti_layers.write_labels(str(tmp_path / "clusters.nii.gz"), data, meta)
+    tsv = next(w for w in written if w.endswith(".tsv"))
+    rows = [r.split("\t") for r in open(tsv).read().splitlines()]
+    head = rows[0]
+    assert head[:2] == ["index", "name"] and {"size", "x_mm", "y_mm", "z_mm"} <= set(head)
+    one = dict(zip(head, rows[1]))
+    assert one["index"] == "1" and one["size"] == "2" and one["x_mm"] == "1.0" and one["y_mm"] == "-80.0"
+    two = dict(zip(head, rows[2]))
+    assert two["size"] == "1" and two["x_mm"] == "40.0" and two["z_mm"] == "-20.0"
+    # the plugin's reader still reads the names back
+    (_d, kw2, _kind), = nifti_layers.read_nifti(written[0])
+    assert list(kw2["features"]["name"]) == ["cluster 1", "cluster 2"]
+
+
 def _afni_xml(pairs):
     import xml.etree.ElementTree as ET
 

@@ -78,13 +78,19 @@ def test_a_new_user_finds_the_demo_model_in_the_model_list(make_napari_viewer, q
     assert mw.recent.findText(shipped_model_path().name) > 0
 
 
-def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
+def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot, tmp_path):
     """``napari -w napari-nrf``: napari's command line docks the plugin's first widget
-    contribution; that entry holds every widget of the plugin."""
+    contribution; that entry holds every widget of the plugin. A first launch starts
+    somewhere: the MNI template on the canvas, *Load the demo model* visible, the drop zone
+    in front; the demo model's card shows at least six lines."""
     import napari.__main__ as napari_main
 
+    from napari_nrf.demo import shipped_model_path
     from napari_nrf.widgets import widget_commands
+    from napari_nrf.widgets._render import layer_kind
+    from napari_nrf.widgets.model_widget import CARD_LINES
 
+    monkeypatch.setenv("NAPARI_NRF_CACHE", str(tmp_path))  # a fresh machine: no recent models
     monkeypatch.setattr(sys, "argv", ["napari", "-w", PLUGIN])
     viewer = napari_main._build_viewer()
     try:
@@ -93,6 +99,21 @@ def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
         (container,) = docks.values()
         names = {name for name, _ in widget_commands()}
         assert set(container.widgets) == names and len(names) >= 6
+        viewer.window._qt_window.resize(1366, 728)
+        viewer.window._qt_window.show()
+        mw, vw = container.widgets["Encoding model"], container.widgets["Response volume"]
+        qtbot.waitUntil(lambda: vw.drop_label.isVisible(), timeout=5000)
+        assert [layer_kind(x) for x in viewer.layers] == ["template"]          # the MNI template
+        assert mw.demo_btn.isVisible() and mw.demo_btn.text() == "Load the demo model"
+        assert container.tabs.currentWidget() is vw                             # the drop zone in front
+        if shipped_model_path().is_file():
+            mw.demo_btn.click()
+            qtbot.waitUntil(lambda: vw.state.model is not None, timeout=60000)
+            lines = mw.card.text().splitlines()
+            assert lines[0] == f"model in use: {shipped_model_path().name}" and lines[1].startswith("kind: nrf")
+            assert any(s.startswith("subject ") for s in lines) and len(lines) >= 6
+            spacing = mw.card.fontMetrics().lineSpacing()
+            assert mw.card.visibleRegion().boundingRect().height() >= CARD_LINES * spacing >= 6 * spacing
         model = BlobModel()
         container.widgets["Encoding model"].set_model(model)
         assert container.widgets["Response volume"].state.model is model
@@ -104,33 +125,26 @@ def test_napari_dash_w_opens_the_whole_plugin(monkeypatch, qtbot):
 def test_nifti_open_save_and_drop_through_napari(make_napari_viewer, qtbot, tmp_path):
     """File > Open, File > Save Layers and a drop on the Response volume widget, through
     napari's own reader/writer machinery (npe2 contributions of the manifest)."""
-    import numpy as np
-    from PIL import Image
+    from _plugin import two_region_atlas
 
-    from napari_nrf import space
-    from napari_nrf.widgets._render import layer_kind
-    from _standin_model import colour_image
-
-    g = space.Grid.from_extent(4.0, [-60, -80, -30], [60, 40, 50])
-    lab = np.zeros(g.shape, np.uint8)
-    lab[:10] = 1
-    lab[15:] = 2
-    space.save_nifti(lab, g, tmp_path / "atlas.nii.gz")
-    (tmp_path / "atlas.txt").write_text("1\tLeft thing\n2\tRight thing\n")
+    g, lab = two_region_atlas(tmp_path, "atlas.txt", "1\tLeft thing\n2\tRight thing\n")
     from napari.errors import MultipleReaderError
     from napari.settings import get_settings
 
     viewer = make_napari_viewer()
-    # File > Open: napari's builtins (imageio) also claim .nii, so napari asks once which
-    # reader to use; ours is offered ...
-    with pytest.raises(MultipleReaderError, match="napari-nrf"):
-        viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
-    # ... and the dialog's "remember" writes this preference, after which File > Open and a
-    # drop on the canvas go straight to napari-nrf.
     settings = get_settings().plugins
     saved = dict(settings.extension2reader)
-    settings.extension2reader = {**saved, "*.nii.gz": "napari-nrf", "*.nii": "napari-nrf"}
     request_cleanup = lambda: setattr(settings, "extension2reader", saved)  # noqa: E731
+    settings.extension2reader = {k: v for k, v in saved.items() if k not in ("*.nii", "*.nii.gz")}
+    # File > Open before the plugin was ever used: napari's builtins (imageio) also claim
+    # .nii, so napari asks which reader to use; ours is offered ...
+    with pytest.raises(MultipleReaderError, match="napari-nrf"):
+        viewer.open(str(tmp_path / "atlas.nii.gz"), plugin=None)
+    # ... and the plugin's first use (any widget from the Plugins menu) makes napari-nrf the
+    # preferred NIfTI reader, after which File > Open and a drop on the canvas go straight
+    # to napari-nrf, with no dialog.
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Voxel clusters")
+    assert settings.extension2reader["*.nii.gz"] == settings.extension2reader["*.nii"] == "napari-nrf"
     try:
         _nifti_checks(viewer, qtbot, tmp_path, g, lab)
     finally:

@@ -159,3 +159,29 @@ def test_data_mask_keeps_the_points_near_the_training_voxels(model, feats):
     assert np.array_equal(np.isfinite(vol[0]), m)
     with pytest.raises(space.SpaceError, match="needs the model"):
         space.resolve_mask("data", g)
+
+
+def test_coverage_mask_is_cancellable_and_the_pointwise_brain_lookup_agrees(model, feats, monkeypatch):
+    """The "data" extent's mask: Cancel is heard during it (a 0.5 mm grid spends seconds
+    there), and the large-grid path (brain mask looked up at the candidates only) gives
+    the same mask as the whole-grid one."""
+    from napari_nrf.query import coverage_mask
+
+    monkeypatch.setattr(model, "subjects", {"a": np.array([[-40.0, -20, 10], [-38, -20, 10], [30, -60, 0]],
+                                                          np.float32)})
+    g = space.Grid.mni(4.0)
+    whole = coverage_mask(model, g)
+    assert whole.any() and whole.sum() < space.brain_mask(g).sum()
+    monkeypatch.setattr(space, "DISK_CACHE_MAX_POINTS", 0)  # every grid "too big": point-wise lookup
+    assert np.array_equal(coverage_mask(model, g), whole)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(QueryCancelled):
+        coverage_mask(model, g, cancel=cancel)
+    eng = QueryEngine(model, device="cpu")
+    with pytest.raises(QueryCancelled):
+        eng.volume(feats, g, mask="data", cancel=lambda: True)

@@ -146,6 +146,15 @@ def test_response_layers_have_colorbar_units_and_mm_axes(make_napari_viewer, qtb
     assert viewer.window._qt_viewer.dims.slider_widgets[2].axis_label.text().startswith("x ")
     with pytest.raises(ValueError):
         parse_mni("1, 2")
+    # a second volume: one colour bar, the selected layer's, which the text overlay names
+    Image.fromarray(colour_image(0.0, 0.9, 32)).save(tmp_path / "blue.png")
+    got.clear()
+    vw.add_images([str(tmp_path / "blue.png")])
+    qtbot.waitUntil(lambda: bool(got), timeout=30000)
+    viewer.layers.selection.active = layer
+    assert layer.colorbar.visible and not got[0].colorbar.visible and viewer.text_overlay.text.count("red:") == 1
+    viewer.layers.selection.active = got[0]
+    assert got[0].colorbar.visible and not layer.colorbar.visible and "blue: " in viewer.text_overlay.text
 
 
 def test_sample_data_share_the_template_and_orientation(make_napari_viewer, monkeypatch, tiny_model, tmp_path):

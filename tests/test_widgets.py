@@ -189,7 +189,7 @@ def test_model_widget_notifies_corrupt_file_and_missing_cuda(docked, qtbot, tmp_
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     mw.load(bad)  # (waiting on worker.finished races with a fast worker: wait for the message)
     qtbot.waitUntil(lambda: len(shown) == 1, timeout=20000)
-    assert "Could not load the model" in shown[-1]
+    assert "corrupt.safetensors not loaded" in shown[-1] and "\n" not in shown[-1]
     assert "test-blob" in mw.card.text()  # the model in use stays
     if not torch.cuda.is_available():
         good = tmp_path / "m.safetensors"

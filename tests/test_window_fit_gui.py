@@ -26,8 +26,10 @@ def test_every_widget_docked_fits_full_hd(make_napari_viewer):
     win = viewer.window._qt_window
     hint = win.minimumSizeHint().expandedTo(win.minimumSize())
     assert hint.width() <= 1920 and hint.height() <= 1080 - 40, (hint.width(), hint.height())  # 40 px taskbar
-    for w in widgets.values():
-        assert w.minimumSizeHint().height() <= 200, (type(w).__name__, w.minimumSizeHint().height())
+    for name, w in widgets.items():
+        # the Encoding model keeps its buttons and the model card's eight lines in view
+        limit = 240 if name == "Encoding model" else 200
+        assert w.minimumSizeHint().height() <= limit, (type(w).__name__, w.minimumSizeHint().height())
 
 
 def test_whole_plugin_usable_on_1366x768(make_napari_viewer):

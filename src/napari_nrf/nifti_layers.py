@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_nrf import space, volume_meta
+from napari_nrf.errors import write_text_atomic
 
 META = "napari_nrf"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -410,10 +411,35 @@ def write_labels(path, data, meta) -> list[str]:
     names = _names_from_features(feats) or {int(k): v for k, v in (md.get("label_names") or {}).items()}
     if names:
         table = path.with_name(space.nifti_stem(path) + ".tsv")
-        rows = ["index\tname"] + ["%d\t%s" % (k, re.sub(r"[\t\n]", " ", str(v))) for k, v in sorted(names.items())]
-        table.write_text("\n".join(rows) + "\n")
+        write_text_atomic(table, label_table_text(names, feats))
         written.append(str(table))
     return written
+
+
+def label_table_text(names: dict[int, str], feats=None) -> str:
+    """The ``.tsv`` beside a saved Labels layer: ``index`` and ``name``, then every other
+    column of the layer's features (a cluster map's ``size``, ``n_subjects``, per-subject
+    sizes and MNI centroid ``x_mm``/``y_mm``/``z_mm``), one row per label, tab-separated.
+    Any reader of ``index``/``name`` tables (this one, nilearn's, FSLeyes') reads it."""
+    extra, by_index = [], {}
+    try:
+        cols = {str(c): list(feats[c]) for c in feats} if feats is not None else {}
+    except (TypeError, KeyError):
+        cols = {}
+    idx = cols.get("index") or cols.get("label")
+    if idx is not None:
+        extra = [c for c in cols if c not in ("index", "label", "name")]
+        by_index = {int(i): [cols[c][r] for c in extra] for r, i in enumerate(idx)}
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "n/a" if not np.isfinite(v) else f"{float(v):.1f}"
+        return re.sub(r"[\t\n]", " ", str(v))
+
+    rows = ["\t".join(["index", "name"] + extra)]
+    for k, v in sorted(names.items()):
+        rows.append("\t".join([str(k), cell(v)] + [cell(x) for x in by_index.get(k, [""] * len(extra))]))
+    return "\n".join(rows) + "\n"
 
 
 def _names_from_features(feats) -> dict[int, str]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 
-from qtpy.QtWidgets import QProgressBar
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
 STEPS = 1000
 
@@ -71,3 +72,68 @@ class ProgressBar(QProgressBar):
             except Exception:  # already closed with its viewer
                 pass
             self.activity = None
+
+
+def error_line(exc) -> str:
+    """``exc`` as one line (its type when it has no message), so a notification shows the
+    reason without being expanded."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def notify_error(what: str, exc) -> str:
+    """Show napari's error notification "napari-nrf: <reason> (<what>)" and return the line.
+
+    The reason comes first: napari's toast shows the start of one line only."""
+    from napari.utils.notifications import show_error
+
+    line = f"napari-nrf: {error_line(exc)} ({what})"
+    show_error(line)
+    return line
+
+
+class _Carrier(QObject):
+    changed = Signal(int, int)
+
+
+class JobPanel(QWidget):
+    """The progress bar and Cancel button every dock of the plugin shows under its action
+    (one component, not a block copied per widget).
+
+    :meth:`start` a job (the bar at 0 %, Cancel enabled), hand :meth:`reporter` to the
+    worker and :meth:`finish` it (done, failed or cancelled). Cancel emits
+    ``cancel_requested``.
+    """
+
+    cancel_requested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.progress_bar = ProgressBar()
+        row.addWidget(self.progress_bar, 1)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel_requested)
+        row.addWidget(self.cancel_btn)
+        # parentless: a worker still reporting after the dock closed emits into nothing
+        self._carrier = _Carrier()
+        self._carrier.changed.connect(self.progress_bar.report)
+
+    def start(self, desc: str | None = None) -> None:
+        self.progress_bar.start(desc)
+        self.cancel_btn.setEnabled(True)
+
+    def reporter(self):
+        """A ``progress(done, total, *_)`` callable for a worker (any thread)."""
+        carrier = self._carrier
+
+        def progress(done, total, *_):
+            carrier.changed.emit(int(done), int(total or 0))
+
+        return progress
+
+    def finish(self) -> None:
+        self.cancel_btn.setEnabled(False)
+        self.progress_bar.reset_idle()

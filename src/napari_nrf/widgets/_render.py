@@ -133,22 +133,56 @@ def layer_volume(layer) -> tuple[np.ndarray, space.Grid]:
 
 
 def mni_status(viewer, position=None) -> str:
-    """'MNI (x, y, z) = (.., .., ..) mm' plus the value of the top visible volume there."""
+    """'MNI (x, y, z) = (.., .., ..) mm' plus what the top visible layer holds there: a
+    label atlas or cluster map's region name, a movie prediction's value at the time on
+    the slider, or a volume's value (a volume with no value there, NaN outside its extent,
+    gives way to the layer below)."""
     pos = np.asarray(viewer.cursor.position if position is None else position, dtype=float)
     if pos.size < 3:
         return ""
     xyz = space.world_to_mni(pos)
     text = f"MNI (x, y, z) = ({xyz[0]:.1f}, {xyz[1]:.1f}, {xyz[2]:.1f}) mm"
     for layer in list(viewer.layers)[::-1]:
-        if not layer.visible or layer_kind(layer) not in ("response", "contrast", "template"):
+        if not layer.visible:
             continue
-        vol, grid = layer_volume(layer)
-        ijk, inside = grid.nearest_index(xyz)
-        if inside:
-            v = float(vol[tuple(ijk)])
-            text += f"; {layer.name} = {v:.3g}"
-            break
+        what = _layer_readout(layer, pos, xyz)
+        if what:
+            return f"{text}; {what}"
     return text
+
+
+def _layer_readout(layer, pos, xyz) -> str:
+    """What ``layer`` holds at world ``pos`` / MNI ``xyz`` as status text ("" for nothing)."""
+    from napari.layers import Labels
+
+    kind = layer_kind(layer)
+    if isinstance(layer, Labels):
+        try:
+            v = layer.get_value(pos[-layer.ndim:], world=True)
+        except (IndexError, ValueError, TypeError):
+            return ""
+        if v is None or int(v) == 0:
+            return ""
+        from napari_nrf.nifti_layers import _names_from_features
+
+        name = _names_from_features(getattr(layer, "features", None)).get(int(v))
+        return f"{layer.name}: {name} ({int(v)})" if name else f"{layer.name}: {int(v)}"
+    if kind == "movie":
+        try:
+            v = layer.get_value(pos[-layer.ndim:], world=True)
+        except (IndexError, ValueError, TypeError):
+            return ""
+        if v is None or not np.isfinite(float(v)):
+            return ""
+        return f"{layer.name} = {float(v):.3g} at t = {pos[-layer.ndim]:.1f} s"
+    if kind not in ("response", "contrast", "template"):
+        return ""
+    vol, grid = layer_volume(layer)
+    ijk, inside = grid.nearest_index(xyz)
+    if not inside:
+        return ""
+    v = float(vol[tuple(ijk)])
+    return f"{layer.name} = {v:.3g}" if np.isfinite(v) else ""
 
 
 # ---- OpenGL -------------------------------------------------------------------------------

@@ -90,11 +90,29 @@ def orientation_text(viewer) -> str:
     return text
 
 
-def units_text(viewer) -> str:
-    """'<layer>: <units>, colour limits ±m' of the selected (else the top visible) response layer."""
+def colour_layer(viewer):
+    """The response layer whose colours the view explains: the selected one, else the top
+    visible one (None when no response layer is visible)."""
     layers = [ly for ly in viewer.layers if layer_kind(ly) in VOLUME_KINDS and ly.visible]
     active = viewer.layers.selection.active
-    layer = active if active in layers else (layers[-1] if layers else None)
+    return active if active in layers else (layers[-1] if layers else None)
+
+
+def sync_colorbars(viewer) -> None:
+    """One colour bar, the :func:`colour_layer`'s, which the text overlay names (napari's
+    colour bars carry no title: five stacked bars could not be told apart)."""
+    target = colour_layer(viewer)
+    for ly in viewer.layers:
+        if layer_kind(ly) in VOLUME_KINDS:
+            try:
+                ly.colorbar.visible = ly == target  # (==: napari may hand us a new proxy per access)
+            except AttributeError:  # an older napari without layer colorbars
+                return
+
+
+def units_text(viewer) -> str:
+    """'<layer>: <units>, colour limits ±m' of the selected (else the top visible) response layer."""
+    layer = colour_layer(viewer)
     if layer is None:
         return ""
     md = layer.metadata.get(META) or {}
@@ -110,14 +128,17 @@ def update_overlay(viewer) -> None:
     if u:
         lines.append(u)
     viewer.text_overlay.text = "\n".join(lines)
+    sync_colorbars(viewer)
     update_slider_labels(viewer)
 
 
 def slider_label(viewer, dim: int) -> str | None:
     """The text of napari world dimension ``dim``'s slider: "z -2.0 mm" for an MNI axis,
-    None for a volume axis (napari's own label stays)."""
+    "t 3.9 s" for a movie's time axis, None for another axis (napari's own label stays)."""
     a = _mni_axis(viewer, dim)
     if a is None:
+        if str(viewer.dims.axis_labels[dim]).startswith("time"):  # a movie prediction's time axis
+            return f"t {float(viewer.dims.point[dim]):.1f} s"
         return None
     return f"{'xyz'[a]} {float(viewer.dims.point[dim]):.1f} mm"
 
@@ -142,7 +163,7 @@ def update_slider_labels(viewer) -> None:
         if label.text() != text:
             label.blockSignals(True)
             label.setText(text)
-            label.setToolTip(f"slice position in MNI mm ({viewer.dims.axis_labels[dim]} axis)")
+            label.setToolTip(f"slider position ({viewer.dims.axis_labels[dim]} axis)")
             label.blockSignals(False)
             changed = True
     if changed and hasattr(qt_dims, "_resize_axis_labels"):

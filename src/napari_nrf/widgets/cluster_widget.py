@@ -13,7 +13,7 @@ from napari_nrf.errors import Cancelled
 
 import threading
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
                             QWidget)
 
@@ -21,15 +21,11 @@ from napari_nrf import space
 
 from ._forms import cluster_settings_form
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import JobPanel, notify_error
 from ._render import META, start_worker
 from ._state import state_for
 
 RESOLUTIONS = ("1", "1.5", "2", "3", "4")
-
-
-class _Progress(QObject):
-    changed = Signal(int, int)
 
 
 def _cluster_job(model, subjects, k, resolution, progress, *, cancel):
@@ -67,8 +63,6 @@ class VoxelClustersWidget(QWidget):
         self.layers = []
         self.worker = None
         self._cancel = threading.Event()
-        self._progress = _Progress()
-        self._progress.changed.connect(self._on_progress)
 
         lay = scrolling_layout(self)  # small screens: the controls scroll
         self.model_label = QLabel("model: none (load a universal model in Encoding model)")
@@ -88,13 +82,11 @@ class VoxelClustersWidget(QWidget):
         self.run_btn = QPushButton("Cluster")
         self.run_btn.clicked.connect(self.run)
         row.addWidget(self.run_btn)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.cancel_btn)
         lay.addLayout(row)
-        self.progress_bar = ProgressBar()
-        lay.addWidget(self.progress_bar)
+        self.job = JobPanel()
+        self.progress_bar, self.cancel_btn = self.job.progress_bar, self.job.cancel_btn
+        self.job.cancel_requested.connect(self.cancel)
+        lay.addWidget(self.job)
         self.info = QLabel("")
         self.info.setWordWrap(True)
         lay.addWidget(self.info)
@@ -151,14 +143,9 @@ class VoxelClustersWidget(QWidget):
         k = int(self.settings.k.value)
         res = float(self.settings.resolution.value)
         self._cancel = cancel = threading.Event()
-        prog = self._progress
-
-        def progress(done, total):
-            prog.changed.emit(int(done), int(total or 0))
-
+        progress = self.job.reporter()
         self.run_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.progress_bar.start(f"napari-nrf: clustering into {k}")
+        self.job.start(f"napari-nrf: clustering into {k}")
         self.info.setText(f"clustering {sum(len(model.subjects[s]) for s in subjects)} voxels into {k} clusters…")
         self.worker = start_worker(_cluster_job, model, subjects, k, res, progress,
                                    on_result=lambda maps: self._show(maps, k), on_error=self._failed,
@@ -168,23 +155,19 @@ class VoxelClustersWidget(QWidget):
     def cancel(self):
         self._cancel.set()
 
-    def _on_progress(self, done, total):
-        self.progress_bar.report(done, total)
-
     def _finished(self):
         self.run_btn.setEnabled(self.state.model is not None and hasattr(self.state.model, "embeddings"))
-        self.cancel_btn.setEnabled(False)
-        self.progress_bar.reset_idle()
+        self.job.finish()
 
     def _failed(self, exc):
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         if isinstance(exc, Cancelled):
             self.info.setText("cancelled")
             show_info("napari-nrf: clustering cancelled")
             return
         self.info.setText(f"failed: {exc}")
-        show_error(f"napari-nrf: clustering failed: {exc}")
+        notify_error("clustering failed", exc)
 
     def _show(self, maps, k):
         from ._render import ensure_template

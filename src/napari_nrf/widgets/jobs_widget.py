@@ -24,12 +24,14 @@ from .model_widget import available_devices
 
 
 class CurveView(QWidget):
-    """Two live curves: training loss (blue, per epoch) and validation median Pearson
-    (orange), each scaled to its own range."""
+    """Two live curves against the epoch: training loss (blue, its range on the left axis)
+    and validation median Pearson r (orange, its range on the right axis)."""
+
+    LEFT, RIGHT, TOP, BOTTOM = 44, 44, 18, 16  # px: room for the axes' labels
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setMinimumHeight(90)
+        self.setMinimumHeight(110)
         self.loss: list[float] = []
         self.val: list[float] = []
 
@@ -37,25 +39,47 @@ class CurveView(QWidget):
         self.loss, self.val = list(loss), list(val)
         self.update()
 
+    def axis_labels(self) -> dict:
+        """The axes' texts: ``x`` (epochs), ``loss`` and ``val`` ((low, high) of each, or None)."""
+        def rng(series):
+            pts = [v for v in series if v == v]
+            return (f"{min(pts):.3g}", f"{max(pts):.3g}") if len(pts) >= 2 else None
+
+        n = max(len(self.loss), len(self.val))
+        return {"x": f"epoch 1 - {n}" if n else "epoch", "loss": rng(self.loss), "val": rng(self.val)}
+
     def paintEvent(self, event):  # noqa: N802 - Qt's name
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(30, 30, 30))
         w, h = self.width(), self.height()
-        for series, colour in ((self.loss, QColor(80, 160, 255)), (self.val, QColor(255, 160, 60))):
+        x0, x1, y0, y1 = self.LEFT, w - self.RIGHT, self.TOP, h - self.BOTTOM
+        p.setPen(QColor(110, 110, 110))
+        p.drawLine(x0, y1, x1, y1)
+        p.drawLine(x0, y0, x0, y1)
+        p.drawLine(x1, y0, x1, y1)
+        labels = self.axis_labels()
+        colours = {"loss": QColor(80, 160, 255), "val": QColor(255, 160, 60)}
+        for key, series in (("loss", self.loss), ("val", self.val)):
             pts = [v for v in series if v == v]
             if len(pts) < 2:
                 continue
             lo, hi = min(pts), max(pts)
             span = (hi - lo) or 1.0
-            p.setPen(QPen(colour, 2))
-            xs = [4 + (w - 8) * i / (len(pts) - 1) for i in range(len(pts))]
-            ys = [h - 4 - (h - 8) * (v - lo) / span for v in pts]
+            p.setPen(QPen(colours[key], 2))
+            xs = [x0 + (x1 - x0) * i / (len(pts) - 1) for i in range(len(pts))]
+            ys = [y1 - (y1 - y0) * (v - lo) / span for v in pts]
             for i in range(len(pts) - 1):
                 p.drawLine(int(xs[i]), int(ys[i]), int(xs[i + 1]), int(ys[i + 1]))
+            p.setPen(colours[key])
+            low, high = labels[key]
+            x = 2 if key == "loss" else x1 + 3
+            p.drawText(x, y0 + 10, high)
+            p.drawText(x, y1, low)
         p.setPen(QColor(200, 200, 200))
+        p.drawText(x0 + 4, h - 3, labels["x"])
         last_v = next((v for v in reversed(self.val) if v == v), None)
-        txt = "loss (blue), val r (orange)" + (f": {last_v:.3f}" if last_v is not None else "")
-        p.drawText(6, 14, txt)
+        txt = "loss (blue, left), val r (orange, right)" + (f": {last_v:.3f}" if last_v is not None else "")
+        p.drawText(6, 13, txt)
         p.end()
 
 
@@ -100,6 +124,7 @@ class FinetuneJobsWidget(QWidget):
         self._rows: dict[str, int] = {}
         self._stages: dict[str, str] = {}  # latest stage text per job (records without a fraction too)
         self._etas: dict[str, float | None] = {}
+        self._fractions: dict[str, float] = {}  # job id -> last progress fraction read
 
         lay = scrolling_layout(self)  # small screens: the controls scroll
         form = QFormLayout()
@@ -211,6 +236,7 @@ class FinetuneJobsWidget(QWidget):
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.setSelectionMode(QTableWidget.SingleSelection)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)  # row numbers say nothing; the dock is narrow
         self.table.itemSelectionChanged.connect(self._selection_changed)
         lay.addWidget(self.table)
         crow = QHBoxLayout()
@@ -420,10 +446,11 @@ class FinetuneJobsWidget(QWidget):
                 self.table.setCellWidget(r, 2, bar)
             self._stages[job.id] = stage
             if last is not None:
-                bar.setValue(int(1000 * last["fraction"]))
+                self._fractions[job.id] = float(last["fraction"])
                 self._etas[job.id] = last.get("eta_s")
-            elif bar.property("job") != job.id:
-                bar.setValue(1000 if status == "done" else 0)
+            # progress records are read once (incrementally): keep each job's last fraction, so
+            # a cancelled job still shows how far it got when the rows are rebuilt
+            bar.setValue(int(1000 * self._fractions.get(job.id, 1.0 if status == "done" else 0.0)))
             if stage:  # the latest stage, also from records without a fraction (features)
                 eta = self._etas.get(job.id) if status == "running" else None
                 bar.setFormat(f"%p%  {stage}" + (f"  ETA {eta:.0f} s" if eta else ""))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_nrf.errors import write_text_atomic
 from ._layout import scrolling_layout
@@ -25,9 +26,8 @@ def available_devices() -> list[str]:
 def model_card(model) -> str:
     """A short plain-text description of a loaded model (kind, backbone, subjects, metrics)."""
     kind = model.kind + (" (continuous field in MNI space)" if getattr(model, "continuous", False) else "")
-    lines = [f"kind: {kind}", f"backbone: {model.backbone_name}"]
     n_par = sum(p.numel() for p in model.parameters())
-    lines.append(f"parameters: {n_par / 1e6:.2f} M")
+    lines = [f"kind: {kind}", f"backbone: {model.backbone_name}, {n_par / 1e6:.2f} M parameters"]
     total = 0
     rest = getattr(model, "rest_maps", None) or {}
     for s, xyz in model.subjects.items():
@@ -41,7 +41,8 @@ def model_card(model) -> str:
     prov = getattr(model, "provenance", {}) or {}
     for key in ("data", "training_data", "dataset"):
         if prov.get(key):
-            lines.append(f"trained on: {prov[key]}")
+            data = prov[key] if isinstance(prov[key], (list, tuple)) else [prov[key]]
+            lines.append("trained on: " + ", ".join(Path(str(d)).name for d in data))
             break
     tr = prov.get("training")
     if isinstance(tr, dict):
@@ -100,11 +101,59 @@ def _load(path: str, device: str, cancel=None):
     return load_model(path, device=device)
 
 
+def load_into_state(state, path, device: str = "cpu", on_loaded=None):
+    """Load model bundle ``path`` on ``device`` in a worker and make it the model of every
+    widget of the viewer (``state``: :class:`napari_nrf.widgets._state.NrfState`); returns
+    the worker. Any widget's *Open model…* goes through here, so the card always names the
+    model in use. A file that cannot be loaded (corrupt, not a bundle, wrong device) is a
+    one-line error notification; the model in use stays."""
+    from ._progress import notify_error
+    from ._render import start_worker
+
+    path = Path(path)
+    state.model_loading.emit(path.name)
+
+    def loaded(model):
+        try:
+            add_recent(path)
+        except OSError:  # a read-only cache folder must not stop the viewer
+            pass
+        state.set_model(model, path)
+        if on_loaded is not None:
+            on_loaded(model)
+
+    def failed(exc):
+        state.model_failed.emit(notify_error(f"{path.name} not loaded; the model in use stays", exc))
+
+    return start_worker(_load, str(path), device, on_result=loaded, on_error=failed)
+
+
+CARD_LINES = 8  # the card shows at least this many lines (kind, subjects, data, metrics)
+
+
+class ModelCard(QLabel):
+    """The model card: a wrapped, selectable label at least :data:`CARD_LINES` lines tall
+    in the font it is shown with (napari's style sheet sets it after construction)."""
+
+    def _lines_height(self) -> int:
+        m = self.contentsMargins()
+        return CARD_LINES * self.fontMetrics().lineSpacing() + m.top() + m.bottom() + 4
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt's name
+        hint = super().minimumSizeHint()
+        hint.setHeight(max(hint.height(), self._lines_height()))
+        return hint
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802 - a wrapped label's layouts ask this
+        return max(super().heightForWidth(width), self._lines_height())
+
+
 class EncodingModelWidget(QWidget):
     """Load a model bundle in a worker thread; errors become napari notifications.
 
     The loaded model is shared with the other widgets of the viewer
-    (:func:`napari_nrf.widgets._state.state_for`).
+    (:func:`napari_nrf.widgets._state.state_for`); the card names the model in use,
+    whichever widget loaded it.
     """
 
     def __init__(self, napari_viewer, parent=None):
@@ -119,29 +168,43 @@ class EncodingModelWidget(QWidget):
         self.open_btn = QPushButton("Open model…")
         self.open_btn.setToolTip("Open a .safetensors model bundle")
         self.open_btn.clicked.connect(self._choose)
-        self.device = QComboBox()
-        self.device.setToolTip("Where the model runs: each CUDA GPU found, or the CPU")
-        self.device.addItems(available_devices())
         row.addWidget(self.open_btn)
-        row.addWidget(QLabel("device"))
-        row.addWidget(self.device)
+        # A new user's first model, one click away: the small demo NRF shipped in the package.
+        self.demo_btn = QPushButton("Load the demo model")
+        self.demo_btn.setToolTip("The small demo NRF model shipped with the plugin (3 virtual subjects)")
+        self.demo_btn.clicked.connect(self.load_demo)
+        row.addWidget(self.demo_btn)
         lay.addLayout(row)
+        row = QHBoxLayout()
         self.recent = QComboBox()
         self.recent.setToolTip("Recently opened models")
         self._fill_recent()
         self.recent.activated.connect(self._recent_chosen)
-        lay.addWidget(self.recent)
+        row.addWidget(self.recent, 1)
+        row.addWidget(QLabel("device"))
+        self.device = QComboBox()
+        self.device.setToolTip("Where the model runs: each CUDA GPU found, or the CPU")
+        self.device.addItems(available_devices())
+        row.addWidget(self.device)
+        lay.addLayout(row)
         self.rest_btn = QPushButton("Rest map from a NIfTI…")
         self.rest_btn.setToolTip("Rest2Visual: add a new person from their rest map (napari-nrf rest-map), "
                                  "no training; shown as a layer and chosen in the Response volume widget")
         self.rest_btn.clicked.connect(self._choose_rest_map)
         self.rest_btn.setVisible(False)
         lay.addWidget(self.rest_btn)
-        self.card = QLabel("no model loaded")
+        self.card = ModelCard("no model loaded")
         self.card.setWordWrap(True)
+        self.card.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.card.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         lay.addWidget(self.card)
         lay.addStretch()
+        # the dock never hides the card: its minimum shows the buttons and CARD_LINES lines
+        self.scroll_area.show_all = True
         self.state.model_changed.connect(self._model_changed)
+        self.state.model_loading.connect(self._loading)
+        self.state.model_failed.connect(self._load_failed)
+        self._model_changed(self.state.model)
 
     def _fill_recent(self):
         self.recent.clear()
@@ -152,9 +215,14 @@ class EncodingModelWidget(QWidget):
         self.recent.addItem("recent models…" if items or demo.is_file() else "(no recent models)")
         for p in items:
             self.recent.addItem(Path(p).name, p)
-        # A new user's first model: the small demo NRF shipped in the package.
         if demo.is_file() and str(demo.resolve()) not in items:
             self.recent.addItem(DEMO_ITEM, str(demo))
+
+    def _loading(self, name: str):
+        self.card.setText(f"loading {name}…")
+
+    def _load_failed(self, line: str):
+        self._model_changed(self.state.model)  # the card of the model still in use
 
     def _recent_chosen(self, index: int):
         path = self.recent.itemData(index)
@@ -166,26 +234,27 @@ class EncodingModelWidget(QWidget):
         if path:
             self.load(path)
 
+    def load_demo(self):
+        """Load the demo NRF model (shipped, or trained once into the cache); returns the worker."""
+        from napari_nrf.demo import demo_model_path
+
+        try:
+            path = demo_model_path(train=False)
+        except FileNotFoundError as exc:
+            from ._progress import notify_error
+
+            notify_error("demo model", exc)
+            return None
+        return self.load(path)
+
     def load(self, path):
         """Load ``path`` on the chosen device in a thread worker; returns the worker."""
-        from ._render import start_worker
-
-        self.card.setText(f"loading {Path(path).name}…")
-        self.worker = start_worker(_load, str(path), self.device.currentText(),
-                                   on_result=lambda m: self._loaded(m, Path(path)), on_error=self._failed)
+        self.worker = load_into_state(self.state, path, self.device.currentText())
         return self.worker
 
     def set_model(self, model, path=None):
         """Use an already loaded model (the demo, notebooks); shared with the other widgets."""
-        self.state.set_model(model, Path(path) if path else None)
-
-    def _loaded(self, model, path):
-        try:
-            add_recent(path)
-        except OSError:  # a read-only cache folder must not stop the viewer
-            pass
-        self._fill_recent()
-        self.set_model(model, path)
+        self.state.set_model(model, path)
 
     def _choose_rest_map(self):
         path, _ = QFileDialog.getOpenFileName(self, "Rest map of a new person", "", "NIfTI (*.nii *.nii.gz)")
@@ -214,15 +283,10 @@ class EncodingModelWidget(QWidget):
 
     def _model_changed(self, model):
         self.model, self.path = model, self.state.model_path
+        self._fill_recent()
         self.rest_btn.setVisible(bool(getattr(model, "conditioned", False)))
         if model is None:
             self.card.setText("no model loaded")
             return
-        name = f"{self.path.name}\n" if self.path else ""
+        name = f"model in use: {self.path.name}\n" if self.path else "model in use: (not from a file)\n"
         self.card.setText(name + model_card(model))
-
-    def _failed(self, exc):
-        from napari.utils.notifications import show_error
-
-        self._model_changed(self.model)  # restore the card of the model still in use
-        show_error(f"Could not load the model: {exc}")

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, QPointF, Qt, Signal
+from qtpy.QtCore import QPointF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QWidget)
@@ -27,15 +27,11 @@ from napari_nrf import space
 from napari_nrf.errors import Cancelled
 
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import JobPanel, notify_error
 from ._render import META, start_worker
 from ._state import state_for
 
 LAYERS = ("movie prediction", "movie frames", "movie reconstruction")
-
-
-class _Progress(QObject):
-    changed = Signal(int, int)
 
 
 class TimeCoursePlot(QWidget):
@@ -115,8 +111,6 @@ class MovieResponseWidget(QWidget):
         self.layers = {}
         self.worker = None
         self._cancel = threading.Event()
-        self._progress = _Progress()
-        self._progress.changed.connect(lambda d, t: self.progress_bar.report(d, t))
         self.setAcceptDrops(True)
 
         lay = scrolling_layout(self)
@@ -165,20 +159,20 @@ class MovieResponseWidget(QWidget):
         self.run_btn = QPushButton("Predict")
         self.run_btn.clicked.connect(self.predict)
         row.addWidget(self.run_btn)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.cancel_btn)
         self.export_btn = QPushButton("Export 4D NIfTI…")
         self.export_btn.setEnabled(False)
         self.export_btn.clicked.connect(self._browse_export)
         row.addWidget(self.export_btn)
         lay.addLayout(row)
-        self.lead = QCheckBox("frames lead by the delay (show the frame that caused the response)")
+        self.lead = QCheckBox("frames lead by the delay")
+        self.lead.setToolTip("Shift the frames by the haemodynamic delay: the frame on screen is the one that "
+                             "caused the response on screen")
         self.lead.toggled.connect(self._place_frames)
         lay.addWidget(self.lead)
-        self.progress_bar = ProgressBar()
-        lay.addWidget(self.progress_bar)
+        self.job = JobPanel()
+        self.progress_bar, self.cancel_btn = self.job.progress_bar, self.job.cancel_btn
+        self.job.cancel_requested.connect(self.cancel)
+        lay.addWidget(self.job)
         self.delay_label = QLabel("")
         self.delay_label.setWordWrap(True)
         lay.addWidget(self.delay_label)
@@ -218,10 +212,13 @@ class MovieResponseWidget(QWidget):
             self.model_label.setText(f"model: movie, {model.n_voxels} voxels, {model.frames_per_tr} frames per TR "
                                      f"of {model.frame_size} px, delay {model.delay} TR, TR {model.tr:g} s")
 
-    def load_model(self, path) -> None:
-        from napari_nrf.models import load_model
+    def load_model(self, path):
+        """Load a movie model bundle for every widget of the viewer (a worker; the same path
+        as Encoding model's *Open model…*, so its card names it); returns the worker."""
+        from .model_widget import load_into_state
 
-        self.state.set_model(load_model(path, device="cpu"), path)
+        self.worker = load_into_state(self.state, path, "cpu")
+        return self.worker
 
     def _browse_model(self):
         path, _ = QFileDialog.getOpenFileName(self, "Open movie model", "", "Model bundles (*.safetensors)")
@@ -277,14 +274,9 @@ class MovieResponseWidget(QWidget):
             show_info("napari-nrf: drop a video, or open a data set and pick a film")
             return None
         self._cancel = cancel = threading.Event()
-        prog = self._progress
-
-        def progress(done, total, msg=""):
-            prog.changed.emit(int(done), int(total or 0))
-
+        progress = self.job.reporter()
         self.run_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.progress_bar.start("napari-nrf: predicting the film")
+        self.job.start("napari-nrf: predicting the film")
         self.info.setText(f"predicting {Path(source).name if source else film}…")
         self.worker = start_worker(_view_job, model, source, self.dataset if film else None, film,
                                    self.tr.value() or None, self.onset.value(), self.fps.value() or None, progress,
@@ -297,24 +289,32 @@ class MovieResponseWidget(QWidget):
 
     def _finished(self):
         self._model_changed(self.state.model)
-        self.cancel_btn.setEnabled(False)
-        self.progress_bar.reset_idle()
+        self.job.finish()
 
     def _failed(self, exc):
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         if isinstance(exc, Cancelled):
             self.info.setText("cancelled")
             show_info("napari-nrf: prediction cancelled")
             return
         self.info.setText(f"failed: {exc}")
-        show_error(f"napari-nrf: movie prediction failed: {exc}")
+        notify_error("movie prediction failed", exc)
 
     def _show(self, view):
         from napari_nrf.movie.view import broadcast_frames
 
         from ._render import ensure_template
 
+        if view.n_volumes <= view.delay:  # every volume falls inside the haemodynamic lag
+            from napari.utils.notifications import show_warning
+
+            need = (view.delay + 1) * view.tr
+            msg = (f"this clip gives {view.n_volumes} volume(s), within the model's delay of {view.delay} TR "
+                   f"({view.delay * view.tr:g} s): nothing can be predicted; use a clip longer than {need:g} s")
+            self.info.setText(msg)
+            show_warning(f"napari-nrf: {msg}")
+            return
         ensure_template(self.viewer)
         self.view = view
         for name in LAYERS:
@@ -336,6 +336,7 @@ class MovieResponseWidget(QWidget):
             self.layers["movie reconstruction"] = self.viewer.add_image(
                 broadcast_frames(view.recon, nz), name="movie reconstruction", rgb=True, **same)
         self._place_frames()
+        self.viewer.reset_view()  # the frames panel beside the brain comes into the view, not off its edge
         self.viewer.dims.set_current_step(0, min(view.n_volumes - 1, view.delay))
         self.export_btn.setEnabled(True)
         meas = "" if view.measured is None else ", measured responses loaded"

@@ -13,6 +13,8 @@ import importlib
 
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
+from ._layout import fit_controls, install_dock_fit
+
 MODEL = "Encoding model"
 
 
@@ -45,6 +47,15 @@ class PluginWidget(QWidget):
             else:
                 self.tabs.addTab(w, name)  # each widget scrolls its own controls
         lay.addWidget(self.tabs, 1)
+        # A first launch starts somewhere: the MNI template on the canvas, the drop zone in
+        # front, the demo model one click away (Encoding model's button).
+        if len(napari_viewer.layers) == 0:
+            from ._render import ensure_template
+
+            ensure_template(napari_viewer)
+        self.tabs.setCurrentIndex(0)
+        fit_controls(self)  # every tab, shown or not, asks for a dock's width only
+        install_dock_fit(self)
 
     def show_tab(self, name: str) -> QWidget:
         """Bring the tab of widget ``name`` to the front; returns the widget."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import threading
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtGui import QColor, QIcon
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
@@ -27,7 +27,7 @@ from napari_nrf.errors import Cancelled
 
 from napari_nrf.library import ImageLibrary, LibraryError
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import JobPanel, notify_error
 from ._render import META, layer_kind, layer_volume, start_worker
 from ._state import state_for
 from ._status import install_mni_status
@@ -157,10 +157,6 @@ def _swatch(color) -> "QIcon":
     return QIcon(pix)
 
 
-class _Progress(QObject):
-    changed = Signal(int, int)
-
-
 def _top_job(model, library, xyz, k, subject, progress, *, cancel):
     """Worker body: library features (cached), then the top/bottom images of the region."""
     import torch
@@ -201,8 +197,6 @@ class RegionExplorerWidget(QWidget):
         self.result = None
         self.worker = None
         self._cancel = threading.Event()
-        self._progress = _Progress()
-        self._progress.changed.connect(self._on_progress)
         self._pixmaps = []
         install_mni_status(napari_viewer)
 
@@ -219,7 +213,8 @@ class RegionExplorerWidget(QWidget):
         self.k = QSpinBox()
         self.k.setRange(1, 50)
         self.k.setValue(8)
-        form.addRow("images shown (top / bottom)", self.k)
+        self.k.setToolTip("How many of the most and of the least activating images are shown")
+        form.addRow("images shown", self.k)
         self.map_volume = QSpinBox()
         self.map_volume.setToolTip("Which volume of a 4D (probabilistic) atlas; a click picks the most "
                                    "probable one there")
@@ -259,14 +254,10 @@ class RegionExplorerWidget(QWidget):
         self.info = QLabel("click a region in the view")
         self.info.setWordWrap(True)
         lay.addWidget(self.info)
-        prow = QHBoxLayout()
-        self.progress_bar = ProgressBar()
-        prow.addWidget(self.progress_bar, 1)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        prow.addWidget(self.cancel_btn)
-        lay.addLayout(prow)
+        self.job = JobPanel()
+        self.progress_bar, self.cancel_btn = self.job.progress_bar, self.job.cancel_btn
+        self.job.cancel_requested.connect(self.cancel)
+        lay.addWidget(self.job)
         self.grid_widget = QWidget()
         self.thumb_grid = QGridLayout(self.grid_widget)
         self.thumb_grid.setSpacing(2)
@@ -303,11 +294,9 @@ class RegionExplorerWidget(QWidget):
             self._library_changed(library)
 
         def failed(exc):
-            from napari.utils.notifications import show_error
-
             self._library_changed(library)
             if not isinstance(exc, Cancelled):
-                show_error(f"napari-nrf: could not encode the image library: {exc}")
+                notify_error("could not encode the image library", exc)
 
         return start_worker(lambda cancel=None: library.features(model), on_result=done, on_error=failed)
 
@@ -546,13 +535,8 @@ class RegionExplorerWidget(QWidget):
         subject = scoring_subject(model, region)
         xyz = scoring_points(region)
         self._cancel = cancel = threading.Event()
-        prog = self._progress
-
-        def progress(done, total):
-            prog.changed.emit(int(done), int(total or 0))
-
-        self.progress_bar.start("napari-nrf: ranking the library for the region")
-        self.cancel_btn.setEnabled(True)
+        progress = self.job.reporter()
+        self.job.start("napari-nrf: ranking the library for the region")
         self.worker = start_worker(_top_job, model, library, xyz, int(self.k.value()), subject, progress,
                                    on_result=lambda res: self._show(res, library, cancel),
                                    on_error=self._failed, on_finished=self._finished, cancel_event=cancel)
@@ -561,19 +545,13 @@ class RegionExplorerWidget(QWidget):
     def cancel(self):
         self._cancel.set()
 
-    def _on_progress(self, done, total):
-        self.progress_bar.report(done, total)
-
     def _finished(self):
-        self.cancel_btn.setEnabled(False)
-        self.progress_bar.reset_idle()
+        self.job.finish()
 
     def _failed(self, exc):
-        from napari.utils.notifications import show_error
-
         if isinstance(exc, Cancelled):
             return
-        show_error(f"napari-nrf: ranking the images failed: {exc}")
+        notify_error("ranking the images failed", exc)
 
     def _show(self, res, library, cancel):
         if cancel.is_set():

@@ -12,16 +12,15 @@ from pathlib import Path
 import threading
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QSlider, QWidget)
 
 from napari_nrf import space
-from napari_nrf.query import coverage_mask
 
 from ._forms import render_settings_form, set_choices
 from ._layout import scrolling_layout
-from ._progress import ProgressBar
+from ._progress import JobPanel, notify_error
 from ._render import (META, RenderCancelled, cold_hot, compute_volumes, ensure_template, layer_kind,
                       layer_volume, start_worker, volume_layer_data)
 from ._state import state_for
@@ -33,17 +32,11 @@ GREY = "grey matter (extrapolation)"
 EXTENTS = (DATA, BRAIN, GREY, "ROI from a Labels layer", "ROI from a NIfTI file", "box")
 # What each extent is called in a written volume's sidecar (napari_nrf.volume_meta).
 EXTENT_MASK_NAMES = {DATA: "data", BRAIN: "brain", GREY: "gm", "ROI from a Labels layer": "ROI",
-                     "ROI from a NIfTI file": "ROI", "box": "box"}
+                     "ROI from a NIfTI file": "ROI", "box": "box within the brain"}
 OUTSIDE = ("NaN", "0")
 
 
 CONTINUOUS_SUBJECT = "(field: any point)"
-
-
-class _Progress(QObject):
-    """Carries progress from the worker thread to the main thread (queued signal)."""
-
-    changed = Signal(int, int)
 
 
 def _read_images(paths):
@@ -117,8 +110,6 @@ class ResponseVolumeWidget(QWidget):
             live["cancel"].set()
 
         self.destroyed.connect(_gone)
-        self._progress = _Progress()
-        self._progress.changed.connect(self._on_progress)
         self._listeners = []
         self.setAcceptDrops(True)
         install_mni_status(napari_viewer)
@@ -153,24 +144,21 @@ class ResponseVolumeWidget(QWidget):
         self.subject = self.settings.subject.native
         self.outside = self.settings.outside.native
         self.settings.extent.changed.connect(self._extent_changed)
-        self.contrast_check = QCheckBox("add a contrast volume (A − B) for two images")
+        self.contrast_check = QCheckBox("contrast A − B of two images")
+        self.contrast_check.setToolTip("Two images rendered together also give their contrast volume (A − B)")
         self.contrast_check.setChecked(True)
         lay.addWidget(self.contrast_check)
-        self.vs_stimulus = QCheckBox("add the stimulus-only prediction and subject-specific minus stimulus-only")
+        self.vs_stimulus = QCheckBox("also stimulus-only and the difference")
         self.vs_stimulus.setToolTip("Rest2Visual: the same image for a person with the population's mean rest map, "
                                     "and the difference this subject's rest map makes")
         self.vs_stimulus.setChecked(True)
         self.vs_stimulus.setVisible(False)
         lay.addWidget(self.vs_stimulus)
 
-        prow = QHBoxLayout()
-        self.progress_bar = ProgressBar()
-        prow.addWidget(self.progress_bar, 1)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        prow.addWidget(self.cancel_btn)
-        lay.addLayout(prow)
+        self.job = JobPanel()
+        self.progress_bar, self.cancel_btn = self.job.progress_bar, self.job.cancel_btn
+        self.job.cancel_requested.connect(self.cancel)
+        lay.addWidget(self.job)
 
         disp = QFormLayout()
         self.threshold = QSlider(Qt.Horizontal)
@@ -207,6 +195,7 @@ class ResponseVolumeWidget(QWidget):
         crow = QHBoxLayout()
         self.con_a = QComboBox()
         self.con_b = QComboBox()
+        self.con_b.setPlaceholderText("needs a 2nd volume")
         self.con_btn = QPushButton("A − B")
         self.con_btn.clicked.connect(self._contrast_clicked)
         crow.addWidget(self.con_a, 1)
@@ -305,7 +294,7 @@ class ResponseVolumeWidget(QWidget):
         try:
             img = to_rgb_uint8(np.asarray(layer.data))
         except ImageError as exc:
-            show_error(f"napari-nrf: layer {layer.name!r}: {exc}")
+            notify_error(f"layer {layer.name!r} not rendered", exc)
             return None
         return self.render_images([img], [layer.name])
 
@@ -322,7 +311,8 @@ class ResponseVolumeWidget(QWidget):
                 raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)") from None
             if len(vals) != 6:
                 raise ValueError("box: give six numbers, xmin, ymin, zmin, xmax, ymax, zmax (MNI mm)")
-            return space.Grid.from_extent(res, vals[:3], vals[3:]), None
+            # a box is a part of the brain: values outside the brain outline stay NaN
+            return space.Grid.from_extent(res, vals[:3], vals[3:]), "brain"
         grid = space.Grid.mni(res)
         if ext == BRAIN:
             return grid, "brain"
@@ -331,10 +321,8 @@ class ResponseVolumeWidget(QWidget):
         if ext == DATA:
             if self.state.model is None or not self.state.model.subjects:
                 raise ValueError("the model has no subject voxels; choose another extent")
-            mask = coverage_mask(self.state.model, grid)
-            if not mask.any():
-                raise ValueError("the model's voxels do not fall inside the brain mask")
-            return grid, mask
+            # computed in the render worker (cancellable; tens of seconds at 0.5 mm), once per grid
+            return grid, "data"
         if ext == "ROI from a NIfTI file":
             path = form.roi_file.line_edit.value.strip()  # text: an empty FileEdit is no file
             if not path:
@@ -373,13 +361,9 @@ class ResponseVolumeWidget(QWidget):
         subject = self.current_subject()
         self._cancel = cancel = threading.Event()
         self._live["cancel"] = cancel
-        self.progress_bar.start(f"napari-nrf: rendering {', '.join(names)}")
-        self.cancel_btn.setEnabled(True)
+        self.job.start(f"napari-nrf: rendering {', '.join(names)}")
         self.status.setText(f"rendering {', '.join(names)} at {grid.resolution:g} mm…")
-        prog = self._progress
-
-        def progress(done, total):
-            prog.changed.emit(int(done), int(total or 0))
+        progress = self.job.reporter()
 
         reference = None
         if getattr(model, "conditioned", False) and self.vs_stimulus.isChecked():
@@ -402,14 +386,10 @@ class ResponseVolumeWidget(QWidget):
         self._cancel.set()
         self.status.setText("cancelling…")
 
-    def _on_progress(self, done, total):
-        self.progress_bar.report(done, total)
-
     def _finished(self):
         if self._second_step:  # the first step's worker ended; the second one runs on
             return
-        self.cancel_btn.setEnabled(False)
-        self.progress_bar.reset_idle()
+        self.job.finish()
 
     def _second_finished(self):
         if not self._live["alive"]:
@@ -418,14 +398,14 @@ class ResponseVolumeWidget(QWidget):
         self._finished()
 
     def _failed(self, exc, meta):
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         if isinstance(exc, RenderCancelled) or meta["cancel"].is_set():
             self.status.setText("render cancelled")
             show_info("napari-nrf: render cancelled")
             return
         self.status.setText(f"render failed: {exc}")
-        show_error(f"napari-nrf: render failed: {exc}")
+        notify_error("render failed", exc)
 
     def _rendered(self, vols, meta):
         if meta["cancel"].is_set():  # cancelled after the last chunk: drop the result
@@ -455,9 +435,8 @@ class ResponseVolumeWidget(QWidget):
             self._second_step = True
             self.status.setText(f"rendered {len(vols)} volume(s) at {grid.resolution:g} mm; "
                                 "computing the stimulus-only prediction…")
-            prog = self._progress
             self.worker = start_worker(_reference_job, self.state.model, feats, grid, meta["mask"], reference,
-                                       lambda d, t: prog.changed.emit(int(d), int(t or 0)),
+                                       self.job.reporter(),
                                        on_result=lambda refs: self._rendered_reference(refs, new, meta),
                                        on_error=lambda exc: self._live["alive"] and self._failed(exc, meta),
                                        on_finished=self._second_finished, cancel_event=meta["cancel"])
@@ -557,7 +536,7 @@ class ResponseVolumeWidget(QWidget):
             try:
                 out = self.export(layer, path)
             except (OSError, ValueError) as exc:
-                show_error(f"napari-nrf: export failed: {exc}")
+                notify_error("export failed", exc)
                 return
             show_info(f"napari-nrf: wrote {out}")
 
@@ -610,8 +589,12 @@ class ResponseVolumeWidget(QWidget):
             if cur in items:
                 combo.setCurrentText(cur)
             combo.blockSignals(False)
-        if len(volumes) > 1 and self.con_a.currentText() == self.con_b.currentText():
-            self.con_b.setCurrentIndex(1)
+        if len(volumes) > 1 and (self.con_b.currentIndex() < 0 or self.con_a.currentText() == self.con_b.currentText()):
+            self.con_b.setCurrentIndex(1 if self.con_a.currentIndex() == 0 else 0)
+        # one volume is no contrast: not "X − X", an empty B and a disabled button
+        if len(volumes) < 2:
+            self.con_b.clear()
+        self.con_btn.setEnabled(len(volumes) > 1)
 
     def _extent_changed(self, *args):
         form = self.settings
