@@ -147,6 +147,8 @@ def demo_library(n: int | None = None):
 
         images, cats = make_stimuli(n, DEMO_SEED, return_labels=True)
     except Exception:  # the simulator is optional for the viewer: photographs will do
+        from napari_nrf.simulate.fallback import photo_crops
+
         return ImageLibrary(photo_crops(n, DEMO_SEED), names=[f"photo {i}" for i in range(n)],
                             label="photograph crops")
     names = [f"{c} {i}" for i, c in enumerate(cats)]
