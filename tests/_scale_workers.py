@@ -100,3 +100,33 @@ def universal_rank(out_dir):
         out.mkdir(parents=True, exist_ok=True)
         model.save(out / "model.safetensors")
         (out / "history.json").write_text(json.dumps(hist.to_dict()))
+
+
+KIND_FIT = dict(epochs=2, batch_images=8, batch_voxels=30, lr=1e-3, seed=3, val_every=1, patience=100)
+
+
+def kind_fit(kind, out_dir):
+    """Fit a tiny ``kind`` (its ``example()``) on its tiny data; rank 0 writes the model."""
+    import torch
+
+    from _kinds import data_for, example_kinds
+    from _nrf_data import SHAPES
+    from napari_nrf.distributed import is_main
+    from napari_nrf.train import fit
+
+    torch.set_num_threads(1)
+    cls = example_kinds()[kind]
+    rs, feats = data_for(kind)
+    model = cls.example(SHAPES, {rs.subject: rs.coords}, seed=0)
+    hist = fit(model, [rs], features=[feats], device="cpu", **KIND_FIT)
+    if is_main():
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out / "model.safetensors")
+        (out / "history.json").write_text(json.dumps(hist.to_dict()))
+
+
+def kinds_fits(tmp, kinds):
+    """On each rank: :func:`kind_fit` of every kind in ``kinds`` into ``tmp/<kind>``."""
+    for kind in kinds:
+        kind_fit(kind, Path(tmp) / kind)

@@ -51,14 +51,21 @@ Optional hooks with working defaults:
     ``voxels`` of ``subject`` otherwise).
 ``lr_scale(name) -> float`` / ``parameter_groups(trainable)``
     The trainable parameters and their learning-rate multipliers.
-``loss``
-    None (the loop's ``(1 - alpha) MSE - alpha cos``), or a method
-    ``loss(pred, true, alpha) -> scalar tensor`` for a kind that needs its own.
-``batch_loss``
-    None, or a method ``batch_loss(features, true, subject, voxels, coords, alpha) ->
-    scalar tensor`` for a kind whose loss needs more than its predictions at the sampled
-    voxels (the movie encoder-decoder: a reconstruction of the input's middle frame from
-    every predicted voxel); it replaces ``train_predict`` + ``loss`` in the loop.
+``loss_dict(features, true, subject, voxels, coords, alpha) -> {name: scalar tensor}``
+    The one loss entry point of the training loop (single process and every rank of a
+    data-parallel run alike): named loss terms of a batch, whose sum is minimised. The
+    default is ``{"encoding": loss(train_predict(...), true, alpha)}``; a kind whose loss
+    needs more than its predictions at the sampled voxels (the movie encoder-decoder's
+    frame reconstruction) overrides it.
+``loss_terms`` (``("encoding",)``)
+    The names ``loss_dict`` returns, in order (every rank knows them without asking).
+``loss(pred, true, alpha) -> scalar tensor``
+    The default loss_dict's term: :func:`encoding_loss` (``(1 - alpha) MSE - alpha cos``).
+``splits_batches`` (True)
+    The batch loss is a mean over images and nothing in training mode mixes images
+    (batch norm) or draws per-batch randomness (dropout), so the ranks of a data-parallel
+    run may each take a share of a batch. False: every rank computes the whole batch (the
+    same numbers as one process, without a speed-up).
 ``inputs`` / ``features_of_set(rs, cache=, progress=)``
     What the model reads: ``"images"`` (default: backbone features of each image) or
     ``"frames"`` (chunks of film frames per TR, ``features["frames"]`` (B, F, S, S, 3)
@@ -178,6 +185,24 @@ def points_nbytes(state) -> int:
     return int(getattr(state, "nbytes", 0))
 
 
+def encoding_loss(pred: torch.Tensor, true: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """``(1 - alpha) * MSE - alpha * cos`` of (B, n) predictions and responses; the cosine
+    across voxels per image, averaged over images (NRF's loss, alpha = 0.1).
+
+    The norm of each image's prediction in the cosine is floored at 0.1 x the norm of its
+    responses: the cosine is scale-free, so its gradient grows as 1 / |pred| and, for a
+    model whose outputs start near zero (1e-3 or exactly 0), dwarfs the MSE's gradient by
+    orders of magnitude; Adam's second moment then remembers that spike for ~1000 steps
+    and the MSE, the only term that sets the predictions' units, barely moves them. Above
+    the floor this is exactly the cosine.
+    """
+    mse = torch.mean((pred - true) ** 2)
+    tn = torch.linalg.vector_norm(true, dim=1)
+    pn = torch.maximum(torch.linalg.vector_norm(pred, dim=1), 0.1 * tn)
+    cos = ((pred * true).sum(1) / (pn * tn).clamp_min(1e-8)).mean()
+    return (1 - alpha) * mse - alpha * cos
+
+
 class EncodingModel(nn.Module):
     """Base class of every model kind: see the module doc for the contract.
 
@@ -199,8 +224,8 @@ class EncodingModel(nn.Module):
     supports_fit = True
     composite = False
     conditioned = False  # continuous, but the field depends on the subject (query_images(subject=))
-    loss = None  # or a method loss(pred (B, n), true (B, n), alpha) -> scalar tensor
-    batch_loss = None  # or a method batch_loss(features, true, subject, voxels, coords, alpha) -> scalar
+    loss_terms: tuple = ("encoding",)  # the keys of loss_dict, in order
+    splits_batches = True  # data-parallel ranks may each take a share of a batch (see the module doc)
     inputs = "images"  # "images" (backbone features) or "frames" (film chunks per TR)
 
     def __init__(self):
@@ -282,6 +307,19 @@ class EncodingModel(nn.Module):
         if self.continuous:
             return self.predict(features, coords=coords)
         return self.predict(features, voxels=voxels, subject=subject)
+
+    def loss(self, pred: torch.Tensor, true: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Loss of predictions ``pred`` (B, n) against responses ``true`` (B, n): by
+        default :func:`encoding_loss`."""
+        return encoding_loss(pred, true, alpha)
+
+    def loss_dict(self, features: dict, true: torch.Tensor, subject: str, voxels, coords,
+                  alpha: float) -> dict[str, torch.Tensor]:
+        """Named loss terms (scalar tensors; the loop minimises their sum) of a training
+        batch: responses ``true`` (B, n) float32 at the sampled ``voxels`` (n,) of
+        ``subject``, whose MNI coordinates are ``coords`` (n, 3) mm."""
+        pred = self.train_predict(features, subject=subject, voxels=voxels, coords=coords)
+        return {"encoding": self.loss(pred, true, alpha)}
 
     def features_of_set(self, rs, cache=None, progress=None) -> dict | None:
         """Features of every row of response set ``rs`` for :func:`napari_nrf.train.fit`

@@ -14,7 +14,7 @@ Encoder (the paper's, sizes scaled by :data:`SIZES`; layout (B, C, T, H, W)):
 Decoder: Linear V -> d x S/8 x S/8 + ReLU; 3 x [ConvTranspose2d d -> d, kernel 5 + ReLU +
   upsample x 2 + BatchNorm]; ConvTranspose2d d -> 3 + sigmoid -> (3, S, S): the chunk's middle frame.
 
-Loss (the contract's ``batch_loss``): ``w E + (1 - w) D`` with E = MSE + 0.5 (1 - cos) on the
+Loss (the contract's ``loss_dict``): ``w E + (1 - w) D`` with E = MSE + 0.5 (1 - cos) on the
 voxels (cosine across voxels per TR, its prediction norm floored as the loop's loss) and
 D = 0.35 perceptual + 0.35 (1 - SSIM) + 0.30 TV on the reconstruction. The perceptual term
 is 1 - cosine of five stages of the offline backbone (efficientnet-lite0 blocks 1-4 and 6),
@@ -104,6 +104,9 @@ class MovieEncoderDecoder(EncodingModel):
     kind = "movie"
     continuous = False
     inputs = "frames"  # what features the model reads: chunks of frames per TR, not backbone features
+    # BatchNorm (training mode) and dropout see the whole batch: data-parallel ranks each
+    # compute the whole batch rather than a share, so two ranks train as one process.
+    splits_batches = False
 
     def __init__(self, n_voxels: int, subject: str = "group", frames_per_tr: int = 32, frame_size: int = 112,
                  size: str = "demo", delay: int = 4, w: float = 0.5, perceptual: str = "efficientnet-lite0",
@@ -301,14 +304,19 @@ class MovieEncoderDecoder(EncodingModel):
         """The chunks' middle frames (B, 3, S, S) in [0, 1] (the decoder's target)."""
         return chunks_tensor(frames, self.device)[:, :, self.frames_per_tr // 2]
 
-    def batch_loss(self, features, true, subject, voxels, coords, alpha=None) -> torch.Tensor:
-        """``w E + (1 - w) D`` for a batch: E on the sampled ``voxels``, D from every
-        predicted voxel (the decoder reads the encoder's output, so D trains the encoder too)."""
+    @property
+    def loss_terms(self) -> tuple:
+        return ("encoding", "frame") if self.has_decoder else ("encoding",)
+
+    def loss_dict(self, features, true, subject, voxels, coords, alpha=None) -> dict:
+        """``{"encoding": w E, "frame": (1 - w) D}`` for a batch (``"frame"`` only with a
+        decoder): E on the sampled ``voxels``, D from every predicted voxel (the decoder
+        reads the encoder's output, so D trains the encoder too). ``alpha`` is unused."""
         frames = features["frames"]
         pred = self.encode(frames)
         idx = voxels if voxels is not None else slice(None)
         e = voxel_loss(pred[:, idx], true)
         if not self.has_decoder:
-            return e
+            return {"encoding": e}
         rec = self.decode(pred)
-        return self.w * e + (1 - self.w) * self.frame_loss(rec, self.middle_frames(frames))
+        return {"encoding": self.w * e, "frame": (1 - self.w) * self.frame_loss(rec, self.middle_frames(frames))}
