@@ -213,7 +213,7 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
             from napari_nrf.baselines import fit_fwrf
 
             fw, hist = fit_fwrf(rs, {k: np.asarray(v) for k, v in features.items()},
-                                backbone=getattr(model, "backbone_name", "efficientnet-lite0") or "efficientnet-lite0",
+                                backbone=model.backbone_name or "efficientnet-lite0",
                                 seed=seed, **(fit_kwargs or {}))
             pr, extra = predict_set(fw, f_eval, rs), {"best_epoch": hist.best_epoch}
         rep[name] = {**metrics(pr, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth),

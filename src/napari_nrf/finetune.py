@@ -83,7 +83,7 @@ def _kind_of(base) -> str:
             return read_metadata(base).get("kind", "")
         except Exception:  # noqa: BLE001 - unreadable: _as_model reports it
             return ""
-    return getattr(base, "kind", "")
+    return base.kind
 
 
 def _as_model(base, device):
@@ -183,7 +183,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     t_start = time.time()
     feats = None
     info = {"subject": sub.subject, "n_train_images": n_tr, "n_val_images": int((sub.split == 1).sum()),
-            "bases": [str(b) if isinstance(b, (str, Path)) else getattr(b, "kind", "model") for b in bases],
+            "bases": [str(b) if isinstance(b, (str, Path)) else b.kind for b in bases],
             "histories": [None] * k_total, "val_pearson": [None] * k_total}
     models: list = [None] * k_total
 
@@ -210,10 +210,10 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
                       patience=patience, seed=seed, steps_per_epoch=steps_per_epoch, features=[feats],
                       checkpoint_dir=None if ck is None else ck / f"base-{k}", resume=resume, progress=prog,
                       on_epoch=epoch_rec, cancel=cancel, device=dev)
-            if getattr(model, "kind", "") == "universal":
+            if model.per_subject_parameters:  # learn only the new subject's own parameters
                 from napari_nrf.recipes import transfer_subject
 
-                if sub.subject in model.voxel_embeddings:
+                if sub.subject in model.subjects:
                     raise FinetuneError(f"base {k} already has a subject named {sub.subject!r}")
                 model, hist = transfer_subject(model, sub, **kw)
             else:
@@ -226,8 +226,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
             info["val_pearson"][k] = h.get("best_score")
             model.provenance = dict(model.provenance or {})
             model.provenance["finetune_history"] = h
-        elif getattr(model, "kind", "") == "universal":
-            raise FinetuneError("a universal base needs the new subject's embeddings: use finetune=True")
+        elif model.per_subject_parameters:
+            raise FinetuneError(f"a {model.kind} base needs the new subject's own parameters: use finetune=True")
         if done_path is not None:
             model.save(done_path)
         models[k] = model.to(device).eval()
@@ -253,10 +253,14 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
             feats = set_features(_as_model(bases[todo[0]], device), sub, cache=cache)
         feats = _round_features(feats)
     devs = [str(d) for d in (devices or [])]
-    # Universal bases draw dropout masks from torch's global generator: concurrent fits
-    # would share it, so they (and single-device runs) go one after another.
-    concurrent = len(devs) > 1 and len(todo) > 1 and finetune and not any(
-        _kind_of(bases[k]) == "universal" for k in todo)
+    # Kinds that draw from torch's global generator in training (dropout masks) would share
+    # it in concurrent fits, so they (and single-device runs) go one after another.
+    from napari_nrf.models import MODEL_KINDS, discover_kinds
+
+    discover_kinds()
+    concurrent = len(devs) > 1 and len(todo) > 1 and finetune and all(
+        MODEL_KINDS[_kind_of(bases[k])].concurrent_fits if _kind_of(bases[k]) in MODEL_KINDS else False
+        for k in todo)
     if not concurrent:
         for k in todo:
             adapt(k, bases[k], device)

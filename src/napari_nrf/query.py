@@ -205,7 +205,7 @@ class QueryEngine:
     def _continuous(self, feats, n, xyz_fn, key, out_fn, progress, cancel, subject=None):
         model = self.model
         with self._precision():
-            if getattr(model, "conditioned", False):  # a field per subject (Rest2Visual's rest map)
+            if model.conditioned:  # a field per subject (Rest2Visual's rest map)
                 state = model.query_images(feats, subject=self._conditioned_subject(subject))
             else:
                 state = model.query_images(feats)
@@ -221,15 +221,14 @@ class QueryEngine:
 
     def _conditioned_subject(self, subject):
         """The subject a conditioned model answers for (None: the model's default)."""
-        subs = {**(getattr(self.model, "subjects", {}) or {}),
-                **dict.fromkeys(getattr(self.model, "pseudo_subjects", ()))}
+        subs = {**(self.model.subjects or {}), **dict.fromkeys(self.model.pseudo_subjects)}
         if subject is not None and subject not in subs:
             raise QueryError(f"unknown subject {subject!r}; the model has {sorted(subs)}")
         return subject
 
     # ---- voxel-indexed models -------------------------------------------------------------
     def _subject(self, subject):
-        subs = getattr(self.model, "subjects", {}) or {}
+        subs = self.model.subjects or {}
         if subject is None:
             if len(subs) != 1:
                 raise QueryError(f"this model predicts at the voxels of its subjects; pass subject= one of {sorted(subs)}")

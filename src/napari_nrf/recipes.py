@@ -54,7 +54,7 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     keeps its other subjects unchanged.
     """
     if not isinstance(model, UniversalEncoder):
-        raise UniversalModelError(f"transfer needs a universal model, got kind {getattr(model, 'kind', '?')!r}")
+        raise UniversalModelError(f"transfer needs a universal model, got kind {model.kind!r}")
     if rs.subject in model.voxel_embeddings:
         raise UniversalModelError(f"subject {rs.subject!r} is already in the model; rename the response set")
     model.add_subject(rs.subject, rs.coords, init=init)

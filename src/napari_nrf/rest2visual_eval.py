@@ -71,7 +71,7 @@ def predict_at(model, features: dict, xyz, subject=None, batch_images: int = 32)
 
     was = model.training
     model.eval()
-    kw = {"subject": subject} if getattr(model, "conditioned", False) else {}
+    kw = {"subject": subject} if model.conditioned else {}
     n = len(next(iter(features.values())))
     out = []
     with torch.no_grad():
@@ -162,7 +162,7 @@ def evaluate_maps(model, sets, split: str = "test", feature_cache=None, features
         out["n_shared_images"], out["n_common_cells"] = int(n_shared), int(P.shape[2])
         xyz = common_points()
         T = truth_at_points(sets, rows_shared, xyz)
-        if T is not None and getattr(model, "continuous", False):
+        if T is not None and model.continuous:
             if features is None:
                 from napari_nrf.train import set_features
 

@@ -359,9 +359,9 @@ def cluster_maps(model, k: int, subjects=None, grid=None, method: str = "auto", 
     """
     from napari_nrf import space
 
-    if not hasattr(model, "embeddings"):
+    if not model.has_embeddings:
         raise AnalysisError(f"cluster maps need a model with voxel embeddings (kind 'universal'), got "
-                            f"{getattr(model, 'kind', type(model).__name__)!r}")
+                            f"{model.kind!r}")
     subjects = list(model.subjects) if subjects is None else list(subjects)
     if not subjects:
         raise AnalysisError("choose at least one subject")

@@ -93,7 +93,7 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
         region = np.asarray(voxels, dtype=np.int64).reshape(-1)
     if len(region) == 0:
         raise AnalysisError("the region is empty")
-    if subject is None and not getattr(model, "continuous", False) and model.subjects:
+    if subject is None and not model.continuous and model.subjects:
         subject = next(iter(model.subjects))
     n = _region_n_items(features)
     dev = model.device

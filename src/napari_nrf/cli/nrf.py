@@ -310,7 +310,7 @@ def _query(args) -> int:
         from napari_nrf.models.rest2visual import subject_from_rest_map
 
         args.subject = subject_from_rest_map(model, args.rest_map)
-    if args.subject and getattr(model, "continuous", False) and not getattr(model, "conditioned", False):
+    if args.subject and model.continuous and not model.conditioned:
         import sys
 
         print(f"note: --subject {args.subject} is ignored: this model is one field over MNI space, "

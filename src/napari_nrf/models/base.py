@@ -42,6 +42,31 @@ Capabilities (class attributes or properties; the defaults are those of a voxel 
     rest map): ``predict(coords=, subject=)`` and ``query_images(features, subject=)``
     take the subject (None: the model's first), and the query engine passes it on.
 
+What the rest of the package may ask of any model (declared here with defaults; no code
+outside a kind's own module probes a model with ``getattr``/``hasattr`` or its ``kind``):
+
+``feature_shapes`` (None)
+    Backbone feature name -> shape without batch that ``predict`` reads (None: not
+    known; the precision guard then needs features passed in).
+``pseudo_subjects`` (())
+    Subject names a conditioned kind answers for beyond ``subjects`` (Rest2Visual's
+    stimulus-only ``population`` reference).
+``has_embeddings`` / ``embeddings(subject) -> (V, E) float32``  (False / unsupported)
+    Per-voxel embeddings (the Universal encoder's), for the cluster maps.
+``per_subject_parameters`` (False)
+    A new subject needs parameters of its own before the model predicts for it (the
+    Universal encoder's voxel embeddings, added with ``add_subject``): finetuning to a new
+    subject learns only those (:func:`napari_nrf.recipes.transfer_subject`).
+``has_decoder`` (False)
+    ``decode(responses) -> (B, 3, S, S)`` reconstructs the input (the movie encoder-decoder).
+``describe_subject(subject) -> str``
+    One line about a subject for the model card (default: its voxel count).
+``delay`` (0)
+    TRs between an input and the response ``predict`` gives for it (the movie kind's).
+``concurrent_fits`` (True)
+    Training draws nothing from torch's global generator, so threads may fit several
+    models of this kind at once (finetuning an ensemble's bases on several devices).
+
 Optional hooks with working defaults:
 
 ``encode_images``
@@ -225,6 +250,12 @@ class EncodingModel(nn.Module):
     composite = False
     conditioned = False  # continuous, but the field depends on the subject (query_images(subject=))
     loss_terms: tuple = ("encoding",)  # the keys of loss_dict, in order
+    pseudo_subjects: tuple = ()  # subjects a conditioned kind answers for beyond self.subjects
+    has_embeddings = False  # embeddings(subject) gives per-voxel embeddings
+    per_subject_parameters = False  # a new subject needs its own parameters (add_subject)
+    has_decoder = False  # decode(responses) reconstructs the input
+    delay = 0  # TRs between an input and the response predicted for it
+    concurrent_fits = True  # training draws nothing from torch's global generator (threads may fit several)
     splits_batches = True  # data-parallel ranks may each take a share of a batch (see the module doc)
     inputs = "images"  # "images" (backbone features) or "frames" (film chunks per TR)
 
@@ -242,6 +273,33 @@ class EncodingModel(nn.Module):
     def supports_points(self) -> bool:
         """``predict(coords=)`` is accepted (always for continuous kinds)."""
         return bool(self.continuous)
+
+    @property
+    def feature_shapes(self) -> dict | None:
+        """Backbone feature name -> shape without batch that ``predict`` reads; None when
+        the kind does not know them."""
+        return None
+
+    def describe_subject(self, subject: str) -> str:
+        """One line about ``subject`` for the model card (default: its voxel count)."""
+        return f"{len(self.subjects[subject])} voxels"
+
+    def embeddings(self, subject: str | None = None):
+        """Per-voxel embeddings (V, E) float32 of ``subject`` (kinds with ``has_embeddings``)."""
+        raise self.unsupported("voxel embeddings (cluster maps)", "a Universal encoder has them")
+
+    def decode(self, responses: torch.Tensor) -> torch.Tensor:
+        """The input reconstructed from responses (B, V) (kinds with ``has_decoder``)."""
+        raise self.unsupported("reconstructions from responses", "the movie encoder-decoder (w < 1) has a decoder")
+
+    def add_subject(self, subject: str, coords, **kw) -> None:
+        """Give a new ``subject`` (voxels at MNI ``coords`` (V, 3) mm) parameters of its own
+        (kinds with ``per_subject_parameters``)."""
+        raise self.unsupported("adding a subject's own parameters", "finetune the whole model on the subject")
+
+    def subject_filter(self, subject: str):
+        """``trainable(name) -> bool`` accepting only ``subject``'s own parameters."""
+        raise self.unsupported("training one subject's own parameters", "finetune the whole model on the subject")
 
     def unsupported(self, what: str, instead: str = "") -> UnsupportedOperation:
         """The error to raise for an operation this kind does not support."""

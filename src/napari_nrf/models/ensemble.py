@@ -144,7 +144,7 @@ class EnsembleModel(EncodingModel):
         self.subjects = {self.subject: xyz}
         self.k_neighbours = int(k_neighbours)
         self.max_distance = float(max_distance)
-        self.continuous = all(getattr(m, "continuous", False) for m in bases)
+        self.continuous = all(m.continuous for m in bases)
         self.backbone_name = bases[0].backbone_name
         self.backbone_config = dict(bases[0].backbone_config)
         self.inputs = getattr(bases[0], "inputs", "images")

@@ -102,6 +102,7 @@ class MovieEncoderDecoder(EncodingModel):
     encoder, 1 = encoder alone), ``perceptual`` ("efficientnet-lite0" or "none"), ``tr`` (s)."""
 
     kind = "movie"
+    concurrent_fits = False  # dropout / random draws from torch's global generator
     continuous = False
     inputs = "frames"  # what features the model reads: chunks of frames per TR, not backbone features
     # BatchNorm (training mode) and dropout see the whole batch: data-parallel ranks each

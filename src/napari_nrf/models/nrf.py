@@ -164,6 +164,13 @@ class NRF(EncodingModel):
         self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])])
 
     # ---- construction ------------------------------------------------------------------
+    @property
+    def feature_shapes(self) -> dict:
+        shapes = {n: (p, c) for n, p, c, _ in self.token_maps}
+        if self.embedding:
+            shapes[self.embedding[0]] = (self.embedding[1],)
+        return shapes
+
     @classmethod
     def example(cls, feature_shapes: dict, subjects: dict, backbone: str = "efficientnet-lite0", seed: int = 0,
                 bases=None) -> "NRF":

@@ -80,7 +80,7 @@ def evaluate_static(model, ds: MovieDataset, delay: int = 4, split: str = "test"
 
     from .evaluate import score_films
 
-    if getattr(model, "inputs", "images") == "frames":
+    if model.inputs == "frames":
         raise MovieError("evaluate_static is for image models; a movie model: evaluate_movie")
     want = SPLITS[split]
     pairs = {}
