@@ -13,7 +13,7 @@ Metrics (all on held-out images of one subject):
 * noise-ceiling-normalised accuracy ``r^2 / (NC / 100)`` and ``R^2 / (NC / 100)`` per voxel
   where a ceiling exists (NSD's ceilings are percentages of explainable variance);
 * against the noiseless truth when the set has one (virtual subjects);
-* image retrieval as in seed 002: for each measured test response, the true image and
+* image retrieval as in the Universal Brain Encoder paper: for each measured test response, the true image and
   N - 1 random distractor test images are ranked by the Pearson correlation (across
   voxels) of their predicted response with the measured one; top-1 and top-5 accuracy,
   averaged over ``n_repeats`` draws of distractors;

@@ -1,4 +1,4 @@
-"""New-subject adaptation (seed 000 section 3.2, seed 002 section 4.4).
+"""New-subject adaptation (the NRF paper section 3.2, the Universal Brain Encoder paper section 4.4).
 
 :func:`finetune_ensemble` adapts K pretrained models to a new subject from a few of its
 images and returns one :class:`~napari_nrf.models.ensemble.EnsembleModel`:
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf._docs import fill_doc
 from napari_nrf.errors import NapariNRFError, choose_device
 from napari_nrf.settings import FINETUNE_FIT
 
@@ -94,6 +95,7 @@ def _as_model(base, device):
     return copy.deepcopy(base).to(device)
 
 
+@fill_doc
 def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int | None = FINETUNE_FIT.epochs, steps: int | None = None,
                       batch_images: int = FINETUNE_FIT.batch_images, batch_voxels: int = FINETUNE_FIT.batch_voxels,
                       lr: float = FINETUNE_FIT.lr, weight_decay: float = FINETUNE_FIT.weight_decay,
@@ -126,8 +128,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         Precomputed backbone features of every image of ``data`` (name -> (N, ...)).
     checkpoint_dir : path or None
         Checkpoints for resuming (see the module doc).
-    device : str or None
-        Default: CUDA when available, else the CPU (:func:`napari_nrf.errors.choose_device`).
+    %(device)s
     progress : callable(done, total, message="") or None
         The shared progress shape (:data:`napari_nrf.errors.Progress`): ``done`` of
         ``total`` = :data:`PROGRESS_UNITS` thousandths of the whole adaptation, the
@@ -137,8 +138,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         The training loop's epoch records (:func:`napari_nrf.train.fit`'s ``on_epoch``:
         ``epoch``, ``train_loss``, ``val_median_pearson``, ...) with ``base`` (0-based)
         and ``stage`` added.
-    cancel : callable() -> bool or None
-        Polled between steps; True raises :class:`napari_nrf.train.TrainingCancelled`.
+    %(cancel)s
+        Polled between steps (:class:`napari_nrf.train.TrainingCancelled`).
     out : path or None
         Save the ensemble bundle here (atomically); refused when it is a base's file.
     finetune : bool

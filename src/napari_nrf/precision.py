@@ -31,6 +31,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from napari_nrf.errors import NapariNRFError
+
 ENV_VAR = "NAPARI_NRF_PRECISION"
 SETTINGS = ("auto", "fp32", "bf16")
 # CPU flags (Linux /proc/cpuinfo names) of matrix units that run bf16 fast.
@@ -48,7 +50,7 @@ GUARD_MAX_ABS_DIFF_SD = 0.1
 _probe_memo: dict = {}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(NapariNRFError):
     """Bad precision setting."""
 
 

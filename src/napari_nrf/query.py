@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from napari_nrf import space
+from napari_nrf._docs import fill_doc
 from napari_nrf.errors import Cancelled, NapariNRFError
 from napari_nrf.models.base import cat_points, points_nbytes, slice_points
 from napari_nrf.space import Grid
@@ -252,6 +253,7 @@ class QueryEngine:
         return out
 
     # ---- public queries -------------------------------------------------------------------
+    @fill_doc
     def volume(self, features_or_images, grid: Grid, mask=None, subject: str | None = None,
                progress=None, cancel=None) -> np.ndarray:
         """Response volumes (B, *grid.shape) float32 on ``grid``, NaN outside ``mask``.
@@ -261,17 +263,14 @@ class QueryEngine:
         features_or_images : dict of features (B, ...) or images
         grid : space.Grid
             Any axis-aligned MNI grid (e.g. ``Grid.mni(1.0)``).
-        mask : None, "brain", "gm", "data", bool array of ``grid.shape`` or a NIfTI path
-            Points outside stay NaN and are not computed. None computes every grid point;
-            "data" keeps the brain points near the model's training voxels (:func:`coverage_mask`).
-        subject : str or None
-            For voxel-indexed models: whose voxels to place on the grid; for conditioned
-            models (``model.conditioned``, e.g. Rest2Visual): whose prediction (default:
-            the model's first subject).
-        progress : callable(done, total) or None
+        %(mask)s
+            ("data": :func:`coverage_mask`)
+        %(subject)s
+            Voxel-indexed models place that subject's voxels on the grid.
+        %(progress)s
             Called after each chunk (points for continuous models, voxels otherwise).
-        cancel : callable() -> bool or None
-            Polled between chunks; True raises :class:`QueryCancelled`.
+        %(cancel)s
+            Polled between chunks (:class:`QueryCancelled`).
         """
         if not isinstance(grid, Grid):
             raise QueryError(f"grid must be a space.Grid, got {type(grid).__name__}")

@@ -3,7 +3,7 @@
 * :func:`train_nrf`: a new NRF from scratch (defined in :mod:`napari_nrf.train`);
 * :func:`train_universal`: a Universal encoder jointly on several subjects;
 * :func:`transfer_subject`: a new subject added to a Universal encoder by learning only
-  its voxel embeddings (seed 002 section 4.4);
+  its voxel embeddings (the Universal Brain Encoder paper section 4.4);
 * new-subject adaptation of any kind (finetune + ensemble): :mod:`napari_nrf.finetune`.
 
 Their default settings are the presets of :mod:`napari_nrf.settings`.
@@ -44,7 +44,7 @@ def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=Non
 
 def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "random", **fit_kwargs):
     """Add the subject of response set ``rs`` to a trained ``model`` by learning only its
-    voxel embeddings (every shared weight frozen; seed 002 section 4.4).
+    voxel embeddings (every shared weight frozen; the Universal Brain Encoder paper section 4.4).
 
     Uses the training images of ``rs`` (``split == train``; subsample them first for a
     few-image transfer) and :func:`napari_nrf.train.fit` with
@@ -75,7 +75,7 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     return model, hist
 
 
-# ---- Rest2Visual (issue 16) ---------------------------------------------------------------
+# ---- Rest2Visual ---------------------------------------------------------------
 def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
                       model_config: dict | None = None, extent=None, feature_shapes: dict | None = None,
                       model=None, **fit_kwargs):

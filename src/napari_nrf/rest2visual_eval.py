@@ -13,6 +13,7 @@ import numpy as np
 
 from napari_nrf import mapmetrics as mm
 from napari_nrf import space
+from napari_nrf.models.rest2visual import Rest2VisualError
 
 COMMON_RESOLUTION = 4.0
 
@@ -24,7 +25,7 @@ def predict_maps(model, rs, rows, features=None, feature_cache=None) -> np.ndarr
 
     if rs.subject not in model.rest_maps:
         if rs.rest_maps is None:
-            raise ValueError(f"{rs.subject}: new to the model and without rest maps")
+            raise Rest2VisualError(f"{rs.subject}: new to the model and without rest maps")
         model.add_subject(rs.subject, rs.rest_maps, rs.rest_grid, coords=rs.coords)
     elif len(model.subjects.get(rs.subject, ())) == 0:
         model.subjects[rs.subject] = np.asarray(rs.coords, np.float32)

@@ -185,7 +185,7 @@ class Grid:
         so a 0.5 mm whole brain can be streamed.
         """
         if chunk < 1:
-            raise ValueError("chunk must be >= 1")
+            raise SpaceError("chunk must be >= 1")
         if mask is not None:
             flat = np.flatnonzero(self._check_mask(mask))
             total = flat.size
@@ -669,9 +669,9 @@ class NiftiVolumes:
         from nibabel import orientations as ornt_mod
 
         if self._img is None:
-            raise ValueError(f"{self.path.name}: the file was closed")
+            raise SpaceError(f"{self.path.name}: the file was closed")
         if not 0 <= start < stop <= self.n_volumes:
-            raise ValueError(f"{self.path.name}: volumes {start}:{stop} outside 0:{self.n_volumes}")
+            raise SpaceError(f"{self.path.name}: volumes {start}:{stop} outside 0:{self.n_volumes}")
         if len(self._img.shape) == 4:
             raw = np.asarray(self._img.dataobj[..., start:stop])
         else:

@@ -65,7 +65,7 @@ def finetune_job(ctx, bases, data, out, step_delay: float = 0.0, **kwargs) -> di
 
 def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwargs) -> dict:
     """Job target: embeddings-only transfer of a universal encoder to a new subject
-    (seed 002 section 4.4); writes the universal bundle with the subject added to ``out``."""
+    (the Universal Brain Encoder paper section 4.4); writes the universal bundle with the subject added to ``out``."""
     from napari_nrf.models import load_model
     from napari_nrf.recipes import transfer_subject
 

@@ -1,5 +1,5 @@
 """Subcommands for films: ``simulate-movie``, ``import-movie``, ``train-movie``,
-``evaluate-movie`` and ``query-movie`` (the movie encoder-decoder, seed 003)."""
+``evaluate-movie`` and ``query-movie`` (the movie encoder-decoder)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_nrf.errors import NapariNRFError
+
 
 def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
     """The options of ``train.fit`` shared by every training subcommand, made from
@@ -161,7 +163,6 @@ def _train_on_cluster(args, over, bcfg) -> int:
     """``train --slurm``: the same training as a job on the cluster (submitit), followed
     here unless --no-wait; it requeues at its time limit and resumes from its last epoch."""
     from napari_nrf.cli.jobs import _follow, manager_for
-    from napari_nrf.errors import NapariNRFError
     from napari_nrf.settings import NRF_FIT, FitSettings
     from napari_nrf.train_jobs import submit_train
 
@@ -299,7 +300,7 @@ def _query(args) -> int:
     if data_mask:
         mask = coverage_mask(model, grid)
         if not mask.any():
-            raise ValueError("--mask data: the model records no training voxels inside the brain; "
+            raise NapariNRFError("--mask data: the model records no training voxels inside the brain; "
                              "use --mask brain or gm")
     elif mask_spec in ("brain", "gm", None):
         import sys

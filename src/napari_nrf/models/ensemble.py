@@ -1,4 +1,4 @@
-"""Voxelwise least-squares ensemble over K (finetuned) base models (seed 000, eq. 1-2).
+"""Voxelwise least-squares ensemble over K (finetuned) base models (the NRF paper, eq. 1-2).
 
 For a new subject with V voxels, K base models (each finetuned on the subject's few
 images) predict ``r_hat[k, i, v]``. Each voxel ``v`` gets its own weights and bias::

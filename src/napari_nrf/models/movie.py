@@ -1,4 +1,4 @@
-"""The movie encoder-decoder (seed 003, arXiv 2507.12009): film chunks -> voxels -> frame.
+"""The movie encoder-decoder (arXiv 2507.12009): film chunks -> voxels -> frame.
 
 Trained end to end from pixels (no frozen backbone). Input: a chunk of ``F`` frames of one
 TR, ``S`` x ``S`` RGB, as the feature ``frames`` (B, F, S, S, 3) in grey levels 0..255
@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from napari_nrf.errors import NapariNRFError
 
 from .base import EncodingModel, register
 
@@ -114,15 +116,15 @@ class MovieEncoderDecoder(EncodingModel):
                  tr: float = 1.3, channels: dict | None = None):
         super().__init__()
         if int(frames_per_tr) < 2 or int(frames_per_tr) % 2:
-            raise ValueError(f"frames_per_tr must be even and >= 2, got {frames_per_tr}")
+            raise NapariNRFError(f"frames_per_tr must be even and >= 2, got {frames_per_tr}")
         if int(frame_size) < 16 or int(frame_size) % 8:
-            raise ValueError(f"frame_size must be a multiple of 8 >= 16, got {frame_size}")
+            raise NapariNRFError(f"frame_size must be a multiple of 8 >= 16, got {frame_size}")
         if not 0.0 <= float(w) <= 1.0:
-            raise ValueError(f"w must be in [0, 1], got {w}")
+            raise NapariNRFError(f"w must be in [0, 1], got {w}")
         if size not in SIZES and channels is None:
-            raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+            raise NapariNRFError(f"size must be one of {sorted(SIZES)}, got {size!r}")
         if perceptual not in ("efficientnet-lite0", "none"):
-            raise ValueError(f"perceptual must be 'efficientnet-lite0' or 'none', got {perceptual!r}")
+            raise NapariNRFError(f"perceptual must be 'efficientnet-lite0' or 'none', got {perceptual!r}")
         ch = dict(SIZES.get(size, {}), **(channels or {}))
         self.n_voxels, self.subject_name = int(n_voxels), str(subject)
         self.frames_per_tr, self.frame_size, self.size_name = int(frames_per_tr), int(frame_size), str(size)

@@ -1,4 +1,4 @@
-"""Rest2Visual (seed 004, arXiv 2509.13612): a subject's rest map + an image -> evoked volume.
+"""Rest2Visual (arXiv 2509.13612): a subject's rest map + an image -> evoked volume.
 
 ``f(z, v) = D(E_vol(z), E_img(v))`` (paper eq. 5):
 

@@ -1,4 +1,4 @@
-"""The Universal Brain Encoder (seed 002): one learned embedding per voxel of every subject.
+"""The Universal Brain Encoder (Beliy, Wasserman et al.): one learned embedding per voxel of every subject.
 
 A voxel's response to an image is computed from its embedding ``e`` (E,) and the
 image's multi-level backbone features::

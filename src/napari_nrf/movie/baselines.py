@@ -1,4 +1,4 @@
-"""Static image-encoder baselines for movies (issue 17): the NRF and the Universal encoder
+"""Static image-encoder baselines for movies: the NRF and the Universal encoder
 trained on each TR's middle frame, paired with the response ``delay`` TRs later.
 
 The image kinds see one still frame per TR (no motion, no frame history): row i of
