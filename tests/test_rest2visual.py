@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_nrf import space
-from napari_nrf.restmap import PCC_SEED_MNI, RestMapError, load_rest_map, rest_map
+from napari_nrf.data.restmap import PCC_SEED_MNI, RestMapError, load_rest_map, rest_map
 from napari_nrf.simulate.rest import rest_maps_for, resting_run
 from napari_nrf.simulate.subjects import VirtualSubject
 

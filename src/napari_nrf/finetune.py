@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from napari_nrf._docs import fill_doc
 from napari_nrf.errors import NapariNRFError, choose_device
@@ -293,6 +292,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     if feats is None:  # every base was finished in an earlier run
         feats = _round_features({n: np.asarray(v)[rows] for n, v in features.items()} if features is not None
                                 else set_features(models[0], sub, cache=cache))
+    import torch  # deferred: the Training jobs widget imports this module at start-up
+
     report(0.96, "ensemble")
     ens = EnsembleModel(models, sub.subject, sub.coords)
     ens.to(device)
@@ -315,13 +316,3 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         ens.save(out)
     report(1.0, "done")
     return ens, info
-
-
-def __getattr__(name):
-    # Job folders written before the job targets moved name "napari_nrf.finetune:<target>"
-    # in their spec.json; they resume through these names.
-    if name in ("finetune_job", "transfer_job", "train_job", "submit_finetune", "submit_train"):
-        from napari_nrf import train_jobs
-
-        return getattr(train_jobs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

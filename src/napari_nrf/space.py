@@ -693,3 +693,36 @@ class NiftiVolumes:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def coverage_mask(voxel_sets, grid: "Grid") -> np.ndarray:
+    """Brain voxels of ``grid`` within reach of ``voxel_sets`` (iterable of (V, 3) MNI mm
+    arrays: a model's training voxels, the mask ``"data"`` of queries).
+
+    A continuous field answers everywhere, but away from its training voxels it only
+    extrapolates; this is where its predictions rest on data. "Within reach": at most
+    ``r`` mm from a training voxel, ``r`` the median distance between neighbouring
+    training voxels (their spacing; at least half the grid's diagonal so that a coarse
+    grid is not empty, at most 6 mm for sparse sets). Bool ``grid.shape``.
+    """
+    from scipy.spatial import cKDTree
+
+    mask = np.zeros(grid.shape, bool)
+    xyz = [np.asarray(v, np.float64).reshape(-1, 3) for v in voxel_sets]
+    xyz = np.concatenate(xyz) if xyz else np.zeros((0, 3))
+    if len(xyz) == 0:
+        return mask
+    tree = cKDTree(xyz)
+    r = 0.5 * float(np.sqrt(3)) * grid.resolution
+    if len(xyz) > 1:
+        sample = xyz[:: max(1, len(xyz) // 2000)]
+        d, _ = tree.query(sample, k=2)
+        r = max(r, min(float(np.median(d[:, 1])), 6.0))
+    brain = brain_mask(grid)
+    flat = np.flatnonzero(brain)
+    pts = grid.coords(brain)  # (n, 3) mm, in the order of ``flat``
+    near = np.all((pts >= xyz.min(0) - r) & (pts <= xyz.max(0) + r), axis=1)  # cheap box first
+    d, _ = tree.query(pts[near], k=1, distance_upper_bound=r + 1e-6)
+    keep = flat[near][np.isfinite(d)]
+    mask.reshape(-1)[keep] = True
+    return mask

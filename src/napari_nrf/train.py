@@ -646,24 +646,3 @@ def _plan(rng, tr_rows, sizes, batch_images: int, n_steps: int) -> list:
         rng.shuffle(chunk)
         batches += chunk
     return batches[:n_steps]
-
-
-# ---- convenience --------------------------------------------------------------------------
-def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
-              model_overrides: dict | None = None, backbone_config: dict | None = None, **fit_kwargs):
-    """Build an NRF for ``backbone`` (size ``preset`` + ``model_overrides``), :func:`fit` it
-    and save it to ``out`` (a ``.safetensors`` bundle) when given. Returns (model, history).
-
-    A demo model on a few virtual subjects (a few hundred images, 4-6 mm voxels) trains in
-    a minute or two on a laptop CPU with ``epochs=10``.
-    """
-    from napari_nrf.models.nrf import build_nrf
-
-    model = build_nrf(backbone, preset, backbone_config=backbone_config, seed=fit_kwargs.get("seed", 0),
-                      **(model_overrides or {}))
-    hist = fit(model, list(train_sets), **fit_kwargs)
-    from napari_nrf.distributed import is_main
-
-    if out is not None and is_main():  # data-parallel: rank 0 writes the bundle
-        model.save(out)
-    return model, hist

@@ -2,7 +2,7 @@
 
 :func:`finetune_job` (new-subject adaptation, :func:`napari_nrf.finetune.finetune_ensemble`),
 :func:`transfer_job` (embeddings-only transfer, :func:`napari_nrf.recipes.transfer_subject`)
-and :func:`train_job` (a new NRF from scratch, :func:`napari_nrf.train.train_nrf`) run in
+and :func:`train_job` (a new NRF from scratch, :func:`napari_nrf.recipes.train_nrf`) run in
 the job's child process with its checkpoints, device, progress and cancel flag;
 :func:`submit_finetune` and :func:`submit_train` check the inputs now and queue one. Every
 job they queue carries ``group="training"`` in its spec (the Training jobs widget lists
@@ -136,9 +136,9 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
               model_overrides: dict | None = None, step_delay: float = 0.0, **fit_kwargs) -> dict:
     """Job target: a new NRF trained from scratch on the response sets ``data`` (a list of
     .h5 paths; several subjects train one field on the union of their voxels) through
-    :func:`napari_nrf.train.train_nrf`; writes ``out``. Resumes from the job's checkpoint
+    :func:`napari_nrf.recipes.train_nrf`; writes ``out``. Resumes from the job's checkpoint
     after a cancel or a crash. ``step_delay`` (s): a pause per step, for tests and demos."""
-    from napari_nrf.train import train_nrf
+    from napari_nrf.recipes import train_nrf
 
     if isinstance(data, (str, Path)):
         data = [data]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_nrf.cli._common import add_device_arg
 from napari_nrf.errors import NapariNRFError
 
 
@@ -21,10 +22,6 @@ def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
                    help="data-parallel processes on this machine (re-launches through torchrun; with CUDA one "
                         "GPU each, NCCL; on CPUs gloo); the same global batch, so the same model as one "
                         "process within rounding (default: %(default)s; docs/scale.md)")
-
-
-def add_device_arg(p) -> None:
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def add_training_inputs(p, data_help: str = "response set file(s) (.h5), one per subject") -> None:
@@ -135,7 +132,7 @@ def _train(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.models.bundle import check_bundle_path
     from napari_nrf.settings import NRF_FIT, FitSettings
-    from napari_nrf.train import train_nrf
+    from napari_nrf.recipes import train_nrf
 
     check_bundle_path(args.out)  # before minutes of training, not after
     bcfg = _backbone_config(args)

@@ -92,7 +92,7 @@ def _rest_map(args) -> int:
     from tqdm import tqdm
 
     from napari_nrf.errors import check_output
-    from napari_nrf.restmap import rest_map
+    from napari_nrf.data.restmap import rest_map
 
     out = check_output(args.out, [args.bold, args.confounds, args.seed], overwrite=args.overwrite)
     band = _band(args.band)
@@ -114,7 +114,7 @@ def _rest_map(args) -> int:
 
 def _attach(args) -> int:
     from napari_nrf.data.responseset import ResponseSet, ResponseSetError
-    from napari_nrf.restmap import session_rest_maps
+    from napari_nrf.data.restmap import session_rest_maps
 
     rs = ResponseSet.load(args.data)  # before minutes of rest maps: a bad file fails now
     if args.sessions is not None and len(args.sessions) != len(args.maps):

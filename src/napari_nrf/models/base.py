@@ -167,11 +167,9 @@ def discover_kinds() -> dict[str, type]:
         import pkgutil
         from importlib.metadata import entry_points
 
-        from napari_nrf import models as _pkg
-
-        for info in pkgutil.iter_modules(_pkg.__path__):
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package's modules
             if not info.name.startswith("_"):
-                importlib.import_module(f"{_pkg.__name__}.{info.name}")
+                importlib.import_module(f"{__package__}.{info.name}")
         for ep in entry_points(group="napari_nrf.model_kinds"):
             ep.load()
         _DISCOVERED = True

@@ -439,7 +439,7 @@ def build_rest2visual(backbone: str = "efficientnet-lite0", preset: str = "demo"
 
 def subject_from_rest_map(model, path) -> str:
     """Add the person of rest map NIfTI ``path`` to ``model`` (no training); their name."""
-    from napari_nrf.restmap import load_rest_map
+    from napari_nrf.data.restmap import load_rest_map
 
     if not isinstance(model, Rest2Visual):
         raise Rest2VisualError(f"--rest-map: the model is of kind {model.kind!r}, which takes no "

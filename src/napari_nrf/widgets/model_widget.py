@@ -195,7 +195,7 @@ class EncodingModelWidget(QWidget):
 
         from napari_nrf import space
         from napari_nrf.models.rest2visual import subject_from_rest_map
-        from napari_nrf.restmap import load_rest_map
+        from napari_nrf.data.restmap import load_rest_map
 
         try:
             name = subject_from_rest_map(self.model, path)

@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFra
                             QLineEdit, QPushButton, QSlider, QWidget)
 
 from napari_nrf import space
-from napari_nrf.query import coverage_mask
 
 from ._forms import render_settings_form, set_choices
 from ._layout import scrolling_layout
@@ -318,7 +317,7 @@ class ResponseVolumeWidget(QWidget):
         if ext == DATA:
             if self.state.model is None or not self.state.model.subjects:
                 raise ValueError("the model has no subject voxels; choose another extent")
-            mask = coverage_mask(self.state.model, grid)
+            mask = space.coverage_mask(self.state.model.subjects.values(), grid)
             if not mask.any():
                 raise ValueError("the model's voxels do not fall inside the brain mask")
             return grid, mask

@@ -1,0 +1,7 @@
+"""Arguments shared by the command modules (below every one of them: no cycles)."""
+
+from __future__ import annotations
+
+
+def add_device_arg(p) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
