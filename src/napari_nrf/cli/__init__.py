@@ -206,8 +206,21 @@ def main(argv=None) -> int:
     disk, a device) or an unexpected error (a bug: the line asks to rerun with --debug and
     report it), 130 interrupted. Every failure is one line on stderr; ``--debug`` shows
     the traceback instead (:func:`classify_error`)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from napari_nrf.cli import _kinds
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        routed, generic = _kinds.route(raw)
+    except Exception as exc:  # noqa: BLE001 - an unknown --kind: one line, as every error
+        code, what, hint = classify_error(exc)
+        print(f"napari-nrf {raw[0]}: {what}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return code
+    if generic is not None:  # train --kind K of a kind without a train verb of its own
+        spec, rest = generic
+        args = _kinds.train_parser(spec).parse_args(rest)
+    else:
+        parser = build_parser()
+        args = parser.parse_args(routed)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_nrf.cli._common import add_device_arg
+from napari_nrf.cli._kinds import KIND_HELP
 from napari_nrf.errors import NapariNRFError
 
 
@@ -34,7 +35,9 @@ def add_training_inputs(p, data_help: str = "response set file(s) (.h5), one per
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
+    p = sub.add_parser("train", help="train a model (an NRF; --kind for any other) on response sets (HDF5) "
+                                      "and save a .safetensors bundle")
+    p.add_argument("--kind", metavar="KIND", help=KIND_HELP)
     add_training_inputs(p)
     p.add_argument("--preset", default="demo", choices=["demo", "paper", "tiny"], help="model size (default: %(default)s)")
     p.add_argument("--width", type=int, help="MLP width (overrides the preset)")
@@ -51,6 +54,7 @@ def register(sub) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="voxelwise accuracy, retrieval and a ridge baseline of a model")
+    p.add_argument("--kind", metavar="KIND", help=KIND_HELP)
     p.add_argument("model", help="model bundle (.safetensors)")
     p.add_argument("data", nargs="+", help="response set file(s) (.h5)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -69,6 +73,7 @@ def register(sub) -> None:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("query", help="predicted response volumes (MNI NIfTI) of images")
+    p.add_argument("--kind", metavar="KIND", help=KIND_HELP)
     p.add_argument("model", help="model bundle (.safetensors)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--resolution", type=float, default=2.0, help="grid spacing in mm (0.5-8, default: %(default)s)")
