@@ -148,6 +148,22 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
 
         fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
 
+    callbacks = _training_callbacks(ctx, step_delay)
+
+    def run():
+        return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
+                         checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
+                         **callbacks, **fit_kwargs)
+
+    _, hist = _cancelled_to_job(run)
+    return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,
+            "val_pearson": hist.best_score}
+
+
+def _training_callbacks(ctx, step_delay: float = 0.0) -> dict:
+    """``progress``, ``on_epoch``, ``cancel`` and ``feature_progress`` of a training job:
+    the job's progress lines and cancel flag (``step_delay`` s: a pause per step)."""
+
     def prog(done, total):
         if done == total or done % 5 == 0:  # a JSON line per 5 steps is plenty for a bar
             ctx.report(stage="training", step=int(done), steps=int(total), fraction=done / max(total, 1))
@@ -166,15 +182,62 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
         if total and (done == total or done % 64 == 0):
             ctx.report(stage=f"features {subject} {done}/{total}")
 
+    return {"progress": prog, "on_epoch": on_epoch, "cancel": cancel, "feature_progress": features}
+
+
+def train_kind_job(ctx, kind, data, out, backbone: str = "efficientnet-lite0", step_delay: float = 0.0,
+                   **fit_kwargs) -> dict:
+    """Job target: a new model of ``kind`` trained on the data files ``data`` through its
+    spec's recipe (:meth:`napari_nrf.kinds.KindSpec.train`); writes ``out``. Resumes from
+    the job's checkpoint after a cancel or a crash."""
+    from napari_nrf.kinds import spec_for
+
+    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
+        from napari_nrf.features import FeatureCache
+
+        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
+    spec = spec_for(kind)
+    callbacks = _training_callbacks(ctx, step_delay)
+
     def run():
-        return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
-                         checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
-                         progress=prog, on_epoch=on_epoch, cancel=cancel, feature_progress=features,
-                         **fit_kwargs)
+        return spec.train(data, out, backbone=backbone, checkpoint_dir=ctx.checkpoint_dir / "train", resume=True,
+                          device=ctx.device, **callbacks, **fit_kwargs)
 
     _, hist = _cancelled_to_job(run)
-    return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,
-            "val_pearson": hist.best_score}
+    return {"out": str(out), "kind": kind, "best_epoch": hist.best_epoch, "val_pearson": hist.best_score}
+
+
+def submit_train_kind(manager, kind, data, out, *, device: str | None = None, overwrite: bool = False,
+                      start: bool = True, threads: int | None = None, **kwargs):
+    """Queue a :func:`train_kind_job` (a new ``kind`` model on the data files ``data``);
+    an NRF goes through :func:`submit_train` (its sizes). Inputs are checked now."""
+    from napari_nrf.kinds import spec_for
+    from napari_nrf.train import check_fit_settings
+
+    if kind == "nrf":
+        return submit_train(manager, data, out, device=device, overwrite=overwrite, start=start, threads=threads,
+                            **kwargs)
+    spec = spec_for(kind)
+    if not spec.trainable:
+        raise FinetuneError(f"model kind {kind!r} has no training recipe")
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    if not data:
+        raise FinetuneError("choose the data file(s)")
+    data = [str(Path(d).expanduser().resolve()) for d in data]
+    for d in data:
+        if not Path(d).exists():
+            raise FinetuneError(f"data file not found: {d}")
+    out = _checked_out(out, data, overwrite)
+    if not spec.panel.get("presets"):
+        kwargs.pop("preset", None)
+    check_fit_settings({k: v for k, v in kwargs.items() if k != "preset"}, spec.fit)
+    device = check_device(device)
+    if kwargs.get("feature_cache") is not None:
+        kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
+    name = f"train {Path(out).stem} ({kind}, {len(data)} file(s))"
+    return manager.submit("napari_nrf.train_jobs:train_kind_job", {"kind": kind, "data": data, "out": out, **kwargs},
+                          name=name, device=device, outputs=[out], protected=data, overwrite=overwrite,
+                          start=start, threads=threads, group=GROUP)
 
 
 def _check_model_overrides(backbone: str, preset: str, overrides) -> None:

@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 GENERIC = ("train", "evaluate", "query")
-KIND_HELP = "model kind (default: nrf for train, the bundle's for evaluate and query); napari_nrf.kinds lists them"
 
 
 def _take_kind(rest: list[str]) -> tuple[str | None, list[str]]:

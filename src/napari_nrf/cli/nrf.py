@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari_nrf.cli._common import add_device_arg
-from napari_nrf.cli._kinds import KIND_HELP
+from napari_nrf.cli._common import KIND_HELP, add_device_arg
 from napari_nrf.errors import NapariNRFError
 
 

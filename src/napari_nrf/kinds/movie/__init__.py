@@ -6,15 +6,15 @@ from napari_nrf.kinds import KindError, KindSpec
 from napari_nrf.settings import MOVIE_FIT
 
 
-def train_files(data, out=None, *, backbone: str = "efficientnet-lite0", **fit_kwargs):
+def train_files(data, out=None, *, backbone: str = "efficientnet-lite0", preset: str = "demo", **fit_kwargs):
     """The recipe on one movie data set file: :func:`napari_nrf.recipes.train_movie`
-    (``backbone`` unused: the model reads frames)."""
+    (``preset``: its size; ``backbone`` unused: the model reads frames)."""
     from napari_nrf.movie import MovieDataset
     from napari_nrf.recipes import train_movie
 
     if len(data) != 1:
         raise KindError(f"the movie kind trains on one movie data set (.h5), got {len(data)} files")
-    return train_movie(MovieDataset.load(data[0]), out=out, **fit_kwargs)
+    return train_movie(MovieDataset.load(data[0]), size=preset, out=out, **fit_kwargs)
 
 
 SPEC = KindSpec(kind="movie", title="movie encoder-decoder: film chunks -> voxels -> frame",
