@@ -87,7 +87,7 @@ LAYERS = [
                "napari_nrf.models.movie", "napari_nrf.models.ensemble", "napari_nrf.models.official",
                "napari_nrf.kinds", "napari_nrf.recipes"]),
     ("science and application", ["napari_nrf.evaluate", "napari_nrf.baselines", "napari_nrf.finetune",
-                                 "napari_nrf.train_jobs", "napari_nrf.jobs", "napari_nrf.rest2visual_eval",
+                                 "napari_nrf.train_jobs", "napari_nrf.jobs",
                                  "napari_nrf.analysis", "napari_nrf.movie.evaluate", "napari_nrf.movie.baselines",
                                  "napari_nrf.movie.view", "napari_nrf.library", "napari_nrf.demo",
                                  "napari_nrf.nifti_layers"]),

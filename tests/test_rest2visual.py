@@ -310,7 +310,7 @@ def test_truth_identification_points_and_isc():
     noiseless maps more different (the ceiling the science benchmark measures), and the ISC
     report compares predicted with true inter-subject matrices."""
     from napari_nrf import mapmetrics as mm
-    from napari_nrf.rest2visual_eval import common_points, isc_report
+    from napari_nrf.kinds.rest2visual.evaluate import common_points, isc_report
     from napari_nrf.simulate.subjects import _stimuli_and_descriptors
 
     xyz = common_points(8.0)

@@ -175,7 +175,7 @@ def _evaluate(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.errors import check_output, is_json_file, write_text_atomic
     from napari_nrf.models import load_model
-    from napari_nrf.rest2visual_eval import evaluate_maps, format_report
+    from napari_nrf.kinds.rest2visual.evaluate import evaluate_maps, format_report
 
     out = check_output(args.json_out or Path(args.model).with_suffix(".maps.json"), [args.model, *args.data],
                        overwrite=args.overwrite, flag="--json", replaceable=is_json_file)

@@ -19,6 +19,6 @@ def train_files(data, out=None, *, backbone: str = "efficientnet-lite0", preset:
 
 SPEC = KindSpec(kind="movie", title="movie encoder-decoder: film chunks -> voxels -> frame",
                 model="napari_nrf.models.movie:MovieEncoderDecoder", fit=MOVIE_FIT,
-                recipe="napari_nrf.kinds.movie:train_files",
+                recipe="napari_nrf.kinds.movie:train_files", evaluate="napari_nrf.movie.evaluate:evaluate_movie",
                 verbs={"train": "train-movie", "evaluate": "evaluate-movie"}, data="movie",
                 panel={"data": "one movie data set (.h5)", "presets": ("tiny", "demo", "paper")})

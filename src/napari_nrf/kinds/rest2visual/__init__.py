@@ -17,6 +17,7 @@ def train_files(data, out=None, *, backbone: str = "efficientnet-lite0", preset:
 
 SPEC = KindSpec(kind="rest2visual", title="Rest2Visual: rest map + image -> evoked volume",
                 model="napari_nrf.models.rest2visual:Rest2Visual", fit=REST2VISUAL_FIT,
+                evaluate="napari_nrf.kinds.rest2visual.evaluate:evaluate_maps",
                 recipe="napari_nrf.kinds.rest2visual:train_files",
                 verbs={"train": "train-rest2visual", "evaluate": "evaluate-rest2visual"}, data="rest-maps",
                 panel={"data": "response sets (.h5) with rest maps", "presets": ("tiny", "demo", "paper")})
