@@ -11,22 +11,30 @@ import napari_nrf
 SRC = Path(napari_nrf.__file__).parent
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports (top level and inside functions), absolute names."""
+def _import_statements(path: Path):
+    """(module, names) of every import of a file (top level and inside functions),
+    absolute module names (names: None for ``import m``)."""
     tree = ast.parse(path.read_text())
     pkg = ".".join(("napari_nrf",) + path.relative_to(SRC).parent.parts)
-    out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
+            for a in node.names:
+                yield a.name, None
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
+            yield mod, [a.name for a in node.names]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (top level and inside functions), absolute names."""
+    out = set()
+    for mod, names in _import_statements(path):
+        out.add(mod)
+        out.update(f"{mod}.{n}" for n in names or ())
     return out
 
 
@@ -50,21 +58,13 @@ def _own_imports(path: Path) -> set[str]:
             m = m.rpartition(".")[0]
         return m
 
-    tree = ast.parse(path.read_text())
-    pkg = ".".join(("napari_nrf",) + path.relative_to(SRC).parent.parts)
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.update(known(a.name) for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            for a in node.names:
-                full = f"{mod}.{a.name}"
-                out.add(full if full in MODULES else known(mod))
+    for mod, names in _import_statements(path):
+        if names is None:
+            out.add(known(mod))
+        for n in names or ():
+            full = f"{mod}.{n}"
+            out.add(full if full in MODULES else known(mod))
     out.discard(_module(path))
     out.discard("")
     return out

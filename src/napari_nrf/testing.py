@@ -161,6 +161,11 @@ def check_round_trip(kind, base, tmp):
         idx = np.arange(rs.n_voxels)
         assert torch.equal(back.predict(f, voxels=idx, subject=rs.subject), model.predict(f, voxels=idx,
                                                                                           subject=rs.subject))
+        if model.supports_points:
+            xyz = rs.coords[:7] + 0.5
+            a = model.predict(f, coords=xyz, subject=rs.subject)
+            b = back.predict(f, coords=xyz, subject=rs.subject)
+            assert torch.equal(torch.nan_to_num(a, 7.0), torch.nan_to_num(b, 7.0))
 
 
 def check_shapes(kind, base, tmp):
@@ -187,9 +192,13 @@ def check_shapes(kind, base, tmp):
 
 
 def check_engine(kind, base, tmp):
+    """QueryEngine.points / .volume: a continuous kind's volumes (two resolutions) equal its
+    predictions at the grid points, NaN outside the mask; a voxel kind's voxels land in
+    their nearest cells and it refuses the continuous query with a clear error."""
     import torch
 
     from napari_nrf import space
+    from napari_nrf.errors import UnsupportedOperation
     from napari_nrf.query import QueryEngine
 
     rs, feats = _data_for(kind, base)
@@ -198,11 +207,38 @@ def check_engine(kind, base, tmp):
     eng = QueryEngine(model, device="cpu")
     with torch.no_grad():
         at_voxels = model.predict(f, voxels=np.arange(rs.n_voxels), subject=rs.subject).numpy()
-    grid = space.Grid.from_extent(8.0 if model.continuous else 4.0, [-80, -120, -60], [80, 90, 90])
-    vol = eng.volume(f, grid, mask="brain" if model.continuous else None, subject=rs.subject)
-    assert vol.shape == (2,) + grid.shape and np.isfinite(vol).any()
     if model.supports_points:
         np.testing.assert_allclose(eng.points(f, rs.coords, subject=rs.subject), at_voxels, rtol=1e-4, atol=1e-5)
+    else:
+        try:
+            eng.points(f, rs.coords, subject=rs.subject)
+        except UnsupportedOperation as exc:
+            assert kind in str(exc)
+        else:
+            raise AssertionError(f"{kind}: points of a voxel kind did not refuse")
+    if model.continuous:
+        for res in (8.0, 5.0):
+            grid = space.Grid.from_extent(res, [-60, -90, -40], [60, 60, 70])
+            vol = eng.volume(f, grid, mask="brain")
+            m = space.brain_mask(grid)
+            assert vol.shape == (2,) + grid.shape and np.isfinite(vol[:, m]).all() and np.isnan(vol[:, ~m]).all()
+            idx = np.flatnonzero(m)[::17]
+            xyz = grid.index_to_world(np.stack(np.unravel_index(idx, grid.shape), -1)).astype(np.float32)
+            with torch.no_grad():
+                ref = model.predict(f, coords=xyz).numpy()
+            np.testing.assert_allclose(vol.reshape(2, -1)[:, idx], ref, rtol=1e-4, atol=1e-5)
+    else:
+        grid = space.Grid.from_extent(5.0, [-80, -120, -60], [80, 90, 90])
+        vol = eng.volume(f, grid, subject=rs.subject)
+        ijk, _ = grid.nearest_index(rs.coords)
+        np.testing.assert_allclose(vol[:, ijk[:, 0], ijk[:, 1], ijk[:, 2]], at_voxels, rtol=1e-5, atol=1e-6)
+        assert np.isfinite(vol).sum() == 2 * rs.n_voxels
+        try:
+            model.query_images(f)
+        except UnsupportedOperation as exc:
+            assert kind in str(exc)
+        else:
+            raise AssertionError(f"{kind}: query_images of a voxel kind did not refuse")
 
 
 def _probe(tmp) -> Path:
@@ -214,16 +250,28 @@ def _probe(tmp) -> Path:
 
 
 def check_cli_query(kind, base, tmp):
+    """``napari-nrf query --kind K``: volumes where the model has data by default, the
+    whole brain one flag away (continuous kinds)."""
     from napari_nrf import space
     from napari_nrf.cli import main
+    from napari_nrf.query import coverage_mask
 
     rs, _ = _data_for(kind, base)
-    path = build_example(kind, rs, base=base).save(Path(tmp) / "m.safetensors")
-    rc = main(["query", str(path), str(_probe(tmp)), "--kind", kind, "--resolution", "8", "--out",
+    model = build_example(kind, rs, base=base)
+    path = model.save(Path(tmp) / "m.safetensors")
+    probe = _probe(tmp)
+    rc = main(["query", str(path), str(probe), "--kind", kind, "--resolution", "4", "--out",
                str(Path(tmp) / "q"), "--subject", rs.subject, "--device", "cpu"])
     assert rc == 0
     vol, grid = space.load_nifti(Path(tmp) / "q" / "probe.nii.gz")
-    assert np.isfinite(vol).sum() > 0 and grid.resolution == 8.0
+    n = np.isfinite(vol).sum()
+    assert n > 0 and grid.resolution == 4.0
+    if model.continuous:
+        assert n == coverage_mask(model, grid).sum()
+        assert main(["query", str(path), str(probe), "--resolution", "4", "--out", str(Path(tmp) / "b"),
+                     "--mask", "brain", "--device", "cpu"]) == 0
+        whole, _ = space.load_nifti(Path(tmp) / "b" / "probe.nii.gz")
+        assert np.isfinite(whole).sum() > max(1000, n)
 
 
 def check_cli_train_evaluate(kind, base, tmp):
@@ -283,14 +331,19 @@ def rank_fit(kind, module, file, out_dir):
     (``model.safetensors``) and the history. Module level: spawned ranks import it."""
     import torch
 
-    from napari_nrf.distributed import is_main
     from napari_nrf.train import fit
 
     torch.set_num_threads(1)
     _import_kind_module(module, file)
     rs, feats = _data_for(kind)
     model = build_example(kind, rs)
-    hist = fit(model, [rs], features=[feats], device="cpu", **FIT)
+    save_run(model, fit(model, [rs], features=[feats], device="cpu", **FIT), out_dir)
+
+
+def save_run(model, hist, out_dir) -> None:
+    """On rank 0: ``out_dir/model.safetensors`` and ``out_dir/history.json`` of a fit."""
+    from napari_nrf.distributed import is_main
+
     if is_main():
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

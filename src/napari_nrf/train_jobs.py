@@ -95,6 +95,18 @@ def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwarg
     return {"out": str(out), "subject": sub.subject, "val_pearson": hist.best_score}
 
 
+def _data_files(data, none: str, what: str) -> list[str]:
+    """``data`` (a path or paths) as absolute paths that exist; ``none``/``what`` word the errors."""
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    if not data:
+        raise FinetuneError(none)
+    data = [str(Path(d).expanduser().resolve()) for d in data]
+    for d in data:
+        if not Path(d).exists():
+            raise FinetuneError(f"{what} not found: {d}")
+    return data
+
+
 def _checked_out(out, inputs=(), overwrite: bool = False) -> str:
     """The absolute output path, checked now (not when the job ends) by the one shared
     output check (:func:`napari_nrf.errors.check_output`): a bundle path, never one of
@@ -220,13 +232,7 @@ def submit_train_kind(manager, kind, data, out, *, device: str | None = None, ov
     spec = spec_for(kind)
     if not spec.trainable:
         raise FinetuneError(f"model kind {kind!r} has no training recipe")
-    data = [data] if isinstance(data, (str, Path)) else list(data)
-    if not data:
-        raise FinetuneError("choose the data file(s)")
-    data = [str(Path(d).expanduser().resolve()) for d in data]
-    for d in data:
-        if not Path(d).exists():
-            raise FinetuneError(f"data file not found: {d}")
+    data = _data_files(data, "choose the data file(s)", "data file")
     out = _checked_out(out, data, overwrite)
     if not spec.panel.get("presets"):
         kwargs.pop("preset", None)
@@ -269,13 +275,7 @@ def submit_train(manager, data, out, *, device: str | None = None, overwrite: bo
     and :func:`napari_nrf.train.fit` settings. Inputs are checked now, not in the child."""
     from napari_nrf.train import check_fit_settings
 
-    data = [data] if isinstance(data, (str, Path)) else list(data)
-    if not data:
-        raise FinetuneError("choose at least one response set (.h5)")
-    data = [str(Path(d).expanduser().resolve()) for d in data]
-    for d in data:
-        if not Path(d).exists():
-            raise FinetuneError(f"response set not found: {d}")
+    data = _data_files(data, "choose at least one response set (.h5)", "response set")
     out = _checked_out(out, data, overwrite)
     from napari_nrf.features import BACKBONES
     from napari_nrf.models.nrf import PRESETS
