@@ -360,7 +360,7 @@ def he_init(model: NRF, out_gain: float = 0.1) -> None:
     about 0.4 at each ReLU layer and the first layer sees an input whose image half is two
     unit vectors spread over ~1700 entries: a fresh demo NRF outputs ~1e-3, and AdamW at
     lr 1e-3 needs thousands of steps to grow the weights to the units of z-scored
-    responses while the scale-free Pearson r already looks good . Here:
+    responses while the scale-free Pearson r already looks good. Here:
 
     * first layer: std sqrt(2 / E|x|^2), with |x|^2 = |G|^2 + F (the image code's unit
       vectors, one per normalised part, plus F sin^2 + cos^2 pairs), so pre-activations
