@@ -72,7 +72,7 @@ def _train(sets, feats, cfg, ablate="none"):
 
 
 def _predict(model, rs, feats, rows):
-    from napari_nrf.rest2visual_eval import predict_maps
+    from napari_nrf.kinds.rest2visual.evaluate import predict_maps
 
     torch.manual_seed(0)  # the ablations' noise inputs: the same draws for every run
     return predict_maps(model, rs, rows, feats)
@@ -80,7 +80,7 @@ def _predict(model, rs, feats, rows):
 
 def _predict_pts(model, rs, feats, rows, xyz):
     """Predictions (n, P) at the common points (the model read as a field)."""
-    from napari_nrf.rest2visual_eval import predict_at
+    from napari_nrf.kinds.rest2visual.evaluate import predict_at
 
     torch.manual_seed(0)
     return predict_at(model, {k: np.asarray(v)[rows] for k, v in feats.items()}, xyz,
@@ -92,7 +92,7 @@ def _score(sets, preds, rows_list, rows_shared, pts=None, truth_pts=None):
     against the measured maps (on the cells every subject's voxels cover) and, with
     ``pts`` (S, n, P) predictions at the common points, against the noiseless truth there
     (``truth_pts``), with the inter-subject correlation matrices."""
-    from napari_nrf.rest2visual_eval import common_cells, isc_report
+    from napari_nrf.kinds.rest2visual.evaluate import common_cells, isc_report
 
     whole, roi, shared_p, shared_t = [], [], [], []
     for rs, pred, rows, rs_rows in zip(sets, preds, rows_list, rows_shared):
@@ -168,7 +168,7 @@ def ceiling(sets, control, rows_shared, xyz, truth_pts) -> dict:
     measured maps (common cells) and against the other subjects' truths (common points); the
     template layout's truth (a perfect population model); session 1 vs 2 rest maps of the
     subjects and of the control population (in the visual box)."""
-    from napari_nrf.rest2visual_eval import common_cells
+    from napari_nrf.kinds.rest2visual.evaluate import common_cells
     from napari_nrf.simulate.subjects import VISUAL_BOX, VirtualSubject, stimulus_descriptors
 
     out = {}
@@ -199,7 +199,7 @@ def displacement_sweep(displacements, n_subjects: int = 6, n_images: int = 32, s
     much of that the layout explains (each subject's own truth with its areas left in place,
     displacement 0, against its displaced truth) and what a perfect population model reaches
     (the template layout's truth)."""
-    from napari_nrf.rest2visual_eval import common_points
+    from napari_nrf.kinds.rest2visual.evaluate import common_points
     from napari_nrf.simulate.subjects import VirtualSubject, _stimuli_and_descriptors, make_subjects
 
     xyz = common_points(seed=seed)
@@ -220,7 +220,7 @@ def displacement_sweep(displacements, n_subjects: int = 6, n_images: int = 32, s
 
 
 def run(cfg: dict, cache=None, log=print) -> dict:
-    from napari_nrf.rest2visual_eval import common_points, shared_rows, truth_at_points
+    from napari_nrf.kinds.rest2visual.evaluate import common_points, shared_rows, truth_at_points
     from napari_nrf.simulate.rest import add_rest_maps, simulate_with_rest
     from napari_nrf.train import predict_set
 

@@ -27,7 +27,7 @@ from napari_nrf.models import load_model
 def make_inputs(folder: Path, tiny: bool):
     """Simulate subjects, train one base per subject on all but the last; returns (bases, data)."""
     from napari_nrf.simulate import simulate
-    from napari_nrf.train import train_nrf
+    from napari_nrf.recipes import train_nrf
 
     n, vox = (40, 150) if tiny else (300, 1500)
     sets = simulate(n_subjects=3, n_images=n, seed=0, max_voxels=vox, image_size=32 if tiny else 96)

@@ -4,7 +4,7 @@
     NRF_EXAMPLE_TINY=1 .venv/bin/python examples/rest2visual.py   # seconds
 
 1. virtual subjects with resting-state runs (areas displaced by 5 mm), their PCC seed maps
-   made by the same code as ``napari-nrf rest-map`` (:func:`napari_nrf.restmap.rest_map`);
+   made by the same code as ``napari-nrf rest-map`` (:func:`napari_nrf.data.restmap.rest_map`);
 2. one Rest2Visual model trained over all but the last subject (``train_rest2visual``,
    through the one training loop);
 3. the last subject is a new person: written as a rest-map NIfTI, added to the model from

@@ -14,7 +14,7 @@ import sys
 from napari_nrf.data.responseset import ResponseSet
 from napari_nrf.evaluate import evaluate, format_table
 from napari_nrf.features import FeatureCache
-from napari_nrf.train import train_nrf
+from napari_nrf.recipes import train_nrf
 
 
 def virtual_subject(n_images: int, max_voxels: int, image_size: int = 96) -> ResponseSet:

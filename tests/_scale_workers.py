@@ -1,9 +1,10 @@
 """Functions the data-parallel tests run on each rank (spawned processes import them)."""
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from napari_nrf.testing import save_run
 
 
 def small_fit_setup(seed=0):
@@ -24,7 +25,6 @@ def fit_rank(out_dir, ckdir, cancel_at_step=None, epochs=None):
     """Fit on this rank; rank 0 writes the model (``model.safetensors``) and the history."""
     import torch
 
-    from napari_nrf.distributed import is_main
     from napari_nrf.train import TrainingCancelled, fit
 
     torch.set_num_threads(1)
@@ -40,11 +40,7 @@ def fit_rank(out_dir, ckdir, cancel_at_step=None, epochs=None):
         hist = fit(model, [rs], features=[feats], checkpoint_dir=ckdir, cancel=cancel, device="cpu", **kw)
     except TrainingCancelled:
         return
-    if is_main():
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        model.save(out / "model.safetensors")
-        (out / "history.json").write_text(json.dumps(hist.to_dict()))
+    save_run(model, hist, out_dir)
 
 
 def cache_writer(root, images_seed, n):
@@ -84,7 +80,6 @@ def universal_rank(out_dir):
     import torch
 
     from _nrf_data import synth_set
-    from napari_nrf.distributed import is_main
     from napari_nrf.models.universal import UniversalEncoder
     from napari_nrf.train import fit
 
@@ -95,8 +90,22 @@ def universal_rank(out_dir):
                                      {"sub-01": a.coords, "sub-02": b.coords}, seed=0)
     hist = fit(model, [a, b], features=[fa, fb], epochs=2, batch_images=8, batch_voxels=40, lr=1e-3, seed=2,
                val_every=1, patience=100, device="cpu")
-    if is_main():
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        model.save(out / "model.safetensors")
-        (out / "history.json").write_text(json.dumps(hist.to_dict()))
+    save_run(model, hist, out_dir)
+
+
+def kind_fit(kind, out_dir):
+    """Fit a tiny ``kind`` (its ``example()``) on its tiny data; rank 0 writes the model
+    (napari_nrf.testing.rank_fit, the battery's two-rank check)."""
+    import inspect
+
+    from _kinds import example_kinds
+    from napari_nrf.testing import rank_fit
+
+    cls = example_kinds()[kind]
+    rank_fit(kind, cls.__module__, inspect.getsourcefile(cls), out_dir)
+
+
+def kinds_fits(tmp, kinds):
+    """On each rank: :func:`kind_fit` of every kind in ``kinds`` into ``tmp/<kind>``."""
+    for kind in kinds:
+        kind_fit(kind, Path(tmp) / kind)

@@ -14,6 +14,30 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["NAPARI_NRF_PRECISION"] = "fp32"
 
 
+def _register_toy_kind_package() -> None:
+    """tests/kinds/toy_pkg is a model kind in a package of its own, registered through the
+    entry-point group ``napari_nrf.model_kinds`` as a pip install would: its folder and a
+    dist-info holding the entry point go on sys.path (a clean clone needs no install), and
+    on PYTHONPATH for the CLI's subprocesses. Done at import, before anything lists kinds."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    pkg = Path(__file__).parent / "kinds" / "toy_pkg"
+    site = Path(tempfile.mkdtemp(prefix="napari-nrf-toy-kind-"))
+    info = site / "napari_nrf_toy-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: napari-nrf-toy\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[napari_nrf.model_kinds]\ntoy-linear = napari_nrf_toy\n")
+    for p in (str(pkg), str(site)):
+        if p not in sys.path:
+            sys.path.append(p)
+    os.environ["PYTHONPATH"] = os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(pkg), str(site)]).strip(os.pathsep)
+
+
+_register_toy_kind_package()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NAPARI_NRF_CACHE", str(tmp_path_factory.getbasetemp() / "nrf-cache"))

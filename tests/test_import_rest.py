@@ -83,7 +83,7 @@ def test_import_nifti_rest_glob_stores_the_maps_attach_rest_makes(nifti_inputs, 
 
 def test_import_nifti_rest_runs_of_one_session_are_averaged(nifti_inputs, tmp_path):
     from napari_nrf.data.nifti_import import import_nifti
-    from napari_nrf.restmap import rest_map
+    from napari_nrf.data.restmap import rest_map
 
     d = nifti_inputs
     runs = sorted((d / "sub-01").glob("ses-*/func/*.nii.gz"))
@@ -139,7 +139,7 @@ def nsd_tree(tmp_path_factory):
 
 def test_import_nsd_rest_finds_the_resting_runs_by_their_design(nsd_tree, tmp_path):
     from napari_nrf.cli import main
-    from napari_nrf.restmap import rest_map
+    from napari_nrf.data.restmap import rest_map
 
     root = nsd_tree
     runs = nsd.find_rest_runs(root, 1)

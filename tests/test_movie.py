@@ -249,7 +249,9 @@ def test_combined_loss_and_perceptual_term(effnet):
     ed = MovieEncoderDecoder(10, frames_per_tr=4, frame_size=32, size="tiny", perceptual="efficientnet-lite0")
     object.__setattr__(ed, "_backbone", effnet)
     ed.backbone_name = "efficientnet-lite0"
-    loss = ed.batch_loss({"frames": frames}, y, "group", torch.arange(10), None)
+    terms = ed.loss_dict({"frames": frames}, y, "group", torch.arange(10), None)
+    assert set(terms) == {"encoding", "frame"}
+    loss = sum(terms.values())
     loss.backward()
     assert torch.isfinite(loss) and ed.conv1.weight.grad is not None and ed.dec_in.weight.grad is not None
     assert not any(p.grad is not None for p in effnet.parameters())  # the backbone stays frozen
@@ -263,7 +265,7 @@ def test_combined_loss_and_perceptual_term(effnet):
 
     e.eval()
     with torch.no_grad():
-        assert torch.allclose(e.batch_loss({"frames": frames}, y, "g", slice(None), None),
+        assert torch.allclose(sum(e.loss_dict({"frames": frames}, y, "g", slice(None), None).values()),
                               voxel_loss(e.encode(frames), y))
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_nrf import space
-from napari_nrf.restmap import PCC_SEED_MNI, RestMapError, load_rest_map, rest_map
+from napari_nrf.data.restmap import PCC_SEED_MNI, RestMapError, load_rest_map, rest_map
 from napari_nrf.simulate.rest import rest_maps_for, resting_run
 from napari_nrf.simulate.subjects import VirtualSubject
 
@@ -310,7 +310,7 @@ def test_truth_identification_points_and_isc():
     noiseless maps more different (the ceiling the science benchmark measures), and the ISC
     report compares predicted with true inter-subject matrices."""
     from napari_nrf import mapmetrics as mm
-    from napari_nrf.rest2visual_eval import common_points, isc_report
+    from napari_nrf.kinds.rest2visual.evaluate import common_points, isc_report
     from napari_nrf.simulate.subjects import _stimuli_and_descriptors
 
     xyz = common_points(8.0)

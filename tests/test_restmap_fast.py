@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_nrf import space
-from napari_nrf.restmap import _bandpass, rest_map, seed_mask
+from napari_nrf.data.restmap import _bandpass, rest_map, seed_mask
 
 G6 = space.Grid.mni(6.0)
 

@@ -85,6 +85,33 @@ def test_two_gloo_ranks_equal_one_rank_and_resume(tmp_path):
     _close(tmp_path / "universal1", tmp_path / "universal2", skip=(".key.bias",))
 
 
+@pytest.fixture(scope="module")
+def two_rank_kinds(tmp_path_factory):
+    """Every fittable kind fitted on 2 gloo ranks (one spawn for all): (folder, kinds)."""
+    from _kinds import fittable_kinds
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("kinds2")
+    kinds = fittable_kinds()
+    spawn_local(W.kinds_fits, 2, str(tmp), kinds)
+    return tmp, kinds
+
+
+def test_every_fittable_kind_on_two_ranks_is_its_one_rank_self(two_rank_kinds, tmp_path):
+    """Each kind's own loss (``loss_dict``) runs on every rank: the movie encoder-decoder
+    (a frame-reconstruction term, batch norm) on 2 ranks ends with its 1-process weights
+    and loss curve; before the one step function the ranks trained it on the default loss."""
+    from _kinds import fittable_kinds
+
+    tmp, kinds = two_rank_kinds
+    assert {"nrf", "universal", "rest2visual", "movie", "toy-voxel-readout"} <= set(kinds)
+    assert kinds == fittable_kinds()
+    for kind in kinds:
+        W.kind_fit(kind, tmp_path / kind)
+        # the attention keys' bias: pure rounding noise (see the test above)
+        print(kind, f"{_close(tmp_path / kind, tmp / kind, skip=('.key.bias',)):.2e}")
+
+
 def test_cli_train_nproc_2_is_one_process_model(tmp_path):
     """The user's path: ``napari-nrf train ... --nproc 2`` re-launches itself through
     torchrun (gloo on the CPU); the ranks encode their halves of the images through the

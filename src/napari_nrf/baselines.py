@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf.errors import NapariNRFError
 from napari_nrf.models.base import EncodingModel
 
 RIDGE_ALPHAS = np.logspace(-1, 6, 15)
 
 
-class BaselineError(ValueError):
+class BaselineError(NapariNRFError):
     """A baseline cannot be fitted on this design (too few images, non-finite values, ...)."""
 
 

@@ -30,6 +30,7 @@ Flags given on the command line override the profile.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from napari_nrf.errors import NapariNRFError
@@ -137,6 +138,22 @@ def params_from_args(args) -> dict | None:
 
 
 # ---- the cluster's view of a job -----------------------------------------------------------
+def pid_alive(pid) -> bool:
+    """True while process ``pid`` of this host runs (a zombie, dead but not yet reaped,
+    does not)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError, OSError):
+        return False
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def cluster_state(state: dict) -> str | None:
     """What the cluster says of a submitit job (its ``state.json`` dict): a SLURM state
     (PENDING, RUNNING, FAILED, TIMEOUT, CANCELLED, ...), RUNNING/FINISHED for submitit's
@@ -146,14 +163,12 @@ def cluster_state(state: dict) -> str | None:
     jid = str(state["submitit_id"])
     cl = state.get("cluster") or "slurm"
     if cl in ("local", "debug"):
-        from napari_nrf.jobs import _pid_alive
-
         # submitit's local job id is its controller's pid (same host only).
         import socket
 
         if state.get("submit_host") not in (None, socket.gethostname()):
             return "UNKNOWN"
-        return "RUNNING" if cl == "local" and jid.isdigit() and _pid_alive(int(jid)) else "FINISHED"
+        return "RUNNING" if cl == "local" and jid.isdigit() and pid_alive(int(jid)) else "FINISHED"
     try:
         import submitit
 

@@ -13,7 +13,7 @@ Metrics (all on held-out images of one subject):
 * noise-ceiling-normalised accuracy ``r^2 / (NC / 100)`` and ``R^2 / (NC / 100)`` per voxel
   where a ceiling exists (NSD's ceilings are percentages of explainable variance);
 * against the noiseless truth when the set has one (virtual subjects);
-* image retrieval as in seed 002: for each measured test response, the true image and
+* image retrieval as in the Universal Brain Encoder paper: for each measured test response, the true image and
   N - 1 random distractor test images are ranked by the Pearson correlation (across
   voxels) of their predicted response with the measured one; top-1 and top-5 accuracy,
   averaged over ``n_repeats`` draws of distractors;
@@ -213,7 +213,7 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
             from napari_nrf.baselines import fit_fwrf
 
             fw, hist = fit_fwrf(rs, {k: np.asarray(v) for k, v in features.items()},
-                                backbone=getattr(model, "backbone_name", "efficientnet-lite0") or "efficientnet-lite0",
+                                backbone=model.backbone_name or "efficientnet-lite0",
                                 seed=seed, **(fit_kwargs or {}))
             pr, extra = predict_set(fw, f_eval, rs), {"best_epoch": hist.best_epoch}
         rep[name] = {**metrics(pr, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth),

@@ -1,4 +1,4 @@
-"""New-subject adaptation (seed 000 section 3.2, seed 002 section 4.4).
+"""New-subject adaptation (the NRF paper section 3.2, the Universal Brain Encoder paper section 4.4).
 
 :func:`finetune_ensemble` adapts K pretrained models to a new subject from a few of its
 images and returns one :class:`~napari_nrf.models.ensemble.EnsembleModel`:
@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from napari_nrf._docs import fill_doc
 from napari_nrf.errors import NapariNRFError, choose_device
 from napari_nrf.settings import FINETUNE_FIT
 
@@ -83,7 +83,7 @@ def _kind_of(base) -> str:
             return read_metadata(base).get("kind", "")
         except Exception:  # noqa: BLE001 - unreadable: _as_model reports it
             return ""
-    return getattr(base, "kind", "")
+    return base.kind
 
 
 def _as_model(base, device):
@@ -94,6 +94,7 @@ def _as_model(base, device):
     return copy.deepcopy(base).to(device)
 
 
+@fill_doc
 def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int | None = FINETUNE_FIT.epochs, steps: int | None = None,
                       batch_images: int = FINETUNE_FIT.batch_images, batch_voxels: int = FINETUNE_FIT.batch_voxels,
                       lr: float = FINETUNE_FIT.lr, weight_decay: float = FINETUNE_FIT.weight_decay,
@@ -126,8 +127,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         Precomputed backbone features of every image of ``data`` (name -> (N, ...)).
     checkpoint_dir : path or None
         Checkpoints for resuming (see the module doc).
-    device : str or None
-        Default: CUDA when available, else the CPU (:func:`napari_nrf.errors.choose_device`).
+    %(device)s
     progress : callable(done, total, message="") or None
         The shared progress shape (:data:`napari_nrf.errors.Progress`): ``done`` of
         ``total`` = :data:`PROGRESS_UNITS` thousandths of the whole adaptation, the
@@ -137,8 +137,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         The training loop's epoch records (:func:`napari_nrf.train.fit`'s ``on_epoch``:
         ``epoch``, ``train_loss``, ``val_median_pearson``, ...) with ``base`` (0-based)
         and ``stage`` added.
-    cancel : callable() -> bool or None
-        Polled between steps; True raises :class:`napari_nrf.train.TrainingCancelled`.
+    %(cancel)s
+        Polled between steps (:class:`napari_nrf.train.TrainingCancelled`).
     out : path or None
         Save the ensemble bundle here (atomically); refused when it is a base's file.
     finetune : bool
@@ -183,7 +183,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     t_start = time.time()
     feats = None
     info = {"subject": sub.subject, "n_train_images": n_tr, "n_val_images": int((sub.split == 1).sum()),
-            "bases": [str(b) if isinstance(b, (str, Path)) else getattr(b, "kind", "model") for b in bases],
+            "bases": [str(b) if isinstance(b, (str, Path)) else b.kind for b in bases],
             "histories": [None] * k_total, "val_pearson": [None] * k_total}
     models: list = [None] * k_total
 
@@ -210,10 +210,10 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
                       patience=patience, seed=seed, steps_per_epoch=steps_per_epoch, features=[feats],
                       checkpoint_dir=None if ck is None else ck / f"base-{k}", resume=resume, progress=prog,
                       on_epoch=epoch_rec, cancel=cancel, device=dev)
-            if getattr(model, "kind", "") == "universal":
+            if model.per_subject_parameters:  # learn only the new subject's own parameters
                 from napari_nrf.recipes import transfer_subject
 
-                if sub.subject in model.voxel_embeddings:
+                if sub.subject in model.subjects:
                     raise FinetuneError(f"base {k} already has a subject named {sub.subject!r}")
                 model, hist = transfer_subject(model, sub, **kw)
             else:
@@ -226,8 +226,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
             info["val_pearson"][k] = h.get("best_score")
             model.provenance = dict(model.provenance or {})
             model.provenance["finetune_history"] = h
-        elif getattr(model, "kind", "") == "universal":
-            raise FinetuneError("a universal base needs the new subject's embeddings: use finetune=True")
+        elif model.per_subject_parameters:
+            raise FinetuneError(f"a {model.kind} base needs the new subject's own parameters: use finetune=True")
         if done_path is not None:
             model.save(done_path)
         models[k] = model.to(device).eval()
@@ -253,10 +253,14 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
             feats = set_features(_as_model(bases[todo[0]], device), sub, cache=cache)
         feats = _round_features(feats)
     devs = [str(d) for d in (devices or [])]
-    # Universal bases draw dropout masks from torch's global generator: concurrent fits
-    # would share it, so they (and single-device runs) go one after another.
-    concurrent = len(devs) > 1 and len(todo) > 1 and finetune and not any(
-        _kind_of(bases[k]) == "universal" for k in todo)
+    # Kinds that draw from torch's global generator in training (dropout masks) would share
+    # it in concurrent fits, so they (and single-device runs) go one after another.
+    from napari_nrf.models import MODEL_KINDS, discover_kinds
+
+    discover_kinds()
+    concurrent = len(devs) > 1 and len(todo) > 1 and finetune and all(
+        MODEL_KINDS[_kind_of(bases[k])].concurrent_fits if _kind_of(bases[k]) in MODEL_KINDS else False
+        for k in todo)
     if not concurrent:
         for k in todo:
             adapt(k, bases[k], device)
@@ -288,6 +292,8 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     if feats is None:  # every base was finished in an earlier run
         feats = _round_features({n: np.asarray(v)[rows] for n, v in features.items()} if features is not None
                                 else set_features(models[0], sub, cache=cache))
+    import torch  # deferred: the Training jobs widget imports this module at start-up
+
     report(0.96, "ensemble")
     ens = EnsembleModel(models, sub.subject, sub.coords)
     ens.to(device)
@@ -310,13 +316,3 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
         ens.save(out)
     report(1.0, "done")
     return ens, info
-
-
-def __getattr__(name):
-    # Job folders written before the job targets moved name "napari_nrf.finetune:<target>"
-    # in their spec.json; they resume through these names.
-    if name in ("finetune_job", "transfer_job", "train_job", "submit_finetune", "submit_train"):
-        from napari_nrf import train_jobs
-
-        return getattr(train_jobs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

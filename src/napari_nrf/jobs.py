@@ -47,6 +47,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+from napari_nrf import cluster
 from napari_nrf.errors import Cancelled, NapariNRFError, atomic_write
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -91,18 +92,7 @@ def _read_json(path: Path, default=None):
         return default
 
 
-def _pid_alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, PermissionError, OSError):
-        return False
-    try:  # a zombie (dead, not yet reaped) is not running
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+_pid_alive = cluster.pid_alive  # the one process-liveness check (cluster.py, below this module)
 
 
 def _stat_of(path) -> list | None:
@@ -139,10 +129,20 @@ def _same_device(a: str, b: str) -> bool:
     return norm.get(a, a) == norm.get(b, b)
 
 
+# Job folders written before a job target moved record its old name in spec.json; they
+# resume through this table (old module -> new module, for the names that moved).
+MOVED_TARGETS = {
+    "napari_nrf.finetune": ("napari_nrf.train_jobs",
+                            ("finetune_job", "transfer_job", "train_job", "submit_finetune", "submit_train")),
+}
+
+
 def _resolve_target(target: str):
     if not isinstance(target, str) or ":" not in target:
         raise JobError(f"a job target is 'module:function', got {target!r}")
     mod, attr = target.split(":", 1)
+    if mod in MOVED_TARGETS and attr in MOVED_TARGETS[mod][1]:
+        mod = MOVED_TARGETS[mod][0]
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as exc:
@@ -519,8 +519,6 @@ class JobManager:
         if st.get("backend") == "submitit":
             # Ask the cluster (sacct through submitit), also for jobs submitted by an earlier
             # napari session: a job the cluster killed is not running any more.
-            from napari_nrf import cluster
-
             cs = cluster.cluster_state({**st, **_read_json(job.dir / "submitit.json", {})})
             if cs is not None:
                 _write_json(job.dir / "cluster.json", {"state": cs, "checked": _now()})

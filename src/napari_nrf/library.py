@@ -90,7 +90,7 @@ class ImageLibrary:
 
     def features(self, model, progress=None) -> dict:
         """Backbone features (name -> (N, ...) float32) for ``model``'s backbone, cached."""
-        key = getattr(model, "backbone_name", None)
+        key = model.backbone_name or None
         if key not in self._features:
             from napari_nrf.features import FeatureCache
 

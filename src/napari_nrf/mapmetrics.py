@@ -1,6 +1,6 @@
 """Whole-map metrics of predicted evoked volumes, as Rest2Visual reports them (Qt-free).
 
-Rest2Visual (seed 004, section 4.3) scores each predicted map against the measured one,
+Rest2Visual (the Rest2Visual paper, section 4.3) scores each predicted map against the measured one,
 both z-scored within the region: spatial Pearson r, MAE and SSIM; RSA (Pearson of the
 upper triangles of correlation-distance RDMs over samples); inter-subject correlation
 matrices on shared images. The paper gives neither SSIM's window nor its data range:

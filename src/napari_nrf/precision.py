@@ -31,6 +31,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from napari_nrf.errors import NapariNRFError
+
 ENV_VAR = "NAPARI_NRF_PRECISION"
 SETTINGS = ("auto", "fp32", "bf16")
 # CPU flags (Linux /proc/cpuinfo names) of matrix units that run bf16 fast.
@@ -48,7 +50,7 @@ GUARD_MAX_ABS_DIFF_SD = 0.1
 _probe_memo: dict = {}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(NapariNRFError):
     """Bad precision setting."""
 
 
@@ -220,14 +222,10 @@ def guard_inputs(model, n_images: int = 16, n_points: int = 2000, seed: int = 0)
 
 
 def _feature_shapes(model) -> dict:
-    if hasattr(model, "token_maps"):  # NRF
-        shapes = {n: (p, c) for n, p, c, _ in model.token_maps}
-        if model.embedding:
-            shapes[model.embedding[0]] = (model.embedding[1],)
-        return shapes
-    if hasattr(model, "levels"):  # Universal encoder
-        return {n: ((c,) if p == 1 else (p, c)) for n, p, c in model.levels}
-    raise PrecisionError(f"no feature shapes known for a {type(model).__name__}; pass features")
+    shapes = model.feature_shapes
+    if not shapes:
+        raise PrecisionError(f"no feature shapes known for a {type(model).__name__}; pass features")
+    return shapes
 
 
 def accuracy_guard(model, features=None, coords=None, device="cpu", subject: str | None = None,
@@ -262,7 +260,7 @@ def accuracy_guard(model, features=None, coords=None, device="cpu", subject: str
 
     dt = dtype or torch.bfloat16
     dev = torch.device(device)
-    continuous = getattr(model, "continuous", False)
+    continuous = model.continuous
     if features is None or (coords is None and continuous):
         f0, c0 = guard_inputs(model)
         features = f0 if features is None else features
@@ -276,7 +274,7 @@ def accuracy_guard(model, features=None, coords=None, device="cpu", subject: str
         if continuous:
             kw["coords"] = torch.as_tensor(np.asarray(coords, np.float32)).to(dev)
         else:
-            subs = getattr(model, "subjects", {}) or {}
+            subs = model.subjects or {}
             subject = subject or (next(iter(subs)) if len(subs) == 1 else None)
             if coords is not None:
                 kw["coords"] = np.asarray(coords, np.float32)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from napari_nrf import space
+from napari_nrf._docs import fill_doc
 from napari_nrf.errors import Cancelled, NapariNRFError
 from napari_nrf.models.base import cat_points, points_nbytes, slice_points
 from napari_nrf.space import Grid
@@ -205,7 +206,7 @@ class QueryEngine:
     def _continuous(self, feats, n, xyz_fn, key, out_fn, progress, cancel, subject=None):
         model = self.model
         with self._precision():
-            if getattr(model, "conditioned", False):  # a field per subject (Rest2Visual's rest map)
+            if model.conditioned:  # a field per subject (Rest2Visual's rest map)
                 state = model.query_images(feats, subject=self._conditioned_subject(subject))
             else:
                 state = model.query_images(feats)
@@ -221,15 +222,14 @@ class QueryEngine:
 
     def _conditioned_subject(self, subject):
         """The subject a conditioned model answers for (None: the model's default)."""
-        subs = {**(getattr(self.model, "subjects", {}) or {}),
-                **dict.fromkeys(getattr(self.model, "pseudo_subjects", ()))}
+        subs = {**(self.model.subjects or {}), **dict.fromkeys(self.model.pseudo_subjects)}
         if subject is not None and subject not in subs:
             raise QueryError(f"unknown subject {subject!r}; the model has {sorted(subs)}")
         return subject
 
     # ---- voxel-indexed models -------------------------------------------------------------
     def _subject(self, subject):
-        subs = getattr(self.model, "subjects", {}) or {}
+        subs = self.model.subjects or {}
         if subject is None:
             if len(subs) != 1:
                 raise QueryError(f"this model predicts at the voxels of its subjects; pass subject= one of {sorted(subs)}")
@@ -266,6 +266,7 @@ class QueryEngine:
         return cache[key]
 
     # ---- public queries -------------------------------------------------------------------
+    @fill_doc
     def volume(self, features_or_images, grid: Grid, mask=None, subject: str | None = None,
                progress=None, cancel=None) -> np.ndarray:
         """Response volumes (B, *grid.shape) float32 on ``grid``, NaN outside ``mask``.
@@ -275,17 +276,14 @@ class QueryEngine:
         features_or_images : dict of features (B, ...) or images
         grid : space.Grid
             Any axis-aligned MNI grid (e.g. ``Grid.mni(1.0)``).
-        mask : None, "brain", "gm", "data", bool array of ``grid.shape`` or a NIfTI path
-            Points outside stay NaN and are not computed. None computes every grid point;
-            "data" keeps the brain points near the model's training voxels (:func:`coverage_mask`).
-        subject : str or None
-            For voxel-indexed models: whose voxels to place on the grid; for conditioned
-            models (``model.conditioned``, e.g. Rest2Visual): whose prediction (default:
-            the model's first subject).
-        progress : callable(done, total) or None
+        %(mask)s
+            ("data": :func:`coverage_mask`)
+        %(subject)s
+            Voxel-indexed models place that subject's voxels on the grid.
+        %(progress)s
             Called after each chunk (points for continuous models, voxels otherwise).
-        cancel : callable() -> bool or None
-            Polled between chunks; True raises :class:`QueryCancelled`.
+        %(cancel)s
+            Polled between chunks (:class:`QueryCancelled`).
         """
         if not isinstance(grid, Grid):
             raise QueryError(f"grid must be a space.Grid, got {type(grid).__name__}")
@@ -378,79 +376,18 @@ def _mask_key(spec, m):
     return hashlib.blake2b(np.packbits(m).tobytes(), digest_size=16).hexdigest()
 
 
-def _check_cancel(cancel) -> None:
-    if cancel is not None and cancel():
-        raise QueryCancelled("query cancelled")
-
-
-COVERAGE_BLOCK = 65536  # grid points per KD-tree query of coverage_mask: a cancel is heard within ~0.2 s
-
-
 def coverage_mask(model, grid: Grid, cancel=None) -> np.ndarray:
     """Brain voxels of ``grid`` within reach of the voxels the model was trained on (the
-    mask ``"data"`` of :meth:`QueryEngine.volume` and ``napari-nrf query --mask data``).
+    mask ``"data"`` of :meth:`QueryEngine.volume` and ``napari-nrf query --mask data``):
+    :func:`napari_nrf.space.coverage_mask` of the model's subjects' voxels. Bool ``grid.shape``.
 
-    A continuous field answers everywhere, but away from its training voxels it only
-    extrapolates; this is where its predictions rest on data. "Within reach": at most
-    ``r`` mm from a training voxel, ``r`` the median distance between neighbouring
-    training voxels (their spacing; at least half the grid's diagonal so that a coarse
-    grid is not empty, at most 6 mm for sparse sets). Bool ``grid.shape``.
-
-    ``cancel()`` returning True raises :class:`QueryCancelled` between steps (blocks of
-    :data:`COVERAGE_BLOCK` candidate points; a 0.5 mm grid has 15 M brain points).
-    """
-    from scipy.spatial import cKDTree
-
-    mask = np.zeros(grid.shape, bool)
-    xyz = [np.asarray(v, np.float64).reshape(-1, 3) for v in model.subjects.values()]
-    xyz = np.concatenate(xyz) if xyz else np.zeros((0, 3))
-    if len(xyz) == 0:
-        return mask
-    tree = cKDTree(xyz)
-    r = 0.5 * float(np.sqrt(3)) * grid.resolution
-    if len(xyz) > 1:
-        sample = xyz[:: max(1, len(xyz) // 2000)]
-        d, _ = tree.query(sample, k=2)
-        r = max(r, min(float(np.median(d[:, 1])), 6.0))
-    # A grid too big for the disk cache (0.5 mm) would resample the whole brain mask first
-    # (tens of seconds, deaf to Cancel): look it up at the candidates only, block by block.
-    big = grid.n_points > space.DISK_CACHE_MAX_POINTS
-    brain = None if big else space.brain_mask(grid)
-    _check_cancel(cancel)
-    # Candidates first, without listing the brain's points (15 M at 0.5 mm): a point within
-    # r of a training voxel lies in that voxel's r-sized cell or a neighbouring one, and a
-    # grid point's cell is per axis, so the candidates are one broadcast lookup.
-    from scipy.ndimage import binary_dilation
-
-    lo = xyz.min(0) - r
-    n_cells = np.floor((xyz.max(0) + r - lo) / r).astype(int) + 1
-    occ = np.zeros(n_cells, bool)
-    occ[tuple(np.floor((xyz - lo) / r).astype(int).T)] = True
-    occ = np.pad(binary_dilation(occ, np.ones((3, 3, 3), bool)), ((0, 1),) * 3)  # pad: "outside" cell
-    cells = []
-    for a in range(3):
-        c = np.floor((grid.origin[a] + np.arange(grid.shape[a]) * grid.zooms[a] - lo[a]) / r).astype(int)
-        cells.append(np.where((c >= 0) & (c < n_cells[a]), c, n_cells[a]))  # outside -> the empty pad
-    cand, plane = [], grid.shape[1] * grid.shape[2]
-    for i0 in range(0, grid.shape[0], 16):  # slabs of 16 planes: Cancel is heard between them
-        _check_cancel(cancel)
-        near = occ[np.ix_(cells[0][i0:i0 + 16], cells[1], cells[2])]
-        if brain is not None:
-            near &= brain[i0:i0 + 16]
-        cand.append(np.flatnonzero(near) + i0 * plane)
-    cand = np.concatenate(cand)
-    keep = []
-    for s in range(0, len(cand), COVERAGE_BLOCK):
-        _check_cancel(cancel)
-        block = cand[s:s + COVERAGE_BLOCK]
-        if brain is None:
-            block = block[space.brain_mask_at(grid, block)]
-        pts = grid.index_to_world(np.stack(np.unravel_index(block, grid.shape), -1))
-        d, _ = tree.query(pts, k=1, distance_upper_bound=r + 1e-6)
-        keep.append(block[np.isfinite(d)])
-    keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
-    mask.reshape(-1)[keep] = True
-    return mask
+    ``cancel()`` returning True raises :class:`QueryCancelled` between steps."""
+    try:
+        return space.coverage_mask(model.subjects.values(), grid, cancel=cancel)
+    except Cancelled as exc:
+        if isinstance(exc, QueryCancelled):
+            raise
+        raise QueryCancelled("query cancelled") from None
 
 
 def volume_file_names(paths, style: str = "plain", resolution: float = 2.0, subject=None) -> list[str]:

@@ -1,9 +1,9 @@
 """Training recipes: how each kind is trained through the one loop (:func:`napari_nrf.train.fit`).
 
-* :func:`train_nrf`: a new NRF from scratch (defined in :mod:`napari_nrf.train`);
+* :func:`train_nrf`: a new NRF from scratch;
 * :func:`train_universal`: a Universal encoder jointly on several subjects;
 * :func:`transfer_subject`: a new subject added to a Universal encoder by learning only
-  its voxel embeddings (seed 002 section 4.4);
+  its voxel embeddings (the Universal Brain Encoder paper section 4.4);
 * new-subject adaptation of any kind (finetune + ensemble): :mod:`napari_nrf.finetune`.
 
 Their default settings are the presets of :mod:`napari_nrf.settings`.
@@ -12,11 +12,32 @@ Their default settings are the presets of :mod:`napari_nrf.settings`.
 from __future__ import annotations
 
 from napari_nrf.distributed import is_main
+from napari_nrf.guards import check_model_memory
+from napari_nrf.models.nrf import build_nrf
 from napari_nrf.models.universal import UniversalEncoder, UniversalModelError, build_universal
 from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
-from napari_nrf.train import fit, train_nrf
+from napari_nrf.train import fit
 
 __all__ = ["train_movie", "train_nrf", "train_universal", "transfer_subject"]
+
+
+def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
+              model_overrides: dict | None = None, backbone_config: dict | None = None, **fit_kwargs):
+    """Build an NRF for ``backbone`` (size ``preset`` + ``model_overrides``), :func:`fit` it
+    and save it to ``out`` (a ``.safetensors`` bundle) when given. Returns (model, history).
+
+    A demo model on a few virtual subjects (a few hundred images, 4-6 mm voxels) trains in
+    a minute or two on a laptop CPU with ``epochs=10``.
+    """
+    sizes = ", ".join(f"{k} {v}" for k, v in (model_overrides or {}).items()) or "the preset's sizes"
+    check_model_memory(lambda: build_nrf(backbone, preset, backbone_config=backbone_config, **(model_overrides or {})),
+                       f"an NRF of preset {preset} with {sizes}")
+    model = build_nrf(backbone, preset, backbone_config=backbone_config, seed=fit_kwargs.get("seed", 0),
+                      **(model_overrides or {}))
+    hist = fit(model, list(train_sets), **fit_kwargs)
+    if out is not None and is_main():  # data-parallel: rank 0 writes the bundle
+        model.save(out)
+    return model, hist
 
 
 def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=None, model_config: dict | None = None,
@@ -44,7 +65,7 @@ def train_universal(train_sets, *, backbone: str = "efficientnet-lite0", out=Non
 
 def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "random", **fit_kwargs):
     """Add the subject of response set ``rs`` to a trained ``model`` by learning only its
-    voxel embeddings (every shared weight frozen; seed 002 section 4.4).
+    voxel embeddings (every shared weight frozen; the Universal Brain Encoder paper section 4.4).
 
     Uses the training images of ``rs`` (``split == train``; subsample them first for a
     few-image transfer) and :func:`napari_nrf.train.fit` with
@@ -54,7 +75,7 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     keeps its other subjects unchanged.
     """
     if not isinstance(model, UniversalEncoder):
-        raise UniversalModelError(f"transfer needs a universal model, got kind {getattr(model, 'kind', '?')!r}")
+        raise UniversalModelError(f"transfer needs a universal model, got kind {model.kind!r}")
     if rs.subject in model.voxel_embeddings:
         raise UniversalModelError(f"subject {rs.subject!r} is already in the model; rename the response set")
     model.add_subject(rs.subject, rs.coords, init=init)
@@ -75,7 +96,7 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     return model, hist
 
 
-# ---- Rest2Visual (issue 16) ---------------------------------------------------------------
+# ---- Rest2Visual ---------------------------------------------------------------
 def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
                       model_config: dict | None = None, extent=None, feature_shapes: dict | None = None,
                       model=None, **fit_kwargs):

@@ -127,27 +127,19 @@ class FitSettings:
 
 
 NRF_FIT = FitSettings()
-# The Universal encoder (train-universal) and a new subject's transfer: NRF's step schedule
-# (default_steps of the training images, about 40 validations, patience 8) with the paper's
-# Adam (no weight decay, 5000 voxels a step). The former 20 / 30 one-pass epochs (260 steps
-# for 2 x 200 images; 30 for a 20-image transfer) stopped still improving. lr 3e-4, not the
-# paper's 1e-3: at 20 images per subject the joint model at 1e-3 peaked after 10 steps,
-# 0.063 r (truth) below 3e-4, and 3e-4 was the best or within 0.003 of the best grid point
-# at 20 / 200 / 800 images for both recipes (benchmarks/recipe_defaults.py, docs/results.md
-# "Training defaults and units").
+# The presets of the other recipes. Why each value (the grids and runs that chose them):
+# docs/results.md, "Why the default fit settings".
+# Universal encoder (train-universal) and a new subject's transfer: NRF's step schedule with
+# the paper's Adam (no weight decay, 5000 voxels a step) at lr 3e-4.
 UNIVERSAL_FIT = FitSettings(lr=3e-4, weight_decay=0.0, batch_voxels=5000)
 TRANSFER_FIT = UNIVERSAL_FIT
-# The voxel embeddings' start (std) and learning-rate multiplier (models.universal, the
-# CLI): an embedding moves about lr per step that samples its voxel, so a start of std 0.1
-# (norm 0.8 at E = 64) buries what a CPU-length run learns; std 0.01 at 10x the lr trains.
+# The voxel embeddings' start (std) and learning-rate multiplier: an embedding moves only
+# when its voxel is sampled, so it starts small and learns faster than the shared weights.
 EMBED_INIT_STD = 0.01
 EMBEDDING_LR_SCALE = 10.0
-# Finetuning: 20 epochs of 20 steps (400 steps at every data size) at lr 1e-3. The former
-# 10 one-pass epochs at lr 1e-4 (10 steps at 20 images, 70 at 200) stopped 0.065 r (truth)
-# below the best of a 6-schedule grid at 20 and 200 images; lr 1e-3 x 400 steps was the
-# best or within 0.002 of it at both (benchmarks/recipe_defaults.py, docs/results.md).
+# Finetuning: 20 epochs of 20 steps (400 steps at every data size) at lr 1e-3.
 FINETUNE_FIT = FitSettings(epochs=20, steps_per_epoch=20, lr=1e-3, patience=3, val_every=1)
-# The movie encoder-decoder (seed 003): Adam lr 1e-4, 11 epochs, batch 16 TRs, every voxel
+# The movie encoder-decoder (the paper's Adam lr 1e-4, 11 epochs, batch 16 TRs): every voxel
 # in every step (its decoder reads all of them); alpha is unused (the kind's own loss).
 MOVIE_FIT = FitSettings(epochs=11, lr=1e-4, weight_decay=0.0, batch_images=16, batch_voxels=10_000_000,
                         patience=4, val_every=1)
@@ -173,7 +165,7 @@ def add_fit_arguments(parser, defaults: FitSettings = NRF_FIT, skip=(), help: di
         if d is not None:
             text += " (default: %(default)s)"
         parser.add_argument("--" + f.name.replace("_", "-"), type=typ, default=d, help=text)
-# Rest2Visual (issue 16): a volume is decoded per image, so fewer images per step and every
-# sampled voxel of the subject in the MSE (the paper's loss is over all brain voxels).
+# Rest2Visual: a volume is decoded per image, so fewer images per step and every sampled
+# voxel of the subject in the MSE (the paper's loss is over all brain voxels).
 REST2VISUAL_FIT = FitSettings(batch_images=8, batch_voxels=100_000, lr=1e-3, weight_decay=0.0, alpha=0.0,
                               patience=6)

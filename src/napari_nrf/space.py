@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from napari_nrf.errors import NapariNRFError, atomic_write, write_text_atomic
+from napari_nrf.errors import Cancelled, NapariNRFError, atomic_write, write_text_atomic
 
 # The MNI152 bounding box of FSL's 1 mm template (182 x 218 x 182 voxels), in mm.
 MNI_BOX_MIN = np.array([-90.0, -126.0, -72.0])
@@ -193,7 +193,7 @@ class Grid:
         so a 0.5 mm whole brain can be streamed.
         """
         if chunk < 1:
-            raise ValueError("chunk must be >= 1")
+            raise SpaceError("chunk must be >= 1")
         if mask is not None:
             flat = np.flatnonzero(self._check_mask(mask))
             total = flat.size
@@ -736,9 +736,9 @@ class NiftiVolumes:
         from nibabel import orientations as ornt_mod
 
         if self._img is None:
-            raise ValueError(f"{self.path.name}: the file was closed")
+            raise SpaceError(f"{self.path.name}: the file was closed")
         if not 0 <= start < stop <= self.n_volumes:
-            raise ValueError(f"{self.path.name}: volumes {start}:{stop} outside 0:{self.n_volumes}")
+            raise SpaceError(f"{self.path.name}: volumes {start}:{stop} outside 0:{self.n_volumes}")
         try:
             if len(self._img.shape) == 4:
                 raw = np.asarray(self._img.dataobj[..., start:stop])
@@ -765,3 +765,92 @@ class NiftiVolumes:
 
     def __exit__(self, *exc):
         self.close()
+
+
+COVERAGE_BLOCK = 65536  # grid points per KD-tree query of coverage_mask: a cancel is heard within ~0.2 s
+
+
+def _check_coverage_cancel(cancel) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("coverage mask cancelled")
+
+
+def coverage_mask(voxel_sets, grid: "Grid", cancel=None) -> np.ndarray:
+    """Brain voxels of ``grid`` within reach of ``voxel_sets`` (iterable of (V, 3) MNI mm
+    arrays: a model's training voxels, the mask ``"data"`` of queries).
+
+    A continuous field answers everywhere, but away from its training voxels it only
+    extrapolates; this is where its predictions rest on data. "Within reach": at most
+    ``r`` mm from a training voxel, ``r`` the median distance between neighbouring
+    training voxels (their spacing; at least half the grid's diagonal so that a coarse
+    grid is not empty, at most 6 mm for sparse sets). Bool ``grid.shape``.
+
+    ``cancel()`` returning True raises :class:`napari_nrf.errors.Cancelled` between steps
+    (blocks of :data:`COVERAGE_BLOCK` candidate points; a 0.5 mm grid has 15 M brain points).
+    """
+    from scipy.spatial import cKDTree
+
+    mask = np.zeros(grid.shape, bool)
+    xyz = [np.asarray(v, np.float64).reshape(-1, 3) for v in voxel_sets]
+    xyz = np.concatenate(xyz) if xyz else np.zeros((0, 3))
+    if len(xyz) == 0:
+        return mask
+    tree = cKDTree(xyz)
+    r = 0.5 * float(np.sqrt(3)) * grid.resolution
+    if len(xyz) > 1:
+        sample = xyz[:: max(1, len(xyz) // 2000)]
+        d, _ = tree.query(sample, k=2)
+        r = max(r, min(float(np.median(d[:, 1])), 6.0))
+    # A grid too big for the disk cache (0.5 mm) would resample the whole brain mask first
+    # (tens of seconds, deaf to Cancel): look it up at the candidates only, block by block.
+    big = grid.n_points > DISK_CACHE_MAX_POINTS
+    brain = None if big else brain_mask(grid)
+    _check_coverage_cancel(cancel)
+    # Candidates first, without listing the brain's points (15 M at 0.5 mm): a point within
+    # r of a training voxel lies in that voxel's r-sized cell or a neighbouring one, and a
+    # grid point's cell is per axis, so the candidates are one broadcast lookup.
+    from scipy.ndimage import binary_dilation
+
+    lo = xyz.min(0) - r
+    n_cells = np.floor((xyz.max(0) + r - lo) / r).astype(int) + 1
+    occ = np.zeros(n_cells, bool)
+    occ[tuple(np.floor((xyz - lo) / r).astype(int).T)] = True
+    occ = np.pad(binary_dilation(occ, np.ones((3, 3, 3), bool)), ((0, 1),) * 3)  # pad: "outside" cell
+    cells = []
+    for a in range(3):
+        c = np.floor((grid.origin[a] + np.arange(grid.shape[a]) * grid.zooms[a] - lo[a]) / r).astype(int)
+        cells.append(np.where((c >= 0) & (c < n_cells[a]), c, n_cells[a]))  # outside -> the empty pad
+    cand, plane = [], grid.shape[1] * grid.shape[2]
+    for i0 in range(0, grid.shape[0], 16):  # slabs of 16 planes: Cancel is heard between them
+        _check_coverage_cancel(cancel)
+        near = occ[np.ix_(cells[0][i0:i0 + 16], cells[1], cells[2])]
+        if brain is not None:
+            near &= brain[i0:i0 + 16]
+        cand.append(np.flatnonzero(near) + i0 * plane)
+    cand = np.concatenate(cand)
+    keep = []
+    for s in range(0, len(cand), COVERAGE_BLOCK):
+        _check_coverage_cancel(cancel)
+        block = cand[s:s + COVERAGE_BLOCK]
+        if brain is None:
+            block = block[brain_mask_at(grid, block)]
+        pts = grid.index_to_world(np.stack(np.unravel_index(block, grid.shape), -1))
+        d, _ = tree.query(pts, k=1, distance_upper_bound=r + 1e-6)
+        keep.append(block[np.isfinite(d)])
+    keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    mask.reshape(-1)[keep] = True
+    return mask
+    tree = cKDTree(xyz)
+    r = 0.5 * float(np.sqrt(3)) * grid.resolution
+    if len(xyz) > 1:
+        sample = xyz[:: max(1, len(xyz) // 2000)]
+        d, _ = tree.query(sample, k=2)
+        r = max(r, min(float(np.median(d[:, 1])), 6.0))
+    brain = brain_mask(grid)
+    flat = np.flatnonzero(brain)
+    pts = grid.coords(brain)  # (n, 3) mm, in the order of ``flat``
+    near = np.all((pts >= xyz.min(0) - r) & (pts <= xyz.max(0) + r), axis=1)  # cheap box first
+    d, _ = tree.query(pts[near], k=1, distance_upper_bound=r + 1e-6)
+    keep = flat[near][np.isfinite(d)]
+    mask.reshape(-1)[keep] = True
+    return mask

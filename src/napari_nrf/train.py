@@ -18,7 +18,8 @@
   every epoch, and ``resume=True`` continues from it after an interruption;
 * ``trainable`` filters parameter names (finetuning, transfer to a new subject); the
   model's ``parameter_groups`` (its ``lr_scale(name)``) sets each parameter's learning-rate
-  multiplier, and a kind with its own ``loss`` method replaces the default loss;
+  multiplier, and the model's ``loss_dict`` (named loss terms, summed) is the loss of a
+  batch, on one process and on every rank of a data-parallel run alike (:func:`_train_step`);
 * ``progress(done, total)`` after each step, ``on_epoch(record)`` after each epoch and
   ``cancel()`` polled between steps (True raises :class:`TrainingCancelled`).
 
@@ -41,7 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf import distributed
 from napari_nrf.errors import Cancelled, NapariNRFError
+from napari_nrf.models.base import encoding_loss
 from napari_nrf.settings import NRF_FIT, FitSettings, SettingsError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -143,21 +146,8 @@ def voxel_r2(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return r2.astype(np.float32)
 
 
-def loss_fn(pred: torch.Tensor, true: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
-    """``(1 - alpha) * MSE - alpha * cos``; cos across voxels per image, averaged over images.
-
-    The norm of each image's prediction in the cosine is floored at 0.1 x the norm of its
-    responses: the cosine is scale-free, so its gradient grows as 1 / |pred| and, for a
-    model whose outputs start near zero (1e-3 or exactly 0), dwarfs the MSE's gradient by
-    orders of magnitude; Adam's second moment then remembers that spike for ~1000 steps
-    and the MSE, the only term that sets the predictions' units, barely moves them (issue
-    22). Above the floor this is exactly the cosine.
-    """
-    mse = torch.mean((pred - true) ** 2)
-    tn = torch.linalg.vector_norm(true, dim=1)
-    pn = torch.maximum(torch.linalg.vector_norm(pred, dim=1), 0.1 * tn)
-    cos = ((pred * true).sum(1) / (pn * tn).clamp_min(1e-8)).mean()
-    return (1 - alpha) * mse - alpha * cos
+# The loop's default loss lives with the contract (a kind's default loss_dict uses it).
+loss_fn = encoding_loss
 
 
 @torch.no_grad()
@@ -322,8 +312,6 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         raise TrainingError(f"training sets need distinct subject names, got {names}")
     if not model.supports_fit:
         raise model.unsupported("training with fit", "fit its base models, then the model's own fit")
-    from napari_nrf import distributed
-
     if distributed.env()[1] > 1:  # started by torchrun: one device per rank, join the group
         model.to(distributed.rank_device(device if device is not None else model.device))
         distributed.setup(model.device)
@@ -456,61 +444,23 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
             rng = np.random.default_rng([seed, epoch])
             torch.manual_seed(seed * 100003 + epoch)
             plan = _plan(rng, tr_rows, sizes, batch_images, n_steps)
-            losses = []
+            losses, terms = [], {}
             for step, (si, rows_local) in enumerate(plan):
-                if world > 1:
-                    v = train_sets[si].n_voxels
-                    vox = np.sort(rng.choice(v, size=min(batch_voxels, v), replace=False))
-                    losses.append(_distributed_step(model, opt, params, tr_feats[si], tr_rows[si], tr_y[si],
-                                                    rows_local, vox, train_sets[si].subject, tr_coords[si],
-                                                    alpha, cancel, epoch, step, lr))
-                    if progress is not None:
-                        progress(epoch * n_steps + step + 1, total)
-                    continue
-                if cancel is not None and cancel():
-                    raise TrainingCancelled(f"training cancelled in epoch {epoch}")
-                rows = tr_rows[si][rows_local]
                 v = train_sets[si].n_voxels
                 vox = np.sort(rng.choice(v, size=min(batch_voxels, v), replace=False))
-                fb = {k: _batch(a, rows, dev) for k, a in tr_feats[si].items()}
-                y = torch.from_numpy(tr_y[si][rows_local][:, vox]).to(dev)
-                vt = torch.from_numpy(vox).to(dev)
-                if model.batch_loss is not None:  # a kind with its own loss over the whole batch
-                    loss = model.batch_loss(fb, y, train_sets[si].subject, vt, tr_coords[si][vt], alpha)
-                else:
-                    pred = model_predict(model, fb, train_sets[si].subject, vt, tr_coords[si][vt])
-                    loss = (model.loss or loss_fn)(pred, y, alpha)
-                if not torch.isfinite(loss):
-                    # Stop before the optimiser spreads NaN into every weight; the last
-                    # epoch's checkpoint stays valid.
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at epoch {epoch}, step {step}: lower the learning rate "
-                        f"(now {lr:g}) or check the responses and features for NaN/inf values")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+                total_loss, named = _train_step(model, opt, params, tr_feats[si], tr_rows[si], tr_y[si], rows_local,
+                                                vox, train_sets[si].subject, tr_coords[si], alpha, cancel, world,
+                                                (epoch, step, lr))
+                losses.append(total_loss)
+                for k, x in named.items():
+                    terms.setdefault(k, []).append(x)
                 if progress is not None:
                     progress(epoch * n_steps + step + 1, total)
             rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
+            if len(terms) > 1:  # a kind with several named loss terms: each one's epoch mean
+                rec["train_terms"] = {k: float(np.mean(x)) for k, x in terms.items()}
             if have_val and ((epoch + 1) % val_every == 0 or epoch == epochs - 1):
-                meds, r2s = [], []
-                for rs, f, r in zip(val_sets, va_feats, va_rows):
-                    if len(r) < 3:
-                        continue
-                    if world > 1:  # each rank predicts its share; the per-voxel sums are added
-                        r_own = r[distributed.share(len(r))]
-                        pred = predict_set(model, {k: a[r_own] for k, a in f.items()}, rs)
-                        sums = distributed.allreduce_numpy(
-                            distributed.voxel_sums(pred, rs.get_responses(r_own)), dev)
-                        vr, vr2 = distributed.sums_scores(sums)
-                        meds.append(float(np.nanmedian(vr)))
-                        r2s.append(float(np.nanmedian(vr2)))
-                        continue
-                    pred = predict_set(model, {k: a[r] for k, a in f.items()}, rs)
-                    yv = rs.get_responses(r)
-                    meds.append(float(np.nanmedian(voxel_pearson(pred, yv))))
-                    r2s.append(float(np.nanmedian(voxel_r2(pred, yv))))
+                meds, r2s = _validate(model, val_sets, va_feats, va_rows, world)
                 model.train()
                 score, r2 = float(np.mean(meds)), float(np.mean(r2s))
                 rec["val_median_pearson"], rec["val_median_r2"] = score, r2
@@ -582,30 +532,48 @@ def _check_schedule(**hp) -> None:
     check_fit_settings(hp)
 
 
-def _distributed_step(model, opt, params, feats, rows_set, y_set, rows_local, vox, subject, coords, alpha,
-                      cancel, epoch, step, lr) -> float:
-    """One data-parallel optimiser step: this rank's share of the batch ``rows_local``,
-    gradients (and the loss, the cancel flags) summed over the ranks in one all-reduce.
+def _train_step(model, opt, params, feats, rows_set, y_set, rows_local, vox, subject, coords, alpha, cancel,
+                world, where) -> tuple[float, dict]:
+    """One optimiser step, on one process or on every rank of a data-parallel run.
 
-    Each share's loss is weighted by its fraction of the batch, so the summed gradient is
-    the gradient of the whole batch's loss (a mean over images, as the loop's loss and
-    a kind's own ``loss`` are). Returns the batch's loss."""
-    from napari_nrf import distributed
-
+    The batch is the images ``rows_set[rows_local]`` (their responses ``y_set[rows_local]``)
+    and the sampled voxels ``vox``; the loss is the sum of the model's
+    :meth:`~napari_nrf.models.EncodingModel.loss_dict` terms. With several ranks, each
+    takes its share of the batch (a kind whose ``splits_batches`` is False: the whole
+    batch) and weights its loss by that share's fraction, so the gradients summed over
+    the ranks in one all-reduce (with the loss terms and the cancel flags) are the whole
+    batch's gradient, as on one process. ``where`` is (epoch, step, lr) for messages.
+    Returns the batch's loss and its named terms (floats)."""
+    epoch, step, lr = where
+    stop = bool(cancel is not None and cancel())
+    if stop and world == 1:
+        raise TrainingCancelled(f"training cancelled in epoch {epoch}")
     dev = model.device
     n_batch = len(rows_local)
-    own = rows_local[distributed.share(n_batch)]
+    split = world > 1 and model.splits_batches
+    own = rows_local[distributed.share(n_batch)] if split else rows_local
+    weight = len(own) / n_batch if split else 1.0 / world
     opt.zero_grad(set_to_none=True)
-    loss_val = torch.zeros((), device=dev)
+    names = list(model.loss_terms)  # known on every rank, also one without rows in this batch
+    values = torch.zeros(len(names), device=dev)
     if len(own):
-        rows = rows_set[own]
-        fb = {k: torch.from_numpy(a[rows]).to(dev) for k, a in feats.items()}
+        fb = {k: _batch(a, rows_set[own], dev) for k, a in feats.items()}
         y = torch.from_numpy(y_set[own][:, vox]).to(dev)
         vt = torch.from_numpy(vox).to(dev)
-        pred = model_predict(model, fb, subject, vt, coords[vt])
-        loss = (model.loss or loss_fn)(pred, y, alpha) * (len(own) / n_batch)
-        loss.backward()
-        loss_val = loss.detach()
+        named = model.loss_dict(fb, y, subject, vt, coords[vt], alpha)
+        if list(named) != names:
+            raise TrainingError(f"model kind {model.kind!r}: loss_dict gave the terms {list(named)}, "
+                                f"its loss_terms declare {names}")
+        loss = sum(named.values())
+        if world == 1 and not torch.isfinite(loss):
+            # Stop before the optimiser spreads NaN into every weight; the last epoch's
+            # checkpoint stays valid.
+            _diverged(loss.item(), epoch, step, lr)
+        (loss * weight if weight != 1.0 else loss).backward()
+        values = torch.stack([t.detach().float() * weight for t in named.values()])
+    if world == 1:
+        opt.step()
+        return float(loss.item()), dict(zip(names, values.tolist()))
     ps = [p for _, p in params]
     # A parameter without a gradient on every rank (another subject's embeddings) stays
     # without one: AdamW then leaves it (and its moments) alone, as on one process.
@@ -613,21 +581,46 @@ def _distributed_step(model, opt, params, feats, rows_set, y_set, rows_local, vo
     for p in ps:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    stop = 1.0 if (cancel is not None and cancel()) else 0.0
-    tail = torch.cat([has, loss_val.reshape(1).float(), torch.tensor([stop], device=dev)])
+    tail = torch.cat([has, values, torch.tensor([1.0 if stop else 0.0], device=dev)])
     distributed.allreduce_([p.grad for p in ps] + [tail])
     if tail[-1].item() > 0:
         raise TrainingCancelled(f"training cancelled in epoch {epoch}")
-    total = float(tail[-2].item())
+    vals = tail[len(ps):-1].tolist()
+    total = float(sum(vals))
     if not math.isfinite(total):
-        raise TrainingError(
-            f"the loss became {total} at epoch {epoch}, step {step}: lower the learning rate "
-            f"(now {lr:g}) or check the responses and features for NaN/inf values")
+        _diverged(total, epoch, step, lr)
     for p, h in zip(ps, tail[:len(ps)].tolist()):
         if h == 0:
             p.grad = None
     opt.step()
-    return total
+    return total, dict(zip(names, vals))
+
+
+def _diverged(value, epoch, step, lr):
+    raise TrainingError(
+        f"the loss became {value} at epoch {epoch}, step {step}: lower the learning rate "
+        f"(now {lr:g}) or check the responses and features for NaN/inf values")
+
+
+def _validate(model, val_sets, va_feats, va_rows, world) -> tuple[list, list]:
+    """Median voxel r and R^2 of each validation set (with at least 3 rows). With several
+    ranks each predicts its share of the rows and the per-voxel sums are added."""
+    meds, r2s = [], []
+    for rs, f, r in zip(val_sets, va_feats, va_rows):
+        if len(r) < 3:
+            continue
+        if world > 1:
+            r_own = r[distributed.share(len(r))]
+            pred = predict_set(model, {k: a[r_own] for k, a in f.items()}, rs)
+            sums = distributed.allreduce_numpy(distributed.voxel_sums(pred, rs.get_responses(r_own)), model.device)
+            vr, vr2 = distributed.sums_scores(sums)
+        else:
+            pred = predict_set(model, {k: a[r] for k, a in f.items()}, rs)
+            yv = rs.get_responses(r)
+            vr, vr2 = voxel_pearson(pred, yv), voxel_r2(pred, yv)
+        meds.append(float(np.nanmedian(vr)))
+        r2s.append(float(np.nanmedian(vr2)))
+    return meds, r2s
 
 
 def _shared_features(model, rs, cache, progress=None) -> dict:
@@ -635,8 +628,6 @@ def _shared_features(model, rs, cache, progress=None) -> dict:
     its share of the images; with a feature cache the shares go through it (its writes are
     locked, see :class:`napari_nrf.features.FeatureCache`) and every rank then reads all,
     without one the shares are gathered. Shares are whole batches of 32 images."""
-    from napari_nrf import distributed
-
     # Whole extraction batches per rank: a batch's numbers (then rounded to the cache's
     # float16) are those of a one-process run only when the batch holds the same images.
     bs = 32
@@ -665,28 +656,3 @@ def _plan(rng, tr_rows, sizes, batch_images: int, n_steps: int) -> list:
         rng.shuffle(chunk)
         batches += chunk
     return batches[:n_steps]
-
-
-# ---- convenience --------------------------------------------------------------------------
-def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
-              model_overrides: dict | None = None, backbone_config: dict | None = None, **fit_kwargs):
-    """Build an NRF for ``backbone`` (size ``preset`` + ``model_overrides``), :func:`fit` it
-    and save it to ``out`` (a ``.safetensors`` bundle) when given. Returns (model, history).
-
-    A demo model on a few virtual subjects (a few hundred images, 4-6 mm voxels) trains in
-    a minute or two on a laptop CPU with ``epochs=10``.
-    """
-    from napari_nrf.guards import check_model_memory
-    from napari_nrf.models.nrf import build_nrf
-
-    sizes = ", ".join(f"{k} {v}" for k, v in (model_overrides or {}).items()) or "the preset's sizes"
-    check_model_memory(lambda: build_nrf(backbone, preset, backbone_config=backbone_config, **(model_overrides or {})),
-                       f"an NRF of preset {preset} with {sizes}")
-    model = build_nrf(backbone, preset, backbone_config=backbone_config, seed=fit_kwargs.get("seed", 0),
-                      **(model_overrides or {}))
-    hist = fit(model, list(train_sets), **fit_kwargs)
-    from napari_nrf.distributed import is_main
-
-    if out is not None and is_main():  # data-parallel: rank 0 writes the bundle
-        model.save(out)
-    return model, hist

@@ -2,7 +2,7 @@
 
 :func:`finetune_job` (new-subject adaptation, :func:`napari_nrf.finetune.finetune_ensemble`),
 :func:`transfer_job` (embeddings-only transfer, :func:`napari_nrf.recipes.transfer_subject`)
-and :func:`train_job` (a new NRF from scratch, :func:`napari_nrf.train.train_nrf`) run in
+and :func:`train_job` (a new NRF from scratch, :func:`napari_nrf.recipes.train_nrf`) run in
 the job's child process with its checkpoints, device, progress and cancel flag;
 :func:`submit_finetune` and :func:`submit_train` check the inputs now and queue one. Every
 job they queue carries ``group="training"`` in its spec (the Training jobs widget lists
@@ -65,7 +65,7 @@ def finetune_job(ctx, bases, data, out, step_delay: float = 0.0, **kwargs) -> di
 
 def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwargs) -> dict:
     """Job target: embeddings-only transfer of a universal encoder to a new subject
-    (seed 002 section 4.4); writes the universal bundle with the subject added to ``out``."""
+    (the Universal Brain Encoder paper section 4.4); writes the universal bundle with the subject added to ``out``."""
     from napari_nrf.models import load_model
     from napari_nrf.recipes import transfer_subject
 
@@ -93,6 +93,18 @@ def transfer_job(ctx, base, data, out, n_images=None, seed: int = 0, **fit_kwarg
 
     _, hist = _cancelled_to_job(run)
     return {"out": str(out), "subject": sub.subject, "val_pearson": hist.best_score}
+
+
+def _data_files(data, none: str, what: str) -> list[str]:
+    """``data`` (a path or paths) as absolute paths that exist; ``none``/``what`` word the errors."""
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    if not data:
+        raise FinetuneError(none)
+    data = [str(Path(d).expanduser().resolve()) for d in data]
+    for d in data:
+        if not Path(d).exists():
+            raise FinetuneError(f"{what} not found: {d}")
+    return data
 
 
 def _checked_out(out, inputs=(), overwrite: bool = False) -> str:
@@ -136,9 +148,9 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
               model_overrides: dict | None = None, step_delay: float = 0.0, **fit_kwargs) -> dict:
     """Job target: a new NRF trained from scratch on the response sets ``data`` (a list of
     .h5 paths; several subjects train one field on the union of their voxels) through
-    :func:`napari_nrf.train.train_nrf`; writes ``out``. Resumes from the job's checkpoint
+    :func:`napari_nrf.recipes.train_nrf`; writes ``out``. Resumes from the job's checkpoint
     after a cancel or a crash. ``step_delay`` (s): a pause per step, for tests and demos."""
-    from napari_nrf.train import train_nrf
+    from napari_nrf.recipes import train_nrf
 
     if isinstance(data, (str, Path)):
         data = [data]
@@ -147,6 +159,22 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
         from napari_nrf.features import FeatureCache
 
         fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
+
+    callbacks = _training_callbacks(ctx, step_delay)
+
+    def run():
+        return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
+                         checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
+                         **callbacks, **fit_kwargs)
+
+    _, hist = _cancelled_to_job(run)
+    return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,
+            "val_pearson": hist.best_score}
+
+
+def _training_callbacks(ctx, step_delay: float = 0.0) -> dict:
+    """``progress``, ``on_epoch``, ``cancel`` and ``feature_progress`` of a training job:
+    the job's progress lines and cancel flag (``step_delay`` s: a pause per step)."""
 
     def prog(done, total):
         if done == total or done % 5 == 0:  # a JSON line per 5 steps is plenty for a bar
@@ -166,15 +194,56 @@ def train_job(ctx, data, out, backbone: str = "efficientnet-lite0", preset: str 
         if total and (done == total or done % 64 == 0):
             ctx.report(stage=f"features {subject} {done}/{total}")
 
+    return {"progress": prog, "on_epoch": on_epoch, "cancel": cancel, "feature_progress": features}
+
+
+def train_kind_job(ctx, kind, data, out, backbone: str = "efficientnet-lite0", step_delay: float = 0.0,
+                   **fit_kwargs) -> dict:
+    """Job target: a new model of ``kind`` trained on the data files ``data`` through its
+    spec's recipe (:meth:`napari_nrf.kinds.KindSpec.train`); writes ``out``. Resumes from
+    the job's checkpoint after a cancel or a crash."""
+    from napari_nrf.kinds import spec_for
+
+    if isinstance(fit_kwargs.get("feature_cache"), (str, Path)):
+        from napari_nrf.features import FeatureCache
+
+        fit_kwargs["feature_cache"] = FeatureCache(fit_kwargs["feature_cache"])
+    spec = spec_for(kind)
+    callbacks = _training_callbacks(ctx, step_delay)
+
     def run():
-        return train_nrf(sets, backbone=backbone, preset=preset, out=out, model_overrides=model_overrides,
-                         checkpoint_dir=ctx.checkpoint_dir / "train", resume=True, device=ctx.device,
-                         progress=prog, on_epoch=on_epoch, cancel=cancel, feature_progress=features,
-                         **fit_kwargs)
+        return spec.train(data, out, backbone=backbone, checkpoint_dir=ctx.checkpoint_dir / "train", resume=True,
+                          device=ctx.device, **callbacks, **fit_kwargs)
 
     _, hist = _cancelled_to_job(run)
-    return {"out": str(out), "subjects": [rs.subject for rs in sets], "best_epoch": hist.best_epoch,
-            "val_pearson": hist.best_score}
+    return {"out": str(out), "kind": kind, "best_epoch": hist.best_epoch, "val_pearson": hist.best_score}
+
+
+def submit_train_kind(manager, kind, data, out, *, device: str | None = None, overwrite: bool = False,
+                      start: bool = True, threads: int | None = None, **kwargs):
+    """Queue a :func:`train_kind_job` (a new ``kind`` model on the data files ``data``);
+    an NRF goes through :func:`submit_train` (its sizes). Inputs are checked now."""
+    from napari_nrf.kinds import spec_for
+    from napari_nrf.train import check_fit_settings
+
+    if kind == "nrf":
+        return submit_train(manager, data, out, device=device, overwrite=overwrite, start=start, threads=threads,
+                            **kwargs)
+    spec = spec_for(kind)
+    if not spec.trainable:
+        raise FinetuneError(f"model kind {kind!r} has no training recipe")
+    data = _data_files(data, "choose the data file(s)", "data file")
+    out = _checked_out(out, data, overwrite)
+    if not spec.panel.get("presets"):
+        kwargs.pop("preset", None)
+    check_fit_settings({k: v for k, v in kwargs.items() if k != "preset"}, spec.fit)
+    device = check_device(device)
+    if kwargs.get("feature_cache") is not None:
+        kwargs["feature_cache"] = str(Path(kwargs["feature_cache"]).expanduser().resolve())
+    name = f"train {Path(out).stem} ({kind}, {len(data)} file(s))"
+    return manager.submit("napari_nrf.train_jobs:train_kind_job", {"kind": kind, "data": data, "out": out, **kwargs},
+                          name=name, device=device, outputs=[out], protected=data, overwrite=overwrite,
+                          start=start, threads=threads, group=GROUP)
 
 
 def _check_model_overrides(backbone: str, preset: str, overrides) -> None:
@@ -217,13 +286,8 @@ def submit_train(manager, data, out, *, device: str | None = None, overwrite: bo
     and :func:`napari_nrf.train.fit` settings. Inputs are checked now, not in the child."""
     from napari_nrf.train import check_fit_settings
 
-    data = [data] if isinstance(data, (str, Path)) else list(data)
-    if not data:
-        raise FinetuneError("choose at least one response set (.h5)")
-    data = [str(Path(d).expanduser().resolve()) for d in data]
+    data = _data_files(data, "choose at least one response set (.h5)", "response set")
     for d in data:
-        if not Path(d).exists():
-            raise FinetuneError(f"response set not found: {d}")
         _check_response_set(d)
     out = _checked_out(out, data, overwrite)
     from napari_nrf.features import BACKBONES

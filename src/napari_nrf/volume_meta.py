@@ -32,7 +32,7 @@ MASK_WORDS = {
 
 def response_units(model) -> str:
     """Units of ``model``'s predictions: its provenance's ``units``, else :data:`DEFAULT_UNITS`."""
-    prov = getattr(model, "provenance", None) or {}
+    prov = model.provenance or {}
     return str(prov.get("units") or DEFAULT_UNITS)
 
 
@@ -106,8 +106,8 @@ def volume_sidecar(kind: str, grid: space.Grid, *, model=None, model_path=None, 
         out["image"] = image
         sources += [str(i) for i in (image if isinstance(image, list) else [image])]
     if model is not None:
-        out["model_kind"] = getattr(model, "kind", type(model).__name__)
-        out["backbone"] = getattr(model, "backbone_name", None)
+        out["model_kind"] = model.kind
+        out["backbone"] = model.backbone_name or None
     if model_path is not None:
         out["model_file"] = str(Path(model_path).resolve())
         out["model_sha256"] = file_sha256(model_path)

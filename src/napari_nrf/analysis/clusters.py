@@ -1,6 +1,6 @@
 """Cluster maps: k-means of a Universal encoder's voxel embeddings.
 
-Cluster maps (Universal encoder, seed 002 section 5)::
+Cluster maps (the Universal Brain Encoder paper, section 5)::
 
     res = cluster_embeddings({"sub-01": model.embeddings("sub-01"), ...}, k=20)
     vol = cluster_labels_volume({"sub-01": model.subjects["sub-01"]}, res.labels, Grid.mni(2))
@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from napari_nrf._docs import fill_doc
 
 from ._common import AnalysisCancelled, AnalysisError
 
@@ -338,6 +340,7 @@ class ClusterMaps:
     table: dict
 
 
+@fill_doc
 def cluster_maps(model, k: int, subjects=None, grid=None, method: str = "auto", seed: int = 0, device=None,
                  progress=None, cancel=None) -> ClusterMaps:
     """k-means of a Universal encoder's voxel embeddings, placed in MNI space per subject.
@@ -352,16 +355,16 @@ def cluster_maps(model, k: int, subjects=None, grid=None, method: str = "auto", 
         Subjects clustered together (default: all of the model's).
     grid : napari_nrf.space.Grid or None
         Display grid of the label volumes (default: MNI 2 mm).
-    progress : callable(done, total) or None
+    %(progress)s
         Called once per stage (clustering, then one per subject volume).
-    cancel : callable() -> bool or None
-        Checked between stages; True raises :class:`AnalysisCancelled`.
+    %(cancel)s
+        Checked between stages (:class:`AnalysisCancelled`).
     """
     from napari_nrf import space
 
-    if not hasattr(model, "embeddings"):
+    if not model.has_embeddings:
         raise AnalysisError(f"cluster maps need a model with voxel embeddings (kind 'universal'), got "
-                            f"{getattr(model, 'kind', type(model).__name__)!r}")
+                            f"{model.kind!r}")
     subjects = list(model.subjects) if subjects is None else list(subjects)
     if not subjects:
         raise AnalysisError("choose at least one subject")

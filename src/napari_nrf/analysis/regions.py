@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_nrf._docs import fill_doc
 from napari_nrf.errors import Cancelled
 
 from ._common import AnalysisCancelled, AnalysisError
@@ -53,6 +54,7 @@ def _region_n_items(features: dict) -> int:
     return sizes.pop()
 
 
+@fill_doc
 def region_scores(model, features: dict, coords=None, voxels=None, subject: str | None = None,
                   batch_images: int = 64, point_chunk: int = 4096, progress=None, cancel=None) -> np.ndarray:
     """Mean predicted response of every library image over a region.
@@ -69,15 +71,14 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
         Region points.
     voxels : (P,) int, optional
         Region voxel indices of ``subject`` (instead of ``coords``).
-    subject : str or None
-        Subject for voxel kinds (default: the model's first subject).
+    %(subject)s
     batch_images, point_chunk : int
         Images per forward pass, and points per pass (bounds memory at
         ``batch_images * point_chunk`` responses).
-    progress : callable(done, total) or None
+    %(progress)s
         Called after each image batch.
-    cancel : callable() -> bool or None
-        Checked between passes; when it returns True :class:`AnalysisCancelled` is raised.
+    %(cancel)s
+        Checked between passes (:class:`AnalysisCancelled`).
 
     Returns
     -------
@@ -93,7 +94,7 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
         region = np.asarray(voxels, dtype=np.int64).reshape(-1)
     if len(region) == 0:
         raise AnalysisError("the region is empty")
-    if subject is None and not getattr(model, "continuous", False) and model.subjects:
+    if subject is None and not model.continuous and model.subjects:
         subject = next(iter(model.subjects))
     n = _region_n_items(features)
     dev = model.device

@@ -245,13 +245,26 @@ def _one_line(exc) -> str:
 
 
 def main(argv=None) -> int:
-    """Run one command. Exit codes: 0 success, 2 a usage error (a bad flag, value or input
-    file: argparse's own code too), 1 a runtime failure (permissions, disk, a device, an
-    unexpected error), 130 interrupted. Every expected failure is one line on stderr
-    naming the file or flag; ``--debug`` shows the traceback instead."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    """Run one command. Exit codes: 0 success, 2 a usage error (a NapariNRFError: a bad
+    flag, value or input file; argparse's own code too), 1 a runtime failure (permissions,
+    disk, a device) or an unexpected error (a bug: the line asks to rerun with --debug and
+    report it), 130 interrupted. Every failure is one line on stderr; ``--debug`` shows
+    the traceback instead (:func:`classify_error`)."""
+    from napari_nrf.cli import _kinds
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        routed, generic = _kinds.route(raw)
+    except Exception as exc:  # noqa: BLE001 - an unknown --kind: one line, as every error
+        code, what, hint = classify_error(exc)
+        print(f"napari-nrf {raw[0]}: {what}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return code
+    if generic is not None:  # train --kind K of a kind without a train verb of its own
+        spec, rest = generic
+        args = _kinds.train_parser(spec).parse_args(rest)
+    else:
+        parser = build_parser()
+        args = parser.parse_args(routed)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -307,19 +320,29 @@ def _run(args) -> int:
         _end_progress_bars()  # the error line starts on its own line, not after a bar
         if getattr(args, "debug", False):
             raise
-        from napari_nrf.errors import Cancelled
-
-        if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-            # Our own errors (napari_nrf.errors.NapariNRFError: SpaceError, BundleError, ...)
-            # are ValueErrors with a message written for the user; a missing input is a usage error.
-            code, what = 2, "error"
-        elif isinstance(exc, Cancelled):
-            code, what = 1, "cancelled"
-        elif isinstance(exc, (OSError, RuntimeError, MemoryError)):
-            code, what = 1, "error"
-        else:
-            code, what = 1, f"unexpected error ({type(exc).__name__}; --debug shows the traceback)"
-        print(f"napari-nrf {args.command}: {what}: {_one_line(exc)}", file=sys.stderr)
+        code, what, hint = classify_error(exc)
+        print(f"napari-nrf {args.command}: {what}: {_one_line(exc)}{hint}", file=sys.stderr)
         return code
     return int(rc or 0)
 
+
+REPORT_HINT = " (run with --debug and report it)"
+
+
+def classify_error(exc) -> tuple[int, str, str]:
+    """(exit code, label, hint) of a failed command.
+
+    2: a :class:`~napari_nrf.errors.NapariNRFError` (a message written for the user: a bad
+    flag, value or input file) or a missing input file; 1 "cancelled"; 1 "error": the
+    machine's state (permissions, a full disk, a device, out of memory); 1 "unexpected
+    error" for anything else -- a bug of ours, never the user's mistake, so the line asks
+    for ``--debug`` and a report."""
+    from napari_nrf.errors import Cancelled, NapariNRFError
+
+    if isinstance(exc, (NapariNRFError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return 2, "error", ""
+    if isinstance(exc, Cancelled):
+        return 1, "cancelled", ""
+    if isinstance(exc, (OSError, MemoryError)) or type(exc).__name__ == "OutOfMemoryError":
+        return 1, "error", ""
+    return 1, f"unexpected error ({type(exc).__name__})", REPORT_HINT

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from napari_nrf.cli.nrf import add_device_arg
+from napari_nrf.cli._common import add_device_arg
 from napari_nrf.settings import FINETUNE_FIT, FitSettings, add_fit_arguments
 
 

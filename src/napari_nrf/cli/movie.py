@@ -1,5 +1,5 @@
 """Subcommands for films: ``simulate-movie``, ``import-movie``, ``train-movie``,
-``evaluate-movie`` and ``query-movie`` (the movie encoder-decoder, seed 003)."""
+``evaluate-movie`` and ``query-movie`` (the movie encoder-decoder)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _bar(desc):
 def register(sub) -> None:
     from napari_nrf.settings import MOVIE_FIT
 
-    from .nrf import add_device_arg
+    from ._common import add_device_arg
 
     p = sub.add_parser("simulate-movie", help="virtual films and the BOLD of virtual subjects (group + each subject)")
     p.add_argument("--out", required=True, help="output folder (group.h5, sub-01.h5, ...)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_nrf.cli._common import KIND_HELP, add_device_arg
 from napari_nrf.cli._output import STDOUT_JSON_HELP
+from napari_nrf.errors import NapariNRFError
 
 
 def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
@@ -23,10 +25,6 @@ def add_fit_args(p, defaults=None, lr_help: str | None = None) -> None:
                         "process within rounding (default: %(default)s; docs/scale.md)")
 
 
-def add_device_arg(p) -> None:
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-
-
 def add_training_inputs(p, data_help: str = "response set file(s) (.h5), one per subject") -> None:
     """The inputs of every command that trains a new model: data, --out, the backbone."""
     p.add_argument("data", nargs="+", help=data_help)
@@ -37,7 +35,9 @@ def add_training_inputs(p, data_help: str = "response set file(s) (.h5), one per
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train an NRF on response sets (HDF5) and save a .safetensors bundle")
+    p = sub.add_parser("train", help="train a model (an NRF; --kind for any other) on response sets (HDF5) "
+                                      "and save a .safetensors bundle")
+    p.add_argument("--kind", metavar="KIND", help=KIND_HELP)
     add_training_inputs(p)
     p.add_argument("--preset", default="demo", choices=["demo", "paper", "tiny"], help="model size (default: %(default)s)")
     p.add_argument("--width", type=int, help="MLP width (overrides the preset)")
@@ -54,6 +54,7 @@ def register(sub) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="voxelwise accuracy, retrieval and a ridge baseline of a model")
+    p.add_argument("--kind", metavar="KIND", help=KIND_HELP)
     p.add_argument("model", help="model bundle (.safetensors)")
     p.add_argument("data", nargs="+", help="response set file(s) (.h5)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to score (default: %(default)s)")
@@ -73,6 +74,7 @@ def register(sub) -> None:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("query", help="predicted response volumes (MNI NIfTI) of images")
+    p.add_argument("--kind", metavar="KIND", help=KIND_HELP)
     p.add_argument("model", help="model bundle (.safetensors)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--resolution", type=float, default=2.0, help="grid spacing in mm (0.5-8, default: %(default)s)")
@@ -147,7 +149,7 @@ def _train(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.models.bundle import check_bundle_path
     from napari_nrf.settings import NRF_FIT, FitSettings
-    from napari_nrf.train import train_nrf
+    from napari_nrf.recipes import train_nrf
 
     check_bundle_path(args.out)  # before minutes of training, not after
     bcfg = _backbone_config(args)
@@ -175,7 +177,6 @@ def _train_on_cluster(args, over, bcfg) -> int:
     """``train --slurm``: the same training as a job on the cluster (submitit), followed
     here unless --no-wait; it requeues at its time limit and resumes from its last epoch."""
     from napari_nrf.cli.jobs import _follow, manager_for
-    from napari_nrf.errors import NapariNRFError
     from napari_nrf.settings import NRF_FIT, FitSettings
     from napari_nrf.train_jobs import submit_train
 
@@ -314,7 +315,7 @@ def _query(args) -> int:
     if data_mask:
         mask = coverage_mask(model, grid)
         if not mask.any():
-            raise ValueError("--mask data: the model records no training voxels inside the brain; "
+            raise NapariNRFError("--mask data: the model records no training voxels inside the brain; "
                              "use --mask brain or gm")
     elif mask_spec in ("brain", "gm", None):
         import sys
@@ -325,7 +326,7 @@ def _query(args) -> int:
         from napari_nrf.models.rest2visual import subject_from_rest_map
 
         args.subject = subject_from_rest_map(model, args.rest_map)
-    if args.subject and getattr(model, "continuous", False) and not getattr(model, "conditioned", False):
+    if args.subject and model.continuous and not model.conditioned:
         import sys
 
         print(f"note: --subject {args.subject} is ignored: this model is one field over MNI space, "

@@ -95,7 +95,7 @@ def _rest_map(args) -> int:
     from tqdm import tqdm
 
     from napari_nrf.errors import check_output
-    from napari_nrf.restmap import rest_map
+    from napari_nrf.data.restmap import rest_map
 
     out = check_output(args.out, [args.bold, args.confounds, args.seed], overwrite=args.overwrite)
     band = _band(args.band)
@@ -117,7 +117,7 @@ def _rest_map(args) -> int:
 
 def _attach(args) -> int:
     from napari_nrf.data.responseset import ResponseSet, ResponseSetError
-    from napari_nrf.restmap import session_rest_maps
+    from napari_nrf.data.restmap import session_rest_maps
 
     rs = ResponseSet.load(args.data)  # before minutes of rest maps: a bad file fails now
     if args.sessions is not None and len(args.sessions) != len(args.maps):
@@ -178,7 +178,7 @@ def _evaluate(args) -> int:
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.errors import check_output, is_json_file, write_text_atomic
     from napari_nrf.models import load_model
-    from napari_nrf.rest2visual_eval import evaluate_maps, format_report
+    from napari_nrf.kinds.rest2visual.evaluate import evaluate_maps, format_report
 
     out = check_output(args.json_out or Path(args.model).with_suffix(".maps.json"), [args.model, *args.data],
                        overwrite=args.overwrite, flag="--json", replaceable=is_json_file)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from napari_nrf.cli.nrf import TrainingBars, _backbone_config, _best_text, _device, add_training_inputs
+from napari_nrf.errors import NapariNRFError
 from napari_nrf.settings import EMBED_INIT_STD, EMBEDDING_LR_SCALE, TRANSFER_FIT, UNIVERSAL_FIT
 
 
@@ -117,7 +118,7 @@ def _transfer(args) -> int:
     if args.n_images is not None:
         train = rs.indices("train")
         if args.n_images < 1:
-            raise ValueError("--n-images must be >= 1")
+            raise NapariNRFError("--n-images must be >= 1")
         keep = np.sort(np.random.default_rng(args.seed).choice(train, min(args.n_images, len(train)), replace=False))
         rows = np.sort(np.concatenate([keep, np.flatnonzero(rs.split != 0)]))
         rs = rs.subset(rows=rows)

@@ -362,12 +362,12 @@ def assemble(store: PartialStore, keys: Sequence[str], writer_factory: Callable[
 
 def resting_maps(files, sessions=None, t_r=None, seed="pcc", band="default", progress=None):
     """The importers' ``--rest``: per-session rest maps from resting BOLD runs, made and
-    grouped as ``attach-rest`` makes them (:func:`napari_nrf.restmap.session_rest_maps`,
+    grouped as ``attach-rest`` makes them (:func:`napari_nrf.data.restmap.session_rest_maps`,
     4D runs only), for :meth:`ResponseSetWriter.finish`'s ``rest``; and their provenance.
 
     ``band``: (high-pass, low-pass) Hz, None for no band-pass, "default" for restmap's.
     Returns ``((maps, grid, labels), meta)`` or ``(None, None)`` without files."""
-    from napari_nrf.restmap import DEFAULT_BAND, check_rest_files, session_rest_maps
+    from napari_nrf.data.restmap import DEFAULT_BAND, check_rest_files, session_rest_maps
 
     if not files:
         return None, None

@@ -197,7 +197,7 @@ def import_nifti(betas, mask, events, out, subject: str = "sub-01", resample_mas
         rest map per session (labels from ``ses-XX`` in the names, or ``rest_sessions``;
         runs of one session averaged) stored as the response set's ``/rest`` group, as
         ``attach-rest`` does. ``rest_tr`` (s; default each header's), ``rest_seed``,
-        ``rest_band`` as :func:`napari_nrf.restmap.rest_map`. Every run's header is checked
+        ``rest_band`` as :func:`napari_nrf.data.restmap.rest_map`. Every run's header is checked
         and the maps are made before the betas are read; an error leaves no output.
     """
     from napari_nrf import space

@@ -108,7 +108,7 @@ class ResponseSet:
     noise_ceiling : (V,) float32 or None, percent (0-100) of variance explainable
     truth : (N, V) float32 or None, noiseless responses (simulated subjects)
     rest_maps : (S, X, Y, Z) float32 or None, seed-based rest maps per session (Rest2Visual,
-        :mod:`napari_nrf.restmap`) on ``rest_grid`` (a :class:`napari_nrf.space.Grid`);
+        :mod:`napari_nrf.data.restmap`) on ``rest_grid`` (a :class:`napari_nrf.space.Grid`);
         ``rest_sessions`` their labels. Files without them read as before.
     """
 

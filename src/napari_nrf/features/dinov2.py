@@ -1,4 +1,4 @@
-"""DINOv2 ViT-L/14 with registers (the Universal Encoder's backbone, seed 002) through timm.
+"""DINOv2 ViT-L/14 with registers (the Universal Encoder's backbone) through timm.
 
 The architecture is timm's ``vit_large_patch14_reg4_dinov2.lvd142m`` built with
 ``pretrained=False`` at 224 px (16 x 16 = 256 patches of 14 px); the weights come from a

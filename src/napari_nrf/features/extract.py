@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from napari_nrf._cachedir import default_cache_dir  # noqa: F401  (re-exported)
+from napari_nrf._docs import fill_doc
 
 from .images import as_image_list, image_hash, to_rgb_uint8
 
@@ -240,6 +241,7 @@ def _batches(images, batch_size: int):
 
 
 @torch.inference_mode()
+@fill_doc
 def extract_features(backbone, images, batch_size: int = 16, cache: FeatureCache | None = None,
                      device=None, progress=None) -> dict:
     """Named features of ``images`` through the frozen ``backbone``.
@@ -256,8 +258,8 @@ def extract_features(backbone, images, batch_size: int = 16, cache: FeatureCache
         Read cached features and store new ones.
     device : torch device or None
         Where the network runs (default: the backbone's device).
-    progress : callable(done, total) or None
-        Called after each batch (``total`` may be None for iterables of unknown length).
+    %(progress)s
+        Called after each batch of images.
 
     Returns
     -------

@@ -42,6 +42,31 @@ Capabilities (class attributes or properties; the defaults are those of a voxel 
     rest map): ``predict(coords=, subject=)`` and ``query_images(features, subject=)``
     take the subject (None: the model's first), and the query engine passes it on.
 
+What the rest of the package may ask of any model (declared here with defaults; no code
+outside a kind's own module probes a model with ``getattr``/``hasattr`` or its ``kind``):
+
+``feature_shapes`` (None)
+    Backbone feature name -> shape without batch that ``predict`` reads (None: not
+    known; the precision guard then needs features passed in).
+``pseudo_subjects`` (())
+    Subject names a conditioned kind answers for beyond ``subjects`` (Rest2Visual's
+    stimulus-only ``population`` reference).
+``has_embeddings`` / ``embeddings(subject) -> (V, E) float32``  (False / unsupported)
+    Per-voxel embeddings (the Universal encoder's), for the cluster maps.
+``per_subject_parameters`` (False)
+    A new subject needs parameters of its own before the model predicts for it (the
+    Universal encoder's voxel embeddings, added with ``add_subject``): finetuning to a new
+    subject learns only those (:func:`napari_nrf.recipes.transfer_subject`).
+``has_decoder`` (False)
+    ``decode(responses) -> (B, 3, S, S)`` reconstructs the input (the movie encoder-decoder).
+``describe_subject(subject) -> str``
+    One line about a subject for the model card (default: its voxel count).
+``delay`` (0)
+    TRs between an input and the response ``predict`` gives for it (the movie kind's).
+``concurrent_fits`` (True)
+    Training draws nothing from torch's global generator, so threads may fit several
+    models of this kind at once (finetuning an ensemble's bases on several devices).
+
 Optional hooks with working defaults:
 
 ``encode_images``
@@ -51,14 +76,21 @@ Optional hooks with working defaults:
     ``voxels`` of ``subject`` otherwise).
 ``lr_scale(name) -> float`` / ``parameter_groups(trainable)``
     The trainable parameters and their learning-rate multipliers.
-``loss``
-    None (the loop's ``(1 - alpha) MSE - alpha cos``), or a method
-    ``loss(pred, true, alpha) -> scalar tensor`` for a kind that needs its own.
-``batch_loss``
-    None, or a method ``batch_loss(features, true, subject, voxels, coords, alpha) ->
-    scalar tensor`` for a kind whose loss needs more than its predictions at the sampled
-    voxels (the movie encoder-decoder: a reconstruction of the input's middle frame from
-    every predicted voxel); it replaces ``train_predict`` + ``loss`` in the loop.
+``loss_dict(features, true, subject, voxels, coords, alpha) -> {name: scalar tensor}``
+    The one loss entry point of the training loop (single process and every rank of a
+    data-parallel run alike): named loss terms of a batch, whose sum is minimised. The
+    default is ``{"encoding": loss(train_predict(...), true, alpha)}``; a kind whose loss
+    needs more than its predictions at the sampled voxels (the movie encoder-decoder's
+    frame reconstruction) overrides it.
+``loss_terms`` (``("encoding",)``)
+    The names ``loss_dict`` returns, in order (every rank knows them without asking).
+``loss(pred, true, alpha) -> scalar tensor``
+    The default loss_dict's term: :func:`encoding_loss` (``(1 - alpha) MSE - alpha cos``).
+``splits_batches`` (True)
+    The batch loss is a mean over images and nothing in training mode mixes images
+    (batch norm) or draws per-batch randomness (dropout), so the ranks of a data-parallel
+    run may each take a share of a batch. False: every rank computes the whole batch (the
+    same numbers as one process, without a speed-up).
 ``inputs`` / ``features_of_set(rs, cache=, progress=)``
     What the model reads: ``"images"`` (default: backbone features of each image) or
     ``"frames"`` (chunks of film frames per TR, ``features["frames"]`` (B, F, S, S, 3)
@@ -135,11 +167,9 @@ def discover_kinds() -> dict[str, type]:
         import pkgutil
         from importlib.metadata import entry_points
 
-        from napari_nrf import models as _pkg
-
-        for info in pkgutil.iter_modules(_pkg.__path__):
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package's modules
             if not info.name.startswith("_"):
-                importlib.import_module(f"{_pkg.__name__}.{info.name}")
+                importlib.import_module(f"{__package__}.{info.name}")
         for ep in entry_points(group="napari_nrf.model_kinds"):
             ep.load()
         _DISCOVERED = True
@@ -178,6 +208,24 @@ def points_nbytes(state) -> int:
     return int(getattr(state, "nbytes", 0))
 
 
+def encoding_loss(pred: torch.Tensor, true: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """``(1 - alpha) * MSE - alpha * cos`` of (B, n) predictions and responses; the cosine
+    across voxels per image, averaged over images (NRF's loss, alpha = 0.1).
+
+    The norm of each image's prediction in the cosine is floored at 0.1 x the norm of its
+    responses: the cosine is scale-free, so its gradient grows as 1 / |pred| and, for a
+    model whose outputs start near zero (1e-3 or exactly 0), dwarfs the MSE's gradient by
+    orders of magnitude; Adam's second moment then remembers that spike for ~1000 steps
+    and the MSE, the only term that sets the predictions' units, barely moves them. Above
+    the floor this is exactly the cosine.
+    """
+    mse = torch.mean((pred - true) ** 2)
+    tn = torch.linalg.vector_norm(true, dim=1)
+    pn = torch.maximum(torch.linalg.vector_norm(pred, dim=1), 0.1 * tn)
+    cos = ((pred * true).sum(1) / (pn * tn).clamp_min(1e-8)).mean()
+    return (1 - alpha) * mse - alpha * cos
+
+
 class EncodingModel(nn.Module):
     """Base class of every model kind: see the module doc for the contract.
 
@@ -199,8 +247,14 @@ class EncodingModel(nn.Module):
     supports_fit = True
     composite = False
     conditioned = False  # continuous, but the field depends on the subject (query_images(subject=))
-    loss = None  # or a method loss(pred (B, n), true (B, n), alpha) -> scalar tensor
-    batch_loss = None  # or a method batch_loss(features, true, subject, voxels, coords, alpha) -> scalar
+    loss_terms: tuple = ("encoding",)  # the keys of loss_dict, in order
+    pseudo_subjects: tuple = ()  # subjects a conditioned kind answers for beyond self.subjects
+    has_embeddings = False  # embeddings(subject) gives per-voxel embeddings
+    per_subject_parameters = False  # a new subject needs its own parameters (add_subject)
+    has_decoder = False  # decode(responses) reconstructs the input
+    delay = 0  # TRs between an input and the response predicted for it
+    concurrent_fits = True  # training draws nothing from torch's global generator (threads may fit several)
+    splits_batches = True  # data-parallel ranks may each take a share of a batch (see the module doc)
     inputs = "images"  # "images" (backbone features) or "frames" (film chunks per TR)
 
     def __init__(self):
@@ -217,6 +271,33 @@ class EncodingModel(nn.Module):
     def supports_points(self) -> bool:
         """``predict(coords=)`` is accepted (always for continuous kinds)."""
         return bool(self.continuous)
+
+    @property
+    def feature_shapes(self) -> dict | None:
+        """Backbone feature name -> shape without batch that ``predict`` reads; None when
+        the kind does not know them."""
+        return None
+
+    def describe_subject(self, subject: str) -> str:
+        """One line about ``subject`` for the model card (default: its voxel count)."""
+        return f"{len(self.subjects[subject])} voxels"
+
+    def embeddings(self, subject: str | None = None):
+        """Per-voxel embeddings (V, E) float32 of ``subject`` (kinds with ``has_embeddings``)."""
+        raise self.unsupported("voxel embeddings (cluster maps)", "a Universal encoder has them")
+
+    def decode(self, responses: torch.Tensor) -> torch.Tensor:
+        """The input reconstructed from responses (B, V) (kinds with ``has_decoder``)."""
+        raise self.unsupported("reconstructions from responses", "the movie encoder-decoder (w < 1) has a decoder")
+
+    def add_subject(self, subject: str, coords, **kw) -> None:
+        """Give a new ``subject`` (voxels at MNI ``coords`` (V, 3) mm) parameters of its own
+        (kinds with ``per_subject_parameters``)."""
+        raise self.unsupported("adding a subject's own parameters", "finetune the whole model on the subject")
+
+    def subject_filter(self, subject: str):
+        """``trainable(name) -> bool`` accepting only ``subject``'s own parameters."""
+        raise self.unsupported("training one subject's own parameters", "finetune the whole model on the subject")
 
     def unsupported(self, what: str, instead: str = "") -> UnsupportedOperation:
         """The error to raise for an operation this kind does not support."""
@@ -282,6 +363,19 @@ class EncodingModel(nn.Module):
         if self.continuous:
             return self.predict(features, coords=coords)
         return self.predict(features, voxels=voxels, subject=subject)
+
+    def loss(self, pred: torch.Tensor, true: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Loss of predictions ``pred`` (B, n) against responses ``true`` (B, n): by
+        default :func:`encoding_loss`."""
+        return encoding_loss(pred, true, alpha)
+
+    def loss_dict(self, features: dict, true: torch.Tensor, subject: str, voxels, coords,
+                  alpha: float) -> dict[str, torch.Tensor]:
+        """Named loss terms (scalar tensors; the loop minimises their sum) of a training
+        batch: responses ``true`` (B, n) float32 at the sampled ``voxels`` (n,) of
+        ``subject``, whose MNI coordinates are ``coords`` (n, 3) mm."""
+        pred = self.train_predict(features, subject=subject, voxels=voxels, coords=coords)
+        return {"encoding": self.loss(pred, true, alpha)}
 
     def features_of_set(self, rs, cache=None, progress=None) -> dict | None:
         """Features of every row of response set ``rs`` for :func:`napari_nrf.train.fit`

@@ -1,4 +1,4 @@
-"""Voxelwise least-squares ensemble over K (finetuned) base models (seed 000, eq. 1-2).
+"""Voxelwise least-squares ensemble over K (finetuned) base models (the NRF paper, eq. 1-2).
 
 For a new subject with V voxels, K base models (each finetuned on the subject's few
 images) predict ``r_hat[k, i, v]``. Each voxel ``v`` gets its own weights and bias::
@@ -144,7 +144,7 @@ class EnsembleModel(EncodingModel):
         self.subjects = {self.subject: xyz}
         self.k_neighbours = int(k_neighbours)
         self.max_distance = float(max_distance)
-        self.continuous = all(getattr(m, "continuous", False) for m in bases)
+        self.continuous = all(m.continuous for m in bases)
         self.backbone_name = bases[0].backbone_name
         self.backbone_config = dict(bases[0].backbone_config)
         self.inputs = getattr(bases[0], "inputs", "images")

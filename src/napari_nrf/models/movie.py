@@ -1,4 +1,4 @@
-"""The movie encoder-decoder (seed 003, arXiv 2507.12009): film chunks -> voxels -> frame.
+"""The movie encoder-decoder (arXiv 2507.12009): film chunks -> voxels -> frame.
 
 Trained end to end from pixels (no frozen backbone). Input: a chunk of ``F`` frames of one
 TR, ``S`` x ``S`` RGB, as the feature ``frames`` (B, F, S, S, 3) in grey levels 0..255
@@ -14,7 +14,7 @@ Encoder (the paper's, sizes scaled by :data:`SIZES`; layout (B, C, T, H, W)):
 Decoder: Linear V -> d x S/8 x S/8 + ReLU; 3 x [ConvTranspose2d d -> d, kernel 5 + ReLU +
   upsample x 2 + BatchNorm]; ConvTranspose2d d -> 3 + sigmoid -> (3, S, S): the chunk's middle frame.
 
-Loss (the contract's ``batch_loss``): ``w E + (1 - w) D`` with E = MSE + 0.5 (1 - cos) on the
+Loss (the contract's ``loss_dict``): ``w E + (1 - w) D`` with E = MSE + 0.5 (1 - cos) on the
 voxels (cosine across voxels per TR, its prediction norm floored as the loop's loss) and
 D = 0.35 perceptual + 0.35 (1 - SSIM) + 0.30 TV on the reconstruction. The perceptual term
 is 1 - cosine of five stages of the offline backbone (efficientnet-lite0 blocks 1-4 and 6),
@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from napari_nrf.errors import NapariNRFError
 
 from .base import EncodingModel, register
 
@@ -102,23 +104,27 @@ class MovieEncoderDecoder(EncodingModel):
     encoder, 1 = encoder alone), ``perceptual`` ("efficientnet-lite0" or "none"), ``tr`` (s)."""
 
     kind = "movie"
+    concurrent_fits = False  # dropout / random draws from torch's global generator
     continuous = False
     inputs = "frames"  # what features the model reads: chunks of frames per TR, not backbone features
+    # BatchNorm (training mode) and dropout see the whole batch: data-parallel ranks each
+    # compute the whole batch rather than a share, so two ranks train as one process.
+    splits_batches = False
 
     def __init__(self, n_voxels: int, subject: str = "group", frames_per_tr: int = 32, frame_size: int = 112,
                  size: str = "demo", delay: int = 4, w: float = 0.5, perceptual: str = "efficientnet-lite0",
                  tr: float = 1.3, channels: dict | None = None):
         super().__init__()
         if int(frames_per_tr) < 2 or int(frames_per_tr) % 2:
-            raise ValueError(f"frames_per_tr must be even and >= 2, got {frames_per_tr}")
+            raise NapariNRFError(f"frames_per_tr must be even and >= 2, got {frames_per_tr}")
         if int(frame_size) < 16 or int(frame_size) % 8:
-            raise ValueError(f"frame_size must be a multiple of 8 >= 16, got {frame_size}")
+            raise NapariNRFError(f"frame_size must be a multiple of 8 >= 16, got {frame_size}")
         if not 0.0 <= float(w) <= 1.0:
-            raise ValueError(f"w must be in [0, 1], got {w}")
+            raise NapariNRFError(f"w must be in [0, 1], got {w}")
         if size not in SIZES and channels is None:
-            raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+            raise NapariNRFError(f"size must be one of {sorted(SIZES)}, got {size!r}")
         if perceptual not in ("efficientnet-lite0", "none"):
-            raise ValueError(f"perceptual must be 'efficientnet-lite0' or 'none', got {perceptual!r}")
+            raise NapariNRFError(f"perceptual must be 'efficientnet-lite0' or 'none', got {perceptual!r}")
         ch = dict(SIZES.get(size, {}), **(channels or {}))
         self.n_voxels, self.subject_name = int(n_voxels), str(subject)
         self.frames_per_tr, self.frame_size, self.size_name = int(frames_per_tr), int(frame_size), str(size)
@@ -301,14 +307,19 @@ class MovieEncoderDecoder(EncodingModel):
         """The chunks' middle frames (B, 3, S, S) in [0, 1] (the decoder's target)."""
         return chunks_tensor(frames, self.device)[:, :, self.frames_per_tr // 2]
 
-    def batch_loss(self, features, true, subject, voxels, coords, alpha=None) -> torch.Tensor:
-        """``w E + (1 - w) D`` for a batch: E on the sampled ``voxels``, D from every
-        predicted voxel (the decoder reads the encoder's output, so D trains the encoder too)."""
+    @property
+    def loss_terms(self) -> tuple:
+        return ("encoding", "frame") if self.has_decoder else ("encoding",)
+
+    def loss_dict(self, features, true, subject, voxels, coords, alpha=None) -> dict:
+        """``{"encoding": w E, "frame": (1 - w) D}`` for a batch (``"frame"`` only with a
+        decoder): E on the sampled ``voxels``, D from every predicted voxel (the decoder
+        reads the encoder's output, so D trains the encoder too). ``alpha`` is unused."""
         frames = features["frames"]
         pred = self.encode(frames)
         idx = voxels if voxels is not None else slice(None)
         e = voxel_loss(pred[:, idx], true)
         if not self.has_decoder:
-            return e
+            return {"encoding": e}
         rec = self.decode(pred)
-        return self.w * e + (1 - self.w) * self.frame_loss(rec, self.middle_frames(frames))
+        return {"encoding": self.w * e, "frame": (1 - self.w) * self.frame_loss(rec, self.middle_frames(frames))}

@@ -1,4 +1,4 @@
-"""NRF, the Neural Response Function (seed 000): an implicit field over MNI space.
+"""NRF, the Neural Response Function: an implicit field over MNI space.
 
 ``Phi(image, x) = P(G(image), gamma(x))`` gives the response of the brain at MNI point
 ``x`` (mm) to ``image``:
@@ -164,6 +164,13 @@ class NRF(EncodingModel):
         self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])])
 
     # ---- construction ------------------------------------------------------------------
+    @property
+    def feature_shapes(self) -> dict:
+        shapes = {n: (p, c) for n, p, c, _ in self.token_maps}
+        if self.embedding:
+            shapes[self.embedding[0]] = (self.embedding[1],)
+        return shapes
+
     @classmethod
     def example(cls, feature_shapes: dict, subjects: dict, backbone: str = "efficientnet-lite0", seed: int = 0,
                 bases=None) -> "NRF":
@@ -353,7 +360,7 @@ def he_init(model: NRF, out_gain: float = 0.1) -> None:
     about 0.4 at each ReLU layer and the first layer sees an input whose image half is two
     unit vectors spread over ~1700 entries: a fresh demo NRF outputs ~1e-3, and AdamW at
     lr 1e-3 needs thousands of steps to grow the weights to the units of z-scored
-    responses while the scale-free Pearson r already looks good (issue 22). Here:
+    responses while the scale-free Pearson r already looks good. Here:
 
     * first layer: std sqrt(2 / E|x|^2), with |x|^2 = |G|^2 + F (the image code's unit
       vectors, one per normalised part, plus F sin^2 + cos^2 pairs), so pre-activations

@@ -1,4 +1,4 @@
-"""Rest2Visual (seed 004, arXiv 2509.13612): a subject's rest map + an image -> evoked volume.
+"""Rest2Visual (arXiv 2509.13612): a subject's rest map + an image -> evoked volume.
 
 ``f(z, v) = D(E_vol(z), E_img(v))`` (paper eq. 5):
 
@@ -114,6 +114,7 @@ class Rest2Visual(EncodingModel):
     """
 
     kind = "rest2visual"
+    concurrent_fits = False  # dropout / random draws from torch's global generator
     continuous = True
     conditioned = True
     pseudo_subjects = (POPULATION,)  # answers for these too (the stimulus-only reference)
@@ -303,6 +304,12 @@ class Rest2Visual(EncodingModel):
             xyz = coords
         return self.sample(self.volume(features, s), xyz)
 
+    def describe_subject(self, subject: str) -> str:
+        n = len(self.subjects[subject])
+        if subject in self.rest_maps:  # a subject is a rest map (with or without measured voxels)
+            return f"rest map ({len(self.rest_maps[subject])} session(s)), {n} voxels"
+        return f"{n} voxels"
+
     def train_predict(self, features, subject, voxels, coords):
         # a random session's map per step (the paper draws (rest, stimulus, response) triplets)
         n = len(self.rest_maps[subject])
@@ -441,10 +448,10 @@ def build_rest2visual(backbone: str = "efficientnet-lite0", preset: str = "demo"
 
 def subject_from_rest_map(model, path) -> str:
     """Add the person of rest map NIfTI ``path`` to ``model`` (no training); their name."""
-    from napari_nrf.restmap import load_rest_map
+    from napari_nrf.data.restmap import load_rest_map
 
-    if not getattr(model, "conditioned", False) or not hasattr(model, "add_subject"):
-        raise Rest2VisualError(f"--rest-map: the model is of kind {getattr(model, 'kind', '?')!r}, which takes no "
+    if not isinstance(model, Rest2Visual):
+        raise Rest2VisualError(f"--rest-map: the model is of kind {model.kind!r}, which takes no "
                                "rest map (a Rest2Visual model does)")
     vol, g = load_rest_map(path)
     name = "rest:" + space.nifti_stem(path)

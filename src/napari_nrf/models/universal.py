@@ -1,4 +1,4 @@
-"""The Universal Brain Encoder (seed 002): one learned embedding per voxel of every subject.
+"""The Universal Brain Encoder (Beliy, Wasserman et al.): one learned embedding per voxel of every subject.
 
 A voxel's response to an image is computed from its embedding ``e`` (E,) and the
 image's multi-level backbone features::
@@ -125,8 +125,11 @@ class UniversalEncoder(EncodingModel):
     """
 
     kind = "universal"
+    concurrent_fits = False  # dropout / random draws from torch's global generator
     continuous = False
     supports_points = True  # predict(coords=) takes each point's nearest voxel (NaN outside)
+    has_embeddings = True
+    per_subject_parameters = True  # a new subject's voxel embeddings (add_subject, subject_filter)
 
     def __init__(self, levels, n_voxels: dict | None = None, embed_dim: int = 256, channels: int = 128,
                  mlp_ratio: int = 4, dropout: float = 0.1, embed_init_std: float = EMBED_INIT_STD,
@@ -242,6 +245,13 @@ class UniversalEncoder(EncodingModel):
             data = data + torch.randn(len(xyz), self.embed_dim, device=data.device) * self.embed_init_std * 0.1
         self._new_embedding(subject, len(xyz), data)
         self.subjects[subject] = xyz
+
+    @property
+    def feature_shapes(self) -> dict:
+        return {n: ((c,) if p == 1 else (p, c)) for n, p, c in self.levels}
+
+    def subject_filter(self, subject: str):
+        return self.embedding_filter(subject)
 
     def embedding_filter(self, subject: str):
         """Parameter-name filter for the training loop: only ``subject``'s embeddings train."""

@@ -1,4 +1,4 @@
-"""Films and the fMRI recorded while people watched them (seed 003), Qt-free.
+"""Films and the fMRI recorded while people watched them (the movie encoder-decoder paper), Qt-free.
 
 * :mod:`.video`: a video file (PyAV) or a folder of frames -> chunks of F frames per TR;
 * :mod:`.dataset`: :class:`MovieDataset` (films chunked per TR, z-scored responses,

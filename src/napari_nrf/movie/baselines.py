@@ -1,11 +1,11 @@
-"""Static image-encoder baselines for movies (issue 17): the NRF and the Universal encoder
+"""Static image-encoder baselines for movies: the NRF and the Universal encoder
 trained on each TR's middle frame, paired with the response ``delay`` TRs later.
 
 The image kinds see one still frame per TR (no motion, no frame history): row i of
 :func:`middle_frame_set` is (middle frame of the chunk of TR t, response of TR t + delay) of
 one film, the same rows, splits and voxels as the movie model's
 :meth:`~napari_nrf.movie.MovieDataset.training_set`. They are trained by the kinds' own
-recipes (:func:`napari_nrf.train.train_nrf`, :func:`napari_nrf.recipes.train_universal`,
+recipes (:func:`napari_nrf.recipes.train_nrf`, :func:`napari_nrf.recipes.train_universal`,
 with their default settings) through the one ``fit``, and scored by
 :func:`evaluate_static` exactly as :func:`napari_nrf.movie.evaluate.evaluate_movie` scores
 a movie model (voxelwise r over the test TRs per film and pooled, R^2, calibration slope,
@@ -47,7 +47,7 @@ def train_static(datasets, kind: str = "nrf", delay: int = 4, voxels=None, out=N
     settings (``fit_kwargs`` override them). ``voxels`` (indices into each data set's voxels)
     restricts the voxels. Returns (model, history); the model's provenance records the delay."""
     from napari_nrf.recipes import train_universal
-    from napari_nrf.train import train_nrf
+    from napari_nrf.recipes import train_nrf
 
     if kind not in KINDS:
         raise MovieError(f"static baseline kind must be one of {KINDS}, got {kind!r}")
@@ -80,7 +80,7 @@ def evaluate_static(model, ds: MovieDataset, delay: int = 4, split: str = "test"
 
     from .evaluate import score_films
 
-    if getattr(model, "inputs", "images") == "frames":
+    if model.inputs == "frames":
         raise MovieError("evaluate_static is for image models; a movie model: evaluate_movie")
     want = SPLITS[split]
     pairs = {}

@@ -12,7 +12,7 @@ On disk one HDF5 file per subject (or per group average)::
     attrs: format "napari-nrf-movie", version, subject, tr (s), frames_per_tr, frame_size,
            roi_names (JSON), meta (JSON: held-out film, the simulated delay, source, ...)
 
-Splits follow seed 003: one film is held out whole (every TR test); in each other film the
+Splits follow the paper: one film is held out whole (every TR test); in each other film the
 last 20 % of TRs are test and every fifth remaining TR validation (:func:`movie_splits`).
 
 :meth:`MovieDataset.training_set` turns it into a :class:`~napari_nrf.data.ResponseSet`

@@ -58,7 +58,7 @@ def film_volumes(model, chunks, batch: int = 16, progress=None, cancel=None) -> 
     """Predicted responses per volume (T, V): volume j from the chunk of TR j - delay; the
     first ``delay`` volumes (no chunk that early) are NaN."""
     p = predict_chunks(model, chunks, batch, progress, cancel)
-    d = int(getattr(model, "delay", 0))
+    d = int(model.delay)
     out = np.full_like(p, np.nan)
     if d < len(p):
         out[d:] = p[: len(p) - d]
@@ -174,7 +174,7 @@ def evaluate_movie(model, ds: MovieDataset, split: str = "test", n_perm: int = 1
     with permutation p < 0.05. ``return_r`` adds the per-voxel r of the pooled TRs."""
     from napari_nrf.data.responseset import SPLITS
 
-    if getattr(model, "inputs", "images") != "frames":
+    if model.inputs != "frames":
         raise MovieError(f"evaluate_movie needs a model that reads frames, got kind {model.kind!r}")
     d = int(model.delay)
     want = SPLITS[split]
@@ -189,7 +189,7 @@ def evaluate_movie(model, ds: MovieDataset, split: str = "test", n_perm: int = 1
         if pred.shape[1] != true.shape[1]:
             raise MovieError(f"the model predicts {pred.shape[1]} voxels, the data set has {true.shape[1]}")
         pairs[name] = (pred, true)
-        if getattr(model, "has_decoder", False):
+        if model.has_decoder:
             mids.append(np.asarray(rs.images[rows])[:, ds.frames_per_tr // 2])
     if not pairs:
         raise MovieError(f"no film of the data set has {split} TRs after the {d}-TR delay")
@@ -324,7 +324,7 @@ def decoder_saliency(model, ds: MovieDataset, split: str = "test", voxels=None, 
     from napari_nrf.data.responseset import SPLITS
     from napari_nrf.models.movie import ssim
 
-    if not getattr(model, "has_decoder", False):
+    if not model.has_decoder:
         raise MovieError("saliency needs a decoder (an encoder-decoder model, w < 1)")
     d = int(model.delay)
     rs = ds.training_set(d, voxels=voxels)

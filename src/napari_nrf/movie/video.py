@@ -3,7 +3,7 @@
 A film is cut into chunks of one TR each: chunk ``t`` covers the film time
 ``[onset + t TR, onset + (t + 1) TR)`` seconds and holds exactly ``frames_per_tr``
 frames, the frames shown at ``onset + t TR + k TR / frames_per_tr`` (k = 0..F-1), i.e.
-uniform selection in time as seed 003 does (32 frames per TR). Selection by each frame's
+uniform selection in time as the movie encoder-decoder paper does (32 frames per TR). Selection by each frame's
 own timestamp makes variable-frame-rate files come out right: a frame is shown from its
 presentation time until the next frame's. Each frame is resized to ``size`` x ``size``
 (112 by default; the whole picture, no crop) and min-max scaled to the full 0..255 range

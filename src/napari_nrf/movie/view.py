@@ -116,7 +116,7 @@ def movie_view(model, source=None, *, dataset=None, film: str | None = None, tr:
         name = str(source)
         tr = float(tr or model.tr)
     recon = None
-    if getattr(model, "has_decoder", False):
+    if model.has_decoder:
         ok = np.isfinite(pred).all(1)
         recon = np.zeros_like(frames)
         if ok.any():

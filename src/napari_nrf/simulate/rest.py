@@ -100,8 +100,8 @@ def rest_maps_for(subject: VirtualSubject, grid: space.Grid, n_sessions: int = 2
                   t_r: float = 2.0, control: bool = False, noise: float = 1.0, hrf: bool = False,
                   progress=None) -> np.ndarray:
     """Seed-based rest maps (S, X, Y, Z) float32 of ``n_sessions`` simulated runs on ``grid``
-    (the PCC seed and the defaults of :func:`napari_nrf.restmap.rest_map`)."""
-    from napari_nrf.restmap import rest_map
+    (the PCC seed and the defaults of :func:`napari_nrf.data.restmap.rest_map`)."""
+    from napari_nrf.data.restmap import rest_map
 
     out = np.empty((n_sessions,) + grid.shape, np.float32)
     for s in range(n_sessions):

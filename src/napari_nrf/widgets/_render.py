@@ -15,8 +15,8 @@ import numpy as np
 from napari_nrf import space
 from napari_nrf.errors import Cancelled
 
-META = "napari_nrf"
-
+from ._meta import META, layer_kind  # noqa: F401  (layer_kind: imported from here by the widgets)
+from ._view import setup_mni_view
 
 class RenderCancelled(Cancelled):
     """Raised in a render worker when the user cancelled."""
@@ -99,11 +99,6 @@ def template_layer_data(resolution: float = 2.0) -> tuple:
     return data, kw, "image"
 
 
-def layer_kind(layer) -> str | None:
-    md = getattr(layer, "metadata", None) or {}
-    return (md.get(META) or {}).get("kind")
-
-
 def ensure_template(viewer, resolution: float = 2.0):
     """Add the MNI152 template once (below every other layer); returns the template layer."""
     for layer in viewer.layers:
@@ -112,8 +107,6 @@ def ensure_template(viewer, resolution: float = 2.0):
     data, kw, _ = template_layer_data(resolution)
     layer = viewer.add_image(data, **kw)
     viewer.layers.move(viewer.layers.index(layer), 0)
-    from ._view import setup_mni_view
-
     setup_mni_view(viewer)  # neurological orientation, labelled mm axes, orientation letters
     return layer
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from napari_nrf import space
 
-from ._render import META, layer_kind
+from ._meta import META, layer_kind
 
 VOLUME_KINDS = ("response", "contrast")
 PLANE = {0: "sagittal", 1: "coronal", 2: "axial"}  # MNI axis of the slice -> plane name

@@ -98,7 +98,7 @@ class VoxelClustersWidget(QWidget):
     # ---- model and subjects ------------------------------------------------------------
     def _model_changed(self, model):
         self.subjects.clear()
-        ok = model is not None and hasattr(model, "embeddings")
+        ok = model is not None and model.has_embeddings
         self.run_btn.setEnabled(ok)
         if model is None:
             self.model_label.setText("model: none (load a universal model in Encoding model)")
@@ -132,7 +132,7 @@ class VoxelClustersWidget(QWidget):
 
         model = self.state.model
         subjects = self.checked_subjects()
-        if model is None or not hasattr(model, "embeddings"):
+        if model is None or not model.has_embeddings:
             show_info("napari-nrf: load a universal model first")
             return None
         if not subjects:
@@ -156,7 +156,7 @@ class VoxelClustersWidget(QWidget):
         self._cancel.set()
 
     def _finished(self):
-        self.run_btn.setEnabled(self.state.model is not None and hasattr(self.state.model, "embeddings"))
+        self.run_btn.setEnabled(self.state.model is not None and self.state.model.has_embeddings)
         self.job.finish()
 
     def _failed(self, exc):

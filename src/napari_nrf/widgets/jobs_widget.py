@@ -84,6 +84,15 @@ class CurveView(QWidget):
 
 
 MODES = ("Finetune pretrained models to a new subject", "Train a new NRF")
+
+
+def training_modes() -> list[tuple[str, str | None]]:
+    """(label, kind) of each mode: finetuning (kind None), then training a new model of
+    each kind that has a recipe (napari_nrf.kinds: the specs, NRF first)."""
+    from napari_nrf.kinds import trainable_kinds
+
+    kinds = ["nrf"] + [k for k in trainable_kinds() if k != "nrf"]
+    return [(MODES[0], None)] + [(MODES[1] if k == "nrf" else f"Train a new {k} model", k) for k in kinds]
 RUN_ON = ("this machine", "SLURM cluster (submitit)", "submitit local executor (test)")
 
 
@@ -130,7 +139,8 @@ class FinetuneJobsWidget(QWidget):
         form = QFormLayout()
         self.form = form
         self.mode = QComboBox()
-        self.mode.addItems(MODES)
+        self._modes = training_modes()
+        self.mode.addItems([label for label, _ in self._modes])
         self.mode.setToolTip("Finetune: adapt trained models to a new subject from a few of its images. "
                              "Train: a new NRF from scratch on one or more subjects' response sets.")
         form.addRow("job", self.mode)
@@ -262,13 +272,27 @@ class FinetuneJobsWidget(QWidget):
     # ---- inputs ---------------------------------------------------------------------------
     @property
     def training(self) -> bool:
-        """True in the "Train a new NRF" mode."""
-        return self.mode.currentIndex() == 1
+        """True in a "Train a new ..." mode."""
+        return self.mode.currentIndex() >= 1
+
+    @property
+    def train_kind(self) -> str | None:
+        """The kind a "Train a new ..." mode trains (None when finetuning)."""
+        return self._modes[max(0, self.mode.currentIndex())][1]
 
     def _mode_changed(self, *_):
         train = self.training
+        if train:  # the kind's model sizes (its spec's panel)
+            from napari_nrf.kinds import spec_for
+
+            presets = list(spec_for(self.train_kind).panel.get("presets", ()))
+            if presets != [self.preset.itemText(i) for i in range(self.preset.count())]:
+                self.preset.clear()
+                self.preset.addItems(presets)
+                self.preset.setCurrentText("demo")
         for w, show in ((self.bases, not train), (self.bases_buttons, not train), (self.n_images, not train),
-                        (self.epochs, not train), (self.preset, train), (self.backbone, train), (self.steps, train)):
+                        (self.epochs, not train), (self.preset, train and self.preset.count() > 0),
+                        (self.backbone, train), (self.steps, train)):
             label = self.form.labelForField(w)
             if label is not None:  # the buttons' row has none
                 label.setVisible(show)
@@ -325,7 +349,7 @@ class FinetuneJobsWidget(QWidget):
         if paths:
             self.data.setText("; ".join(paths))
             if not self.out.text():
-                suffix = "-nrf" if self.training else "-finetuned"
+                suffix = f"-{self.train_kind}" if self.training else "-finetuned"
                 self.out.setText(str(Path(paths[0]).with_suffix("")) + suffix + ".safetensors")
 
     def _choose_out(self):
@@ -340,7 +364,7 @@ class FinetuneJobsWidget(QWidget):
     # ---- jobs -----------------------------------------------------------------------------
     def start(self):
         """Submit a job from the form; returns the Job (None with a message on bad input)."""
-        from napari_nrf.train_jobs import submit_finetune, submit_train
+        from napari_nrf.train_jobs import submit_finetune, submit_train, submit_train_kind
 
         bases = [self.bases.item(i).text() for i in range(self.bases.count())]
         try:
@@ -350,9 +374,16 @@ class FinetuneJobsWidget(QWidget):
                     raise ValueError("choose the response set(s) and an output file")
                 kw = {"steps": self.steps.value() or None, "preset": self.preset.currentText(),
                       "backbone": self.backbone.currentText(), **self.extra_kwargs}
-                job = submit_train(manager, self.data_paths(), self.out.text(),
-                                   device=self.device.currentText(), threads=self.threads,
-                                   overwrite=self.replace.isChecked(), **kw)
+                if self.train_kind == "nrf":
+                    job = submit_train(manager, self.data_paths(), self.out.text(),
+                                       device=self.device.currentText(), threads=self.threads,
+                                       overwrite=self.replace.isChecked(), **kw)
+                else:  # any other kind with a recipe, through its spec
+                    if self.preset.count() == 0:
+                        kw.pop("preset")
+                    job = submit_train_kind(manager, self.train_kind, self.data_paths(), self.out.text(),
+                                            device=self.device.currentText(), threads=self.threads,
+                                            overwrite=self.replace.isChecked(), **kw)
             elif not bases:
                 raise ValueError("add at least one base model")
             else:

@@ -25,20 +25,16 @@ def available_devices() -> list[str]:
 
 def model_card(model) -> str:
     """A short plain-text description of a loaded model (kind, backbone, subjects, metrics)."""
-    kind = model.kind + (" (continuous field in MNI space)" if getattr(model, "continuous", False) else "")
+    kind = model.kind + (" (continuous field in MNI space)" if model.continuous else "")
     n_par = sum(p.numel() for p in model.parameters())
     lines = [f"kind: {kind}", f"backbone: {model.backbone_name}, {n_par / 1e6:.2f} M parameters"]
     total = 0
-    rest = getattr(model, "rest_maps", None) or {}
     for s, xyz in model.subjects.items():
-        if s in rest:  # Rest2Visual: a subject is a rest map (with or without measured voxels)
-            lines.append(f"subject {s}: rest map ({len(rest[s])} session(s)), {len(xyz)} voxels")
-        else:
-            lines.append(f"subject {s}: {len(xyz)} voxels")
+        lines.append(f"subject {s}: {model.describe_subject(s)}")
         total += len(xyz)
     if len(model.subjects) > 1:
         lines.append(f"voxels (all subjects): {total}")
-    prov = getattr(model, "provenance", {}) or {}
+    prov = model.provenance or {}
     for key in ("data", "training_data", "dataset"):
         if prov.get(key):
             data = prov[key] if isinstance(prov[key], (list, tuple)) else [prov[key]]
@@ -51,7 +47,7 @@ def model_card(model) -> str:
             lines.append(f"training images: {sum(int(v) for v in n)} over {len(n)} subject(s)")
         if isinstance(tr.get("epochs_run"), int):
             lines.append(f"epochs: {tr['epochs_run']} (best {tr.get('best_epoch')})")
-    for k, v in (getattr(model, "metrics", {}) or {}).items():
+    for k, v in (model.metrics or {}).items():
         if isinstance(v, bool):
             continue
         if isinstance(v, (int, float)):
@@ -268,7 +264,7 @@ class EncodingModelWidget(QWidget):
 
         from napari_nrf import space
         from napari_nrf.models.rest2visual import subject_from_rest_map
-        from napari_nrf.restmap import load_rest_map
+        from napari_nrf.data.restmap import load_rest_map
 
         try:
             name = subject_from_rest_map(self.model, path)
@@ -284,7 +280,7 @@ class EncodingModelWidget(QWidget):
     def _model_changed(self, model):
         self.model, self.path = model, self.state.model_path
         self._fill_recent()
-        self.rest_btn.setVisible(bool(getattr(model, "conditioned", False)))
+        self.rest_btn.setVisible(model is not None and model.conditioned)
         if model is None:
             self.card.setText("no model loaded")
             return

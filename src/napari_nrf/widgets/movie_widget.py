@@ -202,7 +202,7 @@ class MovieResponseWidget(QWidget):
 
     # ---- inputs --------------------------------------------------------------------------
     def _model_changed(self, model):
-        ok = model is not None and getattr(model, "inputs", "images") == "frames"
+        ok = model is not None and model.inputs == "frames"
         self.run_btn.setEnabled(ok)
         if model is None:
             self.model_label.setText("model: none (load a movie model here or in Encoding model)")
@@ -265,7 +265,7 @@ class MovieResponseWidget(QWidget):
         from napari.utils.notifications import show_info
 
         model = self.state.model
-        if model is None or getattr(model, "inputs", "images") != "frames":
+        if model is None or model.inputs != "frames":
             show_info("napari-nrf: load a movie model first")
             return None
         source = self.source.text().strip() or None

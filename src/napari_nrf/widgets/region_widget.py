@@ -172,7 +172,7 @@ def scoring_subject(model, region: Region) -> str | None:
     """Whose voxels score a region: None for continuous models (any point); for
     voxel-indexed models the picked layer's subject (a subject's cluster map) when the
     model has it, else the model's first subject."""
-    if getattr(model, "continuous", False) or not model.subjects:
+    if model.continuous or not model.subjects:
         return None
     if region.subject in model.subjects:
         return region.subject

@@ -366,10 +366,9 @@ class ResponseVolumeWidget(QWidget):
         progress = self.job.reporter()
 
         reference = None
-        if getattr(model, "conditioned", False) and self.vs_stimulus.isChecked():
-            from napari_nrf.models.rest2visual import POPULATION
-
-            reference = POPULATION if subject != POPULATION else None
+        if model.conditioned and model.pseudo_subjects and self.vs_stimulus.isChecked():
+            # the stimulus-only reference (Rest2Visual's population field)
+            reference = model.pseudo_subjects[0] if subject not in model.pseudo_subjects else None
         meta = {"names": list(names), "grid": grid, "subject": subject, "cancel": cancel,
                 "layer_meta": self._volume_meta(model), "reference": reference, "mask": mask}
         # Rest2Visual: the person's prediction is shown first; the stimulus-only one and the
@@ -498,8 +497,8 @@ class ResponseVolumeWidget(QWidget):
 
         path = self.state.model_path
         return {"units": response_units(model), "mask": EXTENT_MASK_NAMES.get(self.settings.extent.value, "ROI"),
-                "model_path": str(path) if path else None, "model_kind": getattr(model, "kind", None),
-                "backbone": getattr(model, "backbone_name", None), "outside": self.settings.outside.value}
+                "model_path": str(path) if path else None, "model_kind": model.kind,
+                "backbone": model.backbone_name or None, "outside": self.settings.outside.value}
 
     def export(self, layer, path, outside: str | None = None) -> Path:
         """Write a response/contrast layer as an MNI NIfTI file with its JSON sidecar
@@ -610,12 +609,12 @@ class ResponseVolumeWidget(QWidget):
         if model is not None and form.extent.value in (DATA, BRAIN):
             has_voxels = any(len(v) for v in model.subjects.values())  # rest-map-only subjects have none
             form.extent.value = DATA if has_voxels else BRAIN
-        conditioned = getattr(model, "conditioned", False)
+        conditioned = model is not None and model.conditioned
         self.vs_stimulus.setVisible(bool(conditioned))
         if model is None:
             form.subject.choices = []
             return
-        subjects = ([CONTINUOUS_SUBJECT] if getattr(model, "continuous", False) and not conditioned else []) \
+        subjects = ([CONTINUOUS_SUBJECT] if model.continuous and not conditioned else []) \
             + list(model.subjects)
         form.subject.choices = subjects
         if subjects:

@@ -1,6 +1,6 @@
 """Seed-based rest maps from resting-state BOLD (Rest2Visual's rest input; Qt-free).
 
-Rest2Visual (seed 004, arXiv 2509.13612, section 3.1) conditions its prediction on one
+Rest2Visual (arXiv 2509.13612, section 3.1) conditions its prediction on one
 seed-based map per (subject, session): the mean time series of a posterior-cingulate
 seed, band-passed (and, in the paper, convolved with the canonical HRF), a voxelwise GLM
 ``x(t, v) = beta(v) r(t) + e(t, v)`` and ``beta`` z-scored over the MNI152 brain mask.

@@ -13,6 +13,7 @@ import numpy as np
 
 from napari_nrf import mapmetrics as mm
 from napari_nrf import space
+from napari_nrf.models.rest2visual import Rest2VisualError
 
 COMMON_RESOLUTION = 4.0
 
@@ -24,7 +25,7 @@ def predict_maps(model, rs, rows, features=None, feature_cache=None) -> np.ndarr
 
     if rs.subject not in model.rest_maps:
         if rs.rest_maps is None:
-            raise ValueError(f"{rs.subject}: new to the model and without rest maps")
+            raise Rest2VisualError(f"{rs.subject}: new to the model and without rest maps")
         model.add_subject(rs.subject, rs.rest_maps, rs.rest_grid, coords=rs.coords)
     elif len(model.subjects.get(rs.subject, ())) == 0:
         model.subjects[rs.subject] = np.asarray(rs.coords, np.float32)
@@ -71,7 +72,7 @@ def predict_at(model, features: dict, xyz, subject=None, batch_images: int = 32)
 
     was = model.training
     model.eval()
-    kw = {"subject": subject} if getattr(model, "conditioned", False) else {}
+    kw = {"subject": subject} if model.conditioned else {}
     n = len(next(iter(features.values())))
     out = []
     with torch.no_grad():
@@ -162,7 +163,7 @@ def evaluate_maps(model, sets, split: str = "test", feature_cache=None, features
         out["n_shared_images"], out["n_common_cells"] = int(n_shared), int(P.shape[2])
         xyz = common_points()
         T = truth_at_points(sets, rows_shared, xyz)
-        if T is not None and getattr(model, "continuous", False):
+        if T is not None and model.continuous:
             if features is None:
                 from napari_nrf.train import set_features
 
