@@ -189,7 +189,7 @@ def test_fifo_named_like_an_input_is_refused_not_read(tmp_path, reader):
     from napari_nrf.features import load_image_file
     from napari_nrf.models.bundle import read_metadata
     from napari_nrf.movie.video import film_info
-    from napari_nrf.restmap import read_confounds
+    from napari_nrf.data.restmap import read_confounds
 
     name, fn = {"confounds": ("c.tsv", lambda p: read_confounds(p, 40)),"image": ("x.png", load_image_file), "bundle": ("m.safetensors", read_metadata),
                 "response set": ("s.h5", ResponseSet.load), "nifti": ("b.nii.gz", space.load_nifti),
@@ -380,7 +380,7 @@ def test_movie_set_as_finetune_data_is_refused_at_submit(files, movie_set, tmp_p
 # ==== rest maps ===============================================================================
 @pytest.mark.parametrize("fill", [0.0, np.nan])
 def test_empty_rest_map_is_refused(tmp_path, fill):
-    from napari_nrf.restmap import RestMapError, load_rest_map
+    from napari_nrf.data.restmap import RestMapError, load_rest_map
 
     p = _nii(np.full(GRID_SHAPE, fill, np.float32), tmp_path / "map.nii.gz")
     with pytest.raises(RestMapError, match="map.nii.gz: .*(NaN|constant)"):

@@ -75,9 +75,10 @@ GRAPH = {m: _own_imports(p) for m, p in MODULES.items()}
 # The layers, lowest first: a module imports only modules of its own layer or below.
 # The longest matching prefix of a module's name gives its layer.
 LAYERS = [
-    ("foundations", ["napari_nrf", "napari_nrf.errors", "napari_nrf._docs", "napari_nrf._compat",
+    ("foundations", ["napari_nrf._version", "napari_nrf.errors", "napari_nrf._docs", "napari_nrf._compat",
                      "napari_nrf._cachedir", "napari_nrf.space", "napari_nrf.settings", "napari_nrf.distributed",
-                     "napari_nrf.cluster", "napari_nrf.precision", "napari_nrf.volume_meta", "napari_nrf.mapmetrics"]),
+                     "napari_nrf.cluster", "napari_nrf.precision", "napari_nrf.volume_meta", "napari_nrf.mapmetrics",
+                     "napari_nrf.guards", "napari_nrf.history", "napari_nrf.bids", "napari_nrf.calibration"]),
     ("data and features", ["napari_nrf.data", "napari_nrf.features", "napari_nrf.simulate", "napari_nrf.movie",
                            "napari_nrf.movie.video", "napari_nrf.movie.dataset", "napari_nrf.movie.importer",
                            "napari_nrf.movie.volumes"]),
@@ -90,8 +91,11 @@ LAYERS = [
                                  "napari_nrf.train_jobs", "napari_nrf.jobs",
                                  "napari_nrf.analysis", "napari_nrf.movie.evaluate", "napari_nrf.movie.baselines",
                                  "napari_nrf.movie.view", "napari_nrf.library", "napari_nrf.demo",
-                                 "napari_nrf.nifti_layers"]),
+                                 "napari_nrf.nifti_layers", "napari_nrf.experiments", "napari_nrf.card",
+                                 "napari_nrf.api"]),
     ("cli, widgets and the check battery", ["napari_nrf.cli", "napari_nrf.widgets", "napari_nrf.testing"]),
+    # the package's root: its lazy public API (load_model, predict, save) is the top facade
+    ("the package's root", ["napari_nrf"]),
 ]
 
 

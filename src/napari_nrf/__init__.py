@@ -4,7 +4,7 @@ Qt-free core (``space``, ``features``, ``models``, ``train``, ``query``, ``evalu
 ``analysis``, ``simulate``, ``jobs``, ``cli``) with thin napari widgets on top.
 """
 
-__version__ = "0.1.0"
+from napari_nrf._version import __version__  # noqa: F401
 
 # The five-line API (napari_nrf.api), imported on first use so `import napari_nrf` stays fast.
 __all__ = ["load_model", "predict", "save"]

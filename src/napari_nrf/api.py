@@ -13,7 +13,13 @@ writes beside the file together with ``dataset_description.json``.
 
 from __future__ import annotations
 
+import os
+import weakref
 from pathlib import Path
+
+# The bundle each model of load_model came from (the sidecars' Sources), without adding
+# an attribute to the model.
+_BUNDLE_PATHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def load_model(model="demo", device=None):
@@ -27,7 +33,7 @@ def load_model(model="demo", device=None):
 
         model = demo_model_path()
     m = _load(model, device=choose_device(device))
-    m.bundle_path = Path(model)
+    _BUNDLE_PATHS[m] = Path(model)
     return m
 
 
@@ -48,7 +54,7 @@ def predict(model, image, resolution: float = 2.0, mask: str = "data", subject: 
     from napari_nrf.query import query_volumes
     from napari_nrf.volume_meta import description, volume_sidecar
 
-    if not hasattr(model, "kind"):
+    if isinstance(model, (str, os.PathLike)):
         model = load_model(model, device)
     many = isinstance(image, (list, tuple))
     images = list(image) if many else [image]
@@ -59,7 +65,7 @@ def predict(model, image, resolution: float = 2.0, mask: str = "data", subject: 
     out = []
     for im, vol in zip(images, vols):
         src = str(im) if isinstance(im, (str, Path)) else None
-        side = volume_sidecar("response", grid, model=model, model_path=getattr(model, "bundle_path", None),
+        side = volume_sidecar("response", grid, model=model, model_path=_BUNDLE_PATHS.get(model),
                               image=src, mask=mask, outside="NaN")
         nii = space.to_nifti(vol, grid, description=description(side), intent=space.INTENT_ESTIMATE,
                              intent_name="nrf response")

@@ -53,9 +53,9 @@ def parse_entities(name) -> dict:
 
 
 def generated_by() -> list[dict]:
-    import napari_nrf
+    from napari_nrf._version import __version__
 
-    return [{"Name": "napari-nrf", "Version": napari_nrf.__version__, "CodeURL": CODE_URL}]
+    return [{"Name": "napari-nrf", "Version": __version__, "CodeURL": CODE_URL}]
 
 
 def write_dataset_description(folder, name: str = "napari-nrf predictions") -> Path:

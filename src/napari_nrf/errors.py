@@ -23,6 +23,7 @@ atomic write, one device choice and one progress-callback shape.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,6 +33,18 @@ Progress = Optional[Callable[..., None]]  # progress(done, total, message="")
 
 class NapariNRFError(ValueError):
     """Base of napari-nrf's errors: bad input or state, with a message for the user."""
+
+
+class ResourceError(NapariNRFError):
+    """Not enough memory or disk for what was asked (an absurd size, a full disk)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an ``OSError`` (or a library's error wrapping one) meaning "no space left"."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "disk quota" in text or "file too large" in text
 
 
 class UnsupportedOperation(NapariNRFError):
@@ -108,8 +121,6 @@ def atomic_write(path, mode: str = "wb", tmp_name: str | None = None, share: boo
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except Exception as exc:
-        from napari_nrf.guards import ResourceError, is_disk_full
-
         if isinstance(exc, NapariNRFError) or not is_disk_full(exc):
             raise
         raise ResourceError(f"writing {path}: the disk is full (no space left on {path.parent}); nothing was "

@@ -150,12 +150,12 @@ def category_sets(folder) -> dict[str, list[str]]:
 
 def check_model(model) -> None:
     """Raise :class:`ExperimentError` unless ``model`` predicts a response volume from an image."""
-    kind = getattr(model, "kind", type(model).__name__)
-    if getattr(model, "inputs", "images") != "images":
+    kind = model.kind
+    if model.inputs != "images":
         raise ExperimentError(f"a {kind} model predicts from {model.inputs}, not from one image: a contrast between "
                               "image sets needs a model that predicts a volume per image (NRF, Universal, "
                               "ensemble, Rest2Visual)")
-    if not getattr(model, "continuous", False) and not getattr(model, "subjects", None):
+    if not model.continuous and not model.subjects:
         raise ExperimentError(f"this {kind} model has no subject voxels and is not a continuous field: it predicts "
                               "no volume")
 
@@ -175,7 +175,7 @@ def resolve_extent(model, grid: Grid, extent) -> tuple[np.ndarray, str]:
             raise ExperimentError(f"extent mask has shape {m.shape}, the {grid.resolution:g} mm grid {grid.shape}")
         name = "ROI"
     elif extent in (None, "data", "coverage"):
-        if getattr(model, "subjects", None):
+        if model.subjects:
             m, name = coverage_mask(model, grid), "data"
         else:
             m, name = space.brain_mask(grid), "brain"
@@ -204,7 +204,7 @@ def predict_sets(model, sets, grid: Grid, mask: np.ndarray, subject=None, device
 
     check_model(model)
     eng = QueryEngine(model, device=device, feature_cache=feature_cache)
-    continuous = bool(getattr(model, "continuous", False))
+    continuous = bool(model.continuous)
     if batch is None:  # a voxel model's batch makes full-grid volumes: about 256 MB of them at most
         batch = 50 if continuous else int(max(1, min(32, (256 << 20) // max(1, grid.n_points * 4))))
     total = sum(len(s) for s in sets)

@@ -21,15 +21,11 @@ import shutil
 import stat
 from pathlib import Path
 
-from napari_nrf.errors import NapariNRFError
+from napari_nrf.errors import NapariNRFError, ResourceError, is_disk_full  # noqa: F401  (re-exported)
 
 
 class InputKindError(NapariNRFError):
     """A path that should be a regular file is a FIFO, a device, a folder or a broken link."""
-
-
-class ResourceError(NapariNRFError):
-    """Not enough memory or disk for what was asked (an absurd size, a full disk)."""
 
 
 # What a write keeps free beyond its own estimate: HDF5 and the OS need room to finish.
@@ -110,14 +106,6 @@ def check_size(need: int, what: str, where: str = "memory", path=None, fraction:
     if int(need) > fraction * have:
         raise ResourceError(f"{what}: needs about {_gib(need)} of {where}, {_gib(have)} {room}; "
                             "choose a smaller value")
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for an ``OSError`` (or a library's error wrapping one) meaning "no space left"."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    text = str(exc).lower()
-    return "no space left" in text or "disk quota" in text or "file too large" in text
 
 
 @contextlib.contextmanager

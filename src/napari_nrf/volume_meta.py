@@ -79,11 +79,11 @@ def volume_sidecar(kind: str, grid: space.Grid, *, model=None, model_path=None, 
     mask : the extent's spec or name ("data", "brain", "gm", "none", a path, "ROI", "box")
     outside : "NaN" or "0", what fills the voxels outside the mask
     """
-    import napari_nrf
+    from napari_nrf._version import __version__
 
     name = mask if isinstance(mask, str) and mask in ("ROI", "box") else mask_name(mask)
     out = {
-        "generator": f"napari-nrf {napari_nrf.__version__}",
+        "generator": f"napari-nrf {__version__}",
         "kind": kind,
         "space": f"MNI152, grid of {space.GRID_TEMPLATE} (FSL's MNI152 box; RAS+, mm; sform/qform code 4)",
         # BIDS-derivative keys: the template of the space- entity, the masks' template

@@ -28,7 +28,7 @@ def command_modules() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from napari_nrf import __version__
+    from napari_nrf._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="napari-nrf",

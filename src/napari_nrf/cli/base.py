@@ -26,7 +26,7 @@ def _info(args) -> int:
 
     import torch
 
-    from napari_nrf import __version__
+    from napari_nrf._version import __version__
     from napari_nrf._cachedir import default_cache_dir
     from napari_nrf.features import BACKBONES
     from napari_nrf.features.backbones import CLIP_ENV

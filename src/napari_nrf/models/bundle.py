@@ -85,7 +85,7 @@ def save_bundle(path, tensors: dict, metadata: dict) -> Path:
     meta.setdefault("format_version", FORMAT_VERSION)
     prov = dict(meta.get("provenance") or {})
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    from napari_nrf import __version__
+    from napari_nrf._version import __version__
 
     prov.setdefault("napari_nrf", __version__)
     meta["provenance"] = prov

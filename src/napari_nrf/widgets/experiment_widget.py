@@ -276,7 +276,7 @@ class VirtualExperimentWidget(QWidget):
         self.subject.clear()
         if model is None:
             return
-        cont = getattr(model, "continuous", False) and not getattr(model, "conditioned", False)
+        cont = model.continuous and not model.conditioned
         self.subject.addItems((["(field: any point)"] if cont else []) + list(model.subjects))
         has_voxels = any(len(v) for v in model.subjects.values())
         self.extent.setCurrentText("data" if has_voxels else "brain")
