@@ -206,6 +206,21 @@ def apply(pred, gain, center):
     return c + g * (pred - c)
 
 
+def apply_model(model, pred, coords=None, voxels=None, subject=None):
+    """``model``'s predictions ``pred`` (B, N) (numpy or torch, uncalibrated) with its
+    calibration applied: at MNI points ``coords`` (N, 3) mm for a continuous kind or when no
+    ``voxels`` are given, else at voxel indices ``voxels`` (N,) of ``subject`` (None: the
+    model's only subject). Unchanged for a model without a calibration."""
+    cal = model.calibration
+    if cal is None:
+        return pred
+    if voxels is None or (model.continuous and coords is not None):
+        return apply(pred, *cal.at_points(coords, subject))
+    if subject is None and len(model.subjects) == 1:
+        subject = next(iter(model.subjects))
+    return apply(pred, *cal.at_voxels(subject, voxels))
+
+
 def estimate(sets, min_voxel_images: int = MIN_VOXEL_IMAGES) -> tuple[Calibration | None, dict]:
     """Fit a :class:`Calibration` (module doc) on validation predictions.
 

@@ -204,7 +204,7 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
         before["calibration_slope_uncalibrated"] = calibration_slope(raw, true)
         if truth is not None:
             before["truth_calibration_slope_uncalibrated"] = calibration_slope(raw, truth)
-    cal = model.calibration
+    cal = model.calibration if before else None  # given predictions: the caller's, as they are
     rep = {"subject": rs.subject, "split": split, "precision": prec,
            **metrics(predictions, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth), **before,
            "calibration": None if cal is None else {k: v for k, v in cal.summary().items() if k != "subjects"},

@@ -181,14 +181,7 @@ def calibrate_set(model, pred: np.ndarray, rs) -> np.ndarray:
     """Uncalibrated predictions ``pred`` (n, V) at the voxels of response set ``rs`` with the
     model's calibration applied (:mod:`napari_nrf.calibration`): a continuous kind's gains
     at the voxels' MNI points, a voxel kind's of ``rs.subject``'s voxels. Unchanged without one."""
-    cal = model.calibration
-    if cal is None:
-        return pred
-    if model.continuous:
-        g, c = cal.at_points(rs.coords, subject=rs.subject)
-    else:
-        g, c = cal.at_voxels(rs.subject, np.arange(rs.n_voxels))
-    return calib.apply(pred, g, c)
+    return calib.apply_model(model, pred, coords=rs.coords, voxels=np.arange(rs.n_voxels), subject=rs.subject)
 
 
 def fit_calibration(model, val_sets, va_feats, va_rows, log=None) -> dict:
