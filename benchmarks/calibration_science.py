@@ -12,7 +12,9 @@ measured responses replaced by ``truth + noise``, Gaussian with sd ``k`` times e
 voxel's signal sd (``--noise``, default 0.5, 1, 2), on ``--voxels`` voxels (most inside a
 visual area first) and ``--sizes`` training images (drawn from the subject's own images;
 the validation split is the simulator's, 10 % of the own images, whatever the training
-size; the test split the shared images). Frozen efficientnet-lite0 features
+size; the test split the shared images). ``--amplitude A`` multiplies the truth (and so
+the noise) by ``A``: responses in other units than the simulator's (percent signal
+change, unnormalised betas), which a default schedule may not reach. Frozen efficientnet-lite0 features
 (``--cache``: a feature cache folder).
 
 Model and schedule: what ``napari-nrf train`` does with no flags: ``build_nrf(
@@ -65,10 +67,11 @@ def make_world(cfg, n_voxels: int, cache_dir=None, log=print):
     return rs, {k: np.asarray(v, np.float32) for k, v in feats.items()}
 
 
-def noisy(rs: ResponseSet, k: float, n_train: int, seed: int) -> ResponseSet:
+def noisy(rs: ResponseSet, k: float, n_train: int, seed: int, amplitude: float = 1.0) -> ResponseSet:
     """``rs`` with responses ``truth + k * sd_v * N(0, 1)`` (``sd_v`` each voxel's signal sd
-    over all images) and ``n_train`` of its training images kept (the rest split 3: unused)."""
-    truth = np.asarray(rs.truth, np.float32)
+    over all images; the truth times ``amplitude``) and ``n_train`` of its training images
+    kept (the rest split 3: unused)."""
+    truth = np.asarray(rs.truth, np.float32) * np.float32(amplitude)
     sd = truth.std(0, keepdims=True)
     rng = np.random.default_rng([seed, int(round(100 * k))])
     resp = (truth + k * sd * rng.standard_normal(truth.shape)).astype(np.float32)
@@ -81,16 +84,16 @@ def noisy(rs: ResponseSet, k: float, n_train: int, seed: int) -> ResponseSet:
                        truth=truth, subject=rs.subject, meta=rs.meta)
 
 
-def run_cell(cfg, rs, feats, k: float, n_train: int, log=print) -> dict:
+def run_cell(cfg, rs, feats, k: float, n_train: int, amplitude: float = 1.0, log=print) -> dict:
     """One fit and its scores (JSON-able)."""
-    data = noisy(rs, k, n_train, cfg["seed"])
+    data = noisy(rs, k, n_train, cfg["seed"], amplitude)
     model = build_nrf("efficientnet-lite0", cfg["preset"], seed=cfg["seed"])
     t = time.perf_counter()
     hist = fit(model, [data], features=[feats], seed=cfg["seed"], **cfg["fit"])
     secs = time.perf_counter() - t
     rep = evaluate(model, data, features=feats, ridge=False, n_repeats=1)
     cal = hist.calibration
-    out = {"noise_sd": k, "n_train": int((data.split == 0).sum()), "n_val": int((data.split == 1).sum()),
+    out = {"noise_sd": k, "amplitude": amplitude, "n_train": int((data.split == 0).sum()), "n_val": int((data.split == 1).sum()),
            "n_test": int((data.split == 2).sum()), "n_voxels": data.n_voxels,
            "r_truth": rep["truth_pearson_median"], "slope_truth_raw": rep["truth_calibration_slope_uncalibrated"],
            "slope_truth_gain": rep["truth_calibration_slope"], "slope_data_raw": rep["calibration_slope_uncalibrated"],
@@ -104,7 +107,7 @@ def run_cell(cfg, rs, feats, k: float, n_train: int, log=print) -> dict:
     raw = predict_set(model, {n: v[te] for n, v in feats.items()}, data, calibrated=False)
     out["r_truth_raw"] = float(np.nanmedian(voxel_pearson(raw, data.get_truth(te))))
     out["holds"] = bool(0.85 <= out["slope_truth_gain"] <= 1.15 and out["r_truth_raw"] - out["r_truth"] <= 0.005)
-    log(f"noise {k:g} x signal, {out['n_train']} train / {out['n_val']} val images, {out['n_voxels']} voxels: "
+    log(f"amplitude {amplitude:g}, noise {k:g} x signal, {out['n_train']} train / {out['n_val']} val images, {out['n_voxels']} voxels: "
         f"r truth {out['r_truth']:.3f} (raw {out['r_truth_raw']:.3f}), slope truth {out['slope_truth_raw']:.3f} -> "
         f"{out['slope_truth_gain']:.3f} (gain {out['global_gain']}), {secs:.0f} s")
     return out
@@ -117,6 +120,7 @@ def main(argv=None) -> int:
                     "comma-separated (default: %(default)s)")
     ap.add_argument("--sizes", default="200", help="training images, comma-separated (default: %(default)s)")
     ap.add_argument("--voxels", default="500", help="voxels of the subject, comma-separated (default: %(default)s)")
+    ap.add_argument("--amplitude", type=float, default=1.0, help="multiply the truth by this (default: %(default)s)")
     ap.add_argument("--cache", default=None, help="feature cache folder (default: none)")
     ap.add_argument("--out", default="calibration_science.json", help="result file (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -133,11 +137,11 @@ def main(argv=None) -> int:
         rs, feats = make_world(cfg, nv, args.cache)
         for n in sizes:
             for k in noises:
-                res["cells"].append(run_cell(cfg, rs, feats, k, n))
+                res["cells"].append(run_cell(cfg, rs, feats, k, n, args.amplitude))
                 write_json(res, args.out)  # partial results after every fit
     held = sum(c["holds"] for c in res["cells"])
     print(f"{held}/{len(res['cells'])} cells hold (slope against the truth 0.85-1.15 with the gain, r loss <= 0.005)")
-    print(json.dumps([{k: c[k] for k in ("noise_sd", "n_train", "n_voxels", "r_truth", "slope_truth_raw",
+    print(json.dumps([{k: c[k] for k in ("noise_sd", "amplitude", "n_train", "n_voxels", "r_truth", "slope_truth_raw",
                                            "slope_truth_gain", "holds")} for c in res["cells"]]))
     return 0
 

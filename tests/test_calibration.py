@@ -172,3 +172,23 @@ def test_voxel_models_apply_the_gain_in_the_engine():
     ijk, _ = g.nearest_index(xyz)
     assert vol[0][tuple(ijk[0])] == pytest.approx(0.5 + 3.0 * (0.0 - 0.5))
     assert vol[0][tuple(ijk[1])] == pytest.approx(0.5 * 1.0)
+
+
+@pytest.mark.slow
+def test_calibration_science_tiny(tmp_path):
+    """benchmarks/calibration_science.py end to end on tiny settings: one cell per noise
+    level, scored against the truth with and without the gain."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_science.py"
+    spec = importlib.util.spec_from_file_location("calibration_science", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    assert mod.main(["--tiny", "--noise", "0.5,2", "--out", str(out), "--cache", str(tmp_path / "c")]) == 0
+    cells = json.loads(out.read_text())["cells"]
+    assert [c["noise_sd"] for c in cells] == [0.5, 2.0]
+    for c in cells:
+        assert c["n_val"] == 5 and np.isfinite(c["slope_truth_raw"]) and abs(c["r_truth"] - c["r_truth_raw"]) < 1e-3
