@@ -261,16 +261,9 @@ def estimate(sets, min_voxel_images: int = MIN_VOXEL_IMAGES) -> tuple[Calibratio
     centers = [float(np.mean(s[6])) for s in stats]
     gc = float(np.mean(centers))
     # Per-voxel gains and their sampling variances, voxels of sets with enough images.
-    gs, vs = [], []
-    for subject, xyz, n, a, b, syy, mu in stats:
-        if n < min_voxel_images:
-            continue
-        ok = b > 1e-12 * max(1.0, float(b.max()))
-        g = np.where(ok, a / np.where(ok, b, 1.0), G)
-        rss = np.maximum(syy - g * a, 0.0)
-        var = np.where(ok, rss / max(n - 2, 1) / np.where(ok, b, 1.0), np.inf)
-        gs.append(g[ok & (var > 0)])
-        vs.append(var[ok & (var > 0)])
+    own = {s[0]: _voxel_gains(*s[2:6], G) for s in stats if s[2] >= min_voxel_images}
+    gs = [g[np.isfinite(v)] for g, v in own.values()]
+    vs = [v[np.isfinite(v)] for g, v in own.values()]
     tau2 = 0.0
     if gs and sum(len(g) for g in gs) > 1:
         g, v = np.concatenate(gs), np.concatenate(vs)
@@ -288,12 +281,9 @@ def estimate(sets, min_voxel_images: int = MIN_VOXEL_IMAGES) -> tuple[Calibratio
             fallback.append(subject)
             gain = np.full(len(a), G)
         else:
-            ok = b > 1e-12 * max(1.0, float(b.max()))
-            g = np.where(ok, a / np.where(ok, b, 1.0), G)
-            rss = np.maximum(syy - g * a, 0.0)
-            var = np.where(ok & (rss > 0), rss / max(n - 2, 1) / np.where(ok, b, 1.0), np.inf)
-            lam = np.where(np.isfinite(var), tau2 / (tau2 + np.where(np.isfinite(var), var, 1.0)), 0.0)
-            lam = np.where(tau2 > 0, lam, 0.0)
+            g, var = own[subject]
+            fin = np.isfinite(var)
+            lam = np.where(fin, tau2 / np.where(fin, tau2 + var, 1.0), 0.0) if tau2 > 0 else np.zeros(len(g))
             gain = np.clip(G + lam * (g - G), lo, hi)
         if len(xyz) != len(a):
             raise ValueError(f"calibration of {subject}: {len(xyz)} coordinates for {len(a)} voxels")
@@ -302,6 +292,18 @@ def estimate(sets, min_voxel_images: int = MIN_VOXEL_IMAGES) -> tuple[Calibratio
         info["fallback"] = {s: f"{n_val[s]} validation images (< {min_voxel_images}): the global gain only"
                             for s in fallback}
     return Calibration(float(G), gc, vox, info), info
+
+
+def _voxel_gains(n: int, a, b, syy, G: float) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares gain ``a / b`` (V,) of each voxel from the centred sums ``a = sum(p y)``,
+    ``b = sum(p^2)``, ``syy = sum(y^2)`` over ``n`` images, and its sampling variance
+    ``rss / (n - 2) / b`` (inf where the prediction or the residual does not vary: such a
+    voxel keeps the global gain ``G``)."""
+    ok = b > 1e-12 * max(1.0, float(b.max()))
+    g = np.where(ok, a / np.where(ok, b, 1.0), G)
+    rss = np.maximum(syy - g * a, 0.0)
+    var = np.where(ok & (rss > 0), rss / max(n - 2, 1) / np.where(ok, b, 1.0), np.inf)
+    return g, var
 
 
 def describe(info: dict, cal: Calibration | None) -> str:
