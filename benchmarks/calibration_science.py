@@ -12,7 +12,7 @@ measured responses replaced by ``truth + noise``, Gaussian with sd ``k`` times e
 voxel's signal sd (``--noise``, default 0.5, 1, 2), on ``--voxels`` voxels (most inside a
 visual area first) and ``--sizes`` training images (drawn from the subject's own images;
 the validation split is the simulator's, 10 % of the own images, whatever the training
-size; the test split the shared images). ``--amplitude A`` multiplies the truth (and so
+size, or ``--val`` of them, as a user with few images has; the test split the shared images). ``--amplitude A`` multiplies the truth (and so
 the noise) by ``A``: responses in other units than the simulator's (percent signal
 change, unnormalised betas), which a default schedule may not reach. Frozen efficientnet-lite0 features
 (``--cache``: a feature cache folder).
@@ -67,10 +67,11 @@ def make_world(cfg, n_voxels: int, cache_dir=None, log=print):
     return rs, {k: np.asarray(v, np.float32) for k, v in feats.items()}
 
 
-def noisy(rs: ResponseSet, k: float, n_train: int, seed: int, amplitude: float = 1.0) -> ResponseSet:
+def noisy(rs: ResponseSet, k: float, n_train: int, seed: int, amplitude: float = 1.0,
+          n_val: int | None = None) -> ResponseSet:
     """``rs`` with responses ``truth + k * sd_v * N(0, 1)`` (``sd_v`` each voxel's signal sd
     over all images; the truth times ``amplitude``) and ``n_train`` of its training images
-    kept (the rest split 3: unused)."""
+    kept (the rest split 3: unused), and ``n_val`` of its validation images (None: all)."""
     truth = np.asarray(rs.truth, np.float32) * np.float32(amplitude)
     sd = truth.std(0, keepdims=True)
     rng = np.random.default_rng([seed, int(round(100 * k))])
@@ -80,13 +81,16 @@ def noisy(rs: ResponseSet, k: float, n_train: int, seed: int, amplitude: float =
     keep = np.random.default_rng(seed).choice(tr, min(n_train, len(tr)), replace=False)
     drop = np.setdiff1d(tr, keep)
     split[drop] = 3
+    va = np.flatnonzero(split == 1)
+    if n_val is not None and n_val < len(va):
+        split[np.setdiff1d(va, np.random.default_rng(seed + 1).choice(va, n_val, replace=False))] = 3
     return ResponseSet(responses=resp, coords=rs.coords, split=split, images=rs.images, image_ids=rs.image_ids,
                        truth=truth, subject=rs.subject, meta=rs.meta)
 
 
-def run_cell(cfg, rs, feats, k: float, n_train: int, amplitude: float = 1.0, log=print) -> dict:
+def run_cell(cfg, rs, feats, k: float, n_train: int, amplitude: float = 1.0, n_val=None, log=print) -> dict:
     """One fit and its scores (JSON-able)."""
-    data = noisy(rs, k, n_train, cfg["seed"], amplitude)
+    data = noisy(rs, k, n_train, cfg["seed"], amplitude, n_val)
     model = build_nrf("efficientnet-lite0", cfg["preset"], seed=cfg["seed"])
     t = time.perf_counter()
     hist = fit(model, [data], features=[feats], seed=cfg["seed"], **cfg["fit"])
@@ -121,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="200", help="training images, comma-separated (default: %(default)s)")
     ap.add_argument("--voxels", default="500", help="voxels of the subject, comma-separated (default: %(default)s)")
     ap.add_argument("--amplitude", type=float, default=1.0, help="multiply the truth by this (default: %(default)s)")
+    ap.add_argument("--val", type=int, default=None, help="validation images kept (default: all of the "
+                    "simulator's, 10 %% of the subject's own images)")
     ap.add_argument("--cache", default=None, help="feature cache folder (default: none)")
     ap.add_argument("--out", default="calibration_science.json", help="result file (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -137,11 +143,11 @@ def main(argv=None) -> int:
         rs, feats = make_world(cfg, nv, args.cache)
         for n in sizes:
             for k in noises:
-                res["cells"].append(run_cell(cfg, rs, feats, k, n, args.amplitude))
+                res["cells"].append(run_cell(cfg, rs, feats, k, n, args.amplitude, args.val))
                 write_json(res, args.out)  # partial results after every fit
     held = sum(c["holds"] for c in res["cells"])
     print(f"{held}/{len(res['cells'])} cells hold (slope against the truth 0.85-1.15 with the gain, r loss <= 0.005)")
-    print(json.dumps([{k: c[k] for k in ("noise_sd", "amplitude", "n_train", "n_voxels", "r_truth", "slope_truth_raw",
+    print(json.dumps([{k: c[k] for k in ("noise_sd", "amplitude", "n_train", "n_val", "n_voxels", "r_truth", "slope_truth_raw",
                                            "slope_truth_gain", "holds")} for c in res["cells"]]))
     return 0
 

@@ -192,3 +192,22 @@ def test_calibration_science_tiny(tmp_path):
     assert [c["noise_sd"] for c in cells] == [0.5, 2.0]
     for c in cells:
         assert c["n_val"] == 5 and np.isfinite(c["slope_truth_raw"]) and abs(c["r_truth"] - c["r_truth_raw"]) < 1e-3
+
+
+def test_the_finetuned_ensemble_gets_its_own_gain(tmp_path):
+    """The ensemble is fitted by least squares, not by fit: finetune_ensemble fits its gain
+    on the validation images the same way, and the bundle keeps it."""
+    from napari_nrf.finetune import finetune_ensemble
+
+    from _adapt_data import make_adaptation_files
+
+    bases, data = make_adaptation_files(tmp_path / "adapt")
+    out = tmp_path / "ens.safetensors"
+    ens, _ = finetune_ensemble(bases, data, n_images=12, epochs=1, batch_images=4, batch_voxels=40, seed=1,
+                               steps_per_epoch=3, out=out, feature_cache=tmp_path / "cache")
+    assert "calibration" in ens.metrics and "message" in ens.metrics["calibration"]
+    back = load_model(out)
+    if ens.calibration is None:  # one step learnt nothing: it says why
+        assert "no calibration" in ens.metrics["calibration"]["reason"] and back.calibration is None
+    else:
+        assert back.calibration.global_gain == pytest.approx(ens.calibration.global_gain)
