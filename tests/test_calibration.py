@@ -211,3 +211,23 @@ def test_the_finetuned_ensemble_gets_its_own_gain(tmp_path):
         assert "no calibration" in ens.metrics["calibration"]["reason"] and back.calibration is None
     else:
         assert back.calibration.global_gain == pytest.approx(ens.calibration.global_gain)
+
+
+def test_a_transfer_keeps_the_other_subjects_gains():
+    """A new subject's transfer (its own parameters only) fits that subject's gains and keeps
+    those of the subjects the model was trained on."""
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.recipes import transfer_subject
+
+    cls = example_kinds()["universal"]
+    rs, f = data_for("universal")
+    model = cls.example({k: v.shape[1:] for k, v in f.items()}, {rs.subject: rs.coords}, seed=0)
+    old = np.array([[*c, 1.5, 0.0] for c in rs.coords], np.float32)
+    model.calibration = Calibration(1.5, 0.0, {rs.subject: old})
+    new = ResponseSet(responses=rs.responses, coords=rs.coords, split=rs.split, images=rs.images,
+                      truth=rs.truth, subject="sub-new")
+    model, hist = transfer_subject(model, new, features=[f], epochs=1, steps_per_epoch=2, batch_images=8,
+                                   batch_voxels=30)
+    np.testing.assert_array_equal(model.calibration.voxels[rs.subject], old)
+    assert ("sub-new" in model.calibration.voxels) == ("reason" not in hist.calibration)
+    assert "message" in model.metrics["calibration_sub-new"]

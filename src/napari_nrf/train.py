@@ -520,8 +520,11 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         model.load_state_dict(best_state)
     # The gain that puts the kept state in the data's units, on the validation split.
     hist.calibration = fit_calibration(model, val_sets, va_feats, va_rows)
-    if old_cal is not None and model.calibration is not None and trainable is not None:
-        # A partial fit (one subject's own parameters): the other subjects keep their gains.
+    if old_cal is not None and trainable is not None:
+        # A partial fit (one subject's own parameters): the other subjects keep their gains
+        # (and all of them the old ones when no new gain could be fitted).
+        if model.calibration is None:
+            model.calibration = old_cal
         for s, v in old_cal.voxels.items():
             model.calibration.voxels.setdefault(s, v)
     if not have_val and hist.records:
