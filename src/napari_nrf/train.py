@@ -20,6 +20,12 @@
   model's ``parameter_groups`` (its ``lr_scale(name)``) sets each parameter's learning-rate
   multiplier, and the model's ``loss_dict`` (named loss terms, summed) is the loss of a
   batch, on one process and on every rank of a data-parallel run alike (:func:`_train_step`);
+* after the best state is restored, a gain that puts its predictions in the data's units
+  is fitted on the validation split (:func:`fit_calibration`, :mod:`napari_nrf.calibration`:
+  per voxel, shrunk toward one global gain by each voxel's reliability; the global gain
+  only for a set with fewer than 10 validation images), kept in ``model.calibration``
+  (saved with the bundle, applied by every consumer), ``History.calibration`` and
+  ``model.metrics["calibration"]``, and logged;
 * ``progress(done, total)`` after each step, ``on_epoch(record)`` after each epoch and
   ``cancel()`` polled between steps (True raises :class:`TrainingCancelled`).
 
