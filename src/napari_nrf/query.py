@@ -222,7 +222,7 @@ class QueryEngine:
                      for s in range(0, n, 262144)]
             self._gain_cache[k] = (np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.float32),
                                    np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32))
-            while len(self._gain_cache) > 4:
+            while len(self._gain_cache) > 2:  # at most 2 x 32 MB
                 self._gain_cache.popitem(last=False)
         return self._gain_cache[k]
 
