@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_nrf.errors import NapariNRFError, write_text_atomic
-from napari_nrf.train import predict_set, set_features, voxel_pearson, voxel_r2
+from napari_nrf.train import calibrate_set, predict_set, set_features, voxel_pearson, voxel_r2
 
 
 class EvaluationError(NapariNRFError):
@@ -169,7 +169,11 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
 
     Returns
     -------
-    dict with the :func:`metrics` of the model, ``retrieval`` and one sub-dict per
+    dict with the :func:`metrics` of the model (with its calibration applied, see
+    :mod:`napari_nrf.calibration`), ``calibration_slope_uncalibrated`` (and
+    ``truth_calibration_slope_uncalibrated``): the slopes before the gain, ``calibration``
+    (the model's gains: global gain, fallbacks; None for a model without), ``retrieval``
+    and one sub-dict per
     baseline ("ridge": plus ``alpha_median`` and ``n_dropped_columns``; "fwrf": plus
     ``best_epoch``) with the same keys.
     """
@@ -189,14 +193,21 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
     f_eval = {k: np.asarray(v)[rows] for k, v in features.items()}
     truth = rs.get_truth(rows)
     prec = "given"
+    before = {}
     if predictions is None:
         from napari_nrf import precision
 
         prec = precision.choose(model.device)["dtype"]
         with precision.autocast(model.device, enabled=prec == "bf16"):
-            predictions = predict_set(model, f_eval, rs)
+            raw = predict_set(model, f_eval, rs, calibrated=False)
+        predictions = calibrate_set(model, raw, rs)  # the slope before and after the gain
+        before["calibration_slope_uncalibrated"] = calibration_slope(raw, true)
+        if truth is not None:
+            before["truth_calibration_slope_uncalibrated"] = calibration_slope(raw, truth)
+    cal = model.calibration if before else None  # given predictions: the caller's, as they are
     rep = {"subject": rs.subject, "split": split, "precision": prec,
-           **metrics(predictions, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth),
+           **metrics(predictions, true, rs.roi, rs.roi_names, rs.noise_ceiling, truth), **before,
+           "calibration": None if cal is None else {k: v for k, v in cal.summary().items() if k != "subjects"},
            "retrieval": retrieval(predictions, true, n_candidates, n_repeats, seed)}
     tr = rs.indices("train")
     if todo and len(tr) < 2:
@@ -222,7 +233,8 @@ def evaluate(model, rs, *, split: str = "test", features: dict | None = None, fe
 
 
 _TABLE_COLS = (("pearson_median", "r median"), ("pearson_mean", "r mean"), ("r2_median", "R2 median"),
-               ("mse", "MSE"), ("calibration_slope", "slope"), ("nc_normalised_median", "r2/NC median"),
+               ("mse", "MSE"), ("calibration_slope", "slope"), ("calibration_slope_uncalibrated", "slope raw"),
+               ("nc_normalised_median", "r2/NC median"),
                ("nc_r2_median", "R2/NC median"), ("truth_pearson_median", "r truth median"))
 
 

@@ -155,7 +155,7 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     """
     from napari_nrf.features import FeatureCache
     from napari_nrf.models.ensemble import EnsembleModel
-    from napari_nrf.train import fit, predict_set, set_features, voxel_pearson
+    from napari_nrf.train import fit, fit_calibration, predict_set, set_features, voxel_pearson
 
     if not bases:
         raise FinetuneError("finetuning needs at least one base model")
@@ -301,7 +301,9 @@ def finetune_ensemble(bases, data, *, n_images: int | None = None, epochs: int |
     va = np.flatnonzero(sub.split == 1)
     with torch.no_grad():
         ens.fit({n: torch.as_tensor(v[tr]).to(device) for n, v in feats.items()}, sub.get_responses(tr), ridge=ridge)
-    metrics = {}
+    # The ensemble is fitted by least squares, not by fit: its gain is fitted here, the same way.
+    cal_info = fit_calibration(ens, [sub], [feats], [va])
+    metrics = {"calibration": {k: v for k, v in cal_info.items() if k != "subjects"}}
     if len(va) >= 3:
         pred = predict_set(ens, {n: v[va] for n, v in feats.items()}, sub)
         metrics["val_median_pearson"] = float(np.nanmedian(voxel_pearson(pred, sub.get_responses(va))))

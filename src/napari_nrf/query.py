@@ -20,6 +20,11 @@ with TF32 matmuls; on a CUDA out-of-memory error the chunk halves and the query 
 or under bf16 autocast where :mod:`napari_nrf.precision` finds the CPU's matrix units
 fast in bf16 (AMX, AVX-512 BF16); ``NAPARI_NRF_PRECISION`` forces either.
 
+A model's calibration (:mod:`napari_nrf.calibration`, per-voxel gains fitted after
+training) is applied here to every answer: at a continuous model's grid points the gain
+interpolated from its calibrated voxels (kept with the grid's point state), at a voxel
+model's voxels their own. A model without one answers as trained.
+
 Models that are not continuous (``model.continuous`` False, e.g. the Universal encoder)
 are evaluated at their subject's voxels (``model.subjects[subject]``) and each voxel's
 prediction is placed in the nearest grid cell (cells hit by several voxels take their
@@ -36,6 +41,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 import torch
 
+from napari_nrf import calibration as calib
 from napari_nrf import space
 from napari_nrf._docs import fill_doc
 from napari_nrf.errors import Cancelled, NapariNRFError
@@ -101,6 +107,7 @@ class QueryEngine:
         self.max_cached_images = int(max_cached_images)
         self._image_cache: OrderedDict[str, dict] = OrderedDict()
         self._coord_cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._gain_cache: OrderedDict[tuple, tuple] = OrderedDict()  # (grid key, subject) -> (gain, offset)
         self.last_chunk: int | None = None  # points per chunk of the last query (after any OOM halving)
 
     # ---- images ---------------------------------------------------------------------------
@@ -203,8 +210,34 @@ class QueryEngine:
             total -= points_nbytes(old)
         return state
 
+    def _gains(self, key, xyz_fn, n: int, subject):
+        """(gain, offset) (n,) float32 of the calibration at a grid's points, kept per grid
+        key (up to 4M points); None when the model has no calibration or they are not kept
+        (then each chunk computes its own)."""
+        cal = self.model.calibration
+        if cal is None or key is None or n > (4 << 20):
+            return None
+        k = (key, subject, id(cal))
+        if k not in self._gain_cache:
+            parts = [cal.at_points(xyz_fn(s, min(s + 262144, n)).cpu().numpy(), subject)
+                     for s in range(0, n, 262144)]
+            self._gain_cache[k] = (np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.float32),
+                                   np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32))
+            while len(self._gain_cache) > 2:  # at most 2 x 32 MB
+                self._gain_cache.popitem(last=False)
+        return self._gain_cache[k]
+
     def _continuous(self, feats, n, xyz_fn, key, out_fn, progress, cancel, subject=None):
         model = self.model
+        cal = model.calibration
+        if cal is not None:  # the calibrated answer: the gain at each point
+            kept = self._gains(key, xyz_fn, n, subject)
+            raw_out = out_fn
+
+            def out_fn(s, e, vals):
+                g, c = (kept[0][s:e], kept[1][s:e]) if kept is not None else \
+                    cal.at_points(xyz_fn(s, e).cpu().numpy(), subject)
+                raw_out(s, e, calib.apply(vals.float(), g, c))
         with self._precision():
             if model.conditioned:  # a field per subject (Rest2Visual's rest map)
                 state = model.query_images(feats, subject=self._conditioned_subject(subject))
@@ -243,10 +276,13 @@ class QueryEngine:
         v = len(self.model.subjects[subject])
         b = next(iter(feats.values())).shape[0]
         out = np.empty((b, v), np.float32)
+        cal = self.model.calibration
 
         def run(s, e):
             idx = torch.arange(s, e, device=self.device)
             out[:, s:e] = self.model.predict(feats, voxels=idx, subject=subject).float().cpu().numpy()
+            if cal is not None:
+                out[:, s:e] = calib.apply(out[:, s:e], *cal.at_voxels(subject, np.arange(s, e)))
 
         with self._precision():
             self._stream(v, max(1024, self._chunk_points(b)), run, progress, cancel)
@@ -351,8 +387,12 @@ class QueryEngine:
                                          "it predicts at its subjects' voxels: use QueryEngine.volume")
         subject = self._subject(subject)
 
+        cal = self.model.calibration
+
         def run(s, e):
             out[:, s:e] = self.model.predict(feats, coords=xyz[s:e], subject=subject).float().cpu().numpy()
+            if cal is not None:
+                out[:, s:e] = calib.apply(out[:, s:e], *cal.at_points(xyz[s:e], subject))
 
         with self._precision():
             self._stream(len(xyz), max(1024, self._chunk_points(b)), run, progress, cancel)
@@ -362,6 +402,7 @@ class QueryEngine:
         """Forget cached image features and grid coordinate halves."""
         self._image_cache.clear()
         self._coord_cache.clear()
+        self._gain_cache.clear()
 
 
 def _is_data_spec(spec) -> bool:

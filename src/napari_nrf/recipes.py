@@ -87,7 +87,8 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
     # fit records the run it did; the model's own training record stays the joint one.
     if keep_training is not None:
         model.provenance["training"] = keep_training
-    model.metrics = {**keep_metrics, f"val_median_pearson_{rs.subject}": hist.best_score}
+    model.metrics = {**keep_metrics, f"val_median_pearson_{rs.subject}": hist.best_score,
+                     f"calibration_{rs.subject}": {k: v for k, v in hist.calibration.items() if k != "subjects"}}
     tr = model.provenance.setdefault("transfer", {})
     tr[rs.subject] = {"n_train_images": int((rs.split == 0).sum()), "best_epoch": hist.best_epoch,
                       "val_median_pearson": hist.best_score}

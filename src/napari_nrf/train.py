@@ -20,6 +20,12 @@
   model's ``parameter_groups`` (its ``lr_scale(name)``) sets each parameter's learning-rate
   multiplier, and the model's ``loss_dict`` (named loss terms, summed) is the loss of a
   batch, on one process and on every rank of a data-parallel run alike (:func:`_train_step`);
+* after the best state is restored, a gain that puts its predictions in the data's units
+  is fitted on the validation split (:func:`fit_calibration`, :mod:`napari_nrf.calibration`:
+  per voxel, shrunk toward one global gain by each voxel's reliability; the global gain
+  only for a set with fewer than 10 validation images), kept in ``model.calibration``
+  (saved with the bundle, applied by every consumer), ``History.calibration`` and
+  ``model.metrics["calibration"]``, and logged;
 * ``progress(done, total)`` after each step, ``on_epoch(record)`` after each epoch and
   ``cancel()`` polled between steps (True raises :class:`TrainingCancelled`).
 
@@ -42,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_nrf import calibration as calib
 from napari_nrf import distributed
 from napari_nrf.errors import Cancelled, NapariNRFError
 from napari_nrf.models.base import encoding_loss
@@ -69,6 +76,7 @@ class History:
     best_r2: float = float("nan")  # validation median voxel R^2 at the best epoch (the selection score)
     stopped_early: bool = False
     resumed_from: int | None = None
+    calibration: dict = field(default_factory=dict)  # the gain fitted after training (calibration.summary)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,11 +159,12 @@ loss_fn = encoding_loss
 
 
 @torch.no_grad()
-def predict_set(model, feats: dict, rs, rows=None, batch_images: int = 64, chunk_voxels: int = 16384) -> np.ndarray:
+def predict_set(model, feats: dict, rs, rows=None, batch_images: int = 64, chunk_voxels: int = 16384,
+                calibrated: bool = True) -> np.ndarray:
     """Predictions (n_rows, V) float32 at every voxel of response set ``rs``.
 
     ``feats`` holds the features of the images ``rows`` (default: all images of ``rs``),
-    in that order.
+    in that order. ``calibrated``: with the model's gains applied (:func:`calibrate_set`).
     """
     was = model.training
     model.eval()
@@ -171,7 +180,34 @@ def predict_set(model, feats: dict, rs, rows=None, batch_images: int = 64, chunk
             out[s:s + batch_images, c:c + chunk_voxels] = model_predict(
                 model, fb, rs.subject, idx, coords[c:c + chunk_voxels]).float().cpu().numpy()
     model.train(was)
-    return out
+    return calibrate_set(model, out, rs) if calibrated else out
+
+
+def calibrate_set(model, pred: np.ndarray, rs) -> np.ndarray:
+    """Uncalibrated predictions ``pred`` (n, V) at the voxels of response set ``rs`` with the
+    model's calibration applied (:mod:`napari_nrf.calibration`): a continuous kind's gains
+    at the voxels' MNI points, a voxel kind's of ``rs.subject``'s voxels. Unchanged without one."""
+    return calib.apply_model(model, pred, coords=rs.coords, voxels=np.arange(rs.n_voxels), subject=rs.subject)
+
+
+def fit_calibration(model, val_sets, va_feats, va_rows, log=None) -> dict:
+    """Fit ``model.calibration`` on the validation rows ``va_rows`` of ``val_sets`` (features
+    ``va_feats``, every image of each set) with :func:`napari_nrf.calibration.estimate`;
+    returns its summary (or why there is none). ``log(line)`` gets one line about it."""
+    import logging
+
+    parts = []
+    for rs, f, r in zip(val_sets, va_feats, va_rows):
+        if len(r):
+            pred = predict_set(model, {k: a[r] for k, a in f.items()}, rs, calibrated=False)
+            parts.append((rs.subject, rs.coords, pred, rs.get_responses(r)))
+    cal, info = calib.estimate(parts)
+    model.calibration = cal
+    line = calib.describe(info, cal)
+    logging.getLogger(__name__).log(logging.WARNING if (cal is None or info.get("fallback")) else logging.INFO, line)
+    if log is not None:
+        log(line)
+    return {**(cal.summary() if cal is not None else info), "message": line}
 
 
 # ---- checkpoints ------------------------------------------------------------------------
@@ -435,6 +471,7 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         with torch.no_grad():
             for t in model.state_dict().values():
                 torch.distributed.broadcast(t, src=0)
+    old_cal, model.calibration = model.calibration, None  # training and validation see raw predictions
     model.train()
     try:
         for epoch in range(start_epoch, epochs):
@@ -487,6 +524,9 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
                                   "history": hist.to_dict(), "hp": hp})
             if on_epoch is not None:
                 on_epoch(dict(rec))
+    except BaseException:
+        model.calibration = old_cal
+        raise
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(old_flags.get(n, True))
@@ -494,12 +534,22 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
     if best_state is not None:
         model.load_state_dict(best_state)
     model.training_history = list(hist.records)  # saved beside the bundle (napari_nrf.history)
+    # The gain that puts the kept state in the data's units, on the validation split.
+    hist.calibration = fit_calibration(model, val_sets, va_feats, va_rows)
+    if old_cal is not None and trainable is not None:
+        # A partial fit (one subject's own parameters): the other subjects keep their gains
+        # (and all of them the old ones when no new gain could be fitted).
+        if model.calibration is None:
+            model.calibration = old_cal
+        for s, v in old_cal.voxels.items():
+            model.calibration.voxels.setdefault(s, v)
     if not have_val and hist.records:
         hist.best_epoch = hist.records[-1]["epoch"]
     model.metrics = dict(model.metrics or {})
     if have_val:
         model.metrics["val_median_pearson"] = hist.best_score
         model.metrics["val_median_r2"] = hist.best_r2
+    model.metrics["calibration"] = {k: v for k, v in hist.calibration.items() if k != "subjects"}
     model.provenance = dict(model.provenance or {})
     model.provenance["training"] = {**{k: v for k, v in hp.items() if k != "trainable"},
                                     "subjects": names, "n_train_images": [int(s) for s in sizes],

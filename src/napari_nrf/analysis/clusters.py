@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_nrf import calibration
 from napari_nrf._docs import fill_doc
 
 from ._common import AnalysisCancelled, AnalysisError
@@ -298,6 +299,7 @@ def cluster_mean_responses(model, features: dict, result: ClusterResult, subject
                 for i in range(0, n, batch_images):
                     f = {name: torch.as_tensor(np.asarray(v[i:i + batch_images])) for name, v in features.items()}
                     y = model.predict(f, subject=s).cpu().double()  # (b, V)
+                    y = calibration.apply_model(model, y, voxels=np.arange(y.shape[1]), subject=s)
                     sums[:, i:i + len(y)].index_add_(0, lab[ok], y[:, ok].T)
                     done += len(y)
                     if progress is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_nrf import calibration
 from napari_nrf._docs import fill_doc
 from napari_nrf.errors import Cancelled
 
@@ -131,6 +132,8 @@ def region_scores(model, features: dict, coords=None, voxels=None, subject: str 
                 else:
                     r = model.predict(fb, voxels=torch.as_tensor(part, device=dev), subject=subject)
                 r = r.float().cpu().numpy().astype(np.float64)
+                r = calibration.apply_model(model, r, coords=part if coords is not None else None,
+                                            voxels=None if coords is not None else part, subject=subject)
                 ok = np.isfinite(r)
                 acc += np.where(ok, r, 0.0).sum(1)
                 cnt += ok.sum(1)

@@ -246,11 +246,13 @@ class TrainingBars:
 
 def _best_text(hist) -> str:
     """How the kept epoch was chosen, for the final line of a training command."""
+    cal = (hist.calibration or {}).get("message")
+    cal = f"; {cal}" if cal else ""
     if hist.best_score == hist.best_score:  # not NaN: there were validation images
         r2 = getattr(hist, "best_r2", float("nan"))
         tail = f", R^2 = {r2:.4f}" if r2 == r2 else ""
-        return f"best epoch {hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}{tail}"
-    return f"no validation images (split == val), so the last epoch ({hist.best_epoch}) was kept"
+        return f"best epoch {hist.best_epoch}, validation median voxel r = {hist.best_score:.4f}{tail}{cal}"
+    return f"no validation images (split == val), so the last epoch ({hist.best_epoch}) was kept{cal}"
 
 
 def _evaluate(args) -> int:

@@ -100,6 +100,12 @@ Optional hooks with working defaults:
     batch at a time and never converted whole to float32.
 ``bundle_tensors`` / ``bundle_metadata`` / ``from_bundle`` / ``save``
     safetensors bundles of the state dict, the subjects' voxel coordinates and the metadata.
+``calibration`` (None)
+    The :class:`napari_nrf.calibration.Calibration` (per-voxel gains) that training fits
+    on the validation split; ``save`` and :func:`load_model` store and restore it for every
+    kind, and the consumers apply it with :func:`napari_nrf.calibration.apply` (the query
+    engine, :func:`napari_nrf.train.predict_set`). ``predict`` itself stays uncalibrated
+    (training optimises it). None: gain 1 (bundles written before it existed).
 The fast query of a continuous kind (:class:`napari_nrf.query.QueryEngine`)
     ``query_images(features) -> state`` once per query (opaque to the engine),
     ``query_points(coords) -> point state`` once per grid (tensors, or lists/dicts of
@@ -121,6 +127,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nrf import calibration as _calibration
 from napari_nrf.errors import UnsupportedOperation
 
 from .bundle import load_bundle, read_metadata, save_bundle
@@ -256,6 +263,7 @@ class EncodingModel(nn.Module):
     concurrent_fits = True  # training draws nothing from torch's global generator (threads may fit several)
     splits_batches = True  # data-parallel ranks may each take a share of a batch (see the module doc)
     inputs = "images"  # "images" (backbone features) or "frames" (film chunks per TR)
+    calibration = None  # napari_nrf.calibration.Calibration fitted after training (None: gain 1)
 
     def __init__(self):
         super().__init__()
@@ -442,9 +450,13 @@ class EncodingModel(nn.Module):
         raise NotImplementedError
 
     def save(self, path) -> Path:
-        """Save as a ``.safetensors`` bundle (atomic); after training, with
-        ``<bundle>.history.csv`` beside it (:mod:`napari_nrf.history`)."""
-        out = save_bundle(path, self.bundle_tensors(), self.bundle_metadata())
+        """Save as a ``.safetensors`` bundle (atomic), with the calibration when there is one;
+        after training, with ``<bundle>.history.csv`` beside it (:mod:`napari_nrf.history`)."""
+        tensors, meta = self.bundle_tensors(), self.bundle_metadata()
+        if self.calibration is not None:
+            extra, meta["calibration"] = self.calibration.bundle_parts()
+            tensors = {**tensors, **extra}
+        out = save_bundle(path, tensors, meta)
         if getattr(self, "training_history", None):
             from napari_nrf.history import write_history
 
@@ -550,7 +562,11 @@ def load_model(path, device="cpu", kind: str | None = None) -> EncodingModel:
 
     check_integrity(Path(path), tensors, meta)  # a flipped bit, a relabelled dtype, a changed shape
     try:
-        model = MODEL_KINDS[k].from_bundle(tensors, meta)
+        cal = {n: t for n, t in tensors.items() if n.startswith(_calibration.TENSOR_PREFIX)}
+        model = MODEL_KINDS[k].from_bundle({n: t for n, t in tensors.items() if n not in cal}, meta)
+        model.calibration = _calibration.Calibration.from_bundle(cal, meta.get("calibration"))
+    except _calibration.CalibrationError as exc:
+        raise BundleError(f"{Path(path).name}: {exc}") from None
     except BundleError as exc:
         msg = str(exc)
         raise BundleError(msg if Path(path).name in msg else f"{Path(path).name}: {msg}") from None

@@ -17,6 +17,8 @@ import math
 import numpy as np
 import torch
 
+from napari_nrf.calibration import apply_model
+
 from .dataset import MovieDataset
 from .video import MovieError
 
@@ -51,7 +53,9 @@ def predict_chunks(model, chunks, batch: int = 16, progress=None, cancel=None) -
                 progress(min(s + batch, n), n)
     finally:
         model.train(was)
-    return out if out is not None else np.zeros((0, 0), np.float32)
+    if out is None:
+        return np.zeros((0, 0), np.float32)
+    return apply_model(model, out, voxels=np.arange(out.shape[1]))  # the gain fitted after training
 
 
 def film_volumes(model, chunks, batch: int = 16, progress=None, cancel=None) -> np.ndarray:

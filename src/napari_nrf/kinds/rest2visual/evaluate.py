@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_nrf.calibration import apply_model
 from napari_nrf import mapmetrics as mm
 from napari_nrf import space
 from napari_nrf.models.rest2visual import Rest2VisualError
@@ -80,7 +81,7 @@ def predict_at(model, features: dict, xyz, subject=None, batch_images: int = 32)
             fb = {k: torch.as_tensor(np.asarray(v[s:s + batch_images])) for k, v in features.items()}
             out.append(model.predict(fb, coords=np.asarray(xyz, np.float32), **kw).float().cpu().numpy())
     model.train(was)
-    return np.concatenate(out)
+    return apply_model(model, np.concatenate(out), coords=xyz, subject=subject)  # the gain fitted after training
 
 
 def truth_at_points(sets, rows_list, xyz) -> np.ndarray | None:
