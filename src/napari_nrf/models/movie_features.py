@@ -146,11 +146,14 @@ class MovieFeatureEncoder(EncodingModel):
 
     @classmethod
     def example(cls, feature_shapes, subjects, backbone="efficientnet-lite0", seed=0, bases=None):
-        """A tiny model (4 frames per TR of 16 x 16 px, pixel features, 3 TRs of history)."""
+        """A tiny model (4 frames per TR of 16 x 16 px, pixel features, a decoder). One TR of
+        history: the contract's tests hand the loop unrelated chunks as raw frames, which a
+        model with history would read as one film (its predictions would depend on how the
+        rows are batched; film sets give it windows, tests/test_movie_features.py)."""
         (name, xyz), = list(subjects.items())[:1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = cls(len(xyz), subject=name, frames_per_tr=4, frame_size=16, features="pixels", history=3,
+            model = cls(len(xyz), subject=name, frames_per_tr=4, frame_size=16, features="pixels", history=1,
                         latent=8, n_kernels=2, w=0.75)
         model.subjects = {name: np.asarray(xyz, np.float32)}
         model.backbone_name = backbone
