@@ -48,6 +48,7 @@ from torch import nn
 from napari_nrf.errors import NapariNRFError
 
 from .base import EncodingModel, register
+from .movie import MovieEncoderDecoder, ssim
 
 FEATURES = {"efficientnet-lite0": 1280, "pixels": 192}
 DECODER_SIZE = 16
@@ -159,9 +160,7 @@ class MovieFeatureEncoder(EncodingModel):
         model.backbone_name = backbone
         return model
 
-    @property
-    def feature_shapes(self) -> dict:
-        return {"frames": (self.frames_per_tr, self.frame_size, self.frame_size, 3)}
+    feature_shapes = MovieEncoderDecoder.feature_shapes  # {"frames": (F, S, S, 3)}, as the conv preset
 
     def describe_subject(self, subject: str) -> str:
         return f"{subject} ({self.n_voxels} voxels)"
@@ -284,23 +283,9 @@ class MovieFeatureEncoder(EncodingModel):
             out["middle"] = _small_middle(c[:, c.shape[1] // 2])
         return out
 
-    def encode_images(self, images, batch_size: int = 16, cache=None, progress=None) -> dict:
-        """Chunks (B, F, S, S, 3) pass through (consecutive TRs of one film); still images
-        (paths or arrays) become still chunks, each its own film (no history)."""
-        from napari_nrf.features.images import as_image_list
-        from napari_nrf.movie.video import _resize, minmax_uint8
-
-        if getattr(images, "ndim", 0) == 5:
-            out = np.asarray(images)
-        else:
-            items = as_image_list(images)
-            S, Fn = self.frame_size, self.frames_per_tr
-            out = np.empty((len(items), Fn, S, S, 3), np.uint8)
-            for i, im in enumerate(items):
-                out[i] = minmax_uint8(_resize(im, S))[None]
-        if progress is not None:
-            progress(len(out), len(out))
-        return {"frames": torch.as_tensor(np.ascontiguousarray(out)).to(self.device)}
+    # Chunks (B, F, S, S, 3) pass through (consecutive TRs of one film); still images become
+    # still chunks, each its own film (no history): the conv preset's conversion.
+    encode_images = MovieEncoderDecoder.encode_images
 
     # ---- the network -------------------------------------------------------------------------
     def _window_tensor(self, features) -> torch.Tensor:
@@ -350,8 +335,6 @@ class MovieFeatureEncoder(EncodingModel):
     def loss_dict(self, features, true, subject, voxels, coords, alpha=None) -> dict:
         """``{"encoding": w MSE, "frame": (1 - w) (0.5 (1 - SSIM) + 0.5 MSE)}`` (frame only
         with a decoder, from every predicted voxel); ``alpha`` is unused."""
-        from .movie import ssim
-
         pred = self.encode(features)
         idx = voxels if voxels is not None else slice(None)
         e = torch.mean((pred[:, idx] - true) ** 2)
