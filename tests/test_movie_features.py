@@ -136,3 +136,43 @@ def test_cli_default_is_the_feature_model_and_conv_is_a_preset(tiny_movies, tmp_
     conv = load_model(c)
     assert conv.kind == "movie" and conv.w == 0.5 and conv.delay == 4
     assert conv.provenance["training"]["mode"] == "movie"
+
+
+@pytest.mark.gui
+def test_movie_widget_predicts_with_the_feature_model(tiny_movies, make_napari_viewer, qtbot, tmp_path):
+    """The Movie response widget runs the default kind: a dropped video, delay 0 (every
+    volume predicted), the measured time course of a data-set film beside it."""
+    from _plugin import open_widgets
+    from napari_nrf.models.movie_features import MovieFeatureEncoder
+    from napari_nrf.movie import MovieDataset
+    from napari_nrf.movie.video import write_video
+    from napari_nrf.simulate.movies import make_film
+
+    g = MovieDataset.load(tiny_movies / "group.h5")
+    torch.manual_seed(0)
+    m = MovieFeatureEncoder(g.n_voxels, frames_per_tr=4, frame_size=32, features="pixels", history=4)
+    m.subjects = {"group": g.coords}
+    m.backbone_name = "efficientnet-lite0"
+    m.save(tmp_path / "m.safetensors")
+    film = write_video(tmp_path / "film.mp4", make_film(10, tr=1.3, frames_per_tr=4, size=32, seed=9).frames,
+                       fps=4 / 1.3)
+    viewer = make_napari_viewer()
+    w = open_widgets(viewer, ["Movie response"])["Movie response"]
+    w.load_model(tmp_path / "m.safetensors")
+    assert w.run_btn.isEnabled() and "delay 0 TR" in w.model_label.text()
+    w.set_source(film)
+    got = []
+    w.done.connect(got.append)
+    w.predict()
+    qtbot.waitUntil(lambda: bool(got) or "failed" in w.info.text(), timeout=60000)
+    assert got, w.info.text()
+    data = viewer.layers["movie prediction"].data
+    assert data.shape[0] == 10 and np.isfinite(data[0]).any()  # delay 0: the first volume is predicted
+    w.open_dataset(tiny_movies / "group.h5")
+    w.film.setCurrentText(g.film_names[1])
+    got.clear()
+    w.predict()
+    qtbot.waitUntil(lambda: bool(got) or "failed" in w.info.text(), timeout=60000)
+    assert got and w.show_time_course(g.coords[0])
+    w.dataset.close()
+    g.close()
