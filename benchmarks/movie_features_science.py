@@ -77,12 +77,14 @@ def run_set(work, seed, motion, cache, claims=False, log=print, encdec=True, fea
     t = time.perf_counter()
     m, _ = train_movie_features(g, feature_cache=cache, model_config=cfg, seed=seed)
     out["train_seconds"] = round(time.perf_counter() - t, 1)
+    m.frame_cache = cache  # the films' frames are cached: evaluation reads them
     rep = evaluate_movie(m, g, n_perm=0, return_r=True)
     out["model"] = _parts(rep)
     out["model_kept"] = m.provenance["training"]["kept"]
     log(f"seed {seed} motion {motion}: model {out['model']['pooled']} ({out['train_seconds']} s)")
     if encdec:
         me, _ = train_movie_features(g, feature_cache=cache, model_config=cfg, seed=seed, w=0.5)
+        me.frame_cache = cache
         out["encdec"] = _parts(evaluate_movie(me, g, n_perm=0))
         log(f"  encoder-decoder {out['encdec']['pooled']}")
     t = time.perf_counter()
@@ -102,6 +104,7 @@ def _claims(g, cache, cfg, seed, rep, log) -> dict:
     sweep = {}
     for sh in (-2, -1, 0, 1, 2):
         m, _ = train_movie_features(g, feature_cache=cache, model_config={**cfg, "hrf_shift": sh}, seed=seed)
+        m.frame_cache = cache
         sweep[sh] = round(float(evaluate_movie(m, g, n_perm=0)["pooled"]["median_r"]), 4)
     from napari_nrf.models.movie_features import hrf_kernels
 
@@ -114,6 +117,7 @@ def _claims(g, cache, cfg, seed, rep, log) -> dict:
     k = max(1, int(round(0.3 * g.n_voxels)))
     top = np.sort(np.argsort(-g.snr, kind="stable")[:k])
     ms, _ = train_movie_features(g, feature_cache=cache, model_config=cfg, seed=seed, voxels=top)
+    ms.frame_cache = cache
     sel = evaluate_movie(ms, g, n_perm=0, voxels=top)["pooled"]["median_r"]
     res["B_snr"] = {"selected_top30": round(float(sel), 4),
                     "all": round(float(rep["pooled"]["median_r"]), 4),
@@ -122,6 +126,7 @@ def _claims(g, cache, cfg, seed, rep, log) -> dict:
     mt = np.array([("hMT" in str(g.roi_names.get(int(v), ""))) for v in g.roi])
     if mt.any():
         still, _ = train_movie_features(g, feature_cache=cache, model_config=cfg, seed=seed, still=True)
+        still.frame_cache = cache
         rs = evaluate_movie(still, g, n_perm=0, return_r=True, still=True)
         res["D_motion_hMT"] = {"chunk": round(float(np.nanmedian(rep["r"][mt])), 4),
                                "middle_frame": round(float(np.nanmedian(rs["r"][mt])), 4), "n_voxels": int(mt.sum())}

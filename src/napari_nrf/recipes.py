@@ -214,7 +214,6 @@ def train_movie_features(dataset, *, w: float = 1.0, out=None, voxels=None, stil
     if "device" in kw and kw["device"] is not None:
         model.to(kw["device"])
     feats = model.features_of_set(rs, cache=cache)
-    model.frame_cache = cache  # evaluation of the same films reads the same cached frames
     train_rows = np.flatnonzero(rs.split == 0)
     model.set_input_scaling(feats["window"][train_rows])
     val = np.flatnonzero(rs.split == 1)
@@ -245,6 +244,7 @@ def train_movie_features(dataset, *, w: float = 1.0, out=None, voxels=None, stil
         {"mode": "movie-features", "films": dataset.film_names, "still": bool(still), "w": float(w),
          "validation_gain": gain, "kept": "closed-form start" if kept_start else "trained",
          "start_val_median_r2": start_r2, "trained_val_median_r2": float(hist.best_r2)})
+    model._solve = None  # the closed form's arrays
     if out is not None and is_main():
         model.save(out)
     return model, hist

@@ -62,13 +62,14 @@ def register(sub) -> None:
     p.add_argument("data", help="movie data set (.h5)")
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
     p.add_argument("--arch", default="features", choices=["features", "conv"],
-                   help="features: the frozen backbone on every frame + a learned haemodynamic response + voxel "
-                        "readout, calibrated on validation TRs (kind movie-features); conv: the paper's 3D-conv "
-                        "encoder-decoder from pixels (kind movie); default %(default)s")
+                   help="features: the frozen backbone on every frame + a haemodynamic kernel over 10 TRs + a "
+                        "per-voxel readout, calibrated out of sample (kind movie-features); conv: the paper's "
+                        "3D-conv encoder-decoder from pixels (kind movie); default %(default)s")
     p.add_argument("--size", default="demo", choices=["tiny", "demo", "paper"],
                    help="model size of --arch conv (default %(default)s)")
     p.add_argument("--delay", type=int, default=4,
-                   help="haemodynamic delay in TR of --arch conv (default %(default)s; --arch features learns it)")
+                   help="haemodynamic delay in TR of --arch conv (default %(default)s; --arch features reads "
+                        "10 TRs of history through its HRF kernel instead)")
     p.add_argument("--w", type=float, default=None,
                    help="encoder weight of the loss w E + (1 - w) D; 1: encoder alone (default: 1 for --arch "
                         "features, 0.5 for conv)")
@@ -234,6 +235,9 @@ def _evaluate(args) -> int:
     out = Path(args.json_out or Path(args.model).with_suffix(".movie-eval.json"))
     check_output(out, [args.model, args.data], overwrite=args.overwrite, flag="--json", replaceable=is_json_file)
     model = _load_movie_model(args.model, args.device)
+    from napari_nrf.features import FeatureCache
+
+    model.frame_cache = FeatureCache()  # frame features of the data set's films: computed once
     ds = MovieDataset.load(args.data)
     try:
         vox = model_voxels(model, ds)

@@ -1,11 +1,12 @@
-"""The movie model on pretrained frame features: frozen backbone per frame -> a learned
-response in time -> voxels (kind ``movie-features``, the default of ``train-movie``).
+"""The movie model on pretrained frame features: frozen backbone per frame -> a response in
+time (SPM's HRF over 10 TRs, a parameter the loop refines where that helps on validation)
+-> voxels (kind ``movie-features``, the default of ``train-movie``).
 
 Input per TR t (features built by :meth:`MovieFeatureEncoder.tr_features`, shape (D_in,)):
   the frozen backbone's pooled embedding (efficientnet-lite0: 1,280 values; "pixels": 8 x 8
   grey levels, 192, for tests) of ``frames_used`` evenly spaced frames of the TR's chunk,
   each resized to ``feature_size`` px (112 by default: a quarter of the 224-px cost, what
-  lets a 600-TR film be predicted in seconds on a CPU), concatenated, plus the TR's motion
+  keeps a 600-TR film's prediction near a minute of CPU), concatenated, plus the TR's motion
   energy (mean absolute frame difference over all its frames, 4 x 4 grid, x 10).
   Training sets read them from the project's feature cache (a
   :class:`~napari_nrf.features.FeatureCache`, one float16 row per frame, keyed by the
@@ -15,13 +16,14 @@ Network (all linear but the optional decoder; the data sizes of a film set, a fe
 TRs, favour a low-rank linear model, as the FIR ridge shows):
   1. standardise x_t with the training TRs' mean and sd (buffers ``in_mean``, ``in_std``);
   2. within the TR: z_t = W x_t + b (``latent`` values; W spans the frames of the TR, a
-     temporal convolution whose kernel covers the whole chunk), input dropout 0.1;
-  3. across TRs: u_k(t) = sum_{l=0}^{H-1} g_k[l] z_{t-l} for ``n_kernels`` learned kernels
-     g_k over ``history`` TRs (initialised as SPM's HRF, its time derivative and its
-     dispersion derivative sampled at the TR, then shifted copies): a learned haemodynamic
-     response; each voxel mixes the kernels (its own delay and shape);
-  4. readout: y_v(t) = gain_v (sum_k a_vk . u_k(t) + c_v), per-voxel weights a_vk (latent,)
-     and bias c_v; ``gain`` (V,) fitted on validation TRs after training
+     temporal convolution whose kernel covers the whole chunk), input dropout 0.1 in
+     training; initialised as the whitened top principal components of the training TRs;
+  3. across TRs: u_k(t) = sum_{l=0}^{H-1} g_k[l] z_{t-l} for ``n_kernels`` kernels g_k
+     (parameters) over ``history`` TRs, initialised by :func:`hrf_kernels` (SPM's HRF
+     averaged per TR, peak at 4 TR for TR 1.3 s; further kernels delayed or advanced);
+  4. readout: y_v(t) = gain_v (sum_k a_vk . u_k(t) + c_v), per-voxel weights a_vk and
+     bias c_v (initialised by ridge, :meth:`MovieFeatureEncoder.init_closed_form`);
+     ``gain`` (V,) fitted out of sample after training
      (:func:`napari_nrf.recipes.train_movie_features`: per voxel, the least-squares slope
      of the measured on the predicted responses, so the output is in the data's units).
 Optional decoder (``w < 1``): the middle frame at 16 x 16 px from the predicted voxels
@@ -32,7 +34,7 @@ Loss (``loss_dict``): w MSE over the sampled voxels (the data's units: no cosine
 
 ``delay`` is 0: row t of a training set pairs the chunk of TR t (and the ``history - 1``
 TRs before it, read through ``context``) with the response of TR t; the haemodynamic delay
-is learned by the kernels. A prediction from chunks given in a batch (``{"frames": (B, F,
+lives in the kernels. A prediction from chunks given in a batch (``{"frames": (B, F,
 S, S, 3)}``) treats them as consecutive TRs of one film, with blank history before the
 first; callers that stream a film pass ``context`` earlier chunks first
 (:func:`napari_nrf.movie.evaluate.predict_chunks`).
@@ -273,7 +275,9 @@ class MovieFeatureEncoder(EncodingModel):
             progress(len(view), len(view))
         return out
 
-    frame_cache = None  # a FeatureCache that predictions from frames read and fill (set by the recipe)
+    # A FeatureCache that predictions from frames read and fill (set by a caller that
+    # evaluates films whose frames are cached: evaluate-movie, the benchmarks).
+    frame_cache = None
 
     def _own_features(self, chunks: np.ndarray, cache=None) -> dict:
         """Features of consecutive chunks (T, F, S, S, 3) of one film (blank history first)."""
