@@ -369,7 +369,8 @@ def test_cli_simulate_train_evaluate_query(tmp_path):
     assert main(["simulate-movie", "--out", str(sim), "--subjects", "2", "--films", "2", "--trs", "24",
                  "--frames-per-tr", "4", "--size", "32", "--max-voxels", "40"]) == 0
     m = tmp_path / "m.safetensors"
-    assert main(["train-movie", str(sim / "group.h5"), "--out", str(m), "--size", "tiny", "--epochs", "1",
+    assert main(["train-movie", str(sim / "group.h5"), "--out", str(m), "--arch", "conv", "--size", "tiny",
+                 "--epochs", "1",
                  "--snr-top", "0.5", "--device", "cpu"]) == 0
     assert main(["evaluate-movie", str(m), str(sim / "group.h5"), "--ridge", "pixels", "--perm", "5",
                  "--json", str(tmp_path / "e.json"), "--device", "cpu", "--saliency", "--baselines", "fir,nrf",

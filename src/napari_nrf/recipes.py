@@ -18,7 +18,7 @@ from napari_nrf.models.universal import UniversalEncoder, UniversalModelError, b
 from napari_nrf.settings import TRANSFER_FIT, UNIVERSAL_FIT
 from napari_nrf.train import fit
 
-__all__ = ["train_movie", "train_nrf", "train_universal", "transfer_subject"]
+__all__ = ["train_movie", "train_movie_features", "train_nrf", "train_universal", "transfer_subject"]
 
 
 def train_nrf(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
@@ -162,5 +162,111 @@ def train_movie(dataset, *, size: str = "demo", delay: int = 4, w: float = 0.5, 
     model.provenance.setdefault("training", {}).update(
         {"mode": "movie", "films": dataset.film_names, "still": bool(still), "delay": int(delay), "w": float(w)})
     if out is not None:
+        model.save(out)
+    return model, hist
+
+
+def _median_r2(pred, true) -> float:
+    import numpy as np
+
+    from napari_nrf.train import voxel_r2
+
+    return float(np.nanmedian(voxel_r2(pred, true)))
+
+
+def block_split(split, film, frac: float = 0.2):
+    """A copy of a movie training set's ``split`` (N,) where, in each film (``film`` (N,)
+    per row, rows in time order) with training TRs, the train and validation TRs become
+    training and the last ``frac`` of them validation (one contiguous block)."""
+    import numpy as np
+
+    out = np.asarray(split).copy()
+    film = np.asarray(film)
+    for f in np.unique(film):
+        rows = np.flatnonzero((film == f) & ((out == 0) | (out == 1)))
+        if len(rows) < 10:
+            continue
+        k = max(3, int(round(frac * len(rows))))
+        out[rows] = 0
+        out[rows[-k:]] = 1
+    return out
+
+
+def train_movie_features(dataset, *, w: float = 1.0, out=None, voxels=None, still: bool = False,
+                         feature_cache=None, model_config: dict | None = None, calibrate: str = "voxel",
+                         block_validation: bool = True, init_closed_form: bool = True, **fit_kwargs):
+    """Train the movie model on pretrained frame features (:mod:`napari_nrf.models.movie_features`,
+    the default of ``train-movie``) on a :class:`~napari_nrf.movie.MovieDataset`.
+
+    Rows are ``dataset.training_set(0)`` (the delay is learned); the frame features are
+    read from ``feature_cache`` (a :class:`~napari_nrf.features.FeatureCache`, default
+    the user's cache folder) or computed once per film and frame. The inputs are
+    standardised on the training TRs; after :func:`napari_nrf.train.fit` (defaults
+    :data:`napari_nrf.settings.MOVIE_FEATURES_FIT`) the output gain is fitted on the
+    validation TRs and, with two or more training films, on each film predicted from the
+    others (``calibrate`` "voxel": per voxel, the slope of measured on predicted
+    clipped to [0, 2]; "pooled": one slope; "none"). ``block_validation`` (default) first
+    moves each training film's validation TRs to one block at the end of its training TRs
+    (the data set's every-fifth-TR validation sits next to training TRs, whose
+    autocorrelated responses make it optimistic: early stopping and gain would then
+    overfit). ``w`` < 1 adds the frame decoder; ``model_config``
+    goes to the model (features, frames_used, feature_size, history, latent, n_kernels).
+    Returns (model, history)."""
+    import numpy as np
+    import torch
+
+    from napari_nrf.features import FeatureCache
+    from napari_nrf.models.movie_features import MovieFeatureEncoder
+    from napari_nrf.settings import MOVIE_FEATURES_FIT
+    from napari_nrf.train import predict_set
+
+    rs = dataset.training_set(delay=0, voxels=voxels, still=still)
+    if block_validation:
+        import dataclasses
+
+        rs = dataclasses.replace(rs, split=block_split(rs.split, rs.images.film))
+    kw = MOVIE_FEATURES_FIT.merged(fit_kwargs)
+    cache = feature_cache if feature_cache is not None else FeatureCache()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(kw.get("seed", 0)))
+        model = MovieFeatureEncoder(rs.n_voxels, subject=rs.subject, frames_per_tr=dataset.frames_per_tr,
+                                    frame_size=dataset.frame_size, w=w, tr=dataset.tr, **(model_config or {}))
+    model.subjects = {rs.subject: rs.coords}
+    model.backbone_name = "efficientnet-lite0"
+    if "device" in kw and kw["device"] is not None:
+        model.to(kw["device"])
+    feats = model.features_of_set(rs, cache=cache)
+    train_rows = np.flatnonzero(rs.split == 0)
+    model.set_input_scaling(feats["window"][train_rows])
+    val = np.flatnonzero(rs.split == 1)
+    y_val = rs.get_responses(val) if len(val) else None
+    init, start_r2 = None, float("nan")
+    if init_closed_form and len(val) >= 3:
+        y_all = rs.get_responses(np.arange(rs.n_images))
+        init = model.init_closed_form(feats["window"], y_all, train_rows, val, film=rs.images.film)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        start_r2 = _median_r2(predict_set(model, {k: v[val] for k, v in feats.items()}, rs, val), y_val)
+    if init is not None and kw.get("trainable") is None:  # refine the response in time and the readout
+        kw["trainable"] = lambda name: not name.startswith("within.")
+    hist = fit(model, [rs], features=[feats], **kw)
+    kept_start = init is not None and not hist.best_r2 > start_r2
+    if kept_start:  # the loop did not improve on its closed-form start: keep the start, fitted on train + val
+        model.load_state_dict(start)
+        model.refit_readout(np.concatenate([train_rows, val]), init)
+    gain = None
+    if calibrate != "none" and len(val) >= 3:
+        # the closed-form start's out-of-sample predictions: the validation block (fitted on
+        # train only) and each training film predicted from the others (a new film's case)
+        if kept_start:
+            p, y = init["oos_pred"], y_all[init["oos_rows"]]
+        else:
+            p, y = predict_set(model, {k: v[val] for k, v in feats.items()}, rs, val), y_val
+        gain = model.fit_gain(p, y, per_voxel=calibrate == "voxel")
+    model.provenance.setdefault("training", {}).update(
+        {"mode": "movie-features", "films": dataset.film_names, "still": bool(still), "w": float(w),
+         "validation_gain": gain, "kept": "closed-form start" if kept_start else "trained",
+         "start_val_median_r2": start_r2, "trained_val_median_r2": float(hist.best_r2)})
+    model._solve = None  # the closed form's arrays
+    if out is not None and is_main():
         model.save(out)
     return model, hist

@@ -143,6 +143,9 @@ FINETUNE_FIT = FitSettings(epochs=20, steps_per_epoch=20, lr=1e-3, patience=3, v
 # in every step (its decoder reads all of them); alpha is unused (the kind's own loss).
 MOVIE_FIT = FitSettings(epochs=11, lr=1e-4, weight_decay=0.0, batch_images=16, batch_voxels=10_000_000,
                         patience=4, val_every=1)
+# The movie-features kind (a linear network on cached frame features): many cheap epochs.
+MOVIE_FEATURES_FIT = FitSettings(epochs=20, lr=3e-4, weight_decay=0.0, batch_images=16, batch_voxels=10_000_000,
+                                 patience=5, val_every=1)
 
 
 def field_spec(name: str, defaults: FitSettings = NRF_FIT) -> dict:

@@ -24,7 +24,7 @@ def _bar(desc):
 
 
 def register(sub) -> None:
-    from napari_nrf.settings import MOVIE_FIT
+    from napari_nrf.settings import MOVIE_FEATURES_FIT, MOVIE_FIT
 
     from ._common import add_device_arg
 
@@ -59,18 +59,31 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output movie data set (.h5)")
     p.set_defaults(func=_import)
 
-    p = sub.add_parser("train-movie", help="train the movie encoder-decoder on a movie data set (.h5)")
+    p = sub.add_parser("train-movie", help="train a movie model (default: on pretrained frame features) on a "
+                                            "movie data set (.h5)")
     p.add_argument("data", help="movie data set (.h5)")
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
-    p.add_argument("--size", default="demo", choices=["tiny", "demo", "paper"], help="model size (default %(default)s)")
-    p.add_argument("--delay", type=int, default=4, help="haemodynamic delay in TR (default %(default)s)")
-    p.add_argument("--w", type=float, default=0.5, help="encoder weight of the loss w E + (1 - w) D; 1: encoder alone")
+    p.add_argument("--arch", default="features", choices=["features", "conv"],
+                   help="features: the frozen backbone on every frame + a haemodynamic kernel over 10 TRs + a "
+                        "per-voxel readout, calibrated out of sample (kind movie-features); conv: the paper's "
+                        "3D-conv encoder-decoder from pixels (kind movie); default %(default)s")
+    p.add_argument("--size", default="demo", choices=["tiny", "demo", "paper"],
+                   help="model size of --arch conv (default %(default)s)")
+    p.add_argument("--delay", type=int, default=4,
+                   help="haemodynamic delay in TR of --arch conv (default %(default)s; --arch features reads "
+                        "10 TRs of history through its HRF kernel instead)")
+    p.add_argument("--w", type=float, default=None,
+                   help="encoder weight of the loss w E + (1 - w) D; 1: encoder alone (default: 1 for --arch "
+                        "features, 0.5 for conv)")
     p.add_argument("--snr-top", type=float, default=None,
                    help="train on the top fraction of voxels by the data set's SNR (e.g. 0.3, the paper's)")
     p.add_argument("--still", action="store_true", help="middle frame only (the middle-frame baseline)")
     from napari_nrf.settings import add_fit_arguments
 
-    add_fit_arguments(p, MOVIE_FIT, skip=("val_every", "alpha", "batch_voxels"))
+    add_fit_arguments(p, MOVIE_FEATURES_FIT, skip=("val_every", "alpha", "batch_voxels"),
+                      help={n: f"{h} (--arch conv: {getattr(MOVIE_FIT, n)} unless given)" for n, h in
+                            (("epochs", "training epochs"), ("lr", "learning rate"),
+                             ("weight_decay", "AdamW weight decay"), ("patience", "early-stopping patience"))})
     add_device_arg(p)
     p.set_defaults(func=_train)
 
@@ -161,29 +174,50 @@ def _snr_voxels(ds, top):
     return np.sort(np.argsort(-ds.snr, kind="stable")[:k])
 
 
+def _load_movie_model(path, device):
+    """A model bundle that reads film frames (kind movie or movie-features), else one line."""
+    from napari_nrf.models import load_model
+    from napari_nrf.models.bundle import BundleError
+
+    model = load_model(path, device=_device(device))
+    if model.inputs != "frames":
+        raise BundleError(f"{Path(path).name}: a {model.kind} model reads still images, not films; "
+                          "train a movie model with train-movie")
+    return model
+
+
 def _train(args) -> int:
     from napari_nrf.errors import check_output
     from napari_nrf.movie import MovieDataset
-    from napari_nrf.recipes import train_movie
-    from napari_nrf.settings import MOVIE_FIT, FitSettings
+    from napari_nrf.recipes import train_movie, train_movie_features
+    from napari_nrf.settings import MOVIE_FEATURES_FIT, MOVIE_FIT, FitSettings
 
     check_output(args.out, [args.data], overwrite=args.overwrite)
-    if not 0 <= args.w <= 1:
+    conv = args.arch == "conv"
+    w = args.w if args.w is not None else (0.5 if conv else 1.0)
+    if not 0 <= w <= 1:
         from napari_nrf.errors import NapariNRFError
 
-        raise NapariNRFError(f"--w {args.w}: must be in [0, 1]")
+        raise NapariNRFError(f"--w {w}: must be in [0, 1]")
+    if conv:  # the options left at the features preset take the conv preset's values
+        for name in ("epochs", "lr", "weight_decay", "patience", "batch_images"):
+            if getattr(args, name) == getattr(MOVIE_FEATURES_FIT, name):
+                setattr(args, name, getattr(MOVIE_FIT, name))
     ds = MovieDataset.load(args.data)
     try:
-        settings = FitSettings.from_args(args, MOVIE_FIT)
+        settings = FitSettings.from_args(args, MOVIE_FIT if conv else MOVIE_FEATURES_FIT)
         bar, progress = _bar("train-movie")
-        model, hist = train_movie(ds, size=args.size, delay=args.delay, w=args.w, out=args.out,
-                                  voxels=_snr_voxels(ds, args.snr_top), still=args.still, progress=progress,
-                                  device=_device(args.device), **settings.to_kwargs())
+        common = dict(w=w, out=args.out, voxels=_snr_voxels(ds, args.snr_top), still=args.still, progress=progress,
+                      device=_device(args.device), **settings.to_kwargs())
+        if conv:
+            model, hist = train_movie(ds, size=args.size, delay=args.delay, **common)
+        else:
+            model, hist = train_movie_features(ds, **common)
         bar.close()
     finally:
         ds.close()
-    print(f"{args.out}: {model.n_voxels} voxels, delay {model.delay} TR, w {model.w}; best epoch {hist.best_epoch}, "
-          f"validation median r {hist.best_score:.3f}")
+    print(f"{args.out}: {model.kind}, {model.n_voxels} voxels, delay {model.delay} TR, w {model.w}; best epoch "
+          f"{hist.best_epoch}, validation median r {hist.best_score:.3f}")
     return 0
 
 
@@ -191,7 +225,6 @@ def _evaluate(args) -> int:
     import json
 
     from napari_nrf.errors import check_output, is_json_file, write_text_atomic
-    from napari_nrf.models import load_model
     from napari_nrf.movie import MovieDataset
     from napari_nrf.movie.dataset import model_voxels
     from napari_nrf.movie.evaluate import evaluate_movie, fir_ridge
@@ -204,7 +237,10 @@ def _evaluate(args) -> int:
         raise NapariNRFError(f"--baselines: unknown {', '.join(bad)}; choose from fir, nrf, universal")
     out = Path(args.json_out or Path(args.model).with_suffix(".movie-eval.json"))
     check_output(out, [args.model, args.data], overwrite=args.overwrite, flag="--json", replaceable=is_json_file)
-    model = load_model(args.model, device=_device(args.device), kind="movie")
+    model = _load_movie_model(args.model, args.device)
+    from napari_nrf.features import FeatureCache
+
+    model.frame_cache = FeatureCache()  # frame features of the data set's films: computed once
     ds = MovieDataset.load(args.data)
     try:
         vox = model_voxels(model, ds)
@@ -229,18 +265,7 @@ def _evaluate(args) -> int:
         ds.close()
     write_text_atomic(out, json.dumps(rep, indent=2))
     args.json_result = rep
-    for name, r in (("model", rep["model"]), ("FIR ridge", rep.get("fir_ridge")),
-                    ("static NRF, middle frame", rep.get("static_nrf")),
-                    ("static Universal, middle frame", rep.get("static_universal"))):
-        if r is None:
-            continue
-        line = f"{name}: pooled median r {r['pooled']['median_r']:.3f}"
-        for part in ("segments", "held_out_film"):
-            if r.get(part):
-                line += f", {part.replace('_', ' ')} {r[part]['median_r']:.3f}"
-        if "ssim_predicted" in r:
-            line += f", SSIM {r['ssim_predicted']:.3f} (from measured voxels {r['ssim_measured']:.3f})"
-        print(line)
+    _print_side_by_side(rep)
     if "saliency_by_roi" in rep:
         top = list(rep["saliency_by_roi"].items())[:4]
         print("decoder saliency (top 20 % voxels): " + ", ".join(f"{k} {v:.0%}" for k, v in top))
@@ -248,16 +273,40 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _print_side_by_side(rep: dict) -> None:
+    """The evaluation as one table: r, R^2 and slope of the model and each baseline,
+    pooled, for the segments and the held-out film, per film and per region."""
+    cols = [(n, rep[k]) for n, k in (("model", "model"), ("FIR ridge", "fir_ridge"),
+                                     ("static NRF", "static_nrf"), ("static Universal", "static_universal"))
+            if rep.get(k)]
+    rows = [("pooled", lambda r: r.get("pooled")), ("segments", lambda r: r.get("segments")),
+            ("held-out film", lambda r: r.get("held_out_film"))]
+    films = list(cols[0][1].get("films", {}))
+    rows += [(f"film {f}", lambda r, f=f: r.get("films", {}).get(f)) for f in films]
+    rois = list(cols[0][1].get("by_roi", {}))
+    rows += [(f"ROI {g}", lambda r, g=g: r.get("by_roi", {}).get(g)) for g in rois]
+    print("median r / median R^2 / calibration slope (1 = the data's units)")
+    print(f"{'':18s}" + "".join(f"{n:>24s}" for n, _ in cols))
+    for label, get in rows:
+        cells = []
+        for _, r in cols:
+            s = get(r)
+            cells.append("-" if not s else f"{s['median_r']:.3f} / {s['median_r2']:.3f} / {s['calibration_slope']:.2f}")
+        print(f"{label:18s}" + "".join(f"{c:>24s}" for c in cells))
+    r = rep["model"]
+    if "ssim_predicted" in r:
+        print(f"model reconstructions: SSIM {r['ssim_predicted']:.3f} (from measured voxels {r['ssim_measured']:.3f})")
+
+
 def _query(args) -> int:
     from napari_nrf.errors import NapariNRFError, check_output
-    from napari_nrf.models import load_model
     from napari_nrf.movie.evaluate import predict_film
     from napari_nrf.movie.volumes import save_4d
 
     check_output(args.out, [args.model, args.film], overwrite=args.overwrite)
     if not str(args.out).endswith((".nii", ".nii.gz")):
         raise NapariNRFError(f"--out {args.out}: give a .nii.gz (or .nii) file")
-    model = load_model(args.model, device=_device(args.device), kind="movie")
+    model = _load_movie_model(args.model, args.device)
     tr = model.tr if args.tr is None else args.tr
     bar, progress = _bar("query-movie")
     pred = predict_film(model, args.film, tr=tr, onset=args.onset, n_trs=args.trs, fps=args.fps, batch=args.batch,

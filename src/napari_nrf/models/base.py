@@ -63,6 +63,10 @@ outside a kind's own module probes a model with ``getattr``/``hasattr`` or its `
     One line about a subject for the model card (default: its voxel count).
 ``delay`` (0)
     TRs between an input and the response ``predict`` gives for it (the movie kind's).
+``context`` (0)
+    TRs of earlier film chunks a prediction reads: chunks given in one batch are taken as
+    consecutive TRs, so a caller streaming a film passes this many earlier chunks first
+    (the movie-features kind's learned haemodynamic response).
 ``concurrent_fits`` (True)
     Training draws nothing from torch's global generator, so threads may fit several
     models of this kind at once (finetuning an ensemble's bases on several devices).
@@ -260,6 +264,7 @@ class EncodingModel(nn.Module):
     per_subject_parameters = False  # a new subject needs its own parameters (add_subject)
     has_decoder = False  # decode(responses) reconstructs the input
     delay = 0  # TRs between an input and the response predicted for it
+    context = 0  # TRs of earlier chunks a prediction reads (consecutive chunks in a batch)
     concurrent_fits = True  # training draws nothing from torch's global generator (threads may fit several)
     splits_batches = True  # data-parallel ranks may each take a share of a batch (see the module doc)
     inputs = "images"  # "images" (backbone features) or "frames" (film chunks per TR)

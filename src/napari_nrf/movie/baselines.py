@@ -93,7 +93,7 @@ def evaluate_static(model, ds: MovieDataset, delay: int = 4, split: str = "test"
         pairs[name] = (predict_set(model, feats, rs, rows), rs.get_responses(rows))
     if not pairs:
         raise MovieError(f"no film of the data set has {split} TRs after the {delay}-TR delay")
-    out = score_films(ds, pairs, n_perm, seed, return_r=return_r)
+    out = score_films(ds, pairs, n_perm, seed, return_r=return_r, voxels=voxels)
     out.update({"delay": int(delay), "split": split, "kind": model.kind, "frame": "middle"})
     return out
 

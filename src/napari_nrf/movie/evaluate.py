@@ -33,19 +33,23 @@ def voxel_pearson(pred, true) -> np.ndarray:
 def predict_chunks(model, chunks, batch: int = 16, progress=None, cancel=None) -> np.ndarray:
     """Responses (T, V) float32 of ``model`` to ``chunks`` (T, F, S, S, 3) (an array, an
     h5py dataset or a lazy view), ``batch`` chunks at a time (never the whole film in
-    memory beyond one batch of frames and the (T, V) output)."""
+    memory beyond one batch of frames and the (T, V) output). For a model with
+    ``context`` the chunks are consecutive TRs of one film: each batch is given the
+    ``context`` chunks before it."""
     from napari_nrf.errors import Cancelled
 
     was = model.training
     model.eval()
     n = len(chunks)
     out = None
+    ctx = int(model.context)  # a model with history reads the chunks before each batch too
     try:
         for s in range(0, n, batch):
             if cancel is not None and cancel():
                 raise Cancelled("prediction cancelled")
-            fr = np.asarray(chunks[s:s + batch])
-            p = model.predict({"frames": torch.as_tensor(fr)}).float().cpu().numpy()
+            lo = max(0, s - ctx)
+            fr = np.asarray(chunks[lo:s + batch])
+            p = model.predict({"frames": torch.as_tensor(fr)}).float().cpu().numpy()[s - lo:]
             if out is None:
                 out = np.empty((n, p.shape[1]), np.float32)
             out[s:s + len(p)] = p
@@ -87,19 +91,26 @@ def predict_film(model, source, *, tr: float | None = None, onset: float = 0.0, 
     total = n_trs or n_chunks(film_info(source, fps), tr, onset)
     it = iter_chunks(source, tr=tr, frames_per_tr=model.frames_per_tr, size=model.frame_size, onset=onset,
                      n_trs=n_trs, fps=fps)
-    parts, buf, done = [], [], 0
+    parts, buf, done, prev = [], [], 0, []
+    ctx = int(model.context)  # chunks of the previous batch a model with history reads
+
+    def run(chunks):
+        p = predict_chunks(model, np.stack(prev + chunks), len(prev) + batch, cancel=cancel)[len(prev):]
+        return p, chunks[max(0, len(chunks) - ctx):] if ctx else []
+
     for chunk in it:
         buf.append(chunk)
         if middle_frames is not None:
             middle_frames.append(chunk[len(chunk) // 2].copy())
         if len(buf) == batch:
-            parts.append(predict_chunks(model, np.stack(buf), batch, cancel=cancel))
+            p, prev = run(buf)
+            parts.append(p)
             done += len(buf)
             buf = []
             if progress is not None:
                 progress(done, total)
     if buf:
-        parts.append(predict_chunks(model, np.stack(buf), batch, cancel=cancel))
+        parts.append(run(buf)[0])
         if progress is not None:
             progress(total, total)
     p = np.concatenate(parts)
@@ -188,7 +199,9 @@ def evaluate_movie(model, ds: MovieDataset, split: str = "test", n_perm: int = 1
         rows = np.flatnonzero(rs.split == want)
         if len(rows) < 3:
             continue
-        pred = predict_chunks(model, rs.images[rows], batch)
+        # a model with history reads the film's earlier chunks: predict every TR, keep the rows
+        pred = predict_chunks(model, rs.images, batch)[rows] if model.context else \
+            predict_chunks(model, rs.images[rows], batch)
         true = rs.get_responses(rows)
         if pred.shape[1] != true.shape[1]:
             raise MovieError(f"the model predicts {pred.shape[1]} voxels, the data set has {true.shape[1]}")
@@ -197,7 +210,7 @@ def evaluate_movie(model, ds: MovieDataset, split: str = "test", n_perm: int = 1
             mids.append(np.asarray(rs.images[rows])[:, ds.frames_per_tr // 2])
     if not pairs:
         raise MovieError(f"no film of the data set has {split} TRs after the {d}-TR delay")
-    out = score_films(ds, pairs, n_perm, seed, return_r=return_r)
+    out = score_films(ds, pairs, n_perm, seed, return_r=return_r, voxels=voxels)
     out.update({"delay": d, "split": split})
     P = np.concatenate([p for p, _ in pairs.values()])
     Y = np.concatenate([y for _, y in pairs.values()])
@@ -208,24 +221,50 @@ def evaluate_movie(model, ds: MovieDataset, split: str = "test", n_perm: int = 1
     return out
 
 
-def score_films(ds: MovieDataset, pairs: dict, n_perm: int = 0, seed: int = 0, return_r: bool = False) -> dict:
+def score_films(ds: MovieDataset, pairs: dict, n_perm: int = 0, seed: int = 0, return_r: bool = False,
+                voxels=None) -> dict:
     """The movie report from per-film (predicted, measured) (T_f, V) pairs of ``ds``'s
     films: {"films": {name: summary}, "pooled": all films' rows, "held_out_film": the
     held-out film's rows (or None), "segments": the other films' rows (or None)}; a summary
     has n_trs, median/mean r over voxels (Pearson over TRs), median R^2, the calibration
     slope (pooled over voxels, 1 = the data's units), mean spatial r per TR and, with
     ``n_perm``, the fraction of voxels with permutation p < 0.05. ``return_r`` adds the
-    per-voxel r of the pooled rows. The one scoring of movie models and their baselines."""
+    per-voxel r of the pooled rows. "by_roi": per labelled region of ``ds`` (``voxels``:
+    the data set's voxel indices of the pairs' columns, default all), median r, median
+    R^2 and slope over the pooled rows. The one scoring of movie models and their baselines."""
     per = {name: _summary(p, y, n_perm, seed)[0] for name, (p, y) in pairs.items()}
     P = np.concatenate([p for p, _ in pairs.values()])
     Y = np.concatenate([y for _, y in pairs.values()])
     H = np.concatenate([np.full(len(p), name == ds.held_out) for name, (p, _) in pairs.items()])
     out = {"films": per}
     out["pooled"], r = _summary(P, Y, n_perm, seed)
+    out["by_roi"] = roi_summaries(ds, P, Y, voxels)
     out["held_out_film"] = _summary(P[H], Y[H], n_perm, seed)[0] if H.sum() >= 3 else None
     out["segments"] = _summary(P[~H], Y[~H], n_perm, seed)[0] if (~H).sum() >= 3 else None
     if return_r:
         out["r"] = r
+    return out
+
+
+def roi_summaries(ds: MovieDataset, P: np.ndarray, Y: np.ndarray, voxels=None) -> dict:
+    """{region name: {"n_voxels", "median_r", "median_r2", "calibration_slope"}} over the
+    rows of (predicted, measured) (T, V) for each labelled region of ``ds`` among the
+    voxels ``voxels`` (the data set's indices of the columns; default all)."""
+    from napari_nrf.evaluate import calibration_slope
+    from napari_nrf.train import voxel_r2
+
+    roi = ds.roi if voxels is None else ds.roi[np.asarray(voxels)]
+    if len(roi) != P.shape[1]:
+        return {}
+    r, r2 = voxel_pearson(P, Y), voxel_r2(P, Y)
+    out = {}
+    for lab in np.unique(roi):
+        if lab == 0:
+            continue
+        m = roi == lab
+        out[str(ds.roi_names.get(int(lab), int(lab)))] = {
+            "n_voxels": int(m.sum()), "median_r": float(np.nanmedian(r[m])), "median_r2": float(np.nanmedian(r2[m])),
+            "calibration_slope": calibration_slope(P[:, m], Y[:, m])}
     return out
 
 
@@ -288,7 +327,7 @@ def fir_ridge(ds: MovieDataset, delays=(1, 2, 3, 4), features: str = "efficientn
     from napari_nrf.data.responseset import SPLITS
 
     vox = slice(None) if voxels is None else np.asarray(voxels)
-    Xs, Ys, Ss, names = [], [], [], []
+    Xs, Ys, Ss, names, fid = [], [], [], [], []
     for name in ds.film_names:
         key = (name, features)
         if feature_cache is not None and key in feature_cache:
@@ -303,18 +342,19 @@ def fir_ridge(ds: MovieDataset, delays=(1, 2, 3, 4), features: str = "efficientn
         sp[: max(delays)] = 255  # no full history before the longest delay
         Ss.append(sp)
         names.append(np.full(len(X), name == ds.held_out))
+        fid.append(np.full(len(X), len(fid)))
     X, Y, S, H = np.concatenate(Xs), np.concatenate(Ys), np.concatenate(Ss), np.concatenate(names)
+    fid = np.concatenate(fid)
     tr = (S == 0) | (S == 1)
     te = S == SPLITS[split]
     mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
     Xz = (X - mu) / sd
     model = RidgeCV(alphas=np.logspace(0, 6, 13), alpha_per_target=True).fit(Xz[tr], Y[tr])
     P = model.predict(Xz[te]).astype(np.float32)
-    Yt, Ht = Y[te], H[te]
-    out = {"delays": list(delays), "features": features, "split": split}
-    out["pooled"], _ = _summary(P, Yt, n_perm, seed)
-    out["held_out_film"] = _summary(P[Ht], Yt[Ht], n_perm, seed)[0] if Ht.sum() >= 3 else None
-    out["segments"] = _summary(P[~Ht], Yt[~Ht], n_perm, seed)[0] if (~Ht).sum() >= 3 else None
+    Yt, Ft = Y[te], fid[te]
+    pairs = {name: (P[Ft == i], Yt[Ft == i]) for i, name in enumerate(ds.film_names) if (Ft == i).sum() >= 3}
+    out = score_films(ds, pairs, n_perm, seed, voxels=voxels)
+    out.update({"delays": list(delays), "features": features, "split": split})
     return out
 
 
