@@ -146,6 +146,9 @@ def test_every_fittable_kind_gets_a_gain_that_survives_its_bundle(kind, tmp_path
     hist = fit(model, [rs], features=[f], epochs=1, steps_per_epoch=2, batch_images=8, batch_voxels=30)
     val = rs.indices("val")
     fv = {k: np.asarray(v)[val] for k, v in f.items()}
+    if model.own_calibration:  # the kind fits its own gain (whole films): the loop says so and fits none
+        assert model.calibration is None and "own gain" in hist.calibration["skipped"]
+        return
     if model.calibration is None:  # two steps learnt nothing (the tiny film): it says so, gain 1
         assert "no calibration" in hist.calibration["reason"]
         p = predict_set(model, fv, rs)

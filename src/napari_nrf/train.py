@@ -535,7 +535,10 @@ def fit(model, train_sets, val_sets=None, *, epochs: int | None = NRF_FIT.epochs
         model.load_state_dict(best_state)
     model.training_history = list(hist.records)  # saved beside the bundle (napari_nrf.history)
     # The gain that puts the kept state in the data's units, on the validation split.
-    hist.calibration = fit_calibration(model, val_sets, va_feats, va_rows)
+    if model.own_calibration:  # e.g. a film model whose gain needs whole films, not validation rows
+        hist.calibration = {"skipped": f"the {model.kind} kind fits its own gain"}
+    else:
+        hist.calibration = fit_calibration(model, val_sets, va_feats, va_rows)
     if old_cal is not None and trainable is not None:
         # A partial fit (one subject's own parameters): the other subjects keep their gains
         # (and all of them the old ones when no new gain could be fitted).

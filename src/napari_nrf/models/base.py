@@ -265,6 +265,7 @@ class EncodingModel(nn.Module):
     has_decoder = False  # decode(responses) reconstructs the input
     delay = 0  # TRs between an input and the response predicted for it
     context = 0  # TRs of earlier chunks a prediction reads (consecutive chunks in a batch)
+    own_calibration = False  # the kind puts its outputs in the data's units itself: no generic validation gain
     concurrent_fits = True  # training draws nothing from torch's global generator (threads may fit several)
     splits_batches = True  # data-parallel ranks may each take a share of a batch (see the module doc)
     inputs = "images"  # "images" (backbone features) or "frames" (film chunks per TR)

@@ -105,6 +105,7 @@ class MovieFeatureEncoder(EncodingModel):
     inputs = "frames"
     splits_batches = False  # dropout: every rank computes the whole batch
     delay = 0
+    own_calibration = True  # its per-voxel gain is fitted out of sample on whole films (fit_gain)
 
     def __init__(self, n_voxels: int, subject: str = "group", frames_per_tr: int = 8, frame_size: int = 112,
                  features: str = "efficientnet-lite0", frames_used: int = 2, feature_size: int = 112,
