@@ -840,17 +840,3 @@ def coverage_mask(voxel_sets, grid: "Grid", cancel=None) -> np.ndarray:
     keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
     mask.reshape(-1)[keep] = True
     return mask
-    tree = cKDTree(xyz)
-    r = 0.5 * float(np.sqrt(3)) * grid.resolution
-    if len(xyz) > 1:
-        sample = xyz[:: max(1, len(xyz) // 2000)]
-        d, _ = tree.query(sample, k=2)
-        r = max(r, min(float(np.median(d[:, 1])), 6.0))
-    brain = brain_mask(grid)
-    flat = np.flatnonzero(brain)
-    pts = grid.coords(brain)  # (n, 3) mm, in the order of ``flat``
-    near = np.all((pts >= xyz.min(0) - r) & (pts <= xyz.max(0) + r), axis=1)  # cheap box first
-    d, _ = tree.query(pts[near], k=1, distance_upper_bound=r + 1e-6)
-    keep = flat[near][np.isfinite(d)]
-    mask.reshape(-1)[keep] = True
-    return mask
