@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_nrf import calibration
+
 # efficientnet-lite0's features (name -> shape without batch): what example() models read.
 FEATURE_SHAPES = {"s8": (784, 40), "s16": (196, 112), "s32": (49, 320), "embedding": (1280,)}
 FIT = dict(epochs=2, batch_images=8, batch_voxels=30, lr=1e-3, seed=3, val_every=1, patience=100)
@@ -364,9 +366,14 @@ def check_two_ranks(kind, base, tmp):
     assert a.keys() == b.keys()
     # an attention key's bias gets a zero gradient in exact arithmetic (the softmax ignores
     # a shift shared by all keys): pure rounding noise, which Adam turns into steps of lr
-    diff = max((float((a[k].float() - b[k].float()).abs().max()) for k in a if not k.endswith(".key.bias")),
-               default=0.0)
+    # the validation gain (napari_nrf.calibration) is a ratio of sums over the predictions:
+    # fitted after training, it amplifies the weights' rounding, so it gets a relative check
+    cal = {k for k in a if k.startswith(calibration.TENSOR_PREFIX)}
+    diff = max((float((a[k].float() - b[k].float()).abs().max()) for k in a
+                if not k.endswith(".key.bias") and k not in cal), default=0.0)
     assert diff <= RANK_TOL, f"{kind}: two ranks differ from one by {diff:.2e}"
+    for k in cal:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-3, atol=1e-4, err_msg=f"{kind}: {k}")
     curves = [[r["train_loss"] for r in json.loads((Path(tmp) / d / "history.json").read_text())["records"]]
               for d in ("one", "two")]
     np.testing.assert_allclose(curves[0], curves[1], atol=1e-4, rtol=0)
