@@ -1,7 +1,8 @@
 """How long the default Rest2Visual (preset "field") trains on this CPU: the CPU time per
 optimiser step of the default fit (NRF_FIT: 32 images x 2000 voxels per step, the
 efficientnet-lite0 token maps and embedding), times the default schedule of 6 subjects x
-300 images (train.default_steps of their training images), plus the backbone's features.
+300 images (train.default_steps of their training images), next to the image-only NRF's
+default on the same data (the backbone's features come on top, once per image).
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/rest2visual_field_speed.py
 
@@ -45,11 +46,19 @@ def main(n_subjects: int = 6, n_images: int = 300, n_voxels: int = 3000, probe_s
         feats.append(f)
     n_train = int(sum((rs.split == 0).sum() for rs in sets))
     steps = default_steps(n_train)
+    from napari_nrf.models.nrf import build_nrf
+    from napari_nrf.train import fit
+
     t0 = time.process_time()
     train_rest2visual(sets, preset="field", feature_shapes=SHAPES, features=feats, steps=probe_steps, patience=100000)
     per_step = (time.process_time() - t0) / probe_steps
+    t0 = time.process_time()  # the image-only NRF at its default, on the same data
+    fit(build_nrf("efficientnet-lite0", "demo", feature_shapes=SHAPES), sets, features=feats, steps=probe_steps,
+        patience=100000)
+    nrf_step = (time.process_time() - t0) / probe_steps
     out = {"n_train_images": n_train, "default_steps": steps, "cpu_s_per_step": per_step,
-           "estimated_minutes": per_step * steps / 60}
+           "estimated_minutes": per_step * steps / 60, "nrf_cpu_s_per_step": nrf_step,
+           "nrf_estimated_minutes": nrf_step * steps / 60}
     print(out)
     return out
 

@@ -351,9 +351,11 @@ def main(argv=None):
 
 # ---- issue 31: the field design against the image-only NRF (targets of the issue) -----------
 FIELD_FULL = dict(n_subjects=8, n_train=6, n_images=120, n_shared=32, max_voxels=3000, image_size=64, n_sessions=2,
-                  n_volumes=300, seed=0, displacement_mm=12.0, steps=None, preset="field")
+                  n_volumes=300, seed=0, displacement_mm=12.0, steps=None, preset="field", from_nrf=True,
+                  field_steps=None)
 FIELD_TINY = dict(n_subjects=3, n_train=2, n_images=14, n_shared=5, max_voxels=300, image_size=32, n_sessions=1,
-                  n_volumes=60, seed=0, displacement_mm=12.0, steps=3, preset="field-tiny")
+                  n_volumes=60, seed=0, displacement_mm=12.0, steps=3, preset="field-tiny", from_nrf=True,
+                  field_steps=3)
 
 
 def individual_scores(P: np.ndarray, T: np.ndarray, seen) -> dict:
@@ -382,9 +384,12 @@ def individual_scores(P: np.ndarray, T: np.ndarray, seen) -> dict:
 
 
 def field_run(cfg: dict, cache=None, log=print) -> dict:
-    """The stimulus-only NRF (its default schedule) against the field Rest2Visual (the same
-    schedule, ``cfg["preset"]``) and the same model on the control population, all on the
-    same subjects, images and features; scored at the common points against the truth."""
+    """The stimulus-only NRF (its default schedule, ``steps`` None) against the field
+    Rest2Visual (``cfg["preset"]``) and the same model on the control population, all on the
+    same subjects, images and features; scored at the common points against the truth.
+    With ``from_nrf`` the field's trunk starts from that trained NRF (the issue's "start
+    from the shared image field") and trains ``field_steps`` more (default: ``steps``);
+    the control gets exactly the same, so extra training alone shows there."""
     from napari_nrf.models.nrf import build_nrf
     from napari_nrf.recipes import train_rest2visual
     from napari_nrf.rest2visual_eval import common_points, predict_at, shared_rows, truth_at_points
@@ -428,9 +433,10 @@ def field_run(cfg: dict, cache=None, log=print) -> dict:
     score("NRF", np.stack([predict_at(nrf, f, xyz) for f in fs]))
     for name, ss in (("Rest2Visual field", sets), ("control", control)):
         t = time.perf_counter()
+        st = cfg.get("field_steps") or cfg["steps"] if cfg.get("from_nrf") else cfg["steps"]
         model, _ = train_rest2visual(ss[:k], preset=cfg["preset"], feature_shapes=shapes, token_maps={},
-                                     features=feats[:k], steps=cfg["steps"], seed=cfg["seed"],
-                                     model_config=cfg.get("model_config"))
+                                     features=feats[:k], steps=st, seed=cfg["seed"],
+                                     model_config=cfg.get("model_config"), base=nrf if cfg.get("from_nrf") else None)
         for rs in ss[k:]:  # unseen people: their rest maps only
             model.add_subject(rs.subject, rs.rest_maps, rs.rest_grid)
         secs[name] = time.perf_counter() - t

@@ -132,3 +132,21 @@ def test_new_person_bundle_query_engine_and_old_bundles(trained, tmp_path):
     unet = build_rest2visual(preset="tiny", feature_shapes=SHAPES)
     unet.add_subject("sub-01", sets[0].rest_maps, sets[0].rest_grid)
     assert load_model(unet.save(tmp_path / "u.safetensors")).kind == "rest2visual"
+
+
+def test_start_from_a_trained_image_only_nrf():
+    """--base: the trunk is a copy of an image-only NRF of the same size; another size is
+    refused in one line naming what differs."""
+    from napari_nrf.models.nrf import build_nrf
+    from napari_nrf.models.rest2visual import Rest2VisualError
+    from napari_nrf.models.rest2visual_field import build_rest2visual_field
+
+    sets, feats, _ = two_people(n=16)
+    model = build_rest2visual_field(preset="field-tiny", feature_shapes=SHAPES, token_maps={})
+    nrf = build_nrf("efficientnet-lite0", "tiny", feature_shapes=SHAPES, token_maps={}, seed=5)
+    model.copy_trunk(nrf)
+    f = {k: torch.from_numpy(v[:2]) for k, v in feats[0].items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model.field.predict(f, coords=sets[0].coords), nrf.predict(f, coords=sets[0].coords))
+    with pytest.raises(Rest2VisualError, match="differs from the field's trunk in .*width"):
+        model.copy_trunk(build_nrf("efficientnet-lite0", "demo", feature_shapes=SHAPES, token_maps={}))

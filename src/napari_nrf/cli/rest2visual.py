@@ -79,6 +79,9 @@ def register(sub) -> None:
     p.add_argument("--ablate", choices=["none", "stimulus", "rest"], default="none",
                    help="U-Net presets only: the paper's ablations, Gaussian noise for the stimulus (ns-stim) or "
                         "the rest map (ns-fmri) (default: none)")
+    p.add_argument("--base", help="field presets: start the shared field from this trained image-only NRF bundle "
+                                  "(napari-nrf train on the same subjects, the same backbone and size: demo for "
+                                  "field) and train the person's term on top (default: none, all from scratch)")
     add_fit_args(p, REST2VISUAL_FIELD_FIT)
     p.set_defaults(func=_train)
 
@@ -189,9 +192,15 @@ def _train(args) -> int:
     cfg = {"ablate": args.ablate} if args.preset in PRESETS else {}
     if args.resolution is not None:
         cfg["resolution"] = args.resolution
+    base = None
+    if args.base:
+        from napari_nrf.models import load_model
+
+        base = load_model(args.base, kind="nrf")
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     bars = TrainingBars("training")
     model, hist = train_rest2visual(sets, backbone=args.backbone, preset=args.preset, out=out, model_config=cfg,
+                                    base=base,
                                     **FitSettings.from_args(args, REST2VISUAL_FIT if args.preset in PRESETS
                                                            else REST2VISUAL_FIELD_FIT).to_kwargs(), checkpoint_dir=ck,
                                     resume=not args.no_resume, feature_cache=_cache(args.cache),

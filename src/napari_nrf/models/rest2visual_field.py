@@ -66,6 +66,7 @@ class Rest2VisualField(Rest2Visual):
     displacement : add the coordinate-displacement head
     disp_width : its hidden width
     rest_lr_scale : learning-rate multiplier of the individual term (rest_proj, disp)
+    rest_input : add ``W_rest rho`` to the first layer (False: the displacement alone)
     """
 
     kind = "rest2visual-field"
@@ -73,7 +74,7 @@ class Rest2VisualField(Rest2Visual):
 
     def __init__(self, trunk: dict, grid_shape, grid_origin, grid_zooms, stencil_mm=(6.0, 12.0),
                  smooth_mm: float = 6.0, displacement: bool = True, disp_width: int = 32,
-                 rest_lr_scale: float = 10.0):
+                 rest_lr_scale: float = 10.0, rest_input: bool = True):
         EncodingModel.__init__(self)  # not the U-Net's layers: only its rest-map storage is shared
         self.grid = space.Grid(tuple(int(s) for s in grid_shape), np.asarray(grid_origin, float),
                                np.asarray(grid_zooms, float))
@@ -82,7 +83,7 @@ class Rest2VisualField(Rest2Visual):
         self.stencil_mm = [float(v) for v in stencil_mm]
         self.smooth_mm = float(smooth_mm)
         self.displacement, self.disp_width = bool(displacement), int(disp_width)
-        self.rest_lr_scale = float(rest_lr_scale)
+        self.rest_lr_scale, self.rest_input = float(rest_lr_scale), bool(rest_input)
         self.ablate, self.embed_dim = "none", 0
         self.n_rest = 14
         self.rest_proj = nn.Linear(self.n_rest, self.field.width, bias=False)
@@ -126,7 +127,8 @@ class Rest2VisualField(Rest2Visual):
         return {"trunk": self.trunk_config, "grid_shape": list(self.grid.shape),
                 "grid_origin": [float(v) for v in self.grid.origin], "grid_zooms": [float(v) for v in self.grid.zooms],
                 "stencil_mm": self.stencil_mm, "smooth_mm": self.smooth_mm, "displacement": self.displacement,
-                "disp_width": self.disp_width, "rest_lr_scale": self.rest_lr_scale}
+                "disp_width": self.disp_width, "rest_lr_scale": self.rest_lr_scale,
+                "rest_input": self.rest_input}
 
     @property
     def feature_shapes(self) -> dict:
@@ -158,8 +160,12 @@ class Rest2VisualField(Rest2Visual):
 
     def copy_trunk(self, nrf: NRF) -> None:
         """Start from a trained image-only NRF of the same configuration."""
-        if nrf.config() != self.field.config():
-            raise Rest2VisualError("the NRF's configuration differs from the trunk's")
+        a, b = nrf.config(), self.field.config()
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff or nrf.backbone_name != self.backbone_name:
+            what = ", ".join(diff) if diff else f"backbone {nrf.backbone_name!r} vs {self.backbone_name!r}"
+            raise Rest2VisualError(f"the base NRF differs from the field's trunk in {what}: train it with the "
+                                   "same backbone and size (demo for the preset field)")
         self.field.load_state_dict(nrf.state_dict())
 
     # ---- the individual term --------------------------------------------------------------
@@ -206,7 +212,8 @@ class Rest2VisualField(Rest2Visual):
         rho = self.rest_features(subject, xyz)
         if self.displacement:  # minus the head at rho = 0: no displacement for the population, exactly
             xyz = xyz - (self.disp(self._disp_in(rho, xyz)) - self.disp(self._disp_in(torch.zeros_like(rho), xyz)))
-        return self.field.coord_half(xyz) + self.rest_proj(rho)
+        h = self.field.coord_half(xyz)
+        return h + self.rest_proj(rho) if self.rest_input else h
 
     # ---- the contract -------------------------------------------------------------------------
     def predict(self, features, coords=None, voxels=None, subject=None):

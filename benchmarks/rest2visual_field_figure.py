@@ -1,0 +1,81 @@
+"""The docs figure of the field Rest2Visual (docs/images/rest2visual_field.png): for one
+person and one shared test image, axial slice z = 0 mm of their noiseless truth, the
+field Rest2Visual's prediction, the image-only NRF's and the difference (field minus
+NRF), each model read as a field on a 2 mm grid of grey matter in the visual box.
+
+    PYTHONPATH=src python benchmarks/rest2visual_field_figure.py FIELD.safetensors NRF.safetensors \\
+        sub-07.h5 --features FEATS.npy --index 6 --out docs/images/rest2visual_field.png
+
+``--features``: the (subjects, images, 1280) efficientnet-lite0 embeddings the models were
+trained with (else they are computed from the set's images); ``--index`` the person's row.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def main(argv=None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from napari_nrf import space
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.models import load_model
+    from napari_nrf.rest2visual_eval import predict_at
+    from napari_nrf.simulate.subjects import truth_at
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("field")
+    ap.add_argument("nrf")
+    ap.add_argument("data")
+    ap.add_argument("--features", default=None, help="embeddings .npy (default: computed)")
+    ap.add_argument("--index", type=int, default=0, help="the person's row in --features (default: 0)")
+    ap.add_argument("--out", default="rest2visual_field.png", help="figure (default: %(default)s)")
+    a = ap.parse_args(argv)
+    field, nrf, rs = load_model(a.field), load_model(a.nrf), ResponseSet.load(a.data)
+    if rs.subject not in field.rest_maps:
+        field.add_subject(rs.subject, rs.rest_maps, rs.rest_grid)
+    rows = rs.indices("test")
+    if a.features:
+        emb = np.load(a.features)[a.index][rows]
+    else:
+        from napari_nrf.train import set_features
+
+        emb = np.asarray(set_features(nrf, rs, rows=rows)["embedding"])
+    g = space.Grid.from_extent(2.0, [-72, -112, 0], [72, -28, 0])
+    keep = space.gm_probability(g).ravel() >= 0.3
+    xyz = g.coords(np.ones(g.shape, bool))[keep]
+    truth = truth_at(rs, xyz, rows)
+    k = int(np.argmax(truth.std(1)))
+    f = {"embedding": emb[k:k + 1]}
+    z = lambda v: (v - v.mean()) / (v.std() + 1e-9)  # noqa: E731
+    p = predict_at(field, f, xyz, rs.subject)[0]
+    q = predict_at(nrf, f, xyz)[0]
+    t = truth[k]
+    r = lambda u, v: float(np.corrcoef(u, v)[0, 1])  # noqa: E731
+    panels = [(f"{rs.subject}'s truth", z(t)), (f"Rest2Visual field (r {r(p, t):.2f})", z(p)),
+              (f"image-only NRF (r {r(q, t):.2f})", z(q)), ("field - NRF", z(p) - z(q))]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.0))
+    for ax, (title, v) in zip(axes, panels):
+        vol = np.full(g.n_points, np.nan)
+        vol[keep] = v
+        sl = vol.reshape(g.shape)[..., 0]
+        lim = np.nanpercentile(np.abs(sl), 99) or 1.0
+        ax.imshow(sl.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                  extent=[g.origin[0], g.extent[1][0], g.origin[1], g.extent[1][1]])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("x (mm)")
+    axes[0].set_ylabel("y (mm)")
+    fig.suptitle(f"{rs.subject}, test image {int(rs.image_ids[rows[k]])}, z = 0 mm, maps z-scored", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+    print(f"{a.out}: field r {r(p, t):.3f}, NRF r {r(q, t):.3f} to {rs.subject}'s truth")
+
+
+if __name__ == "__main__":
+    main()
