@@ -13,16 +13,13 @@ trained with (else they are computed from the set's images); ``--index`` the per
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
 
 def main(argv=None):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from napari_nrf import space
     from napari_nrf.data.responseset import ResponseSet
     from napari_nrf.models import load_model
@@ -60,20 +57,11 @@ def main(argv=None):
     r = lambda u, v: float(np.corrcoef(u, v)[0, 1])  # noqa: E731
     panels = [(f"{rs.subject}'s truth", z(t)), (f"Rest2Visual field (r {r(p, t):.2f})", z(p)),
               (f"image-only NRF (r {r(q, t):.2f})", z(q)), ("field - NRF", z(p) - z(q))]
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.0))
-    for ax, (title, v) in zip(axes, panels):
-        vol = np.full(g.n_points, np.nan)
-        vol[keep] = v
-        sl = vol.reshape(g.shape)[..., 0]
-        lim = np.nanpercentile(np.abs(sl), 99) or 1.0
-        ax.imshow(sl.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
-                  extent=[g.origin[0], g.extent[1][0], g.origin[1], g.extent[1][1]])
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("x (mm)")
-    axes[0].set_ylabel("y (mm)")
-    fig.suptitle(f"{rs.subject}, test image {int(rs.image_ids[rows[k]])}, z = 0 mm, maps z-scored", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from rest2visual import draw_slices  # the example's figure, the same drawing
+
+    draw_slices(panels, g, keep, f"{rs.subject}, test image {int(rs.image_ids[rows[k]])}, z = 0 mm, maps z-scored",
+                a.out)
     print(f"{a.out}: field r {r(p, t):.3f}, NRF r {r(q, t):.3f} to {rs.subject}'s truth")
 
 

@@ -219,18 +219,26 @@ def displacement_sweep(displacements, n_subjects: int = 6, n_images: int = 32, s
     return out
 
 
-def run(cfg: dict, cache=None, log=print) -> dict:
-    from napari_nrf.rest2visual_eval import common_points, shared_rows, truth_at_points
+def simulate_both(cfg: dict):
+    """The subjects of ``cfg`` with their rest maps, and the control population (the same
+    subjects, rest runs from the template layout)."""
     from napari_nrf.simulate.rest import add_rest_maps, simulate_with_rest
-    from napari_nrf.train import predict_set
 
-    t0 = time.perf_counter()
     sets = simulate_with_rest(n_subjects=cfg["n_subjects"], n_images=cfg["n_images"], seed=cfg["seed"],
                               max_voxels=cfg["max_voxels"], image_size=cfg["image_size"], n_shared=cfg["n_shared"],
                               n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
                               displacement_mm=cfg["displacement_mm"])
     control = add_rest_maps([rs.subset() for rs in sets], n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
                             control=True)
+    return sets, control
+
+
+def run(cfg: dict, cache=None, log=print) -> dict:
+    from napari_nrf.rest2visual_eval import common_points, shared_rows, truth_at_points
+    from napari_nrf.train import predict_set
+
+    t0 = time.perf_counter()
+    sets, control = simulate_both(cfg)
     log(f"simulated {len(sets)} subjects with rest maps in {time.perf_counter() - t0:.0f} s")
     feats = _features(sets, cache)
     k = cfg["n_train"]
@@ -393,16 +401,10 @@ def field_run(cfg: dict, cache=None, log=print) -> dict:
     from napari_nrf.models.nrf import build_nrf
     from napari_nrf.recipes import train_rest2visual
     from napari_nrf.rest2visual_eval import common_points, predict_at, shared_rows, truth_at_points
-    from napari_nrf.simulate.rest import add_rest_maps, simulate_with_rest
     from napari_nrf.train import fit
 
     t0 = time.perf_counter()
-    sets = simulate_with_rest(n_subjects=cfg["n_subjects"], n_images=cfg["n_images"], seed=cfg["seed"],
-                              max_voxels=cfg["max_voxels"], image_size=cfg["image_size"], n_shared=cfg["n_shared"],
-                              n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
-                              displacement_mm=cfg["displacement_mm"])
-    control = add_rest_maps([rs.subset() for rs in sets], n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
-                            control=True)
+    sets, control = simulate_both(cfg)
     log(f"simulated {len(sets)} subjects ({cfg['displacement_mm']} mm, seed {cfg['seed']}) in "
         f"{time.perf_counter() - t0:.0f} s")
     feats = _features(sets, cache)

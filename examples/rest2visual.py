@@ -72,11 +72,6 @@ def main() -> int:
 
 
 def _figure(model, rs, name, rows, feats, true, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from napari_nrf import space
     from napari_nrf.models.rest2visual import POPULATION
     from napari_nrf.rest2visual_eval import predict_at
@@ -94,19 +89,30 @@ def _figure(model, rs, name, rows, feats, true, path):
     r = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
     panels = [(f"{rs.subject}'s truth", truth), (f"Rest2Visual (r {r(pred, truth):.2f})", pred),
               (f"image-only field (r {r(shared, truth):.2f})", shared), ("Rest2Visual - image-only", pred - shared)]
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.0))
-    for ax, (title, v) in zip(axes, panels):
+    draw_slices(panels, g, keep, f"{rs.subject} (new to the model, added from a rest-map NIfTI), test image "
+                f"{int(rs.image_ids[rows[k]])}, z = 0 mm, maps z-scored", path)
+
+
+def draw_slices(panels, g, keep, title, path):
+    """One row of axial slices: ``panels`` [(title, values at the ``keep`` points of the
+    one-slice grid ``g``)], saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.0))
+    for ax, (name, v) in zip(axes, panels):
         vol = np.full(g.n_points, np.nan)
         vol[keep] = v
         sl = vol.reshape(g.shape)[..., 0]
         lim = np.nanpercentile(np.abs(sl), 99) or 1.0
         ax.imshow(sl.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
                   extent=[g.origin[0], g.extent[1][0], g.origin[1], g.extent[1][1]])
-        ax.set_title(title, fontsize=9)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("x (mm)")
     axes[0].set_ylabel("y (mm)")
-    fig.suptitle(f"{rs.subject} (new to the model, added from a rest-map NIfTI), test image "
-                 f"{int(rs.image_ids[rows[k]])}, z = 0 mm, maps z-scored", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,14 +14,6 @@ G8 = space.Grid.mni(8.0)
 SHIFT = np.array([16.0, 0.0, 0.0])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CENTRES = np.array([[-20.0, -80.0, 0.0], [20.0, -80.0, 0.0], [0.0, -60.0, 20.0]])
 
 

@@ -93,7 +93,7 @@ def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", prese
     ``extent`` the model grid's MNI box; ``fit_kwargs`` go to ``fit``. Returns (model, history).
     """
     from napari_nrf.models.rest2visual import Rest2VisualError, build_rest2visual
-    from napari_nrf.models.rest2visual_field import FIELD_PRESETS, build_rest2visual_field
+    from napari_nrf.models.rest2visual_field import FIELD_PRESETS, Rest2VisualField, build_rest2visual_field
     from napari_nrf.settings import REST2VISUAL_FIELD_FIT, REST2VISUAL_FIT
 
     sets = list(train_sets)
@@ -101,7 +101,7 @@ def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", prese
         if getattr(rs, "rest_maps", None) is None:
             raise Rest2VisualError(f"response set {rs.subject!r} has no rest maps: make them with napari-nrf rest-map "
                                    "and attach them (napari-nrf attach-rest), or simulate with --rest")
-    field = preset in FIELD_PRESETS if model is None else model.kind == "rest2visual-field"
+    field = preset in FIELD_PRESETS if model is None else isinstance(model, Rest2VisualField)
     kw = (REST2VISUAL_FIELD_FIT if field else REST2VISUAL_FIT).merged(fit_kwargs)
     if model is None and field:
         model = build_rest2visual_field(backbone, preset, feature_shapes=feature_shapes, extent=extent,

@@ -218,14 +218,8 @@ class Rest2VisualField(Rest2Visual):
     # ---- the contract -------------------------------------------------------------------------
     def predict(self, features, coords=None, voxels=None, subject=None):
         s = self._subject(subject)
-        if coords is None:
-            xyz = self.subjects.get(s) if s != POPULATION else None
-            if xyz is None or len(xyz) == 0:
-                raise self.unsupported(f"voxel indices of subject {s!r}, who has no measured voxels",
-                                       "ask at MNI points (predict(coords=))")
-            coords = xyz if voxels is None else xyz[np.asarray(voxels.cpu() if torch.is_tensor(voxels) else voxels)]
         h_img = self.field.image_half(self.field.image_code(features))
-        return self.field.head(h_img, self.point_half(s, self.coord_state(coords)))
+        return self.field.head(h_img, self.point_half(s, self.coord_state(self._points(s, coords, voxels))))
 
     def train_predict(self, features, subject, voxels, coords):
         return self.predict(features, coords=coords, subject=subject)
