@@ -154,6 +154,8 @@ class Rest2VisualField(Rest2Visual):
             m = np.nan_to_num(np.asarray(m, np.float32))
             m = m.mean(0) if m.ndim == 4 else m
             vols.append(m if grid == self.grid else space.resample(m, grid, self.grid, order=1, cval=0.0))
+        if not vols:  # no subjects yet: the reference stays 0 (the rest map itself is the feature)
+            return
         with torch.no_grad():
             self.rest_reference.copy_(torch.from_numpy(np.mean(vols, 0).astype(np.float32)))
         self._enc_cache = {}
