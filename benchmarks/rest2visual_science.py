@@ -219,18 +219,26 @@ def displacement_sweep(displacements, n_subjects: int = 6, n_images: int = 32, s
     return out
 
 
-def run(cfg: dict, cache=None, log=print) -> dict:
-    from napari_nrf.kinds.rest2visual.evaluate import common_points, shared_rows, truth_at_points
+def simulate_both(cfg: dict):
+    """The subjects of ``cfg`` with their rest maps, and the control population (the same
+    subjects, rest runs from the template layout)."""
     from napari_nrf.simulate.rest import add_rest_maps, simulate_with_rest
-    from napari_nrf.train import predict_set
 
-    t0 = time.perf_counter()
     sets = simulate_with_rest(n_subjects=cfg["n_subjects"], n_images=cfg["n_images"], seed=cfg["seed"],
                               max_voxels=cfg["max_voxels"], image_size=cfg["image_size"], n_shared=cfg["n_shared"],
                               n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
                               displacement_mm=cfg["displacement_mm"])
     control = add_rest_maps([rs.subset() for rs in sets], n_sessions=cfg["n_sessions"], n_volumes=cfg["n_volumes"],
                             control=True)
+    return sets, control
+
+
+def run(cfg: dict, cache=None, log=print) -> dict:
+    from napari_nrf.kinds.rest2visual.evaluate import common_points, shared_rows, truth_at_points
+    from napari_nrf.train import predict_set
+
+    t0 = time.perf_counter()
+    sets, control = simulate_both(cfg)
     log(f"simulated {len(sets)} subjects with rest maps in {time.perf_counter() - t0:.0f} s")
     feats = _features(sets, cache)
     k = cfg["n_train"]
@@ -348,5 +356,163 @@ def main(argv=None):
     return rep
 
 
+
+# ---- issue 31: the field design against the image-only NRF (targets of the issue) -----------
+FIELD_FULL = dict(n_subjects=8, n_train=6, n_images=120, n_shared=32, max_voxels=3000, image_size=64, n_sessions=2,
+                  n_volumes=300, seed=0, displacement_mm=12.0, steps=None, preset="field", from_nrf=True,
+                  field_steps=None)
+FIELD_TINY = dict(n_subjects=3, n_train=2, n_images=14, n_shared=5, max_voxels=300, image_size=32, n_sessions=1,
+                  n_volumes=60, seed=0, displacement_mm=12.0, steps=3, preset="field-tiny", from_nrf=True,
+                  field_steps=3)
+
+
+def individual_scores(P: np.ndarray, T: np.ndarray, seen) -> dict:
+    """Scores of predictions ``P`` against the noiseless truth ``T``, both (S, n, points), for
+    the subjects ``seen`` (indices): mean r to one's own truth and to the others', the
+    identification accuracy among all S subjects (chance 1/S), the share of the possible
+    own-minus-others gap recovered (possible: 1 minus the mean r between subjects' truths,
+    a perfect prediction's gap) and the calibration slope (truth regressed on prediction,
+    pooled; 1: the prediction is in the truth's units)."""
+    zp = np.stack([mm.zscore_rows(p) for p in P])
+    zt = np.stack([mm.zscore_rows(t) for t in T])
+    r = np.einsum("anp,bnp->nab", zp, zt) / zp.shape[2]  # (n, S, S): predicted a vs true b
+    rt = np.einsum("anp,bnp->nab", zt, zt) / zt.shape[2]
+    s = len(P)
+    off = ~np.eye(s, dtype=bool)
+    seen = np.asarray(seen)
+    own = np.array([r[:, a, a].mean() for a in seen])
+    others = np.array([r[:, a, off[a]].mean() for a in seen])
+    possible = np.array([1.0 - rt[:, a, off[a]].mean() for a in seen])
+    hits = (r[:, seen].argmax(2) == seen[None]).mean()
+    p, t = P[seen].ravel().astype(np.float64), T[seen].ravel().astype(np.float64)
+    p, t = p - p.mean(), t - t.mean()
+    return {"r_own": float(own.mean()), "r_others": float(others.mean()), "identification": float(hits),
+            "chance": 1.0 / s, "gap": float((own - others).mean()), "possible_gap": float(possible.mean()),
+            "gap_share": float((own - others).mean() / possible.mean()), "slope": float((p @ t) / (p @ p))}
+
+
+def field_run(cfg: dict, cache=None, log=print) -> dict:
+    """The stimulus-only NRF (its default schedule, ``steps`` None) against the field
+    Rest2Visual (``cfg["preset"]``) and the same model on the control population, all on the
+    same subjects, images and features; scored at the common points against the truth.
+    With ``from_nrf`` the field's trunk starts from that trained NRF (the issue's "start
+    from the shared image field") and trains ``field_steps`` more (default: ``steps``);
+    the control gets exactly the same, so extra training alone shows there."""
+    from napari_nrf.models.nrf import build_nrf
+    from napari_nrf.recipes import train_rest2visual
+    from napari_nrf.kinds.rest2visual.evaluate import common_points, predict_at, shared_rows, truth_at_points
+    from napari_nrf.train import fit
+
+    t0 = time.perf_counter()
+    sets, control = simulate_both(cfg)
+    log(f"simulated {len(sets)} subjects ({cfg['displacement_mm']} mm, seed {cfg['seed']}) in "
+        f"{time.perf_counter() - t0:.0f} s")
+    feats = _features(sets, cache)
+    k = cfg["n_train"]
+    shared = shared_rows(sets, "test")
+    xyz = common_points(4.0, cfg["seed"])
+    T = truth_at_points(sets, shared, xyz)
+    fs = [{kk: np.asarray(v)[r] for kk, v in f.items()} for f, r in zip(feats, shared)]
+    seen, unseen = list(range(k)), list(range(k, len(sets)))
+    shapes = {"embedding": (1280,)}
+    trunk = "tiny" if cfg["preset"] == "field-tiny" else "demo"
+    out, secs = {}, {}
+
+    def score(name, P):
+        out[name] = {"seen": individual_scores(P, T, seen)}
+        if unseen:
+            out[name]["unseen"] = individual_scores(P, T, unseen)
+        s = out[name]["seen"]
+        log(f"{name}: {secs.get(name, 0):.0f} s; seen r own {s['r_own']:.3f}, others {s['r_others']:.3f}, "
+            f"identification {s['identification']:.3f}, gap share {s['gap_share']:.3f}, slope {s['slope']:.2f}"
+            + (f"; unseen r own {out[name]['unseen']['r_own']:.3f}, identification "
+               f"{out[name]['unseen']['identification']:.3f}" if unseen else ""))
+
+    t = time.perf_counter()
+    nrf = build_nrf("efficientnet-lite0", trunk, feature_shapes=shapes, token_maps={}, seed=cfg["seed"])
+    fit(nrf, sets[:k], features=feats[:k], steps=cfg["steps"], seed=cfg["seed"])
+    secs["NRF"] = time.perf_counter() - t
+    score("NRF", np.stack([predict_at(nrf, f, xyz) for f in fs]))
+    for name, ss in (("Rest2Visual field", sets), ("control", control)):
+        t = time.perf_counter()
+        st = cfg.get("field_steps") or cfg["steps"] if cfg.get("from_nrf") else cfg["steps"]
+        model, _ = train_rest2visual(ss[:k], preset=cfg["preset"], feature_shapes=shapes, token_maps={},
+                                     features=feats[:k], steps=st, seed=cfg["seed"],
+                                     model_config=cfg.get("model_config"), base=nrf if cfg.get("from_nrf") else None)
+        for rs in ss[k:]:  # unseen people: their rest maps only
+            model.add_subject(rs.subject, rs.rest_maps, rs.rest_grid)
+        secs[name] = time.perf_counter() - t
+        score(name, np.stack([predict_at(model, f, xyz, rs.subject) for f, rs in zip(fs, ss)]))
+    return {"config": cfg, "results": out, "train_seconds": secs, "seconds": time.perf_counter() - t0,
+            "n_common_points": int(len(xyz))}
+
+
+def field_targets(reps: list) -> list[str]:
+    """Markdown lines: mean +- sd over the runs of ``reps`` (field_run reports of one
+    displacement) of each number the issue sets a target on, and whether it holds."""
+    def ms(f):
+        v = np.array([f(r["results"]) for r in reps], float)
+        return v.mean(), v.std(), v
+
+    rows = []
+
+    def add(label, f, ok):
+        m, s, v = ms(f)
+        rows.append(f"| {label} | {m:.3f} ± {s:.3f} | {'yes' if ok(v) else 'no'} |")
+
+    R, N, C = "Rest2Visual field", "NRF", "control"
+    add("seen: r own truth, field", lambda x: x[R]["seen"]["r_own"], lambda v: True)
+    add("seen: r own truth, NRF", lambda x: x[N]["seen"]["r_own"], lambda v: True)
+    add("seen: field - NRF (target >= 0.03)", lambda x: x[R]["seen"]["r_own"] - x[N]["seen"]["r_own"],
+        lambda v: v.mean() >= 0.03)
+    add("seen: identification (target >= 0.75)", lambda x: x[R]["seen"]["identification"],
+        lambda v: v.mean() >= 0.75)
+    add("seen: gap share (target >= 0.40)", lambda x: x[R]["seen"]["gap_share"], lambda v: v.mean() >= 0.4)
+    add("seen: calibration slope (target 0.8-1.25)", lambda x: x[R]["seen"]["slope"],
+        lambda v: 0.8 <= v.mean() <= 1.25)
+    if "unseen" in reps[0]["results"][R]:
+        add("unseen: field - NRF (target >= 0)", lambda x: x[R]["unseen"]["r_own"] - x[N]["unseen"]["r_own"],
+            lambda v: v.mean() >= 0)
+        add("unseen: identification (target > chance in each seed)", lambda x: x[R]["unseen"]["identification"],
+            lambda v: bool((v > reps[0]["results"][R]["unseen"]["chance"]).all()))
+    add("control: field - NRF, seen (target within 0.01)",
+        lambda x: x[C]["seen"]["r_own"] - x[N]["seen"]["r_own"], lambda v: abs(v.mean()) <= 0.01)
+    add("control: identification, seen (target at chance)", lambda x: x[C]["seen"]["identification"],
+        lambda v: v.mean() <= 1.5 * reps[0]["results"][C]["seen"]["chance"])
+    return ["| measure | mean ± sd over seeds | holds |", "|---|---|---|"] + rows
+
+
+def field_main(argv=None):
+    ap = argparse.ArgumentParser(description="issue 31: the field Rest2Visual against the image-only NRF")
+    ap.add_argument("--tiny", action="store_true", help="the test suite's small version (default: off)")
+    ap.add_argument("--displacements", default="8,12", help="area displacement sds in mm (default: 8,12)")
+    ap.add_argument("--seeds", default="0,1", help="population seeds (default: 0,1)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a FIELD_FULL entry, e.g. n_images=60 (default: none)")
+    ap.add_argument("--out", default=None, help="JSON report (default: none)")
+    a = ap.parse_args(argv)
+    base = dict(FIELD_TINY if a.tiny else FIELD_FULL)
+    for kv in a.set:
+        key, val = kv.split("=", 1)
+        base[key] = json.loads(val)
+    reps = {}
+    for d in [float(v) for v in a.displacements.split(",")]:
+        reps[str(d)] = []
+        for s in [int(v) for v in a.seeds.split(",")]:
+            reps[str(d)].append(field_run({**base, "displacement_mm": d, "seed": s}))
+            if a.out:
+                from napari_nrf.errors import write_text_atomic
+
+                write_text_atomic(Path(a.out), json.dumps(reps, indent=1, default=float))
+        print(f"\n### {d:g} mm\n" + "\n".join(field_targets(reps[str(d)])))
+    return reps
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--field" in sys.argv:
+        sys.argv.remove("--field")
+        field_main()
+    else:
+        main()

@@ -5,13 +5,16 @@
 
 1. virtual subjects with resting-state runs (areas displaced by 5 mm), their PCC seed maps
    made by the same code as ``napari-nrf rest-map`` (:func:`napari_nrf.data.restmap.rest_map`);
-2. one Rest2Visual model trained over all but the last subject (``train_rest2visual``,
+2. one Rest2Visual model (the default "field" design: the shared image field plus the
+   person's rest-map term) trained over all but the last subject (``train_rest2visual``,
    through the one training loop);
 3. the last subject is a new person: written as a rest-map NIfTI, added to the model from
    that file alone (no training), and their test maps are scored against their measured
    responses (spatial Pearson, MAE, SSIM, V1-V5) next to the stimulus-only prediction;
-4. a figure (axial slices at z = 0 mm): rest map, measured response to one test image,
-   Rest2Visual's prediction and the stimulus-only one (``rest2visual.png``).
+4. a figure (axial slices at z = 0 mm, the models read as fields on a 2 mm grid): the
+   person's noiseless truth for one test image, Rest2Visual's prediction, the image-only
+   prediction (the shared field: the population pseudo-subject) and their difference
+   (``rest2visual.png``).
 """
 
 import os
@@ -41,9 +44,8 @@ def main() -> int:
                               n_sessions=1 if tiny else 2, n_volumes=60 if tiny else 300)
     train, person = sets[:-1], sets[-1]
     cache = FeatureCache()
-    model, hist = train_rest2visual(train, preset="tiny" if tiny else "demo", extent=VISUAL_BOX,
-                                    model_config={} if tiny else {"channels": [4, 8, 16, 16]},
-                                    steps=3 if tiny else 300, feature_cache=cache)
+    model, hist = train_rest2visual(train, preset="field-tiny" if tiny else "field", extent=VISUAL_BOX,
+                                    steps=3 if tiny else None, feature_cache=cache)
     print(f"trained on {', '.join(rs.subject for rs in train)}: validation median r {hist.best_score:.3f}")
     path = model.save(out / "rest2visual.safetensors")
     # the new person: their rest map as a file, then the model needs nothing else
@@ -64,37 +66,53 @@ def main() -> int:
         v = mm.score_maps(p[:, roi], true[:, roi], person.coords[roi]) if roi.sum() >= 10 else s
         print(f"{label:32s} Pearson {s['pearson']:.3f}  MAE {s['mae']:.3f}  SSIM {s['ssim']:.3f}  "
               f"V1-V5 Pearson {v['pearson']:.3f}")
-    _figure(person, rows, pred, ref, true, out / "rest2visual.png")
+    _figure(model, person, name, rows, feats, true, out / "rest2visual.png")
     print(f"saved {path}, {rmap} and {out / 'rest2visual.png'}")
     return 0
 
 
-def _figure(rs, rows, pred, ref, true, path):
+def _figure(model, rs, name, rows, feats, true, path):
+    from napari_nrf import space
+    from napari_nrf.models.rest2visual import POPULATION
+    from napari_nrf.kinds.rest2visual.evaluate import predict_at
+    from napari_nrf.simulate.subjects import truth_at
+
+    g = space.Grid.from_extent(2.0, [-72, -112, 0], [72, -28, 0])  # the axial slice z = 0 mm
+    keep = space.gm_probability(g).ravel() >= 0.3
+    xyz = g.coords(np.ones(g.shape, bool))[keep]
+    k = int(np.argmax(np.abs(true).mean(1)))  # the test image with the strongest response
+    f = {n: v[k:k + 1].numpy() for n, v in feats.items()}
+    z = lambda v: (v - v.mean()) / (v.std() + 1e-9)  # noqa: E731
+    pred = z(predict_at(model, f, xyz, name)[0])
+    shared = z(predict_at(model, f, xyz, POPULATION)[0])
+    truth = z(truth_at(rs, xyz, rows[k:k + 1])[0])
+    r = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
+    panels = [(f"{rs.subject}'s truth", truth), (f"Rest2Visual (r {r(pred, truth):.2f})", pred),
+              (f"image-only field (r {r(shared, truth):.2f})", shared), ("Rest2Visual - image-only", pred - shared)]
+    draw_slices(panels, g, keep, f"{rs.subject} (new to the model, added from a rest-map NIfTI), test image "
+                f"{int(rs.image_ids[rows[k]])}, z = 0 mm, maps z-scored", path)
+
+
+def draw_slices(panels, g, keep, title, path):
+    """One row of axial slices: ``panels`` [(title, values at the ``keep`` points of the
+    one-slice grid ``g``)], saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from napari_nrf import space
-    from napari_nrf.mapmetrics import zscore_rows
-
-    g = space.Grid.from_extent(2.0, [-72, -112, -42], [72, -28, 40])
-    k = int(np.argmax(np.abs(true).mean(1)))  # the test image with the strongest response
-    z = int(np.argmin(np.abs(g.origin[2] + np.arange(g.shape[2]) * g.zooms[2] - 0.0)))
-    rest = space.resample(rs.rest_maps.mean(0), rs.rest_grid, g)
-    panels = [("rest map (PCC seed, z)", rest)]
-    for title, m in (("measured response", true), ("Rest2Visual", pred), ("stimulus-only", ref)):
-        vol = space.points_to_volume(rs.coords, zscore_rows(m[k:k + 1])[0], g)
-        panels.append((title, vol))
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
-    for ax, (title, vol) in zip(axes, panels):
-        lim = np.nanpercentile(np.abs(vol[..., z]), 99) or 1.0
-        ax.imshow(vol[..., z].T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.0))
+    for ax, (name, v) in zip(axes, panels):
+        vol = np.full(g.n_points, np.nan)
+        vol[keep] = v
+        sl = vol.reshape(g.shape)[..., 0]
+        lim = np.nanpercentile(np.abs(sl), 99) or 1.0
+        ax.imshow(sl.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
                   extent=[g.origin[0], g.extent[1][0], g.origin[1], g.extent[1][1]])
-        ax.set_title(title, fontsize=9)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("x (mm)")
     axes[0].set_ylabel("y (mm)")
-    fig.suptitle(f"{rs.subject} (new to the model), test image {int(rs.image_ids[rows[k]])}, z = 0 mm", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

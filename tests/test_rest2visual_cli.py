@@ -96,3 +96,47 @@ def test_speed_benchmark_small_version(tmp_path):
     assert rep["rest_map_nii"]["peak_rss_gb"] > 0 and rep["rest_map_nii"]["wall_s"] > 0
     p = bench.demo_bundle(tmp_path / "demo.safetensors")
     assert load_model(p).kind == "rest2visual"
+
+
+def test_simulated_rest_map_niftis_and_the_field_default(sim, tmp_path, capsys):
+    """simulate-rest writes each subject's rest maps as MNI NIfTI files; train-rest2visual's
+    field presets (the default, here its tiny size) train, and query --rest-map takes one of
+    those files for a person the model has not seen."""
+    from napari_nrf.data.responseset import ResponseSet
+    from napari_nrf.models import load_model
+    from napari_nrf.data.restmap import load_rest_map
+
+    nii = sim / "sub-03_ses-01_rest.nii.gz"
+    vol, g = load_rest_map(nii)
+    rs = ResponseSet.load(sim / "sub-03.h5")
+    assert g == rs.rest_grid and np.allclose(vol, rs.rest_maps[0])
+    files = sorted(str(p) for p in sim.glob("sub-*.h5"))
+    model = tmp_path / "field.safetensors"
+    rc = main(["train-rest2visual", *files[:2], "--preset", "field-tiny", "--steps", "3", "--out", str(model),
+               "--device", "cpu", "--cache", str(tmp_path / "cache")])
+    assert rc == 0, capsys.readouterr().err
+    assert load_model(model).kind == "rest2visual-field"
+    from PIL import Image
+
+    img = tmp_path / "probe.png"
+    Image.fromarray(np.asarray(rs.get_images([0])[0])).save(img)
+    rc = main(["query", str(model), str(img), "--resolution", "8", "--mask", "brain", "--out", str(tmp_path / "q"),
+               "--device", "cpu", "--rest-map", str(nii)])
+    assert rc == 0, capsys.readouterr().err
+    a, _ = space.load_nifti(tmp_path / "q" / "probe.nii.gz")
+    assert np.isfinite(a).any()
+
+
+def test_field_science_benchmark_small_version(capsys):
+    """The issue-31 mode of the science benchmark (NRF vs field vs control, the targets' table)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import rest2visual_science as bench
+    finally:
+        sys.path.pop(0)
+    reps = bench.field_main(["--tiny", "--displacements", "12", "--seeds", "0"])
+    res = reps["12.0"][0]["results"]
+    assert set(res) == {"NRF", "Rest2Visual field", "control"}
+    for r in res.values():
+        assert {"r_own", "identification", "gap_share", "slope"} <= set(r["seen"]) and "unseen" in r
+    assert "| seen: identification (target >= 0.75) |" in capsys.readouterr().out

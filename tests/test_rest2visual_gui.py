@@ -10,10 +10,14 @@ from napari_nrf import space
 pytestmark = pytest.mark.gui
 
 
-def test_rest_map_person_and_subject_minus_stimulus_only(effnet, make_napari_viewer, qtbot, tmp_path):
+@pytest.mark.parametrize("kind", ["rest2visual", "rest2visual-field"])
+def test_rest_map_person_and_subject_minus_stimulus_only(kind, effnet, make_napari_viewer, qtbot, tmp_path):
     from _nrf_data import SHAPES, brain_coords
     from _plugin import open_widgets
-    from napari_nrf.models.rest2visual import Rest2Visual
+    from napari_nrf.models import MODEL_KINDS, discover_kinds
+
+    discover_kinds()
+    Rest2Visual = MODEL_KINDS[kind]  # the U-Net and the field default: the same widget path
 
     model = Rest2Visual.example(SHAPES, {"sub-01": brain_coords(8.0, 60)}, seed=1).eval()
     object.__setattr__(model, "_backbone", effnet)

@@ -98,27 +98,40 @@ def transfer_subject(model: UniversalEncoder, rs, *, out=None, init: str = "rand
 
 
 # ---- Rest2Visual ---------------------------------------------------------------
-def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "demo", out=None,
+def train_rest2visual(train_sets, *, backbone: str = "efficientnet-lite0", preset: str = "field", out=None,
                       model_config: dict | None = None, extent=None, feature_shapes: dict | None = None,
-                      model=None, **fit_kwargs):
+                      model=None, token_maps: dict | None = None, base=None, **fit_kwargs):
     """Train one Rest2Visual model over the subjects of ``train_sets`` (ResponseSets that
     carry per-session rest maps, :meth:`ResponseSet.set_rest_maps`) with :func:`fit`.
 
-    ``preset`` "tiny" / "demo" / "paper" (:data:`napari_nrf.models.rest2visual.PRESETS`),
-    ``model_config`` overrides (``resolution``, ``channels``, ``ablate``...), ``extent``
-    the model grid's MNI box; ``fit_kwargs`` go to ``fit`` (defaults:
-    :data:`napari_nrf.settings.REST2VISUAL_FIT`). Returns (model, history).
+    ``preset``: "field" (the default), "field-tiny", "field-paper": the shared NRF field
+    with the individual rest-map term (:mod:`napari_nrf.models.rest2visual_field`; fit
+    defaults :data:`napari_nrf.settings.REST2VISUAL_FIELD_FIT`, the NRF's; ``token_maps``
+    the trunk's, ``base`` a trained image-only NRF of the trunk's configuration to start
+    from); "tiny" / "demo" / "paper": the paper's U-Net
+    (:data:`napari_nrf.models.rest2visual.PRESETS`; defaults
+    :data:`napari_nrf.settings.REST2VISUAL_FIT`). ``model_config`` overrides
+    (``resolution``, ``channels``, ``ablate``... / ``stencil_mm``, ``displacement``...),
+    ``extent`` the model grid's MNI box; ``fit_kwargs`` go to ``fit``. Returns (model, history).
     """
     from napari_nrf.models.rest2visual import Rest2VisualError, build_rest2visual
-    from napari_nrf.settings import REST2VISUAL_FIT
+    from napari_nrf.models.rest2visual_field import FIELD_PRESETS, Rest2VisualField, build_rest2visual_field
+    from napari_nrf.settings import REST2VISUAL_FIELD_FIT, REST2VISUAL_FIT
 
     sets = list(train_sets)
     for rs in sets:
         if getattr(rs, "rest_maps", None) is None:
             raise Rest2VisualError(f"response set {rs.subject!r} has no rest maps: make them with napari-nrf rest-map "
                                    "and attach them (napari-nrf attach-rest), or simulate with --rest")
-    kw = REST2VISUAL_FIT.merged(fit_kwargs)
-    if model is None:
+    field = preset in FIELD_PRESETS if model is None else isinstance(model, Rest2VisualField)
+    kw = (REST2VISUAL_FIELD_FIT if field else REST2VISUAL_FIT).merged(fit_kwargs)
+    if model is None and field:
+        model = build_rest2visual_field(backbone, preset, feature_shapes=feature_shapes, extent=extent,
+                                        seed=kw.get("seed", 0), token_maps=token_maps, **(model_config or {}))
+        model.set_reference([(rs.rest_maps, rs.rest_grid) for rs in sets])
+        if base is not None:
+            model.copy_trunk(base)
+    elif model is None:
         model = build_rest2visual(backbone, preset, feature_shapes=feature_shapes, extent=extent,
                                   seed=kw.get("seed", 0), **(model_config or {}))
     for rs in sets:

@@ -170,5 +170,7 @@ def add_fit_arguments(parser, defaults: FitSettings = NRF_FIT, skip=(), help: di
         parser.add_argument("--" + f.name.replace("_", "-"), type=typ, default=d, help=text)
 # Rest2Visual: a volume is decoded per image, so fewer images per step and every sampled
 # voxel of the subject in the MSE (the paper's loss is over all brain voxels).
+# Rest2Visual's default (the shared NRF field with the rest-map term): the NRF's schedule.
+REST2VISUAL_FIELD_FIT = NRF_FIT
 REST2VISUAL_FIT = FitSettings(batch_images=8, batch_voxels=100_000, lr=1e-3, weight_decay=0.0, alpha=0.0,
                               patience=6)

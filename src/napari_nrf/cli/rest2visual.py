@@ -24,7 +24,7 @@ def _band(text: str):
 
 def register(sub) -> None:
     from napari_nrf.cli.nrf import add_fit_args
-    from napari_nrf.settings import REST2VISUAL_FIT
+    from napari_nrf.settings import REST2VISUAL_FIELD_FIT
 
     p = sub.add_parser("rest-map", help="a seed-based rest map (Rest2Visual's input) from a 4D resting BOLD NIfTI")
     p.add_argument("bold", help="4D resting-state BOLD NIfTI in MNI space (any axis-aligned grid)")
@@ -61,18 +61,30 @@ def register(sub) -> None:
     p.add_argument("--control", action="store_true", help="control population: rest runs from the template layout")
     p.add_argument("--image-size", type=int, default=64, help="stimulus size in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the virtual subjects (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output folder (sub-01.h5 ...)")
+    p.add_argument("--out", required=True,
+                   help="output folder: sub-01.h5 ... and each subject's rest maps as MNI NIfTI files, "
+                        "sub-01_ses-01_rest.nii.gz ... (for the widget's 'Rest map from a NIfTI...')")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("train-rest2visual", help="train one Rest2Visual model over subjects with rest maps")
     p.add_argument("data", nargs="+", help="response sets (.h5) with rest maps, one per subject")
     p.add_argument("--out", required=True, help="output model bundle (.safetensors)")
     p.add_argument("--backbone", default="efficientnet-lite0", help="image backbone (default: %(default)s)")
-    p.add_argument("--preset", default="demo", choices=["tiny", "demo", "paper"], help="model size (default: %(default)s)")
-    p.add_argument("--resolution", type=float, help="model grid in mm (overrides the preset)")
+    p.add_argument("--preset", default="field", choices=["field", "field-tiny", "field-paper", "tiny", "demo", "paper"],
+                   help="field (default), field-tiny, field-paper (a GPU): the shared image field (an NRF) plus the "
+                        "person's rest-map term; tiny, demo, paper: the paper's 3D U-Net with adaptive normalisation "
+                        "(the fit options then default to its own settings: batch 8 images, 100000 voxels, "
+                        "no weight decay, patience 6)")
+    p.add_argument("--resolution", type=float,
+                   help="grid of the stored rest maps (field) or of the U-Net, in mm (default: the preset's: "
+                        "field 4, field-tiny 8, field-paper 2; tiny 8, demo 4, paper 2)")
     p.add_argument("--ablate", choices=["none", "stimulus", "rest"], default="none",
-                   help="the paper's ablations: Gaussian noise for the stimulus (ns-stim) or the rest map (ns-fmri)")
-    add_fit_args(p, REST2VISUAL_FIT)
+                   help="U-Net presets only: the paper's ablations, Gaussian noise for the stimulus (ns-stim) or "
+                        "the rest map (ns-fmri) (default: none)")
+    p.add_argument("--base", help="field presets: start the shared field from this trained image-only NRF bundle "
+                                  "(napari-nrf train on the same subjects, the same backbone and size: demo for "
+                                  "field) and train the person's term on top (default: none, all from scratch)")
+    add_fit_args(p, REST2VISUAL_FIELD_FIT)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate-rest2visual",
@@ -134,15 +146,34 @@ def _simulate(args) -> int:
     from napari_nrf.errors import check_outputs_in
     from napari_nrf.simulate.rest import simulate_with_rest
 
-    out = check_outputs_in(Path(args.out), [f"sub-{i + 1:02d}.h5" for i in range(args.subjects)], [],
-                           overwrite=args.overwrite)
+    names = [f"sub-{i + 1:02d}{end}" for i in range(args.subjects)
+             for end in [".h5"] + [f"_ses-{s + 1:02d}_rest.nii.gz" for s in range(args.sessions)]]
+    out = check_outputs_in(Path(args.out), names, [], overwrite=args.overwrite)
     sets = simulate_with_rest(n_subjects=args.subjects, n_images=args.images, seed=args.seed,
                               max_voxels=args.max_voxels, image_size=args.image_size, n_sessions=args.sessions,
                               n_volumes=args.volumes, displacement_mm=args.displacement, control=args.control)
     for rs in sets:
         p = rs.save(out / f"{rs.subject}.h5")
-        print(f"{p}: {rs.n_images} images x {rs.n_voxels} voxels, {len(rs.rest_maps)} rest maps")
+        niis = rest_map_files(rs, out)
+        print(f"{p}: {rs.n_images} images x {rs.n_voxels} voxels, {len(rs.rest_maps)} rest maps "
+              f"({', '.join(n.name for n in niis)})")
     return 0
+
+
+def rest_map_files(rs, folder) -> list:
+    """Write response set ``rs``'s rest maps as MNI NIfTI files ``<subject>_<session>_rest.nii.gz``
+    in ``folder`` (atomically, with a JSON sidecar); their paths."""
+    import numpy as np
+
+    from napari_nrf import space
+
+    out = []
+    for m, ses in zip(rs.rest_maps, rs.rest_sessions or [f"ses-{i + 1:02d}" for i in range(len(rs.rest_maps))]):
+        out.append(space.save_nifti(np.asarray(m, np.float32), rs.rest_grid, Path(folder) / f"{rs.subject}_{ses}_rest.nii.gz",
+                                    description="napari-nrf rest map (seed beta, z over brain)",
+                                    sidecar={"kind": "rest-map", "subject": rs.subject, "session": ses,
+                                             "units": "z (beta z-scored over the brain mask)", "simulated": True}))
+    return out
 
 
 def _train(args) -> int:
@@ -151,18 +182,30 @@ def _train(args) -> int:
     from napari_nrf.errors import check_output
     from napari_nrf.models.bundle import check_bundle_path
     from napari_nrf.recipes import train_rest2visual
-    from napari_nrf.settings import REST2VISUAL_FIT, FitSettings
+    from napari_nrf.models.rest2visual import PRESETS
+    from napari_nrf.settings import REST2VISUAL_FIELD_FIT, REST2VISUAL_FIT, FitSettings
 
+    if args.preset in PRESETS:  # the U-Net: its own defaults where the user kept the field's
+        for name in FitSettings.names():
+            if getattr(args, name, None) == getattr(REST2VISUAL_FIELD_FIT, name):
+                setattr(args, name, getattr(REST2VISUAL_FIT, name))
     out = check_output(args.out, args.data, overwrite=args.overwrite)
     check_bundle_path(out)
     sets = [ResponseSet.load(p) for p in args.data]
-    cfg = {"ablate": args.ablate}
+    cfg = {"ablate": args.ablate} if args.preset in PRESETS else {}
     if args.resolution is not None:
         cfg["resolution"] = args.resolution
+    base = None
+    if args.base:
+        from napari_nrf.models import load_model
+
+        base = load_model(args.base, kind="nrf")
     ck = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     bars = TrainingBars("training")
     model, hist = train_rest2visual(sets, backbone=args.backbone, preset=args.preset, out=out, model_config=cfg,
-                                    **FitSettings.from_args(args, REST2VISUAL_FIT).to_kwargs(), checkpoint_dir=ck,
+                                    base=base,
+                                    **FitSettings.from_args(args, REST2VISUAL_FIT if args.preset in PRESETS
+                                                           else REST2VISUAL_FIELD_FIT).to_kwargs(), checkpoint_dir=ck,
                                     resume=not args.no_resume, feature_cache=_cache(args.cache),
                                     device=_device(args.device), **bars.callbacks())
     bars.close()
@@ -179,10 +222,14 @@ def _evaluate(args) -> int:
     from napari_nrf.errors import check_output, is_json_file, write_text_atomic
     from napari_nrf.models import load_model
     from napari_nrf.kinds.rest2visual.evaluate import evaluate_maps, format_report
+    from napari_nrf.models.rest2visual import Rest2Visual, Rest2VisualError
 
     out = check_output(args.json_out or Path(args.model).with_suffix(".maps.json"), [args.model, *args.data],
                        overwrite=args.overwrite, flag="--json", replaceable=is_json_file)
-    model = load_model(args.model, device=_device(args.device), kind="rest2visual")
+    model = load_model(args.model, device=_device(args.device))
+    if not isinstance(model, Rest2Visual):
+        raise Rest2VisualError(f"{Path(args.model).name}: a model of kind {model.kind!r}; evaluate-rest2visual "
+                               "takes a Rest2Visual bundle")
     sets = [ResponseSet.load(p) for p in args.data]
     rep = evaluate_maps(model, sets, split=args.split, feature_cache=_cache(args.cache), window=args.ssim_window,
                         data_range=args.ssim_range)

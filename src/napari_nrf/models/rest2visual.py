@@ -292,17 +292,19 @@ class Rest2Visual(EncodingModel):
         out = F.grid_sample(vol[:, None], g, mode="bilinear", padding_mode="zeros", align_corners=True)
         return out.reshape(len(vol), -1)
 
+    def _points(self, s: str, coords=None, voxels=None):
+        """The MNI points asked for: ``coords``, or subject ``s``'s measured ``voxels``."""
+        if coords is not None:
+            return coords
+        xyz = self.subjects.get(s) if s != POPULATION else None
+        if xyz is None or len(xyz) == 0:
+            raise self.unsupported(f"voxel indices of subject {s!r}, who has no measured voxels",
+                                   "ask at MNI points (predict(coords=)) or for a volume")
+        return xyz if voxels is None else xyz[np.asarray(voxels.cpu() if torch.is_tensor(voxels) else voxels)]
+
     def predict(self, features, coords=None, voxels=None, subject=None):
         s = self._subject(subject)
-        if coords is None:
-            xyz = self.subjects.get(s) if s != POPULATION else None
-            if xyz is None or len(xyz) == 0:
-                raise self.unsupported(f"voxel indices of subject {s!r}, who has no measured voxels",
-                                       "ask at MNI points (predict(coords=)) or for a volume")
-            xyz = xyz if voxels is None else xyz[np.asarray(voxels.cpu() if torch.is_tensor(voxels) else voxels)]
-        else:
-            xyz = coords
-        return self.sample(self.volume(features, s), xyz)
+        return self.sample(self.volume(features, s), self._points(s, coords, voxels))
 
     def describe_subject(self, subject: str) -> str:
         n = len(self.subjects[subject])
