@@ -85,7 +85,7 @@ LAYERS = [
     ("contract", ["napari_nrf.models", "napari_nrf.models.base", "napari_nrf.models.bundle"]),
     ("engine", ["napari_nrf.train", "napari_nrf.query", "napari_nrf.query_shard"]),
     ("kinds", ["napari_nrf.models.nrf", "napari_nrf.models.universal", "napari_nrf.models.rest2visual",
-               "napari_nrf.models.movie", "napari_nrf.models.movie_features", "napari_nrf.models.ensemble", "napari_nrf.models.official",
+               "napari_nrf.models.movie", "napari_nrf.models.movie_features", "napari_nrf.models.rest2visual_field", "napari_nrf.models.ensemble", "napari_nrf.models.official",
                "napari_nrf.kinds", "napari_nrf.recipes"]),
     ("science and application", ["napari_nrf.evaluate", "napari_nrf.baselines", "napari_nrf.finetune",
                                  "napari_nrf.train_jobs", "napari_nrf.jobs",

@@ -121,7 +121,7 @@ def test_simulated_rest_map_niftis_and_the_field_default(sim, tmp_path, capsys):
     img = tmp_path / "probe.png"
     Image.fromarray(np.asarray(rs.get_images([0])[0])).save(img)
     rc = main(["query", str(model), str(img), "--resolution", "8", "--mask", "brain", "--out", str(tmp_path / "q"),
-               "--device", "cpu", "--rest-map", str(nii)])
+               "--device", "cpu", "--names", "plain", "--rest-map", str(nii)])
     assert rc == 0, capsys.readouterr().err
     a, _ = space.load_nifti(tmp_path / "q" / "probe.nii.gz")
     assert np.isfinite(a).any()

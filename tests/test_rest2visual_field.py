@@ -101,6 +101,7 @@ def test_new_person_bundle_query_engine_and_old_bundles(trained, tmp_path):
     engine as by predict; the bundle round-trips; a U-Net bundle still loads."""
     from napari_nrf.models import load_model
     from napari_nrf.models.rest2visual import build_rest2visual, subject_from_rest_map
+    from napari_nrf.calibration import apply_model
     from napari_nrf.query import QueryEngine
 
     model, sets, feats, _ = trained
@@ -115,6 +116,7 @@ def test_new_person_bundle_query_engine_and_old_bundles(trained, tmp_path):
     vol = QueryEngine(model, device="cpu").volume(f, g, mask="brain", subject=name)
     with torch.no_grad():
         direct = model.predict(f, coords=g.coords(m), subject=name).numpy()
+    direct = apply_model(model, direct, coords=g.coords(m), subject=name)  # the engine applies the gain
     np.testing.assert_allclose(vol[:, m], direct, atol=1e-5)
     back = load_model(model.save(tmp_path / "f.safetensors"))
     assert back.kind == "rest2visual-field" and set(back.rest_maps) == {"sub-01", "sub-02", name}
