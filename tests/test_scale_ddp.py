@@ -38,8 +38,15 @@ def _curve(d, key="val_median_pearson"):
 def _close(a, b, skip=()):
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
-    diff = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if not k.endswith(skip))
+    from napari_nrf.calibration import TENSOR_PREFIX
+
+    # the validation gain is a ratio fitted after training: it amplifies the weights'
+    # rounding, so it is compared relatively (napari_nrf.testing.check_two_ranks does the same)
+    cal = {k for k in wa if k.startswith(TENSOR_PREFIX)}
+    diff = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if not k.endswith(skip) and k not in cal)
     assert diff <= WEIGHT_TOL, diff
+    for k in cal:
+        np.testing.assert_allclose(wb[k].numpy(), wa[k].numpy(), rtol=1e-3, atol=1e-4, err_msg=k)
     for key in ("val_median_pearson", "val_median_r2", "train_loss"):
         np.testing.assert_allclose(_curve(a, key), _curve(b, key), atol=CURVE_TOL, rtol=0)
     return diff

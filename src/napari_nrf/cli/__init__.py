@@ -261,14 +261,16 @@ def main(argv=None) -> int:
         return code
     if generic is not None:  # train --kind K of a kind without a train verb of its own
         spec, rest = generic
-        args = _kinds.train_parser(spec).parse_args(rest)
+        parser = _kinds.train_parser(spec)
+        argv = rest
     else:
         parser = build_parser()
-        args = parser.parse_args(routed)
+        argv = routed  # the command as the parser reads it (a --kind routed to its own verb)
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) and generic is None:
         from napari_nrf.cli._config import apply_config
         from napari_nrf.errors import NapariNRFError
 
@@ -282,14 +284,15 @@ def main(argv=None) -> int:
 
     if (getattr(args, "nproc", 1) or 1) > 1 and distributed.env()[1] == 1:
         # Not yet under torchrun: start N ranks of this command.
-        return distributed.launch_torchrun(args.nproc, argv)
+        return distributed.launch_torchrun(args.nproc, argv if generic is None else raw)
     if distributed.env()[0] > 0:  # a rank > 0 under torchrun: rank 0 prints; errors still show
         import os
 
         sys.stdout = open(os.devnull, "w")
     try:
         rc = _run(args)
-        if rc == 0 and getattr(args, "config", "absent") != "absent" and distributed.env()[0] == 0:
+        if rc == 0 and generic is None and getattr(args, "config", "absent") != "absent" \
+                and distributed.env()[0] == 0:
             from napari_nrf.cli._config import write_resolved
 
             write_resolved(_command_parser(parser, args.command), args, argv)
