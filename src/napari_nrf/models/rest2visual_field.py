@@ -257,7 +257,15 @@ def build_rest2visual_field(backbone: str = "efficientnet-lite0", preset: str = 
     cfg = {**FIELD_PRESETS[preset], **overrides}
     nrf = build_nrf(backbone, cfg.pop("trunk"), feature_shapes=feature_shapes, token_maps=token_maps, seed=seed)
     lo, hi = (None, None) if extent is None else extent
-    g = model_grid(float(cfg.pop("resolution")), lo, hi)
+    res = float(cfg.pop("resolution"))
+    if not (np.isfinite(res) and res > 0):
+        raise Rest2VisualError(f"resolution {res:g} mm: must be a positive number of mm")
+    g = model_grid(res, lo, hi)
+    from napari_nrf.guards import check_size
+
+    # Every subject's rest maps, their smoothed copies and the population reference are
+    # float32 volumes on this grid: a few per subject (x 8 as a floor for two subjects).
+    check_size(int(np.prod(g.shape)) * 4 * 8, f"resolution {res:g} mm (a {g.shape} rest-map grid)")
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) + 1)
