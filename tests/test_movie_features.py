@@ -158,7 +158,8 @@ def test_movie_widget_predicts_with_the_feature_model(tiny_movies, make_napari_v
                        fps=4 / 1.3)
     viewer = make_napari_viewer()
     w = open_widgets(viewer, ["Movie response"])["Movie response"]
-    w.load_model(tmp_path / "m.safetensors")
+    w.load_model(tmp_path / "m.safetensors")  # a worker, through the viewer's one shared model
+    qtbot.waitUntil(lambda: w.state.model is not None, timeout=30000)
     assert w.run_btn.isEnabled() and "delay 0 TR" in w.model_label.text()
     w.set_source(film)
     got = []
